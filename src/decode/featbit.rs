@@ -1,0 +1,3 @@
+//! placeholder
+use super::{Decoded, Limits};
+pub(crate) fn decode(_v: &[u8], _l: &Limits, _o: &mut Decoded) {}

@@ -1,0 +1,215 @@
+//! Decode: one Kafka record value → zero or more canonical [`Event`]s, plus one
+//! [`DecodeError`] for each part that could not be read.
+//!
+//! One file per dialect. Every decoder is total: it never panics, whatever the bytes,
+//! and a bad event inside an otherwise good batch costs only that event. Errors name
+//! the dialect, the path of the field inside the record (`events[3].creationDate`) and
+//! what was wrong, so a dead letter can be fixed at its source.
+
+mod auto;
+pub mod featbit;
+pub mod goff;
+pub mod launchdarkly;
+pub mod native;
+mod util;
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::event::Event;
+
+/// An input dialect. `Auto` detects the dialect of each record (see `decode::auto`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Dialect {
+    Auto,
+    #[value(alias = "ld")]
+    #[serde(alias = "ld")]
+    Launchdarkly,
+    #[value(alias = "go-feature-flag")]
+    #[serde(alias = "go-feature-flag")]
+    Goff,
+    Featbit,
+    /// flagtally's own schema as JSON (`schemas/event.json.md`).
+    Native,
+    /// flagtally's own schema as Avro (`schemas/event.avsc`), Confluent wire format or
+    /// single-object encoding.
+    NativeAvro,
+}
+
+impl Dialect {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Launchdarkly => "launchdarkly",
+            Self::Goff => "goff",
+            Self::Featbit => "featbit",
+            Self::Native => "native",
+            Self::NativeAvro => "native-avro",
+        }
+    }
+}
+
+impl fmt::Display for Dialect {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What was wrong, as a closed set: the dead-letter `reason` header carries
+/// [`Reason::code`], the `detail` header the whole message.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Reason {
+    #[error("the record is empty")]
+    Empty,
+    #[error("the record is {size} bytes, over the limit of {limit}")]
+    TooLarge { size: usize, limit: usize },
+    #[error("not valid JSON: {0}")]
+    Syntax(String),
+    #[error("not valid UTF-8 (first bad byte at {0})")]
+    Utf8(usize),
+    #[error("missing required field")]
+    Missing,
+    #[error("expected {expected}, found {found}")]
+    WrongType {
+        expected: &'static str,
+        found: String,
+    },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("string of {len} bytes is over the limit of {limit}")]
+    StringTooLong { len: usize, limit: usize },
+    #[error("unknown event kind {0:?}")]
+    UnknownKind(String),
+    #[error("no dialect recognises this record: {0}")]
+    Undetected(String),
+    #[error("avro: {0}")]
+    Avro(String),
+}
+
+impl Reason {
+    /// A stable, bounded code for metrics labels and dead-letter headers.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Empty => "empty",
+            Self::TooLarge { .. } => "too_large",
+            Self::Syntax(_) => "syntax",
+            Self::Utf8(_) => "utf8",
+            Self::Missing => "missing_field",
+            Self::WrongType { .. } => "wrong_type",
+            Self::Invalid(_) => "invalid_value",
+            Self::StringTooLong { .. } => "string_too_long",
+            Self::UnknownKind(_) => "unknown_kind",
+            Self::Undetected(_) => "undetected",
+            Self::Avro(_) => "avro",
+        }
+    }
+}
+
+/// A part of a record that could not be decoded. It is dead-lettered, never dropped.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{dialect}: {}: {reason}", if path.is_empty() { "record" } else { path.as_str() })]
+pub struct DecodeError {
+    pub dialect: Dialect,
+    /// Where in the record: a JSON path such as `events[3].creationDate`; empty for
+    /// the whole record.
+    pub path: String,
+    pub reason: Reason,
+}
+
+impl DecodeError {
+    pub fn new(dialect: Dialect, path: impl Into<String>, reason: Reason) -> Self {
+        Self {
+            dialect,
+            path: path.into(),
+            reason,
+        }
+    }
+}
+
+/// Bounds on what one record may contain: input is untrusted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest record value accepted, in bytes.
+    pub max_record_bytes: usize,
+    /// Longest flag key, context kind or context key, event key, environment id.
+    pub max_key_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_record_bytes: 4 << 20,
+            max_key_bytes: 1024,
+        }
+    }
+}
+
+/// What one record decoded into. Reused across records on the hot path.
+#[derive(Debug, Default)]
+pub struct Decoded {
+    pub events: Vec<Event>,
+    pub errors: Vec<DecodeError>,
+}
+
+impl Decoded {
+    pub fn clear(&mut self) {
+        self.events.clear();
+        self.errors.clear();
+    }
+}
+
+/// A dialect with its limits: the decode stage.
+#[derive(Clone, Debug)]
+pub struct Decoder {
+    dialect: Dialect,
+    limits: Limits,
+}
+
+impl Decoder {
+    pub fn new(dialect: Dialect, limits: Limits) -> Self {
+        Self { dialect, limits }
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
+    /// Decodes one record value, appending to `out`.
+    pub fn decode(&self, value: &[u8], out: &mut Decoded) {
+        if value.is_empty() {
+            out.errors
+                .push(DecodeError::new(self.dialect, "", Reason::Empty));
+            return;
+        }
+        if value.len() > self.limits.max_record_bytes {
+            out.errors.push(DecodeError::new(
+                self.dialect,
+                "",
+                Reason::TooLarge {
+                    size: value.len(),
+                    limit: self.limits.max_record_bytes,
+                },
+            ));
+            return;
+        }
+        decode_as(self.dialect, value, &self.limits, out);
+    }
+}
+
+fn decode_as(dialect: Dialect, value: &[u8], limits: &Limits, out: &mut Decoded) {
+    match dialect {
+        Dialect::Auto => match auto::detect(value) {
+            Ok(found) => decode_as(found, value, limits, out),
+            Err(why) => out
+                .errors
+                .push(DecodeError::new(Dialect::Auto, "", Reason::Undetected(why))),
+        },
+        Dialect::Launchdarkly => launchdarkly::decode(value, limits, out),
+        Dialect::Goff => goff::decode(value, limits, out),
+        Dialect::Featbit => featbit::decode(value, limits, out),
+        Dialect::Native => native::decode_json(value, limits, out),
+        Dialect::NativeAvro => native::decode_avro(value, limits, out),
+    }
+}

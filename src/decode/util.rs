@@ -1,0 +1,430 @@
+//! Helpers every JSON dialect shares: parsing with precise error paths, bounded keys,
+//! timestamps, and LaunchDarkly-style context objects.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use compact_str::CompactString;
+use serde::de::{self, Deserialize, Deserializer, MapAccess, Visitor};
+use serde_json::value::RawValue;
+use smallvec::SmallVec;
+
+use super::{DecodeError, Dialect, Limits, Reason};
+use crate::event::{ContextKey, Contexts, EventTime, Json, TimeUnit};
+
+/// Joins a path prefix and a field name: `at("events[2]", "key")` → `events[2].key`.
+pub(crate) fn at(prefix: &str, field: &str) -> String {
+    if prefix.is_empty() {
+        field.to_owned()
+    } else if field.starts_with('[') {
+        format!("{prefix}{field}")
+    } else {
+        format!("{prefix}.{field}")
+    }
+}
+
+/// Parses `bytes` as `T`. The fast path is plain serde_json; on failure the record is
+/// parsed again, slowly, to find the path of the offending field.
+pub(crate) fn parse<'a, T: Deserialize<'a>>(
+    dialect: Dialect,
+    prefix: &str,
+    bytes: &'a [u8],
+) -> Result<T, DecodeError> {
+    match serde_json::from_slice::<T>(bytes) {
+        Ok(v) => Ok(v),
+        Err(first) => {
+            let mut de = serde_json::Deserializer::from_slice(bytes);
+            let (path, err) = match serde_path_to_error::deserialize::<_, T>(&mut de) {
+                Ok(_) => (String::new(), first),
+                Err(e) => {
+                    let path = e.path().to_string();
+                    (path, e.into_inner())
+                }
+            };
+            let path = if path == "." { String::new() } else { path };
+            Err(DecodeError::new(
+                dialect,
+                at(prefix, &path),
+                classify(&err, bytes),
+            ))
+        }
+    }
+}
+
+/// Maps a serde_json error onto a [`Reason`].
+pub(crate) fn classify(err: &serde_json::Error, bytes: &[u8]) -> Reason {
+    if let Err(e) = std::str::from_utf8(bytes) {
+        if err.is_syntax() || err.is_data() {
+            let msg = err.to_string();
+            if msg.contains("unicode") || msg.contains("UTF-8") || msg.contains("utf-8") {
+                return Reason::Utf8(e.valid_up_to());
+            }
+        }
+    }
+    let msg = err.to_string();
+    match err.classify() {
+        serde_json::error::Category::Data => {
+            if let Some(rest) = msg.strip_prefix("invalid type: ") {
+                let (found, expected) = rest.split_once(", expected ").unwrap_or((rest, "?"));
+                let expected = expected.split(" at line").next().unwrap_or(expected);
+                return Reason::WrongType {
+                    expected: leak_expected(expected),
+                    found: found.to_owned(),
+                };
+            }
+            if msg.starts_with("missing field") {
+                return Reason::Missing;
+            }
+            Reason::Invalid(msg)
+        }
+        serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
+            Reason::Syntax(msg)
+        }
+        serde_json::error::Category::Io => Reason::Invalid(msg),
+    }
+}
+
+/// serde's "expected" texts come from a small fixed set (type names of our own
+/// structs); map the common ones to static strings and keep the rest generic.
+fn leak_expected(expected: &str) -> &'static str {
+    match expected {
+        e if e.contains("i64") || e.contains("u64") || e.contains("u32") => "an integer",
+        e if e.contains("f64") => "a number",
+        e if e.contains("a string") || e.contains("borrowed string") => "a string",
+        e if e.contains("a boolean") => "a boolean",
+        e if e.contains("sequence") => "an array",
+        e if e.contains("map") || e.contains("struct") => "an object",
+        _ => "another type",
+    }
+}
+
+/// A required, bounded, non-empty string field.
+pub(crate) fn key(
+    dialect: Dialect,
+    path: impl FnOnce() -> String,
+    value: Option<&str>,
+    limits: &Limits,
+) -> Result<CompactString, DecodeError> {
+    match value {
+        None => Err(DecodeError::new(dialect, path(), Reason::Missing)),
+        Some("") => Err(DecodeError::new(
+            dialect,
+            path(),
+            Reason::Invalid("must not be empty".into()),
+        )),
+        Some(s) if s.len() > limits.max_key_bytes => Err(DecodeError::new(
+            dialect,
+            path(),
+            Reason::StringTooLong {
+                len: s.len(),
+                limit: limits.max_key_bytes,
+            },
+        )),
+        Some(s) => Ok(CompactString::from(s)),
+    }
+}
+
+/// An optional, bounded string field; empty means absent.
+pub(crate) fn opt_key(
+    dialect: Dialect,
+    path: impl FnOnce() -> String,
+    value: Option<&str>,
+    limits: &Limits,
+) -> Result<Option<CompactString>, DecodeError> {
+    match value {
+        None | Some("") => Ok(None),
+        v => key(dialect, path, v, limits).map(Some),
+    }
+}
+
+/// A required timestamp in the given nominal unit.
+pub(crate) fn time(
+    dialect: Dialect,
+    path: impl FnOnce() -> String,
+    value: Option<&serde_json::Number>,
+    unit: TimeUnit,
+) -> Result<EventTime, DecodeError> {
+    let Some(n) = value else {
+        return Err(DecodeError::new(dialect, path(), Reason::Missing));
+    };
+    opt_time_number(n, unit).ok_or_else(|| {
+        DecodeError::new(
+            dialect,
+            path(),
+            Reason::Invalid(format!("{n} is not a timestamp (negative or out of range)")),
+        )
+    })
+}
+
+pub(crate) fn opt_time_number(n: &serde_json::Number, unit: TimeUnit) -> Option<EventTime> {
+    n.as_f64().and_then(|f| EventTime::from_unit(f, unit))
+}
+
+/// An integer field that may have been written as a float with no fraction.
+pub(crate) fn int(n: &serde_json::Number) -> Option<i64> {
+    n.as_i64().or_else(|| {
+        n.as_f64()
+            .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15)
+            .map(|f| f as i64)
+    })
+}
+
+/// A JSON object's keys and raw values, without allocating for the values.
+/// Used to read context objects, whose attribute names are open-ended.
+#[derive(Debug, Default)]
+pub(crate) struct RawObject<'a> {
+    pub fields: SmallVec<[(Cow<'a, str>, &'a RawValue); 8]>,
+}
+
+impl<'a> RawObject<'a> {
+    pub fn get(&self, name: &str) -> Option<&'a RawValue> {
+        self.fields
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| *v)
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for RawObject<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = RawObject<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Self::Value, M::Error> {
+                let mut out = RawObject::default();
+                while let Some(k) = map.next_key::<Cow<'de, str>>()? {
+                    let v: &'de RawValue = map.next_value()?;
+                    out.fields.push((k, v));
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_map(V(std::marker::PhantomData))
+    }
+}
+
+/// A string read from raw JSON; `None` if the value is not a string.
+fn raw_str(raw: &RawValue) -> Option<Cow<'_, str>> {
+    serde_json::from_str::<Cow<'_, str>>(raw.get()).ok()
+}
+
+fn kind_ok(kind: &str) -> bool {
+    kind != "kind"
+        && kind
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// Reads a LaunchDarkly context object of any generation: a single context
+/// (`{"kind":"org","key":…}`), a multi-context (`{"kind":"multi","user":{…},…}`), or an
+/// old-style user (no `kind`), which is converted to a `user` context: `custom`
+/// attributes move to the top level and `privateAttributeNames` to
+/// `_meta.privateAttributes`, as LaunchDarkly's SDKs convert them.
+pub(crate) fn context(
+    dialect: Dialect,
+    path: &str,
+    raw: &RawValue,
+    limits: &Limits,
+) -> Result<Contexts, DecodeError> {
+    let obj: RawObject<'_> = parse(dialect, path, raw.get().as_bytes())?;
+    let kind = match obj.get("kind") {
+        None => None,
+        Some(k) => Some(raw_str(k).ok_or_else(|| {
+            DecodeError::new(
+                dialect,
+                at(path, "kind"),
+                Reason::WrongType {
+                    expected: "a string",
+                    found: k.get().chars().take(40).collect(),
+                },
+            )
+        })?),
+    };
+    let body_key = |o: &RawObject<'_>, p: &str| -> Result<CompactString, DecodeError> {
+        let k = o.get("key");
+        let s = match k {
+            None => None,
+            Some(k) => Some(raw_str(k).ok_or_else(|| {
+                DecodeError::new(
+                    dialect,
+                    at(p, "key"),
+                    Reason::WrongType {
+                        expected: "a string",
+                        found: k.get().chars().take(40).collect(),
+                    },
+                )
+            })?),
+        };
+        key(dialect, || at(p, "key"), s.as_deref(), limits)
+    };
+    match kind.as_deref() {
+        Some("multi") => {
+            let mut keys: SmallVec<[ContextKey; 1]> = SmallVec::new();
+            for (name, sub) in obj.fields.iter().filter(|(k, _)| k != "kind") {
+                let sub_path = at(path, name);
+                if !kind_ok(name) || name == "multi" {
+                    return Err(DecodeError::new(
+                        dialect,
+                        sub_path,
+                        Reason::Invalid(format!("{name:?} is not a valid context kind")),
+                    ));
+                }
+                let sub_obj: RawObject<'_> = parse(dialect, &sub_path, sub.get().as_bytes())?;
+                keys.push(ContextKey {
+                    kind: key(dialect, || sub_path.clone(), Some(name), limits)?,
+                    key: body_key(&sub_obj, &sub_path)?,
+                });
+            }
+            if keys.is_empty() {
+                return Err(DecodeError::new(
+                    dialect,
+                    path,
+                    Reason::Invalid("a multi-context needs at least one context".into()),
+                ));
+            }
+            keys.sort();
+            Ok(Contexts {
+                keys,
+                body: Some(Json::from_raw(raw)),
+            })
+        }
+        Some(kind) => {
+            if !kind_ok(kind) {
+                return Err(DecodeError::new(
+                    dialect,
+                    at(path, "kind"),
+                    Reason::Invalid(format!("{kind:?} is not a valid context kind")),
+                ));
+            }
+            let kind = key(dialect, || at(path, "kind"), Some(kind), limits)?;
+            let key = body_key(&obj, path)?;
+            Ok(Contexts {
+                keys: smallvec::smallvec![ContextKey { kind, key }],
+                body: Some(Json::from_raw(raw)),
+            })
+        }
+        None => {
+            let key = body_key(&obj, path)?;
+            Ok(Contexts {
+                keys: smallvec::smallvec![ContextKey {
+                    kind: "user".into(),
+                    key,
+                }],
+                body: Some(old_user_to_context(raw)),
+            })
+        }
+    }
+}
+
+/// Converts an old-style LaunchDarkly user object into a `user` context object.
+pub(crate) fn old_user_to_context(raw: &RawValue) -> Json {
+    use serde_json::{Map, Value};
+    let Ok(Value::Object(user)) = serde_json::from_str::<Value>(raw.get()) else {
+        return Json::from_raw(raw);
+    };
+    let mut out = Map::new();
+    out.insert("kind".into(), "user".into());
+    let mut private = None;
+    let mut custom = None;
+    for (k, v) in user {
+        match k.as_str() {
+            "custom" => custom = Some(v),
+            "privateAttributeNames" => private = Some(v),
+            // Old users stated anonymity as possibly-null booleans; keep only `true`.
+            "anonymous" if v != Value::Bool(true) => {}
+            _ if v.is_null() => {}
+            _ => {
+                out.insert(k, v);
+            }
+        }
+    }
+    if let Some(Value::Object(custom)) = custom {
+        for (k, v) in custom {
+            out.entry(k).or_insert(v);
+        }
+    }
+    if let Some(Value::Array(names)) = private {
+        if !names.is_empty() {
+            out.insert(
+                "_meta".into(),
+                serde_json::json!({ "privateAttributes": names }),
+            );
+        }
+    }
+    Json::from_value(&Value::Object(out))
+}
+
+/// Deserialises a field that must be an object into its raw text (to keep the exact
+/// JSON) while still refusing other types with a typed error.
+pub(crate) fn expect_object(
+    dialect: Dialect,
+    path: impl FnOnce() -> String,
+    raw: &RawValue,
+) -> Result<(), DecodeError> {
+    if raw.get().starts_with('{') {
+        Ok(())
+    } else {
+        Err(DecodeError::new(
+            dialect,
+            path(),
+            Reason::WrongType {
+                expected: "an object",
+                found: raw.get().chars().take(40).collect(),
+            },
+        ))
+    }
+}
+
+/// Deserialises any JSON number (integer or float) as `serde_json::Number`; used for
+/// timestamps, which producers write in several ways.
+pub(crate) fn number_opt<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<serde_json::Number>, D::Error> {
+    Option::<serde_json::Number>::deserialize(d).map_err(de::Error::custom)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx(text: &str) -> Result<Contexts, DecodeError> {
+        let raw: &RawValue = serde_json::from_str(text).unwrap();
+        context(Dialect::Launchdarkly, "context", raw, &Limits::default())
+    }
+
+    #[test]
+    fn single_multi_and_old_user_contexts() {
+        let c = ctx(r#"{"kind":"org","key":"o1","name":"Acme"}"#).unwrap();
+        assert_eq!(c.fully_qualified_key(), "org:o1");
+        let c = ctx(r#"{"kind":"multi","user":{"key":"u"},"org":{"key":"o"}}"#).unwrap();
+        assert_eq!(c.fully_qualified_key(), "org:o:user:u");
+        let c = ctx(r#"{"key":"u","name":"Red","custom":{"tier":"gold"},"privateAttributeNames":["name"],"anonymous":null}"#)
+            .unwrap();
+        assert_eq!(c.fully_qualified_key(), "u");
+        assert_eq!(
+            c.body.unwrap().as_str(),
+            r#"{"kind":"user","key":"u","name":"Red","tier":"gold","_meta":{"privateAttributes":["name"]}}"#
+        );
+    }
+
+    #[test]
+    fn bad_contexts_name_the_field() {
+        let e = ctx(r#"{"kind":"user"}"#).unwrap_err();
+        assert_eq!(e.path, "context.key");
+        assert_eq!(e.reason, Reason::Missing);
+        let e = ctx(r#"{"kind":"user","key":5}"#).unwrap_err();
+        assert_eq!(e.path, "context.key");
+        assert_eq!(e.reason.code(), "wrong_type");
+        let e = ctx(r#"{"kind":"multi"}"#).unwrap_err();
+        assert_eq!(e.reason.code(), "invalid_value");
+        let e = ctx(r#"{"kind":"multi","user":{"name":"x"}}"#).unwrap_err();
+        assert_eq!(e.path, "context.user.key");
+        let e = ctx(r#"{"kind":"us er","key":"k"}"#).unwrap_err();
+        assert_eq!(e.path, "context.kind");
+        let e = ctx(r#"[1]"#).unwrap_err();
+        assert_eq!(e.reason.code(), "wrong_type");
+    }
+}

@@ -1,0 +1,9 @@
+//! placeholder
+use crate::window::Output;
+use super::EmitError;
+#[derive(Debug)]
+pub struct Schemas;
+impl Schemas {
+    pub fn load() -> Self { Self }
+    pub fn encode(&self, _out: &Output) -> Result<Vec<u8>, EmitError> { Ok(Vec::new()) }
+}

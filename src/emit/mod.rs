@@ -1,0 +1,341 @@
+//! Emit: engine [`Output`]s → output records (key, value, headers, deterministic id).
+//!
+//! - `launchdarkly` writes LaunchDarkly's JSON shapes in go-sdk-events key order;
+//! - `avro` writes the same events with the schemas in `schemas/` (and reads them back);
+//! - this file routes each output to its kind, derives its id and headers, and wraps
+//!   values in the Data Export envelope when configured.
+//!
+//! Ids come from the output's provenance only (input topic, partition, offset, index;
+//! or scope, flag, window, partition and part for summaries): never a clock or a random
+//! number, so a replay re-emits byte-identical records with the same ids.
+
+pub mod avro;
+pub mod launchdarkly;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+use xxhash_rust::xxh3::Xxh3;
+
+use crate::event::Scope;
+use crate::window::{Output, SourcePos};
+
+/// The kind of an output record; each kind goes to its own topic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OutputKind {
+    Summary,
+    Feature,
+    Debug,
+    Index,
+    Identify,
+    Custom,
+    PassThrough,
+    Late,
+}
+
+impl OutputKind {
+    pub const ALL: [Self; 8] = [
+        Self::Summary,
+        Self::Feature,
+        Self::Debug,
+        Self::Index,
+        Self::Identify,
+        Self::Custom,
+        Self::PassThrough,
+        Self::Late,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Summary => "summary",
+            Self::Feature => "feature",
+            Self::Debug => "debug",
+            Self::Index => "index",
+            Self::Identify => "identify",
+            Self::Custom => "custom",
+            Self::PassThrough => "passthrough",
+            Self::Late => "late",
+        }
+    }
+
+    pub fn of(out: &Output) -> Self {
+        match out {
+            Output::Summary(_) => Self::Summary,
+            Output::Feature { debug: false, .. } => Self::Feature,
+            Output::Feature { debug: true, .. } => Self::Debug,
+            Output::Index { .. } => Self::Index,
+            Output::Identify { .. } => Self::Identify,
+            Output::Custom { .. } => Self::Custom,
+            Output::PassThrough { .. } => Self::PassThrough,
+            Output::Late { .. } => Self::Late,
+        }
+    }
+}
+
+/// How record values are encoded.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Format {
+    /// LaunchDarkly's JSON shapes.
+    #[default]
+    Json,
+    /// Avro with the schemas in `schemas/`, as single-object encoding (a 2-byte marker
+    /// and the schema's 8-byte fingerprint, then the datum).
+    Avro,
+}
+
+/// What a record value is wrapped in.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum Envelope {
+    /// The bare LaunchDarkly event.
+    #[default]
+    None,
+    /// LaunchDarkly Data Export: `{"project":…,"environment":…,"event":{…},"version":1}`.
+    /// The ids come from the input when it carries them, else from here.
+    DataExport {
+        #[serde(default)]
+        project: Option<String>,
+        #[serde(default)]
+        environment: Option<String>,
+    },
+}
+
+/// Which key feature events are written with.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum FeatureKey {
+    /// The context's fully-qualified key: one context's events stay in order.
+    #[default]
+    Context,
+    /// The flag key.
+    Flag,
+    /// No key (round-robin partitioning).
+    None,
+}
+
+/// How outputs are written.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EmitConfig {
+    pub format: Format,
+    pub envelope: Envelope,
+    pub feature_key: FeatureKey,
+}
+
+/// One record, ready for a topic or a sink.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    pub kind: OutputKind,
+    pub id: Uuid,
+    pub key: Option<Vec<u8>>,
+    pub value: Vec<u8>,
+    pub headers: Vec<(&'static str, Vec<u8>)>,
+    /// Event time of the record, in ms (a summary's window end − 1).
+    pub timestamp_ms: i64,
+}
+
+/// Header names; every output record carries `ID`, `KIND` and `SOURCE`.
+pub mod header {
+    pub const ID: &str = "flagtally-id";
+    pub const KIND: &str = "flagtally-kind";
+    pub const WINDOW_START: &str = "flagtally-window-start";
+    pub const WINDOW_END: &str = "flagtally-window-end";
+    pub const LATE: &str = "flagtally-late";
+    pub const EARLY: &str = "flagtally-early";
+    /// `topic/partition/offset#index` of the input event, or `topic/partition` for a
+    /// summary.
+    pub const SOURCE: &str = "flagtally-source";
+    pub const ENV: &str = "flagtally-env";
+    pub const CONTENT_TYPE: &str = "content-type";
+}
+
+/// Errors while encoding an output. Encoding our own outputs fails only through a bug
+/// or a schema mismatch, so these stop the pipeline rather than dead-letter.
+#[derive(Debug, thiserror::Error)]
+pub enum EmitError {
+    #[error("avro encoding of a {kind} record failed: {detail}")]
+    Avro { kind: &'static str, detail: String },
+}
+
+/// Turns outputs into records.
+#[derive(Debug)]
+pub struct Emitter {
+    config: EmitConfig,
+    avro: Option<avro::Schemas>,
+}
+
+impl Emitter {
+    pub fn new(config: EmitConfig) -> Self {
+        let avro = (config.format == Format::Avro).then(avro::Schemas::load);
+        Self { config, avro }
+    }
+
+    pub fn config(&self) -> &EmitConfig {
+        &self.config
+    }
+
+    /// Encodes one output as a record.
+    pub fn emit(&self, out: &Output) -> Result<Record, EmitError> {
+        let kind = OutputKind::of(out);
+        let id = record_id(out);
+        let value = match &self.avro {
+            Some(schemas) => schemas.encode(out)?,
+            None => {
+                let mut buf = Vec::with_capacity(256);
+                match &self.config.envelope {
+                    Envelope::None => launchdarkly::write(out, &mut buf),
+                    Envelope::DataExport {
+                        project,
+                        environment,
+                    } => launchdarkly::write_data_export(
+                        out,
+                        project.as_deref(),
+                        environment.as_deref(),
+                        &mut buf,
+                    ),
+                }
+                buf
+            }
+        };
+        let mut headers = Vec::with_capacity(6);
+        headers.push((header::ID, id.hyphenated().to_string().into_bytes()));
+        headers.push((header::KIND, kind.name().as_bytes().to_vec()));
+        let content_type: &[u8] = match self.config.format {
+            Format::Json => b"application/json",
+            Format::Avro => b"application/avro",
+        };
+        headers.push((header::CONTENT_TYPE, content_type.to_vec()));
+        let (key, timestamp_ms) = match out {
+            Output::Summary(s) => {
+                headers.push((header::WINDOW_START, ms_bytes(s.window.start.as_millis())));
+                headers.push((header::WINDOW_END, ms_bytes(s.window.end.as_millis())));
+                if s.late {
+                    headers.push((header::LATE, b"true".to_vec()));
+                }
+                if s.reason == crate::window::CloseReason::Early {
+                    headers.push((header::EARLY, b"true".to_vec()));
+                }
+                headers.push((header::SOURCE, s.partition.to_string().into_bytes()));
+                (
+                    Some(s.flag_key.as_bytes().to_vec()),
+                    s.window.end.as_millis() - 1,
+                )
+            }
+            Output::Feature { event, pos, .. } => {
+                headers.push((header::SOURCE, pos.to_string().into_bytes()));
+                let key = match self.config.feature_key {
+                    FeatureKey::Context => Some(event.context.fully_qualified_key()),
+                    FeatureKey::Flag => Some(event.flag_key.clone()),
+                    FeatureKey::None => None,
+                };
+                (
+                    key.map(|k| k.as_bytes().to_vec()),
+                    event.creation_date.as_millis(),
+                )
+            }
+            Output::Index {
+                context,
+                creation_date,
+                pos,
+                ..
+            } => {
+                headers.push((header::SOURCE, pos.to_string().into_bytes()));
+                (
+                    Some(context.fully_qualified_key().as_bytes().to_vec()),
+                    creation_date.as_millis(),
+                )
+            }
+            Output::Identify { event, pos } => {
+                headers.push((header::SOURCE, pos.to_string().into_bytes()));
+                (
+                    Some(event.context.fully_qualified_key().as_bytes().to_vec()),
+                    event.creation_date.as_millis(),
+                )
+            }
+            Output::Custom { event, pos } => {
+                headers.push((header::SOURCE, pos.to_string().into_bytes()));
+                (
+                    Some(event.context.fully_qualified_key().as_bytes().to_vec()),
+                    event.creation_date.as_millis(),
+                )
+            }
+            Output::PassThrough { event, pos } => {
+                headers.push((header::SOURCE, pos.to_string().into_bytes()));
+                (None, event.creation_date.map_or(0, |t| t.as_millis()))
+            }
+            Output::Late { event, window, pos } => {
+                headers.push((header::WINDOW_START, ms_bytes(window.start.as_millis())));
+                headers.push((header::WINDOW_END, ms_bytes(window.end.as_millis())));
+                headers.push((header::SOURCE, pos.to_string().into_bytes()));
+                (None, event.time().map_or(0, |t| t.as_millis()))
+            }
+        };
+        if let Some(env) = scope_of(out).and_then(|s| s.env.as_ref()) {
+            headers.push((header::ENV, env.as_bytes().to_vec()));
+        }
+        Ok(Record {
+            kind,
+            id,
+            key,
+            value,
+            headers,
+            timestamp_ms,
+        })
+    }
+}
+
+fn ms_bytes(ms: i64) -> Vec<u8> {
+    ms.to_string().into_bytes()
+}
+
+fn scope_of(out: &Output) -> Option<&Scope> {
+    Some(match out {
+        Output::Summary(s) => &s.scope,
+        Output::Feature { event, .. } => &event.scope,
+        Output::Index { scope, .. } => scope,
+        Output::Identify { event, .. } => &event.scope,
+        Output::Custom { event, .. } => &event.scope,
+        Output::PassThrough { event, .. } => &event.scope,
+        Output::Late { event, .. } => event.scope(),
+    })
+}
+
+/// The deterministic id of an output: a version-8 UUID holding the XXH3-128 hash of
+/// the output's provenance, each field length-prefixed so no two provenances collide
+/// by concatenation.
+pub fn record_id(out: &Output) -> Uuid {
+    let mut h = Xxh3::new();
+    let mut field = |bytes: &[u8]| {
+        h.update(&(bytes.len() as u64).to_le_bytes());
+        h.update(bytes);
+    };
+    field(b"flagtally/1");
+    field(OutputKind::of(out).name().as_bytes());
+    match out {
+        Output::Summary(s) => {
+            field(s.scope.project.as_deref().unwrap_or("").as_bytes());
+            field(s.scope.env.as_deref().unwrap_or("").as_bytes());
+            field(s.flag_key.as_bytes());
+            field(&s.window.start.as_millis().to_le_bytes());
+            field(&s.window.end.as_millis().to_le_bytes());
+            field(s.partition.topic.as_bytes());
+            field(&s.partition.partition.to_le_bytes());
+            field(&[u8::from(s.late)]);
+            field(&s.part.to_le_bytes());
+        }
+        other => {
+            if let Some(SourcePos {
+                partition,
+                offset,
+                index,
+            }) = other.pos()
+            {
+                field(partition.topic.as_bytes());
+                field(&partition.partition.to_le_bytes());
+                field(&offset.to_le_bytes());
+                field(&index.to_le_bytes());
+            }
+        }
+    }
+    Uuid::new_v8(h.digest128().to_be_bytes())
+}

@@ -1,0 +1,22 @@
+//! flagtally: raw feature-flag evaluation events in, LaunchDarkly-shaped analytics out.
+//!
+//! # Layout: the stages, in the order data flows through them
+//!
+//! | module | role |
+//! |---|---|
+//! | [`event`] | the canonical [`event::Event`] every dialect decodes into |
+//! | [`decode`] | record bytes → events, one file per dialect; bad input → [`decode::DecodeError`] |
+//! | [`window`] | **pure** event-time engine: watermarks, summaries, feature-event gating, index dedupe |
+//! | [`emit`] | engine outputs → record bytes (LaunchDarkly JSON, Data Export envelope, Avro), ids and headers |
+//! | [`offline`] | `flagtally summarize`: the same stages over files, no broker |
+//! | [`cli`] | the command line |
+//!
+//! Nothing in `event`, `decode`, `window` or `emit` reads a clock or does I/O: time is
+//! passed in, and outputs are returned, so the same input always yields the same bytes.
+
+pub mod cli;
+pub mod decode;
+pub mod emit;
+pub mod event;
+pub mod offline;
+pub mod window;
