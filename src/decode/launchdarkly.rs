@@ -1,3 +1,681 @@
-//! placeholder
-use super::{Decoded, Limits};
-pub(crate) fn decode(_v: &[u8], _l: &Limits, _o: &mut Decoded) {}
+//! LaunchDarkly analytics events: one SDK event, a `/bulk` array of them, or the Data
+//! Export envelope `{project, environment, event, version}` around one.
+//!
+//! Every generation is read: an inline `context` (single or multi), schema-4
+//! `contextKeys`, and schema ≤ 3 `userKey` / inline `user` (+ `contextKind:
+//! "anonymousUser"`). Kinds: `feature` and `debug` → [`Evaluation`]; `custom`;
+//! `identify`; `index`; `summary` (re-aggregated); `alias` and unknown kinds are passed
+//! through unchanged. flagtally's own outputs are valid input too (`variationName`,
+//! string versions), so instances can be chained (1 m → 1 h → 1 d).
+//!
+//! `creationDate` is milliseconds (µs/ns recognised by magnitude, never seconds).
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+use serde_json::Number;
+use serde_json::value::RawValue;
+use smallvec::SmallVec;
+
+use super::util::{self, at};
+use super::{DecodeError, Decoded, Dialect, Limits, Reason};
+use crate::event::{
+    ContextEvent, ContextKey, Contexts, Custom, Evaluation, Event, EventTime, FlagVersion, Json,
+    PassThrough, Scope, Summary, SummaryCounter, SummaryFlag, TimeUnit, VariationRef,
+};
+
+const D: Dialect = Dialect::Launchdarkly;
+const UNIT: TimeUnit = TimeUnit::MillisOrFiner;
+
+/// The union of every field of every kind and generation. Unknown fields are ignored,
+/// as LaunchDarkly's own decoders do.
+#[derive(Deserialize)]
+struct Raw<'a> {
+    #[serde(borrow)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(rename = "creationDate")]
+    creation_date: Option<Number>,
+    #[serde(borrow)]
+    key: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    version: Option<&'a RawValue>,
+    #[serde(borrow)]
+    context: Option<&'a RawValue>,
+    #[serde(rename = "contextKeys", borrow)]
+    context_keys: Option<&'a RawValue>,
+    #[serde(rename = "userKey", borrow)]
+    user_key: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    user: Option<&'a RawValue>,
+    #[serde(rename = "contextKind", borrow)]
+    context_kind: Option<Cow<'a, str>>,
+    variation: Option<Number>,
+    #[serde(rename = "variationName", borrow)]
+    variation_name: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    value: Option<&'a RawValue>,
+    #[serde(borrow)]
+    default: Option<&'a RawValue>,
+    #[serde(rename = "prereqOf", borrow)]
+    prereq_of: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    reason: Option<&'a RawValue>,
+    #[serde(rename = "trackEvents")]
+    track_events: Option<bool>,
+    #[serde(rename = "debugEventsUntilDate")]
+    debug_until: Option<Number>,
+    #[serde(rename = "samplingRatio")]
+    sampling_ratio: Option<u64>,
+    #[serde(rename = "excludeFromSummaries")]
+    exclude_from_summaries: Option<bool>,
+    #[serde(borrow)]
+    data: Option<&'a RawValue>,
+    #[serde(rename = "metricValue")]
+    metric_value: Option<f64>,
+    #[serde(rename = "startDate")]
+    start_date: Option<Number>,
+    #[serde(rename = "endDate")]
+    end_date: Option<Number>,
+    #[serde(borrow)]
+    features: Option<&'a RawValue>,
+    // The Data Export envelope.
+    #[serde(borrow)]
+    event: Option<&'a RawValue>,
+    #[serde(borrow)]
+    project: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    environment: Option<Cow<'a, str>>,
+}
+
+pub(crate) fn decode(value: &[u8], limits: &Limits, out: &mut Decoded) {
+    match first_byte(value) {
+        Some(b'[') => match util::parse::<Vec<&RawValue>>(D, "", value) {
+            Ok(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    let path = format!("[{i}]");
+                    match one(item.get().as_bytes(), &path, limits, &Scope::default()) {
+                        Ok(ev) => out.events.push(ev),
+                        Err(e) => out.errors.push(e),
+                    }
+                }
+            }
+            Err(e) => out.errors.push(e),
+        },
+        _ => match one(value, "", limits, &Scope::default()) {
+            Ok(ev) => out.events.push(ev),
+            Err(e) => out.errors.push(e),
+        },
+    }
+}
+
+pub(crate) fn first_byte(value: &[u8]) -> Option<u8> {
+    value.iter().copied().find(|b| !b.is_ascii_whitespace())
+}
+
+fn one(bytes: &[u8], path: &str, limits: &Limits, scope: &Scope) -> Result<Event, DecodeError> {
+    if first_byte(bytes) != Some(b'{') {
+        // Let serde name what it found.
+        util::parse::<util::RawObject<'_>>(D, path, bytes)?;
+    }
+    let raw: Raw<'_> = util::parse(D, path, bytes)?;
+    let Some(kind) = raw.kind.as_deref() else {
+        if let Some(inner) = raw.event {
+            return envelope(&raw, inner, path, limits);
+        }
+        return Err(DecodeError::new(D, at(path, "kind"), Reason::Missing));
+    };
+    let field = |name: &str| at(path, name);
+    match kind {
+        "feature" | "debug" => evaluation(&raw, kind == "debug", path, limits, scope),
+        "custom" => Ok(Event::Custom(Custom {
+            scope: scope.clone(),
+            key: util::key(D, || field("key"), raw.key.as_deref(), limits)?,
+            context: contexts(&raw, path, limits)?,
+            data: raw.data.map(Json::from_raw),
+            metric_value: raw.metric_value,
+            creation_date: creation(&raw, path)?,
+            sampling_ratio: raw.sampling_ratio,
+        })),
+        "identify" | "index" => {
+            let ev = ContextEvent {
+                scope: scope.clone(),
+                context: contexts(&raw, path, limits)?,
+                creation_date: creation(&raw, path)?,
+                sampling_ratio: raw.sampling_ratio,
+            };
+            Ok(if kind == "index" {
+                Event::Index(ev)
+            } else {
+                Event::Identify(ev)
+            })
+        }
+        "summary" => summary(&raw, path, limits, scope),
+        other => {
+            let kind = util::key(D, || field("kind"), Some(other), limits)?;
+            let creation_date = match &raw.creation_date {
+                None => None,
+                Some(n) => Some(util::time(D, || field("creationDate"), Some(n), UNIT)?),
+            };
+            let text = std::str::from_utf8(bytes).map_err(|e| {
+                DecodeError::new(D, path.to_owned(), Reason::Utf8(e.valid_up_to()))
+            })?;
+            Ok(Event::PassThrough(PassThrough {
+                scope: scope.clone(),
+                kind,
+                body: Json::parse(text)
+                    .map_err(|e| DecodeError::new(D, path.to_owned(), util::classify(&e, bytes)))?,
+                creation_date,
+            }))
+        }
+    }
+}
+
+/// `{"project":…,"environment":…,"event":{…},"version":1}`: the ids become the event's
+/// scope.
+fn envelope(raw: &Raw<'_>, inner: &RawValue, path: &str, limits: &Limits) -> Result<Event, DecodeError> {
+    let scope = Scope {
+        project: util::opt_key(D, || at(path, "project"), raw.project.as_deref(), limits)?,
+        env: util::opt_key(D, || at(path, "environment"), raw.environment.as_deref(), limits)?,
+    };
+    let inner_path = at(path, "event");
+    one(inner.get().as_bytes(), &inner_path, limits, &scope)
+}
+
+fn creation(raw: &Raw<'_>, path: &str) -> Result<EventTime, DecodeError> {
+    util::time(D, || at(path, "creationDate"), raw.creation_date.as_ref(), UNIT)
+}
+
+fn evaluation(
+    raw: &Raw<'_>,
+    debug: bool,
+    path: &str,
+    limits: &Limits,
+    scope: &Scope,
+) -> Result<Event, DecodeError> {
+    let field = |name: &str| at(path, name);
+    let variation = match (&raw.variation, &raw.variation_name) {
+        (Some(n), _) => Some(VariationRef::Index(
+            n.as_u64()
+                .and_then(|v| u32::try_from(v).ok())
+                .ok_or_else(|| {
+                    DecodeError::new(
+                        D,
+                        field("variation"),
+                        Reason::Invalid(format!("{n} is not a variation index")),
+                    )
+                })?,
+        )),
+        (None, Some(name)) => Some(VariationRef::Name(util::key(
+            D,
+            || field("variationName"),
+            Some(name),
+            limits,
+        )?)),
+        (None, None) => None,
+    };
+    let reason = raw.reason.map(Json::from_raw);
+    let in_experiment = reason
+        .as_ref()
+        .is_some_and(|r| r.as_str().contains("\"inExperiment\":true"));
+    Ok(Event::Evaluation(Evaluation {
+        scope: scope.clone(),
+        flag_key: util::key(D, || field("key"), raw.key.as_deref(), limits)?,
+        variation,
+        version: version(raw.version, || field("version"), limits)?,
+        value: raw.value.map_or_else(Json::null, Json::from_raw),
+        default: Some(raw.default.map_or_else(Json::null, Json::from_raw)),
+        context: contexts(raw, path, limits)?,
+        creation_date: creation(raw, path)?,
+        reason,
+        in_experiment,
+        prereq_of: util::opt_key(D, || field("prereqOf"), raw.prereq_of.as_deref(), limits)?,
+        track_events: raw.track_events,
+        debug_events_until_date: match &raw.debug_until {
+            None => None,
+            Some(n) => Some(util::time(D, || field("debugEventsUntilDate"), Some(n), UNIT)?),
+        },
+        sampling_ratio: raw.sampling_ratio,
+        exclude_from_summaries: raw.exclude_from_summaries.unwrap_or(false),
+        debug,
+        meta: None,
+    }))
+}
+
+/// A flag version: an integer (LaunchDarkly) or a string (flagtally's own output for
+/// go-feature-flag input). `null` means unknown.
+fn version(
+    raw: Option<&RawValue>,
+    path: impl Fn() -> String,
+    limits: &Limits,
+) -> Result<Option<FlagVersion>, DecodeError> {
+    let Some(raw) = raw else { return Ok(None) };
+    let text = raw.get();
+    if text.starts_with('"') {
+        let s: Cow<'_, str> = serde_json::from_str(text)
+            .map_err(|e| DecodeError::new(D, path(), util::classify(&e, text.as_bytes())))?;
+        return Ok(util::opt_key(D, path, Some(&s), limits)?.map(FlagVersion::Str));
+    }
+    let n: Number = serde_json::from_str(text).map_err(|_| {
+        DecodeError::new(
+            D,
+            path(),
+            Reason::WrongType {
+                expected: "an integer or a string",
+                found: text.chars().take(40).collect(),
+            },
+        )
+    })?;
+    util::int(&n).map(|v| Some(FlagVersion::Int(v))).ok_or_else(|| {
+        DecodeError::new(D, path(), Reason::Invalid(format!("{n} is not an integer version")))
+    })
+}
+
+/// Who the event is about, from whichever generation of field the producer used.
+fn contexts(raw: &Raw<'_>, path: &str, limits: &Limits) -> Result<Contexts, DecodeError> {
+    let anonymous_user = raw.context_kind.as_deref() == Some("anonymousUser");
+    if let Some(ctx) = raw.context {
+        return util::context(D, &at(path, "context"), ctx, limits);
+    }
+    if let Some(keys) = raw.context_keys {
+        let obj: util::RawObject<'_> =
+            util::parse(D, &at(path, "contextKeys"), keys.get().as_bytes())?;
+        let mut out: SmallVec<[ContextKey; 1]> = SmallVec::new();
+        for (kind, key) in &obj.fields {
+            let p = || at(&at(path, "contextKeys"), kind);
+            let key: Cow<'_, str> = serde_json::from_str(key.get()).map_err(|_| {
+                DecodeError::new(
+                    D,
+                    p(),
+                    Reason::WrongType {
+                        expected: "a string",
+                        found: key.get().chars().take(40).collect(),
+                    },
+                )
+            })?;
+            out.push(ContextKey {
+                kind: util::key(D, p, Some(kind), limits)?,
+                key: util::key(D, p, Some(&key), limits)?,
+            });
+        }
+        if out.is_empty() {
+            return Err(DecodeError::new(
+                D,
+                at(path, "contextKeys"),
+                Reason::Invalid("no context keys".into()),
+            ));
+        }
+        out.sort();
+        return Ok(Contexts {
+            keys: out,
+            body: None,
+        });
+    }
+    if let Some(user) = raw.user {
+        let mut c = util::context(D, &at(path, "user"), user, limits)?;
+        if anonymous_user {
+            c.body = c.body.map(|b| with_anonymous(&b));
+        }
+        return Ok(c);
+    }
+    if let Some(key) = raw.user_key.as_deref() {
+        let mut c = Contexts::single("user", &util::key(D, || at(path, "userKey"), Some(key), limits)?);
+        if anonymous_user {
+            c.body = Some(with_anonymous(&c.to_object()));
+        }
+        return Ok(c);
+    }
+    Err(DecodeError::new(D, at(path, "context"), Reason::Missing))
+}
+
+/// Marks a context object anonymous (schema ≤ 3 `contextKind: "anonymousUser"`).
+fn with_anonymous(body: &Json) -> Json {
+    let mut v = body.to_value();
+    if let Some(obj) = v.as_object_mut() {
+        obj.insert("anonymous".into(), true.into());
+    }
+    Json::from_value(&v)
+}
+
+#[derive(Deserialize)]
+struct RawFlag<'a> {
+    #[serde(borrow)]
+    default: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    counters: Vec<RawCounter<'a>>,
+    #[serde(rename = "contextKinds", default, borrow)]
+    context_kinds: Vec<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct RawCounter<'a> {
+    variation: Option<Number>,
+    #[serde(rename = "variationName", borrow)]
+    variation_name: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    version: Option<&'a RawValue>,
+    unknown: Option<bool>,
+    #[serde(borrow)]
+    value: Option<&'a RawValue>,
+    count: Option<u64>,
+}
+
+fn summary(raw: &Raw<'_>, path: &str, limits: &Limits, scope: &Scope) -> Result<Event, DecodeError> {
+    let field = |name: &str| at(path, name);
+    let start_date = util::time(D, || field("startDate"), raw.start_date.as_ref(), UNIT)?;
+    let end_date = util::time(D, || field("endDate"), raw.end_date.as_ref(), UNIT)?;
+    if end_date < start_date {
+        return Err(DecodeError::new(
+            D,
+            field("endDate"),
+            Reason::Invalid("endDate is before startDate".into()),
+        ));
+    }
+    let features_path = field("features");
+    let Some(features) = raw.features else {
+        return Err(DecodeError::new(D, features_path, Reason::Missing));
+    };
+    let obj: util::RawObject<'_> = util::parse(D, &features_path, features.get().as_bytes())?;
+    let mut flags = Vec::with_capacity(obj.fields.len());
+    for (flag_key, body) in &obj.fields {
+        let flag_path = at(&features_path, flag_key);
+        let flag: RawFlag<'_> = util::parse(D, &flag_path, body.get().as_bytes())?;
+        let mut counters = Vec::with_capacity(flag.counters.len());
+        for (i, c) in flag.counters.iter().enumerate() {
+            let cp = format!("{flag_path}.counters[{i}]");
+            let variation = match (&c.variation, &c.variation_name) {
+                (Some(n), _) => Some(VariationRef::Index(
+                    n.as_u64().and_then(|v| u32::try_from(v).ok()).ok_or_else(|| {
+                        DecodeError::new(
+                            D,
+                            at(&cp, "variation"),
+                            Reason::Invalid(format!("{n} is not a variation index")),
+                        )
+                    })?,
+                )),
+                (None, Some(name)) => Some(VariationRef::Name(util::key(
+                    D,
+                    || at(&cp, "variationName"),
+                    Some(name),
+                    limits,
+                )?)),
+                (None, None) => None,
+            };
+            let version = if c.unknown == Some(true) {
+                None
+            } else {
+                version(c.version, || at(&cp, "version"), limits)?
+            };
+            let count = c
+                .count
+                .ok_or_else(|| DecodeError::new(D, at(&cp, "count"), Reason::Missing))?;
+            counters.push(SummaryCounter {
+                variation,
+                version,
+                value: c.value.map_or_else(Json::null, Json::from_raw),
+                count,
+            });
+        }
+        let mut context_kinds = Vec::with_capacity(flag.context_kinds.len());
+        for (i, k) in flag.context_kinds.iter().enumerate() {
+            context_kinds.push(util::key(
+                D,
+                || format!("{flag_path}.contextKinds[{i}]"),
+                Some(k),
+                limits,
+            )?);
+        }
+        flags.push(SummaryFlag {
+            key: util::key(D, || flag_path.clone(), Some(flag_key), limits)?,
+            default: flag.default.map(Json::from_raw),
+            counters,
+            context_kinds,
+        });
+    }
+    Ok(Event::Summary(Summary {
+        scope: scope.clone(),
+        start_date,
+        end_date,
+        features: flags,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dec(text: &str) -> Decoded {
+        let mut out = Decoded::default();
+        decode(text.as_bytes(), &Limits::default(), &mut out);
+        out
+    }
+
+    fn one_event(text: &str) -> Event {
+        let out = dec(text);
+        assert!(out.errors.is_empty(), "{:?}", out.errors);
+        assert_eq!(out.events.len(), 1);
+        out.events.into_iter().next().unwrap()
+    }
+
+    fn err(text: &str) -> DecodeError {
+        let out = dec(text);
+        assert!(out.events.is_empty(), "{:?}", out.events);
+        assert_eq!(out.errors.len(), 1, "{:?}", out.errors);
+        out.errors.into_iter().next().unwrap()
+    }
+
+    fn eval(ev: Event) -> Evaluation {
+        match ev {
+            Event::Evaluation(e) => e,
+            other => panic!("not an evaluation: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn feature_event_with_inline_context() {
+        let e = eval(one_event(
+            r#"{"kind":"feature","creationDate":1000,"key":"flag1","version":11,
+                "context":{"kind":"user","key":"u","name":"Red"},"variation":1,"value":"a",
+                "default":"d1","reason":{"kind":"FALLTHROUGH","inExperiment":true}}"#,
+        ));
+        assert_eq!(e.flag_key, "flag1");
+        assert_eq!(e.version, Some(FlagVersion::Int(11)));
+        assert_eq!(e.variation, Some(VariationRef::Index(1)));
+        assert_eq!(e.value.as_str(), r#""a""#);
+        assert_eq!(e.default.unwrap().as_str(), r#""d1""#);
+        assert_eq!(e.creation_date, EventTime::from_millis(1000));
+        assert_eq!(
+            e.context.body.unwrap().as_str(),
+            r#"{"kind":"user","key":"u","name":"Red"}"#
+        );
+        assert!(e.in_experiment);
+        assert_eq!(e.track_events, None);
+        assert!(!e.debug);
+    }
+
+    #[test]
+    fn every_context_generation() {
+        let e = eval(one_event(
+            r#"{"kind":"feature","creationDate":1,"key":"f","contextKeys":{"user":"u","org":"o"}}"#,
+        ));
+        assert_eq!(e.context.fully_qualified_key(), "org:o:user:u");
+        assert_eq!(e.context.body, None);
+        let e = eval(one_event(
+            r#"{"kind":"feature","creationDate":1,"key":"f","userKey":"u","contextKind":"anonymousUser"}"#,
+        ));
+        assert_eq!(
+            e.context.body.unwrap().as_str(),
+            r#"{"kind":"user","key":"u","anonymous":true}"#
+        );
+        let e = eval(one_event(
+            r#"{"kind":"debug","creationDate":1,"key":"f","user":{"key":"u","name":"B"}}"#,
+        ));
+        assert!(e.debug);
+        assert_eq!(
+            e.context.body.unwrap().as_str(),
+            r#"{"kind":"user","key":"u","name":"B"}"#
+        );
+        let e = eval(one_event(
+            r#"{"kind":"feature","creationDate":1,"key":"f","context":{"key":"old"}}"#,
+        ));
+        assert_eq!(e.context.keys[0].kind, "user");
+    }
+
+    #[test]
+    fn raw_event_flags_are_honoured() {
+        let e = eval(one_event(
+            r#"{"kind":"feature","creationDate":5,"key":"f","userKey":"u","trackEvents":false,
+                "debugEventsUntilDate":99,"samplingRatio":3,"excludeFromSummaries":true,"prereqOf":"p"}"#,
+        ));
+        assert_eq!(e.track_events, Some(false));
+        assert_eq!(e.debug_events_until_date, Some(EventTime::from_millis(99)));
+        assert_eq!(e.sampling_ratio, Some(3));
+        assert!(e.exclude_from_summaries);
+        assert_eq!(e.prereq_of.as_deref(), Some("p"));
+        assert_eq!(e.default, Some(Json::null()));
+        assert_eq!(e.variation, None);
+        assert_eq!(e.version, None);
+    }
+
+    #[test]
+    fn bulk_array_keeps_good_events_and_names_the_bad_one() {
+        let out = dec(
+            r#"[{"kind":"identify","creationDate":1,"context":{"kind":"user","key":"a"}},
+                {"kind":"feature","creationDate":"soon","key":"f","userKey":"u"},
+                {"kind":"custom","creationDate":2,"key":"ev","contextKeys":{"user":"b"},"metricValue":0}]"#,
+        );
+        assert_eq!(out.events.len(), 2);
+        assert_eq!(out.errors.len(), 1);
+        assert_eq!(out.errors[0].path, "[1].creationDate");
+        assert_eq!(out.errors[0].reason.code(), "wrong_type");
+        match &out.events[1] {
+            Event::Custom(c) => assert_eq!(c.metric_value, Some(0.0)),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn data_export_envelope_sets_the_scope() {
+        let ev = one_event(
+            r#"{"project":"p1","environment":"e1","version":1,
+                "event":{"kind":"feature","creationDate":1,"key":"f","userKey":"u","version":4}}"#,
+        );
+        let e = eval(ev);
+        assert_eq!(e.scope.project.as_deref(), Some("p1"));
+        assert_eq!(e.scope.env.as_deref(), Some("e1"));
+        assert_eq!(e.version, Some(FlagVersion::Int(4)));
+        let bad = err(r#"{"project":"p","environment":"e","event":{"kind":"feature"}}"#);
+        assert_eq!(bad.path, "event.key");
+    }
+
+    #[test]
+    fn summary_input_is_read_counter_by_counter() {
+        let ev = one_event(
+            r#"{"kind":"summary","startDate":1000,"endDate":1002,
+                "features":{"flag1":{"default":"d1","counters":[
+                    {"variation":1,"version":11,"value":"a","count":2},
+                    {"version":11,"value":"d1","count":1},
+                    {"unknown":true,"value":"d3","count":1},
+                    {"variationName":"blue","version":"v7","value":"b","count":4}],
+                  "contextKinds":["user","org"]}}}"#,
+        );
+        let Event::Summary(s) = ev else { panic!() };
+        assert_eq!(s.features.len(), 1);
+        let f = &s.features[0];
+        assert_eq!(f.counters.len(), 4);
+        assert_eq!(f.counters[2].version, None);
+        assert_eq!(f.counters[3].variation, Some(VariationRef::Name("blue".into())));
+        assert_eq!(f.counters[3].version, Some(FlagVersion::Str("v7".into())));
+        assert_eq!(f.context_kinds, vec!["user", "org"]);
+    }
+
+    #[test]
+    fn alias_and_unknown_kinds_pass_through() {
+        let ev = one_event(r#"{"kind":"alias","creationDate":3, "key":"new","previousKey":"old"}"#);
+        let Event::PassThrough(p) = ev else { panic!() };
+        assert_eq!(p.kind, "alias");
+        assert_eq!(p.body.as_str(), r#"{"kind":"alias","creationDate":3,"key":"new","previousKey":"old"}"#);
+        assert_eq!(p.creation_date, Some(EventTime::from_millis(3)));
+    }
+
+    #[test]
+    fn bad_inputs_give_precise_errors() {
+        let limits = Limits::default();
+        let long_key = "k".repeat(limits.max_key_bytes + 1);
+        let cases: Vec<(String, &str, &str)> = vec![
+            (r#"{"kind":"feature","creationDate":1,"key":"f""#.into(), "", "syntax"),
+            (r#"{"kind":"feature","creationDate":1,"key":"f","userKey":"u"} x"#.into(), "", "syntax"),
+            (r#""just a string""#.into(), "", "wrong_type"),
+            ("null".into(), "", "wrong_type"),
+            ("42".into(), "", "wrong_type"),
+            ("{}".into(), "kind", "missing_field"),
+            (r#"{"kind":7}"#.into(), "kind", "wrong_type"),
+            (r#"{"kind":"feature","key":"f","userKey":"u"}"#.into(), "creationDate", "missing_field"),
+            (r#"{"kind":"feature","creationDate":-5,"key":"f","userKey":"u"}"#.into(), "creationDate", "invalid_value"),
+            (r#"{"kind":"feature","creationDate":1e300,"key":"f","userKey":"u"}"#.into(), "creationDate", "invalid_value"),
+            (r#"{"kind":"feature","creationDate":1,"userKey":"u"}"#.into(), "key", "missing_field"),
+            (r#"{"kind":"feature","creationDate":1,"key":"","userKey":"u"}"#.into(), "key", "invalid_value"),
+            (r#"{"kind":"feature","creationDate":1,"key":5,"userKey":"u"}"#.into(), "key", "wrong_type"),
+            (format!(r#"{{"kind":"feature","creationDate":1,"key":"{long_key}","userKey":"u"}}"#), "key", "string_too_long"),
+            (r#"{"kind":"feature","creationDate":1,"key":"f"}"#.into(), "context", "missing_field"),
+            (r#"{"kind":"feature","creationDate":1,"key":"f","userKey":"u","variation":-1}"#.into(), "variation", "invalid_value"),
+            (r#"{"kind":"feature","creationDate":1,"key":"f","userKey":"u","variation":1.5}"#.into(), "variation", "invalid_value"),
+            (r#"{"kind":"feature","creationDate":1,"key":"f","userKey":"u","variation":99999999999}"#.into(), "variation", "invalid_value"),
+            (r#"{"kind":"feature","creationDate":1,"key":"f","userKey":"u","version":[1]}"#.into(), "version", "wrong_type"),
+            (r#"{"kind":"feature","creationDate":1,"key":"f","userKey":"u","version":1e40}"#.into(), "version", "invalid_value"),
+            (r#"{"kind":"feature","creationDate":1,"key":"f","userKey":"u","trackEvents":"yes"}"#.into(), "trackEvents", "wrong_type"),
+            (r#"{"kind":"feature","creationDate":1,"key":"f","userKey":"u","samplingRatio":-1}"#.into(), "samplingRatio", "invalid_value"),
+            (r#"{"kind":"feature","creationDate":1,"key":"f","context":{"kind":"user"}}"#.into(), "context.key", "missing_field"),
+            (r#"{"kind":"feature","creationDate":1,"key":"f","context":"u"}"#.into(), "context", "wrong_type"),
+            (r#"{"kind":"feature","creationDate":1,"key":"f","contextKeys":{"user":1}}"#.into(), "contextKeys.user", "wrong_type"),
+            (r#"{"kind":"feature","creationDate":1,"key":"f","contextKeys":{}}"#.into(), "contextKeys", "invalid_value"),
+            (r#"{"kind":"custom","creationDate":1,"userKey":"u"}"#.into(), "key", "missing_field"),
+            (r#"{"kind":"custom","creationDate":1,"key":"e","userKey":"u","metricValue":"x"}"#.into(), "metricValue", "wrong_type"),
+            (r#"{"kind":"identify","creationDate":1}"#.into(), "context", "missing_field"),
+            (r#"{"kind":"summary","startDate":5,"endDate":1,"features":{}}"#.into(), "endDate", "invalid_value"),
+            (r#"{"kind":"summary","startDate":1,"endDate":2}"#.into(), "features", "missing_field"),
+            (r#"{"kind":"summary","startDate":1,"endDate":2,"features":{"f":{"counters":[{"value":1}]}}}"#.into(), "features.f.counters[0].count", "missing_field"),
+            (r#"{"kind":"summary","startDate":1,"endDate":2,"features":{"f":{"counters":[{"count":-3}]}}}"#.into(), "features.f.counters[0].count", "invalid_value"),
+            (r#"{"kind":"summary","startDate":1,"endDate":2,"features":{"f":{"counters":"x"}}}"#.into(), "features.f.counters", "wrong_type"),
+            (r#"[[{"kind":"feature"}]]"#.into(), "[0]", "wrong_type"),
+            (format!("{}1{}", "[".repeat(200), "]".repeat(200)), "[0]", "wrong_type"),
+        ];
+        for (input, path, code) in cases {
+            let e = err(&input);
+            assert_eq!(e.dialect, Dialect::Launchdarkly, "{input}");
+            assert_eq!((e.path.as_str(), e.reason.code()), (path, code), "{input}: {e}");
+        }
+    }
+
+    #[test]
+    fn deep_nesting_never_overflows() {
+        for depth in [500, 100_000] {
+            let text = format!(
+                r#"{{"kind":"feature","creationDate":1,"key":"f","userKey":"u","value":{}1{}}}"#,
+                "[".repeat(depth),
+                "]".repeat(depth)
+            );
+            let out = dec(&text);
+            assert_eq!(out.events.len() + out.errors.len(), 1);
+        }
+    }
+
+    #[test]
+    fn invalid_utf8_and_huge_strings_are_errors() {
+        let mut bytes = br#"{"kind":"feature","creationDate":1,"key":""#.to_vec();
+        bytes.extend_from_slice(&[0xff, 0xfe]);
+        bytes.extend_from_slice(br#"","userKey":"u"}"#);
+        let mut out = Decoded::default();
+        decode(&bytes, &Limits::default(), &mut out);
+        assert_eq!(out.errors.len(), 1);
+        assert_eq!(out.errors[0].reason.code(), "utf8");
+
+        let huge = format!(
+            r#"{{"kind":"feature","creationDate":1,"key":"f","userKey":"u","value":"{}"}}"#,
+            "x".repeat(10 << 20)
+        );
+        let decoder = super::super::Decoder::new(Dialect::Launchdarkly, Limits::default());
+        let mut out = Decoded::default();
+        decoder.decode(huge.as_bytes(), &mut out);
+        assert_eq!(out.errors[0].reason.code(), "too_large");
+    }
+}

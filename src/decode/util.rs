@@ -16,6 +16,8 @@ use crate::event::{ContextKey, Contexts, EventTime, Json, TimeUnit};
 pub(crate) fn at(prefix: &str, field: &str) -> String {
     if prefix.is_empty() {
         field.to_owned()
+    } else if field.is_empty() {
+        prefix.to_owned()
     } else if field.starts_with('[') {
         format!("{prefix}{field}")
     } else {
@@ -41,7 +43,7 @@ pub(crate) fn parse<'a, T: Deserialize<'a>>(
                     (path, e.into_inner())
                 }
             };
-            let path = if path == "." { String::new() } else { path };
+            let path = if path == "." || path == "?" { String::new() } else { path };
             Err(DecodeError::new(
                 dialect,
                 at(prefix, &path),
@@ -93,7 +95,7 @@ fn leak_expected(expected: &str) -> &'static str {
         e if e.contains("a string") || e.contains("borrowed string") => "a string",
         e if e.contains("a boolean") => "a boolean",
         e if e.contains("sequence") => "an array",
-        e if e.contains("map") || e.contains("struct") => "an object",
+        e if e.contains("map") || e.contains("struct") || e.contains("object") => "an object",
         _ => "another type",
     }
 }
