@@ -214,14 +214,20 @@ fn evaluation(
         (None, None) => None,
     };
     let reason = raw.reason.map(Json::from_raw);
-    let in_experiment = reason
-        .as_ref()
-        .is_some_and(|r| r.as_str().contains("\"inExperiment\":true"));
+    let version = version(raw.version, || field("version"), limits)?;
+    // No version means the flag was unknown to the SDK, and LaunchDarkly never makes
+    // full events for unknown flags: say so here, where the dialect's meaning is known.
+    let known = version.is_some();
+    let in_experiment = known
+        && reason
+            .as_ref()
+            .is_some_and(|r| r.as_str().contains("\"inExperiment\":true"));
+    let track_events = if known { raw.track_events } else { Some(false) };
     Ok(Event::Evaluation(Evaluation {
         scope: scope.clone(),
         flag_key: util::key(D, || field("key"), raw.key.as_deref(), limits)?,
         variation,
-        version: version(raw.version, || field("version"), limits)?,
+        version,
         value: raw.value.map_or_else(Json::null, Json::from_raw),
         default: Some(raw.default.map_or_else(Json::null, Json::from_raw)),
         context: contexts(raw, path, limits)?,
@@ -229,7 +235,7 @@ fn evaluation(
         reason,
         in_experiment,
         prereq_of: util::opt_key(D, || field("prereqOf"), raw.prereq_of.as_deref(), limits)?,
-        track_events: raw.track_events,
+        track_events,
         debug_events_until_date: match &raw.debug_until {
             None => None,
             Some(n) => Some(util::time(D, || field("debugEventsUntilDate"), Some(n), UNIT)?),
@@ -526,7 +532,7 @@ mod tests {
             r#"{"kind":"feature","creationDate":5,"key":"f","userKey":"u","trackEvents":false,
                 "debugEventsUntilDate":99,"samplingRatio":3,"excludeFromSummaries":true,"prereqOf":"p"}"#,
         ));
-        assert_eq!(e.track_events, Some(false));
+        assert_eq!(e.track_events, Some(false), "unknown flag: never full");
         assert_eq!(e.debug_events_until_date, Some(EventTime::from_millis(99)));
         assert_eq!(e.sampling_ratio, Some(3));
         assert!(e.exclude_from_summaries);

@@ -5,7 +5,7 @@ use std::borrow::Cow;
 use std::fmt;
 
 use compact_str::CompactString;
-use serde::de::{self, Deserialize, Deserializer, MapAccess, Visitor};
+use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 use smallvec::SmallVec;
 
@@ -357,35 +357,6 @@ pub(crate) fn old_user_to_context(raw: &RawValue) -> Json {
         }
     }
     Json::from_value(&Value::Object(out))
-}
-
-/// Deserialises a field that must be an object into its raw text (to keep the exact
-/// JSON) while still refusing other types with a typed error.
-pub(crate) fn expect_object(
-    dialect: Dialect,
-    path: impl FnOnce() -> String,
-    raw: &RawValue,
-) -> Result<(), DecodeError> {
-    if raw.get().starts_with('{') {
-        Ok(())
-    } else {
-        Err(DecodeError::new(
-            dialect,
-            path(),
-            Reason::WrongType {
-                expected: "an object",
-                found: raw.get().chars().take(40).collect(),
-            },
-        ))
-    }
-}
-
-/// Deserialises any JSON number (integer or float) as `serde_json::Number`; used for
-/// timestamps, which producers write in several ways.
-pub(crate) fn number_opt<'de, D: Deserializer<'de>>(
-    d: D,
-) -> Result<Option<serde_json::Number>, D::Error> {
-    Option::<serde_json::Number>::deserialize(d).map_err(de::Error::custom)
 }
 
 #[cfg(test)]

@@ -322,6 +322,10 @@ pub fn record_id(out: &Output) -> Uuid {
             field(&s.partition.partition.to_le_bytes());
             field(&[u8::from(s.late)]);
             field(&s.part.to_le_bytes());
+            if s.late {
+                // Several corrections of one window are told apart by where they start.
+                field(&s.first_offset.to_le_bytes());
+            }
         }
         other => {
             if let Some(SourcePos {

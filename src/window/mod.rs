@@ -1,3 +1,567 @@
-//! Window: the pure event-time engine (placeholder while being written).
+//! Window: the pure event-time engine. No clock reads, no I/O: the caller passes each
+//! event with its input position and the current wall-clock time, calls [`Engine::tick`]
+//! now and then, and collects [`Output`]s.
+//!
+//! Invariants:
+//! - tumbling windows `[start, start + size)`, aligned to the epoch plus `offset`;
+//! - one watermark per input partition: highest event time seen − allowed lateness; a
+//!   window closes when the watermark reaches its end, and an event whose window has
+//!   closed is late (→ [`LatePolicy`]);
+//! - a partition with no records for `idle_timeout` of wall-clock time is idle: its
+//!   open windows close at once and its watermark then moves with the wall clock, so
+//!   windows close even when traffic stops;
+//! - memory is bounded by `max_open_windows` (per partition) and `max_keys` (distinct
+//!   flag × variation × version counters across all open windows); hitting a cap closes
+//!   the partition's oldest window early (flagged, counted), never drops counts;
+//! - the same events with the same ticks yield the same outputs, in the same order.
+
+mod gate;
+mod index;
 mod output;
+mod summary;
+
+use std::collections::BTreeMap;
+use std::num::NonZeroUsize;
+
+use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
+
+pub use gate::{FullEvents, GateConfig, GlobError, Override, Verdict, sampled_in};
 pub use output::*;
+
+use crate::event::{Event, EventTime};
+use gate::Gate;
+use index::IndexCache;
+use summary::WindowAcc;
+
+/// What happens to an evaluation whose window was already emitted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum LatePolicy {
+    /// Emit an additional, additive summary for that window, marked late.
+    #[default]
+    Correction,
+    /// Send the event to the late-event topic.
+    DeadLetter,
+    /// Drop it, counting it in a metric.
+    Drop,
+}
+
+/// Window settings, all durations in milliseconds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WindowConfig {
+    pub size_ms: i64,
+    /// Windows start at `offset + k × size` (e.g. −2 h for days in UTC+2).
+    pub offset_ms: i64,
+    pub allowed_lateness_ms: i64,
+    /// `None`: partitions never go idle.
+    pub idle_timeout_ms: Option<i64>,
+    pub late_policy: LatePolicy,
+    pub max_open_windows: usize,
+    pub max_keys: usize,
+}
+
+impl Default for WindowConfig {
+    fn default() -> Self {
+        Self {
+            size_ms: 60_000,
+            offset_ms: 0,
+            allowed_lateness_ms: 10_000,
+            idle_timeout_ms: Some(30_000),
+            late_policy: LatePolicy::Correction,
+            max_open_windows: 64,
+            max_keys: 1_000_000,
+        }
+    }
+}
+
+/// Index-event settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IndexConfig {
+    pub enabled: bool,
+    pub capacity: NonZeroUsize,
+    pub flush_interval_ms: i64,
+}
+
+impl Default for IndexConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            capacity: NonZeroUsize::new(1000).unwrap_or(NonZeroUsize::MIN),
+            flush_interval_ms: 5 * 60_000,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EngineConfig {
+    pub window: WindowConfig,
+    pub gate: GateConfig,
+    pub index: IndexConfig,
+}
+
+/// Running totals, for metrics and reports.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub events: u64,
+    pub evaluations_counted: u64,
+    pub excluded_from_summaries: u64,
+    pub late_corrected: u64,
+    pub late_dead_lettered: u64,
+    pub late_dropped: u64,
+    pub early_closes: u64,
+    pub summaries: u64,
+    pub full_events: u64,
+    pub debug_events: u64,
+    pub sampled_out: u64,
+    pub index_events: u64,
+}
+
+#[derive(Debug)]
+struct PartitionState {
+    max_time: i64,
+    watermark: i64,
+    last_activity: i64,
+    /// Set once the partition is idle: the wall-clock time its watermark last moved.
+    idle_mark: Option<i64>,
+    open: BTreeMap<i64, WindowAcc>,
+    corrections: BTreeMap<i64, WindowAcc>,
+    /// Next part number of windows closed early whose end the watermark has not reached.
+    next_part: BTreeMap<i64, u32>,
+    index: IndexCache,
+}
+
+/// Settings and totals shared by all partitions.
+#[derive(Debug)]
+struct Shared {
+    window: WindowConfig,
+    counts: Counts,
+    keys: usize,
+}
+
+impl Shared {
+    fn window_of(&self, t: EventTime) -> Window {
+        let size = self.window.size_ms;
+        let start = (t.as_millis() - self.window.offset_ms).div_euclid(size) * size
+            + self.window.offset_ms;
+        Window {
+            start: EventTime::from_millis(start),
+            end: EventTime::from_millis(start + size),
+        }
+    }
+
+    fn close(
+        &mut self,
+        acc: WindowAcc,
+        partition: &PartitionId,
+        late: bool,
+        reason: CloseReason,
+        out: &mut Vec<Output>,
+    ) {
+        self.keys -= acc.keys;
+        let mut closed = Vec::new();
+        acc.close(partition, late, reason, &mut closed);
+        self.counts.summaries += closed.len() as u64;
+        out.extend(closed.into_iter().map(Output::Summary));
+    }
+}
+
+impl PartitionState {
+    fn new(cfg: &IndexConfig) -> Self {
+        Self {
+            max_time: i64::MIN,
+            watermark: i64::MIN,
+            last_activity: i64::MIN,
+            idle_mark: None,
+            open: BTreeMap::new(),
+            corrections: BTreeMap::new(),
+            next_part: BTreeMap::new(),
+            index: IndexCache::new(cfg.capacity, cfg.flush_interval_ms),
+        }
+    }
+
+    /// The accumulator that counts an event of window `w`: an open window, a late
+    /// correction, or `None` when the late policy takes the event elsewhere.
+    fn acc_for(
+        &mut self,
+        shared: &mut Shared,
+        pid: &PartitionId,
+        w: Window,
+        out: &mut Vec<Output>,
+    ) -> Option<&mut WindowAcc> {
+        let start = w.start.as_millis();
+        if w.end.as_millis() <= self.watermark {
+            return match shared.window.late_policy {
+                LatePolicy::Correction => {
+                    shared.counts.late_corrected += 1;
+                    Some(
+                        self.corrections
+                            .entry(start)
+                            .or_insert_with(|| WindowAcc::new(w, 0)),
+                    )
+                }
+                LatePolicy::DeadLetter => {
+                    shared.counts.late_dead_lettered += 1;
+                    None
+                }
+                LatePolicy::Drop => {
+                    shared.counts.late_dropped += 1;
+                    None
+                }
+            };
+        }
+        if !self.open.contains_key(&start) {
+            while self.open.len() >= shared.window.max_open_windows.max(1) {
+                self.close_oldest_early(shared, pid, out);
+            }
+            let part = self.next_part.get(&start).copied().unwrap_or(0);
+            self.open.insert(start, WindowAcc::new(w, part));
+        }
+        self.open.get_mut(&start)
+    }
+
+    fn close_oldest_early(&mut self, shared: &mut Shared, pid: &PartitionId, out: &mut Vec<Output>) {
+        if let Some((start, acc)) = self.open.pop_first() {
+            self.next_part.insert(start, acc.part + 1);
+            shared.counts.early_closes += 1;
+            shared.close(acc, pid, false, CloseReason::Early, out);
+        }
+    }
+
+    /// After counting: keeps the distinct-key cap.
+    fn enforce_key_cap(&mut self, shared: &mut Shared, pid: &PartitionId, out: &mut Vec<Output>) {
+        while shared.keys > shared.window.max_keys && !self.open.is_empty() {
+            self.close_oldest_early(shared, pid, out);
+        }
+        if shared.keys > shared.window.max_keys {
+            for (_, acc) in std::mem::take(&mut self.corrections) {
+                shared.counts.early_closes += 1;
+                shared.close(acc, pid, true, CloseReason::Early, out);
+            }
+        }
+    }
+
+    fn observe(&mut self, shared: &mut Shared, pid: &PartitionId, t: EventTime, out: &mut Vec<Output>) {
+        self.max_time = self.max_time.max(t.as_millis());
+        let wm = self.max_time.saturating_sub(shared.window.allowed_lateness_ms);
+        if wm > self.watermark {
+            self.watermark = wm;
+            self.close_ready(shared, pid, CloseReason::Watermark, out);
+        }
+    }
+
+    /// Closes every open window the watermark has passed; late corrections close with
+    /// them.
+    fn close_ready(&mut self, shared: &mut Shared, pid: &PartitionId, reason: CloseReason, out: &mut Vec<Output>) {
+        let mut closed_any = false;
+        while let Some(entry) = self.open.first_entry() {
+            if entry.get().window.end.as_millis() > self.watermark {
+                break;
+            }
+            let acc = entry.remove();
+            shared.close(acc, pid, false, reason, out);
+            closed_any = true;
+        }
+        let wm = self.watermark;
+        self.next_part.retain(|start, _| start + shared.window.size_ms > wm);
+        if closed_any {
+            self.close_corrections(shared, pid, out);
+        }
+    }
+
+    fn close_corrections(&mut self, shared: &mut Shared, pid: &PartitionId, out: &mut Vec<Output>) {
+        for (_, acc) in std::mem::take(&mut self.corrections) {
+            shared.close(acc, pid, true, CloseReason::Watermark, out);
+        }
+    }
+
+    fn close_all(&mut self, shared: &mut Shared, pid: &PartitionId, reason: CloseReason, out: &mut Vec<Output>) {
+        let newest_end = self.open.last_key_value().map(|(_, a)| a.window.end.as_millis());
+        for (_, acc) in std::mem::take(&mut self.open) {
+            shared.close(acc, pid, false, reason, out);
+        }
+        if let Some(end) = newest_end {
+            self.watermark = self.watermark.max(end);
+        }
+        self.next_part.clear();
+        self.close_corrections(shared, pid, out);
+    }
+
+    fn replay_start(&self) -> Option<i64> {
+        self.open
+            .values()
+            .chain(self.corrections.values())
+            .map(|a| a.first_offset)
+            .min()
+    }
+}
+
+/// The window engine over all assigned partitions.
+#[derive(Debug)]
+pub struct Engine {
+    shared: Shared,
+    gate: Gate,
+    index: IndexConfig,
+    partitions: FxHashMap<PartitionId, PartitionState>,
+}
+
+impl Engine {
+    pub fn new(config: EngineConfig) -> Result<Self, GlobError> {
+        Ok(Self {
+            gate: Gate::new(&config.gate)?,
+            index: config.index,
+            shared: Shared {
+                window: WindowConfig {
+                    size_ms: config.window.size_ms.max(1),
+                    ..config.window
+                },
+                counts: Counts::default(),
+                keys: 0,
+            },
+            partitions: FxHashMap::default(),
+        })
+    }
+
+    pub fn counts(&self) -> &Counts {
+        &self.shared.counts
+    }
+
+    /// Distinct counters held in open windows and corrections.
+    pub fn keys(&self) -> usize {
+        self.shared.keys
+    }
+
+    pub fn open_windows(&self) -> usize {
+        self.partitions.values().map(|p| p.open.len()).sum()
+    }
+
+    /// The watermark of a partition (`None` before its first event).
+    pub fn watermark(&self, pid: &PartitionId) -> Option<EventTime> {
+        self.partitions
+            .get(pid)
+            .filter(|p| p.watermark != i64::MIN)
+            .map(|p| EventTime::from_millis(p.watermark))
+    }
+
+    /// The lowest input offset that still feeds an open window or correction of the
+    /// partition: where a replay must start. `None` when nothing is open.
+    pub fn replay_start(&self, pid: &PartitionId) -> Option<i64> {
+        self.partitions.get(pid).and_then(PartitionState::replay_start)
+    }
+
+    /// Processes one event read at `pos`, at wall-clock time `now_ms`.
+    pub fn push(&mut self, pos: &SourcePos, event: Event, now_ms: i64, out: &mut Vec<Output>) {
+        let Self {
+            shared,
+            gate,
+            index,
+            partitions,
+        } = self;
+        let pid = &pos.partition;
+        let st = match partitions.get_mut(pid) {
+            Some(st) => st,
+            None => partitions.entry(pid.clone()).or_insert_with(|| PartitionState::new(index)),
+        };
+        st.last_activity = now_ms;
+        st.idle_mark = None;
+        shared.counts.events += 1;
+        let index_on = index.enabled;
+        match event {
+            Event::Evaluation(mut ev) => {
+                let t = ev.creation_date;
+                if index_on
+                    && !ev.debug
+                    && st.index.first_sighting(ev.context.fully_qualified_key(), t.as_millis())
+                {
+                    shared.counts.index_events += 1;
+                    out.push(Output::Index {
+                        scope: ev.scope.clone(),
+                        context: ev.context.clone(),
+                        creation_date: t,
+                        pos: pos.clone(),
+                    });
+                }
+                let verdict = gate.judge(&ev, pos);
+                if ev.debug || ev.exclude_from_summaries {
+                    if ev.exclude_from_summaries {
+                        shared.counts.excluded_from_summaries += 1;
+                    }
+                } else {
+                    let w = shared.window_of(t);
+                    match st.acc_for(shared, pid, w, out) {
+                        Some(acc) => {
+                            shared.keys += acc.add_evaluation(&ev, pos.offset);
+                            shared.counts.evaluations_counted += 1;
+                            st.enforce_key_cap(shared, pid, out);
+                        }
+                        None if shared.window.late_policy == LatePolicy::DeadLetter => {
+                            out.push(Output::Late {
+                                event: Box::new(Event::Evaluation(ev.clone())),
+                                window: w,
+                                pos: pos.clone(),
+                            });
+                        }
+                        None => {}
+                    }
+                }
+                if verdict.debug {
+                    shared.counts.debug_events += 1;
+                    let mut copy = ev.clone();
+                    copy.debug = true;
+                    out.push(Output::Feature {
+                        event: Box::new(copy),
+                        debug: true,
+                        pos: pos.clone(),
+                    });
+                }
+                if verdict.full {
+                    shared.counts.full_events += 1;
+                    ev.sampling_ratio = verdict.sampling_ratio;
+                    out.push(Output::Feature {
+                        event: Box::new(ev),
+                        debug: false,
+                        pos: pos.clone(),
+                    });
+                } else if !ev.debug && verdict.sampling_ratio.is_some_and(|r| r != 1) {
+                    shared.counts.sampled_out += 1;
+                }
+                st.observe(shared, pid, t, out);
+            }
+            Event::Summary(s) => {
+                let t = s.end_date;
+                let w = shared.window_of(t);
+                match st.acc_for(shared, pid, w, out) {
+                    Some(acc) => {
+                        shared.keys += acc.add_summary(&s, pos.offset);
+                        st.enforce_key_cap(shared, pid, out);
+                    }
+                    None if shared.window.late_policy == LatePolicy::DeadLetter => {
+                        out.push(Output::Late {
+                            event: Box::new(Event::Summary(s)),
+                            window: w,
+                            pos: pos.clone(),
+                        });
+                    }
+                    None => {}
+                }
+                st.observe(shared, pid, t, out);
+            }
+            Event::Custom(c) => {
+                let t = c.creation_date;
+                if index_on && st.index.first_sighting(c.context.fully_qualified_key(), t.as_millis()) {
+                    shared.counts.index_events += 1;
+                    out.push(Output::Index {
+                        scope: c.scope.clone(),
+                        context: c.context.clone(),
+                        creation_date: t,
+                        pos: pos.clone(),
+                    });
+                }
+                if sampled_in(c.sampling_ratio, pos) {
+                    out.push(Output::Custom {
+                        event: Box::new(c),
+                        pos: pos.clone(),
+                    });
+                } else {
+                    shared.counts.sampled_out += 1;
+                }
+                st.observe(shared, pid, t, out);
+            }
+            Event::Identify(e) => {
+                let t = e.creation_date;
+                // Identify events fill the cache but never cause an index event.
+                st.index.first_sighting(e.context.fully_qualified_key(), t.as_millis());
+                if sampled_in(e.sampling_ratio, pos) {
+                    out.push(Output::Identify {
+                        event: e,
+                        pos: pos.clone(),
+                    });
+                } else {
+                    shared.counts.sampled_out += 1;
+                }
+                st.observe(shared, pid, t, out);
+            }
+            Event::Index(e) => {
+                let t = e.creation_date;
+                st.index.first_sighting(e.context.fully_qualified_key(), t.as_millis());
+                out.push(Output::Index {
+                    scope: e.scope,
+                    context: e.context,
+                    creation_date: t,
+                    pos: pos.clone(),
+                });
+                st.observe(shared, pid, t, out);
+            }
+            Event::PassThrough(p) => {
+                let t = p.creation_date;
+                out.push(Output::PassThrough {
+                    event: p,
+                    pos: pos.clone(),
+                });
+                if let Some(t) = t {
+                    st.observe(shared, pid, t, out);
+                }
+            }
+        }
+    }
+
+    /// Lets wall-clock time pass: idle partitions close their windows.
+    pub fn tick(&mut self, now_ms: i64, out: &mut Vec<Output>) {
+        let Some(idle_after) = self.shared.window.idle_timeout_ms else {
+            return;
+        };
+        let mut pids: Vec<PartitionId> = self.partitions.keys().cloned().collect();
+        pids.sort();
+        for pid in pids {
+            let Some(st) = self.partitions.get_mut(&pid) else {
+                continue;
+            };
+            if now_ms.saturating_sub(st.last_activity) < idle_after {
+                continue;
+            }
+            match st.idle_mark {
+                None => {
+                    st.idle_mark = Some(now_ms);
+                    st.close_all(&mut self.shared, &pid, CloseReason::Idle, out);
+                }
+                Some(mark) => {
+                    st.watermark = st.watermark.saturating_add(now_ms - mark);
+                    st.idle_mark = Some(now_ms);
+                    st.close_ready(&mut self.shared, &pid, CloseReason::Idle, out);
+                }
+            }
+        }
+    }
+
+    /// Closes everything a partition holds (end of input, shutdown).
+    pub fn flush_partition(&mut self, pid: &PartitionId, out: &mut Vec<Output>) {
+        if let Some(st) = self.partitions.get_mut(pid) {
+            st.close_all(&mut self.shared, pid, CloseReason::Flush, out);
+        }
+    }
+
+    /// Closes everything, partition by partition in a fixed order.
+    pub fn flush_all(&mut self, out: &mut Vec<Output>) {
+        let mut pids: Vec<PartitionId> = self.partitions.keys().cloned().collect();
+        pids.sort();
+        for pid in pids {
+            self.flush_partition(&pid, out);
+        }
+    }
+
+    /// Forgets a partition without emitting (it was revoked: its new owner replays it).
+    pub fn revoke(&mut self, pid: &PartitionId) {
+        if let Some(st) = self.partitions.remove(pid) {
+            let held: usize = st
+                .open
+                .values()
+                .chain(st.corrections.values())
+                .map(|a| a.keys)
+                .sum();
+            self.shared.keys -= held;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

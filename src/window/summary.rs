@@ -1,0 +1,211 @@
+//! Summary accumulation, exactly as LaunchDarkly's summarizer counts
+//! (go-sdk-events `event_summarizer.go`):
+//! - counters are keyed per flag by (variation, version) only; a counter keeps the
+//!   first value it saw, a flag the first default (`null` for a prerequisite);
+//! - no version ⇒ `unknown` counter; no variation ⇒ the fallback was served;
+//! - `contextKinds` collects every individual kind; `startDate`/`endDate` are the
+//!   min/max creation dates actually counted;
+//! - summaries are additive, so an input summary merges counter by counter.
+
+use compact_str::CompactString;
+use rustc_hash::FxHashMap;
+use smallvec::SmallVec;
+
+use super::output::{ClosedSummary, CloseReason, Counter, PartitionId, Window};
+use crate::event::{Evaluation, FlagVersion, Json, Scope, Summary, VariationRef};
+
+#[derive(Debug)]
+struct CounterAcc {
+    variation: Option<VariationRef>,
+    version: Option<FlagVersion>,
+    value: Json,
+    count: u64,
+}
+
+#[derive(Debug)]
+struct FlagAcc {
+    default: Option<Json>,
+    counters: SmallVec<[CounterAcc; 2]>,
+    kinds: SmallVec<[CompactString; 2]>,
+    start_date: i64,
+    end_date: i64,
+}
+
+impl FlagAcc {
+    fn new() -> Self {
+        Self {
+            default: None,
+            counters: SmallVec::new(),
+            kinds: SmallVec::new(),
+            start_date: i64::MAX,
+            end_date: i64::MIN,
+        }
+    }
+
+    /// Adds `count` to the (variation, version) counter; returns whether the counter is
+    /// new (a new distinct key).
+    fn count(
+        &mut self,
+        variation: &Option<VariationRef>,
+        version: &Option<FlagVersion>,
+        value: impl FnOnce() -> Json,
+        count: u64,
+    ) -> bool {
+        if let Some(c) = self
+            .counters
+            .iter_mut()
+            .find(|c| &c.variation == variation && &c.version == version)
+        {
+            c.count += count;
+            return false;
+        }
+        self.counters.push(CounterAcc {
+            variation: variation.clone(),
+            version: version.clone(),
+            value: value(),
+            count,
+        });
+        true
+    }
+
+    fn kind(&mut self, kind: &str) {
+        if let Err(at) = self.kinds.binary_search_by(|k| k.as_str().cmp(kind)) {
+            self.kinds.insert(at, kind.into());
+        }
+    }
+
+    fn dates(&mut self, start: i64, end: i64) {
+        self.start_date = self.start_date.min(start);
+        self.end_date = self.end_date.max(end);
+    }
+}
+
+/// The counters of one window (or one late correction of a window) of one partition.
+#[derive(Debug)]
+pub(crate) struct WindowAcc {
+    pub window: Window,
+    flags: FxHashMap<Scope, FxHashMap<CompactString, FlagAcc>>,
+    /// Distinct (flag, variation, version) keys held.
+    pub keys: usize,
+    /// Lowest input offset counted.
+    pub first_offset: i64,
+    /// The part number this accumulator will close as (see [`ClosedSummary::part`]).
+    pub part: u32,
+}
+
+impl WindowAcc {
+    pub fn new(window: Window, part: u32) -> Self {
+        Self {
+            window,
+            flags: FxHashMap::default(),
+            keys: 0,
+            first_offset: i64::MAX,
+            part,
+        }
+    }
+
+    fn flag(&mut self, scope: &Scope, key: &CompactString) -> &mut FlagAcc {
+        // Look up without cloning the scope and key on the hot path.
+        if !self.flags.contains_key(scope) {
+            self.flags.insert(scope.clone(), FxHashMap::default());
+        }
+        let flags = self.flags.get_mut(scope).unwrap_or_else(|| unreachable!());
+        if !flags.contains_key(key.as_str()) {
+            flags.insert(key.clone(), FlagAcc::new());
+        }
+        flags.get_mut(key.as_str()).unwrap_or_else(|| unreachable!())
+    }
+
+    /// Counts one evaluation. Returns how many new distinct keys it created (0 or 1).
+    pub fn add_evaluation(&mut self, ev: &Evaluation, offset: i64) -> usize {
+        self.first_offset = self.first_offset.min(offset);
+        let t = ev.creation_date.as_millis();
+        let flag = self.flag(&ev.scope, &ev.flag_key);
+        if flag.counters.is_empty() && flag.default.is_none() {
+            // The first default seen for the flag; a prerequisite's is `null`.
+            flag.default = if ev.prereq_of.is_some() {
+                Some(Json::null())
+            } else {
+                ev.default.clone()
+            };
+        } else if flag.default.is_none() && ev.prereq_of.is_none() {
+            flag.default = ev.default.clone();
+        }
+        let new = flag.count(&ev.variation, &ev.version, || ev.value.clone(), 1);
+        for k in &ev.context.keys {
+            flag.kind(&k.kind);
+        }
+        flag.dates(t, t);
+        let new = usize::from(new);
+        self.keys += new;
+        new
+    }
+
+    /// Merges an input summary (re-aggregation). Returns the new distinct keys.
+    pub fn add_summary(&mut self, s: &Summary, offset: i64) -> usize {
+        self.first_offset = self.first_offset.min(offset);
+        let mut new = 0;
+        for f in &s.features {
+            let flag = self.flag(&s.scope, &f.key);
+            if flag.default.is_none() {
+                flag.default = f.default.clone();
+            }
+            for c in &f.counters {
+                new += usize::from(flag.count(&c.variation, &c.version, || c.value.clone(), c.count));
+            }
+            for k in &f.context_kinds {
+                flag.kind(k);
+            }
+            flag.dates(s.start_date.as_millis(), s.end_date.as_millis());
+        }
+        self.keys += new;
+        new
+    }
+
+    /// Closes the accumulator into one summary per (scope, flag), sorted by scope then
+    /// flag key, counters and kinds in their documented order.
+    pub fn close(
+        self,
+        partition: &PartitionId,
+        late: bool,
+        reason: CloseReason,
+        out: &mut Vec<ClosedSummary>,
+    ) {
+        let mut scopes: Vec<_> = self.flags.into_iter().collect();
+        scopes.sort_by(|a, b| a.0.cmp(&b.0));
+        for (scope, flags) in scopes {
+            let mut flags: Vec<_> = flags.into_iter().collect();
+            flags.sort_by(|a, b| a.0.cmp(&b.0));
+            for (flag_key, acc) in flags {
+                let mut counters: Vec<Counter> = acc
+                    .counters
+                    .into_iter()
+                    .map(|c| Counter {
+                        variation: c.variation,
+                        version: c.version,
+                        value: c.value,
+                        count: c.count,
+                    })
+                    .collect();
+                counters.sort_by(|a, b| {
+                    (&a.variation, &a.version).cmp(&(&b.variation, &b.version))
+                });
+                out.push(ClosedSummary {
+                    scope: scope.clone(),
+                    flag_key,
+                    window: self.window,
+                    partition: partition.clone(),
+                    start_date: crate::event::EventTime::from_millis(acc.start_date),
+                    end_date: crate::event::EventTime::from_millis(acc.end_date),
+                    default: acc.default.unwrap_or_else(Json::null),
+                    counters,
+                    context_kinds: acc.kinds.into_vec(),
+                    late,
+                    reason,
+                    part: self.part,
+                    first_offset: self.first_offset,
+                });
+            }
+        }
+    }
+}
