@@ -1,1 +1,130 @@
-//! placeholder
+//! The command line: raw arguments → validated settings for each command.
+
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::decode::{Decoder, Dialect, Limits};
+use crate::emit::{EmitConfig, Envelope, FeatureKey, Format};
+use crate::window::{EngineConfig, IndexConfig, LatePolicy, WindowConfig};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "flagtally",
+    version,
+    about = "Turns raw feature-flag evaluation events into LaunchDarkly-shaped summaries, feature events and warehouse rows",
+    long_about = None
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Summarise raw events from files (one record per line) without a broker.
+    ///
+    /// Writes every output event as NDJSON on stdout (summaries, feature, index,
+    /// identify, custom, pass-through), in LaunchDarkly's shapes; dead letters, late
+    /// events and a one-line count report go to stderr. All windows close at the end.
+    Summarize(SummarizeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SummarizeArgs {
+    /// Input dialect; `auto` detects it per record.
+    #[arg(long, value_enum, default_value_t = Dialect::Auto)]
+    pub dialect: Dialect,
+    /// Window size (e.g. 10s, 1m, 1h, 1d).
+    #[arg(long, default_value = "1m", value_parser = duration)]
+    pub window: Duration,
+    /// Window alignment offset from the epoch, e.g. -2h for days in UTC+2.
+    #[arg(long, default_value = "0s", value_parser = signed_duration, allow_hyphen_values = true)]
+    pub window_offset: i64,
+    /// How far out of order events may arrive before their window closes.
+    #[arg(long, default_value = "10s", value_parser = duration)]
+    pub lateness: Duration,
+    /// What to do with events whose window was already emitted.
+    #[arg(long, value_enum, default_value_t = LatePolicy::Correction)]
+    pub late_policy: LatePolicy,
+    /// Do not emit index events.
+    #[arg(long)]
+    pub no_index: bool,
+    /// Wrap each event in LaunchDarkly's Data Export envelope.
+    #[arg(long)]
+    pub data_export: bool,
+    /// Data Export project id, when the input carries none.
+    #[arg(long, requires = "data_export")]
+    pub project: Option<String>,
+    /// Data Export environment id, when the input carries none.
+    #[arg(long, requires = "data_export")]
+    pub environment: Option<String>,
+    /// Input files; `-` or none reads stdin.
+    pub files: Vec<String>,
+}
+
+impl SummarizeArgs {
+    pub fn decoder(&self) -> Decoder {
+        Decoder::new(self.dialect, Limits::default())
+    }
+
+    pub fn engine_config(&self) -> EngineConfig {
+        EngineConfig {
+            window: WindowConfig {
+                size_ms: millis(self.window),
+                offset_ms: self.window_offset,
+                allowed_lateness_ms: millis(self.lateness),
+                idle_timeout_ms: None,
+                late_policy: self.late_policy,
+                ..WindowConfig::default()
+            },
+            index: IndexConfig {
+                enabled: !self.no_index,
+                ..IndexConfig::default()
+            },
+            ..EngineConfig::default()
+        }
+    }
+
+    pub fn emit_config(&self) -> EmitConfig {
+        EmitConfig {
+            format: Format::Json,
+            envelope: if self.data_export {
+                Envelope::DataExport {
+                    project: self.project.clone(),
+                    environment: self.environment.clone(),
+                }
+            } else {
+                Envelope::None
+            },
+            feature_key: FeatureKey::Context,
+        }
+    }
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// A positive duration such as `30s`, `1m`, `1h30m`.
+pub fn duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e} (try 30s, 1m, 1h)"))?;
+    if d.is_zero() {
+        return Err(format!("{s:?}: must be more than zero"));
+    }
+    Ok(d)
+}
+
+/// A duration that may be negative (`-2h`), in milliseconds.
+fn signed_duration(s: &str) -> Result<i64, String> {
+    let (sign, rest) = match s.strip_prefix('-') {
+        Some(rest) => (-1, rest),
+        None => (1, s),
+    };
+    if rest.trim_start_matches('0').trim_end_matches(char::is_alphabetic).is_empty() {
+        return Ok(0);
+    }
+    humantime::parse_duration(rest)
+        .map(|d| sign * millis(d))
+        .map_err(|e| format!("{s:?}: {e}"))
+}
