@@ -42,7 +42,7 @@ pub struct SummarizeArgs {
     #[arg(long, default_value = "0s", value_parser = signed_duration, allow_hyphen_values = true)]
     pub window_offset: i64,
     /// How far out of order events may arrive before their window closes.
-    #[arg(long, default_value = "10s", value_parser = duration)]
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub lateness: Duration,
     /// What to do with events whose window was already emitted.
     #[arg(long, value_enum, default_value_t = LatePolicy::Correction)]

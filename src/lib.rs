@@ -8,6 +8,7 @@
 //! | [`decode`] | record bytes → events, one file per dialect; bad input → [`decode::DecodeError`] |
 //! | [`window`] | **pure** event-time engine: watermarks, summaries, feature-event gating, index dedupe |
 //! | [`emit`] | engine outputs → record bytes (LaunchDarkly JSON, Data Export envelope, Avro), ids and headers |
+//! | [`generate`] | deterministic raw-event generator with exact tallies (tests, benchmarks, `gen`) |
 //! | [`offline`] | `flagtally summarize`: the same stages over files, no broker |
 //! | [`cli`] | the command line |
 //!
@@ -18,5 +19,6 @@ pub mod cli;
 pub mod decode;
 pub mod emit;
 pub mod event;
+pub mod generate;
 pub mod offline;
 pub mod window;
