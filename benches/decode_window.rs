@@ -1,1 +1,99 @@
-fn main() {}
+//! Hot-path throughput: decode + window, one core, per dialect.
+//!
+//! Each iteration decodes a batch of generated records and pushes every event through
+//! the window engine (summaries, feature-event gating, index dedupe), as the processor
+//! does. Target: ≥ 2 M LaunchDarkly feature events/s. Run with `cargo bench --bench
+//! decode_window`; results are recorded in the README.
+
+use std::hint::black_box;
+
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+
+use flagtally::decode::{Decoded, Decoder, Dialect, Limits};
+use flagtally::generate::{GenConfig, GenDialect, Generator};
+use flagtally::window::{Engine, EngineConfig, PartitionId, SourcePos};
+
+const BATCH: usize = 20_000;
+
+fn records(dialect: GenDialect) -> Vec<Vec<u8>> {
+    let mut g = Generator::new(GenConfig {
+        dialect,
+        flags: 200,
+        contexts: 100_000,
+        ..GenConfig::default()
+    });
+    (0..BATCH).map(|_| g.next_record()).collect()
+}
+
+fn bench(c: &mut Criterion) {
+    let cases = [
+        (
+            "launchdarkly",
+            GenDialect::Launchdarkly,
+            Dialect::Launchdarkly,
+        ),
+        ("goff", GenDialect::Goff, Dialect::Goff),
+        ("featbit", GenDialect::Featbit, Dialect::Featbit),
+        ("native", GenDialect::Native, Dialect::Native),
+        ("auto-mixed", GenDialect::Mixed, Dialect::Auto),
+    ];
+    let mut decode = c.benchmark_group("decode");
+    decode.throughput(Throughput::Elements(BATCH as u64));
+    for (name, generator, dialect) in cases {
+        let input = records(generator);
+        let decoder = Decoder::new(dialect, Limits::default());
+        decode.bench_function(name, |b| {
+            let mut out = Decoded::default();
+            b.iter(|| {
+                for r in &input {
+                    out.clear();
+                    decoder.decode(black_box(r), &mut out);
+                }
+            })
+        });
+    }
+    decode.finish();
+
+    let mut group = c.benchmark_group("decode_window");
+    group.throughput(Throughput::Elements(BATCH as u64));
+    for (name, generator, dialect) in cases {
+        let input = records(generator);
+        let decoder = Decoder::new(dialect, Limits::default());
+        let partition = PartitionId::new("bench", 0);
+        group.bench_function(name, |b| {
+            b.iter_batched_ref(
+                || Engine::new(EngineConfig::default()).unwrap_or_else(|e| panic!("{e}")),
+                |engine| {
+                    let mut decoded = Decoded::default();
+                    let mut outputs = Vec::with_capacity(1024);
+                    for (offset, r) in input.iter().enumerate() {
+                        decoded.clear();
+                        decoder.decode(r, &mut decoded);
+                        for (index, ev) in decoded.events.drain(..).enumerate() {
+                            let pos = SourcePos {
+                                partition: partition.clone(),
+                                offset: offset as i64,
+                                index: index as u32,
+                            };
+                            engine.push(&pos, ev, 0, &mut outputs);
+                        }
+                        if outputs.len() >= 1024 {
+                            black_box(&outputs);
+                            outputs.clear();
+                        }
+                    }
+                    black_box(outputs);
+                },
+                BatchSize::LargeInput,
+            )
+        });
+    }
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(20).measurement_time(std::time::Duration::from_secs(4));
+    targets = bench
+}
+criterion_main!(benches);

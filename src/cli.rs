@@ -121,7 +121,11 @@ fn signed_duration(s: &str) -> Result<i64, String> {
         Some(rest) => (-1, rest),
         None => (1, s),
     };
-    if rest.trim_start_matches('0').trim_end_matches(char::is_alphabetic).is_empty() {
+    if rest
+        .trim_start_matches('0')
+        .trim_end_matches(char::is_alphabetic)
+        .is_empty()
+    {
         return Ok(0);
     }
     humantime::parse_duration(rest)

@@ -132,7 +132,11 @@ impl Json {
     /// A JSON string holding `s`.
     pub fn string(s: &str) -> Self {
         // Serialising a &str cannot fail.
-        Self(serde_json::to_string(s).unwrap_or_default().into_boxed_str())
+        Self(
+            serde_json::to_string(s)
+                .unwrap_or_default()
+                .into_boxed_str(),
+        )
     }
 
     /// Takes JSON text that serde_json has already validated, dropping whitespace

@@ -196,8 +196,11 @@ impl Generator {
         let tracked = cfg.tracked_one_in > 0 && self.rng.below(cfg.tracked_one_in) == 0;
         let version = 1 + flag % 5;
         let dialect = match cfg.dialect {
-            GenDialect::Mixed => [GenDialect::Launchdarkly, GenDialect::Goff, GenDialect::Featbit]
-                [(n % 3) as usize],
+            GenDialect::Mixed => [
+                GenDialect::Launchdarkly,
+                GenDialect::Goff,
+                GenDialect::Featbit,
+            ][(n % 3) as usize],
             d => d,
         };
         let mut s = String::with_capacity(320);
@@ -210,7 +213,11 @@ impl Generator {
                 if tracked {
                     self.tally.tracked += 1;
                 }
-                (format!("flag-{flag}"), variation.to_string(), version.to_string())
+                (
+                    format!("flag-{flag}"),
+                    variation.to_string(),
+                    version.to_string(),
+                )
             }
             GenDialect::Native => {
                 let _ = write!(
@@ -220,7 +227,11 @@ impl Generator {
                 if tracked {
                     self.tally.tracked += 1;
                 }
-                (format!("flag-{flag}"), variation.to_string(), version.to_string())
+                (
+                    format!("flag-{flag}"),
+                    variation.to_string(),
+                    version.to_string(),
+                )
             }
             GenDialect::Goff => {
                 // go-feature-flag writes seconds; keep ms precision by writing ms, which

@@ -31,7 +31,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
             let mut diag = std::io::stderr().lock();
-            offline::summarize(inputs, &args.decoder(), &mut engine, &emitter, &mut out, &mut diag)?;
+            offline::summarize(
+                inputs,
+                &args.decoder(),
+                &mut engine,
+                &emitter,
+                &mut out,
+                &mut diag,
+            )?;
             Ok(())
         }
     }

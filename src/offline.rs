@@ -125,8 +125,14 @@ fn write_outputs(
 }
 
 fn trim(line: &[u8]) -> &[u8] {
-    let start = line.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(line.len());
-    let end = line.iter().rposition(|b| !b.is_ascii_whitespace()).map_or(start, |e| e + 1);
+    let start = line
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(line.len());
+    let end = line
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(start, |e| e + 1);
     &line[start..end]
 }
 
@@ -143,7 +149,10 @@ pub fn open_inputs(files: &[String]) -> io::Result<Vec<(String, Box<dyn BufRead>
             } else {
                 let file = std::fs::File::open(f)
                     .map_err(|e| io::Error::new(e.kind(), format!("{f}: {e}")))?;
-                Ok((f.clone(), Box::new(io::BufReader::with_capacity(1 << 20, file))))
+                Ok((
+                    f.clone(),
+                    Box::new(io::BufReader::with_capacity(1 << 20, file)),
+                ))
             }
         })
         .collect()

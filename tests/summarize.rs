@@ -9,8 +9,14 @@ use flagtally::generate::{GenConfig, GenDialect, Generator, Tally};
 fn run(args: &[&str], input: &[u8]) -> (String, String, bool) {
     let dir = std::env::temp_dir().join(format!("flagtally-summarize-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join(format!("in-{}.ndjson", args.join("_").replace(['/', ' '], "")));
-    std::fs::File::create(&file).unwrap().write_all(input).unwrap();
+    let file = dir.join(format!(
+        "in-{}.ndjson",
+        args.join("_").replace(['/', ' '], "")
+    ));
+    std::fs::File::create(&file)
+        .unwrap()
+        .write_all(input)
+        .unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_flagtally"))
         .arg("summarize")
         .args(args)
@@ -53,16 +59,42 @@ fn summaries_match_the_generated_tally() {
         },
         30_000,
     );
-    let (stdout, stderr, ok) = run(&["--dialect", "launchdarkly", "--window", "1m", "--lateness", "10s"], &input);
+    let (stdout, stderr, ok) = run(
+        &[
+            "--dialect",
+            "launchdarkly",
+            "--window",
+            "1m",
+            "--lateness",
+            "10s",
+        ],
+        &input,
+    );
     assert!(ok, "{stderr}");
     let got = summary_tally(&stdout);
     assert_eq!(got.counters, tally.counters);
     assert_eq!(got.evaluations(), 30_000);
-    let features = stdout.lines().filter(|l| l.starts_with(r#"{"kind":"feature""#)).count() as u64;
+    let features = stdout
+        .lines()
+        .filter(|l| l.starts_with(r#"{"kind":"feature""#))
+        .count() as u64;
     assert_eq!(features, tally.tracked);
-    assert!(stderr.contains("30000 records, 30000 events, 0 dead letters"), "{stderr}");
+    assert!(
+        stderr.contains("30000 records, 30000 events, 0 dead letters"),
+        "{stderr}"
+    );
     // Same input, same bytes.
-    let (again, _, _) = run(&["--dialect", "launchdarkly", "--window", "1m", "--lateness", "10s"], &input);
+    let (again, _, _) = run(
+        &[
+            "--dialect",
+            "launchdarkly",
+            "--window",
+            "1m",
+            "--lateness",
+            "10s",
+        ],
+        &input,
+    );
     assert_eq!(stdout, again);
 }
 
@@ -79,7 +111,10 @@ fn mixed_dialects_with_malformed_records_under_auto() {
     let (stdout, stderr, ok) = run(&["--window", "10s"], &input);
     assert!(ok, "{stderr}");
     assert_eq!(summary_tally(&stdout).counters, tally.counters);
-    let dead = stderr.lines().filter(|l| l.starts_with(r#"{"deadLetter""#)).count() as u64;
+    let dead = stderr
+        .lines()
+        .filter(|l| l.starts_with(r#"{"deadLetter""#))
+        .count() as u64;
     assert_eq!(dead, tally.malformed);
     assert!(tally.malformed > 0);
 }
@@ -89,10 +124,16 @@ fn late_policy_dead_letter_reports_late_events_on_stderr() {
     let input = br#"{"kind":"feature","creationDate":120000,"key":"f","version":1,"userKey":"u","variation":0,"value":1,"trackEvents":false}
 {"kind":"feature","creationDate":1000,"key":"f","version":1,"userKey":"u","variation":0,"value":1,"trackEvents":false}
 "#;
-    let (stdout, stderr, ok) = run(&["--lateness", "0s", "--late-policy", "dead-letter", "-"], b"");
+    let (stdout, stderr, ok) = run(
+        &["--lateness", "0s", "--late-policy", "dead-letter", "-"],
+        b"",
+    );
     assert!(ok, "{stderr}");
     assert!(stdout.is_empty());
-    let (stdout, stderr, ok) = run(&["--late-policy", "dead-letter", "--lateness", "1ms"], input);
+    let (stdout, stderr, ok) = run(
+        &["--late-policy", "dead-letter", "--lateness", "1ms"],
+        input,
+    );
     assert!(ok, "{stderr}");
     assert_eq!(summary_tally(&stdout).evaluations(), 1);
     assert!(stderr.contains(r#""type":"evaluation""#), "{stderr}");

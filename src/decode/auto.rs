@@ -31,13 +31,13 @@ pub(crate) fn detect(value: &[u8]) -> Result<Dialect, String> {
     }
     match first_byte(value) {
         Some(b'{') => {
-            let obj: RawObject<'_> = serde_json::from_slice(value)
-                .map_err(|e| format!("not a JSON object: {e}"))?;
+            let obj: RawObject<'_> =
+                serde_json::from_slice(value).map_err(|e| format!("not a JSON object: {e}"))?;
             detect_object(&obj)
         }
         Some(b'[') => {
-            let items: Vec<&RawValue> = serde_json::from_slice(value)
-                .map_err(|e| format!("not a JSON array: {e}"))?;
+            let items: Vec<&RawValue> =
+                serde_json::from_slice(value).map_err(|e| format!("not a JSON array: {e}"))?;
             let Some(first) = items.first() else {
                 return Ok(Dialect::Launchdarkly);
             };
@@ -61,8 +61,10 @@ fn detect_object(obj: &RawObject<'_>) -> Result<Dialect, String> {
     let has = |k: &str| obj.get(k).is_some();
     let is_string = |k: &str| obj.get(k).is_some_and(|v| v.get().starts_with('"'));
     let is_number = |k: &str| {
-        obj.get(k)
-            .is_some_and(|v| v.get().starts_with(|c: char| c == '-' || c.is_ascii_digit()))
+        obj.get(k).is_some_and(|v| {
+            v.get()
+                .starts_with(|c: char| c == '-' || c.is_ascii_digit())
+        })
     };
     let kind = obj
         .get("kind")
@@ -71,7 +73,8 @@ fn detect_object(obj: &RawObject<'_>) -> Result<Dialect, String> {
         if has("type") {
             return Ok(Dialect::Native);
         }
-        if has("event") && has("properties") && (has("uuid") || has("distinct_id") || has("env_id")) {
+        if has("event") && has("properties") && (has("uuid") || has("distinct_id") || has("env_id"))
+        {
             return Ok(Dialect::Featbit);
         }
         if has("events") {
@@ -115,23 +118,45 @@ mod tests {
         use Dialect::*;
         assert_eq!(d(r#"{"type":"evaluation"}"#), Ok(Native));
         assert_eq!(
-            d(r#"{"uuid":"x","distinct_id":"e-f","env_id":"e","event":"FlagValue","properties":"{}","timestamp":1}"#),
+            d(
+                r#"{"uuid":"x","distinct_id":"e-f","env_id":"e","event":"FlagValue","properties":"{}","timestamp":1}"#
+            ),
             Ok(Featbit)
         );
         assert_eq!(d(r#"{"meta":{},"events":[]}"#), Ok(Goff));
-        assert_eq!(d(r#"{"project":"p","environment":"e","event":{},"version":1}"#), Ok(Launchdarkly));
+        assert_eq!(
+            d(r#"{"project":"p","environment":"e","event":{},"version":1}"#),
+            Ok(Launchdarkly)
+        );
         assert_eq!(d(r#"{"kind":"tracking","userKey":"u"}"#), Ok(Goff));
         assert_eq!(
-            d(r#"{"kind":"feature","contextKind":"user","userKey":"u","creationDate":1,"key":"k","variation":"True","value":true,"default":false,"version":"","source":"SERVER"}"#),
+            d(
+                r#"{"kind":"feature","contextKind":"user","userKey":"u","creationDate":1,"key":"k","variation":"True","value":true,"default":false,"version":"","source":"SERVER"}"#
+            ),
             Ok(Goff)
         );
-        assert_eq!(d(r#"{"kind":"feature","userKey":"u","variation":"A"}"#), Ok(Goff));
-        assert_eq!(d(r#"{"kind":"feature","context":{"kind":"user","key":"u"}}"#), Ok(Launchdarkly));
-        assert_eq!(d(r#"{"kind":"feature","context":{},"version":"v1"}"#), Ok(Launchdarkly));
-        assert_eq!(d(r#"{"kind":"feature","userKey":"u","variation":1}"#), Ok(Launchdarkly));
+        assert_eq!(
+            d(r#"{"kind":"feature","userKey":"u","variation":"A"}"#),
+            Ok(Goff)
+        );
+        assert_eq!(
+            d(r#"{"kind":"feature","context":{"kind":"user","key":"u"}}"#),
+            Ok(Launchdarkly)
+        );
+        assert_eq!(
+            d(r#"{"kind":"feature","context":{},"version":"v1"}"#),
+            Ok(Launchdarkly)
+        );
+        assert_eq!(
+            d(r#"{"kind":"feature","userKey":"u","variation":1}"#),
+            Ok(Launchdarkly)
+        );
         assert_eq!(d(r#"{"kind":"summary","startDate":1}"#), Ok(Launchdarkly));
         assert_eq!(d(r#"{"kind":"alias"}"#), Ok(Launchdarkly));
-        assert_eq!(d(r#"[{"user":{"keyId":"u"},"variations":[]}]"#), Ok(Featbit));
+        assert_eq!(
+            d(r#"[{"user":{"keyId":"u"},"variations":[]}]"#),
+            Ok(Featbit)
+        );
         assert_eq!(d(r#"[{"kind":"index","context":{}}]"#), Ok(Launchdarkly));
         assert_eq!(d(r#"[{"kind":"tracking"}]"#), Ok(Goff));
         assert_eq!(d("[]"), Ok(Launchdarkly));

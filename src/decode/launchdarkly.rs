@@ -156,9 +156,8 @@ fn one(bytes: &[u8], path: &str, limits: &Limits, scope: &Scope) -> Result<Event
                 None => None,
                 Some(n) => Some(util::time(D, || field("creationDate"), Some(n), UNIT)?),
             };
-            let text = std::str::from_utf8(bytes).map_err(|e| {
-                DecodeError::new(D, path.to_owned(), Reason::Utf8(e.valid_up_to()))
-            })?;
+            let text = std::str::from_utf8(bytes)
+                .map_err(|e| DecodeError::new(D, path.to_owned(), Reason::Utf8(e.valid_up_to())))?;
             Ok(Event::PassThrough(PassThrough {
                 scope: scope.clone(),
                 kind,
@@ -172,17 +171,32 @@ fn one(bytes: &[u8], path: &str, limits: &Limits, scope: &Scope) -> Result<Event
 
 /// `{"project":…,"environment":…,"event":{…},"version":1}`: the ids become the event's
 /// scope.
-fn envelope(raw: &Raw<'_>, inner: &RawValue, path: &str, limits: &Limits) -> Result<Event, DecodeError> {
+fn envelope(
+    raw: &Raw<'_>,
+    inner: &RawValue,
+    path: &str,
+    limits: &Limits,
+) -> Result<Event, DecodeError> {
     let scope = Scope {
         project: util::opt_key(D, || at(path, "project"), raw.project.as_deref(), limits)?,
-        env: util::opt_key(D, || at(path, "environment"), raw.environment.as_deref(), limits)?,
+        env: util::opt_key(
+            D,
+            || at(path, "environment"),
+            raw.environment.as_deref(),
+            limits,
+        )?,
     };
     let inner_path = at(path, "event");
     one(inner.get().as_bytes(), &inner_path, limits, &scope)
 }
 
 fn creation(raw: &Raw<'_>, path: &str) -> Result<EventTime, DecodeError> {
-    util::time(D, || at(path, "creationDate"), raw.creation_date.as_ref(), UNIT)
+    util::time(
+        D,
+        || at(path, "creationDate"),
+        raw.creation_date.as_ref(),
+        UNIT,
+    )
 }
 
 fn evaluation(
@@ -215,14 +229,20 @@ fn evaluation(
     };
     let reason = raw.reason.map(Json::from_raw);
     let version = version(raw.version, || field("version"), limits)?;
-    // No version means the flag was unknown to the SDK, and LaunchDarkly never makes
-    // full events for unknown flags: say so here, where the dialect's meaning is known.
+    // No version means the flag was unknown to the evaluator: it served the fallback
+    // (no variation, as Relay counts it), and gets no full event unless the producer
+    // asks for one explicitly. Said here, where the dialect's meaning is known.
     let known = version.is_some();
+    let variation = if known { variation } else { None };
     let in_experiment = known
         && reason
             .as_ref()
             .is_some_and(|r| r.as_str().contains("\"inExperiment\":true"));
-    let track_events = if known { raw.track_events } else { Some(false) };
+    let track_events = if known {
+        raw.track_events
+    } else {
+        Some(raw.track_events == Some(true))
+    };
     Ok(Event::Evaluation(Evaluation {
         scope: scope.clone(),
         flag_key: util::key(D, || field("key"), raw.key.as_deref(), limits)?,
@@ -238,7 +258,12 @@ fn evaluation(
         track_events,
         debug_events_until_date: match &raw.debug_until {
             None => None,
-            Some(n) => Some(util::time(D, || field("debugEventsUntilDate"), Some(n), UNIT)?),
+            Some(n) => Some(util::time(
+                D,
+                || field("debugEventsUntilDate"),
+                Some(n),
+                UNIT,
+            )?),
         },
         sampling_ratio: raw.sampling_ratio,
         exclude_from_summaries: raw.exclude_from_summaries.unwrap_or(false),
@@ -271,9 +296,15 @@ fn version(
             },
         )
     })?;
-    util::int(&n).map(|v| Some(FlagVersion::Int(v))).ok_or_else(|| {
-        DecodeError::new(D, path(), Reason::Invalid(format!("{n} is not an integer version")))
-    })
+    util::int(&n)
+        .map(|v| Some(FlagVersion::Int(v)))
+        .ok_or_else(|| {
+            DecodeError::new(
+                D,
+                path(),
+                Reason::Invalid(format!("{n} is not an integer version")),
+            )
+        })
 }
 
 /// Who the event is about, from whichever generation of field the producer used.
@@ -324,7 +355,10 @@ fn contexts(raw: &Raw<'_>, path: &str, limits: &Limits) -> Result<Contexts, Deco
         return Ok(c);
     }
     if let Some(key) = raw.user_key.as_deref() {
-        let mut c = Contexts::single("user", &util::key(D, || at(path, "userKey"), Some(key), limits)?);
+        let mut c = Contexts::single(
+            "user",
+            &util::key(D, || at(path, "userKey"), Some(key), limits)?,
+        );
         if anonymous_user {
             c.body = Some(with_anonymous(&c.to_object()));
         }
@@ -365,7 +399,12 @@ struct RawCounter<'a> {
     count: Option<u64>,
 }
 
-fn summary(raw: &Raw<'_>, path: &str, limits: &Limits, scope: &Scope) -> Result<Event, DecodeError> {
+fn summary(
+    raw: &Raw<'_>,
+    path: &str,
+    limits: &Limits,
+    scope: &Scope,
+) -> Result<Event, DecodeError> {
     let field = |name: &str| at(path, name);
     let start_date = util::time(D, || field("startDate"), raw.start_date.as_ref(), UNIT)?;
     let end_date = util::time(D, || field("endDate"), raw.end_date.as_ref(), UNIT)?;
@@ -390,13 +429,15 @@ fn summary(raw: &Raw<'_>, path: &str, limits: &Limits, scope: &Scope) -> Result<
             let cp = format!("{flag_path}.counters[{i}]");
             let variation = match (&c.variation, &c.variation_name) {
                 (Some(n), _) => Some(VariationRef::Index(
-                    n.as_u64().and_then(|v| u32::try_from(v).ok()).ok_or_else(|| {
-                        DecodeError::new(
-                            D,
-                            at(&cp, "variation"),
-                            Reason::Invalid(format!("{n} is not a variation index")),
-                        )
-                    })?,
+                    n.as_u64()
+                        .and_then(|v| u32::try_from(v).ok())
+                        .ok_or_else(|| {
+                            DecodeError::new(
+                                D,
+                                at(&cp, "variation"),
+                                Reason::Invalid(format!("{n} is not a variation index")),
+                            )
+                        })?,
                 )),
                 (None, Some(name)) => Some(VariationRef::Name(util::key(
                     D,
@@ -518,7 +559,7 @@ mod tests {
         assert!(e.debug);
         assert_eq!(
             e.context.body.unwrap().as_str(),
-            r#"{"kind":"user","key":"u","name":"B"}"#
+            r#"{"key":"u","name":"B"}"#
         );
         let e = eval(one_event(
             r#"{"kind":"feature","creationDate":1,"key":"f","context":{"key":"old"}}"#,
@@ -589,7 +630,10 @@ mod tests {
         let f = &s.features[0];
         assert_eq!(f.counters.len(), 4);
         assert_eq!(f.counters[2].version, None);
-        assert_eq!(f.counters[3].variation, Some(VariationRef::Name("blue".into())));
+        assert_eq!(
+            f.counters[3].variation,
+            Some(VariationRef::Name("blue".into()))
+        );
         assert_eq!(f.counters[3].version, Some(FlagVersion::Str("v7".into())));
         assert_eq!(f.context_kinds, vec!["user", "org"]);
     }
@@ -599,7 +643,10 @@ mod tests {
         let ev = one_event(r#"{"kind":"alias","creationDate":3, "key":"new","previousKey":"old"}"#);
         let Event::PassThrough(p) = ev else { panic!() };
         assert_eq!(p.kind, "alias");
-        assert_eq!(p.body.as_str(), r#"{"kind":"alias","creationDate":3,"key":"new","previousKey":"old"}"#);
+        assert_eq!(
+            p.body.as_str(),
+            r#"{"kind":"alias","creationDate":3,"key":"new","previousKey":"old"}"#
+        );
         assert_eq!(p.creation_date, Some(EventTime::from_millis(3)));
     }
 
@@ -648,7 +695,11 @@ mod tests {
         for (input, path, code) in cases {
             let e = err(&input);
             assert_eq!(e.dialect, Dialect::Launchdarkly, "{input}");
-            assert_eq!((e.path.as_str(), e.reason.code()), (path, code), "{input}: {e}");
+            assert_eq!(
+                (e.path.as_str(), e.reason.code()),
+                (path, code),
+                "{input}: {e}"
+            );
         }
     }
 

@@ -202,9 +202,10 @@ fn decode_as(dialect: Dialect, value: &[u8], limits: &Limits, out: &mut Decoded)
     match dialect {
         Dialect::Auto => match auto::detect(value) {
             Ok(found) => decode_as(found, value, limits, out),
-            Err(why) => out
-                .errors
-                .push(DecodeError::new(Dialect::Auto, "", Reason::Undetected(why))),
+            Err(why) => {
+                out.errors
+                    .push(DecodeError::new(Dialect::Auto, "", Reason::Undetected(why)))
+            }
         },
         Dialect::Launchdarkly => launchdarkly::decode(value, limits, out),
         Dialect::Goff => goff::decode(value, limits, out),

@@ -43,7 +43,11 @@ pub(crate) fn parse<'a, T: Deserialize<'a>>(
                     (path, e.into_inner())
                 }
             };
-            let path = if path == "." || path == "?" { String::new() } else { path };
+            let path = if path == "." || path == "?" {
+                String::new()
+            } else {
+                path
+            };
             Err(DecodeError::new(
                 dialect,
                 at(prefix, &path),
@@ -180,10 +184,7 @@ pub(crate) struct RawObject<'a> {
 
 impl<'a> RawObject<'a> {
     pub fn get(&self, name: &str) -> Option<&'a RawValue> {
-        self.fields
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| *v)
+        self.fields.iter().find(|(k, _)| k == name).map(|(_, v)| *v)
     }
 }
 
@@ -222,9 +223,7 @@ fn kind_ok(kind: &str) -> bool {
 
 /// Reads a LaunchDarkly context object of any generation: a single context
 /// (`{"kind":"org","key":…}`), a multi-context (`{"kind":"multi","user":{…},…}`), or an
-/// old-style user (no `kind`), which is converted to a `user` context: `custom`
-/// attributes move to the top level and `privateAttributeNames` to
-/// `_meta.privateAttributes`, as LaunchDarkly's SDKs convert them.
+/// old-style user (no `kind`: a `user` context). The object is kept as received.
 pub(crate) fn context(
     dialect: Dialect,
     path: &str,
@@ -310,53 +309,17 @@ pub(crate) fn context(
         }
         None => {
             let key = body_key(&obj, path)?;
+            // Kept as received, as LaunchDarkly's Relay forwards it: an old-style user
+            // is still a valid context for every LaunchDarkly consumer.
             Ok(Contexts {
                 keys: smallvec::smallvec![ContextKey {
                     kind: "user".into(),
                     key,
                 }],
-                body: Some(old_user_to_context(raw)),
+                body: Some(Json::from_raw(raw)),
             })
         }
     }
-}
-
-/// Converts an old-style LaunchDarkly user object into a `user` context object.
-pub(crate) fn old_user_to_context(raw: &RawValue) -> Json {
-    use serde_json::{Map, Value};
-    let Ok(Value::Object(user)) = serde_json::from_str::<Value>(raw.get()) else {
-        return Json::from_raw(raw);
-    };
-    let mut out = Map::new();
-    out.insert("kind".into(), "user".into());
-    let mut private = None;
-    let mut custom = None;
-    for (k, v) in user {
-        match k.as_str() {
-            "custom" => custom = Some(v),
-            "privateAttributeNames" => private = Some(v),
-            // Old users stated anonymity as possibly-null booleans; keep only `true`.
-            "anonymous" if v != Value::Bool(true) => {}
-            _ if v.is_null() => {}
-            _ => {
-                out.insert(k, v);
-            }
-        }
-    }
-    if let Some(Value::Object(custom)) = custom {
-        for (k, v) in custom {
-            out.entry(k).or_insert(v);
-        }
-    }
-    if let Some(Value::Array(names)) = private {
-        if !names.is_empty() {
-            out.insert(
-                "_meta".into(),
-                serde_json::json!({ "privateAttributes": names }),
-            );
-        }
-    }
-    Json::from_value(&Value::Object(out))
 }
 
 #[cfg(test)]
@@ -377,9 +340,12 @@ mod tests {
         let c = ctx(r#"{"key":"u","name":"Red","custom":{"tier":"gold"},"privateAttributeNames":["name"],"anonymous":null}"#)
             .unwrap();
         assert_eq!(c.fully_qualified_key(), "u");
-        assert_eq!(
-            c.body.unwrap().as_str(),
-            r#"{"kind":"user","key":"u","name":"Red","tier":"gold","_meta":{"privateAttributes":["name"]}}"#
+        assert_eq!(c.keys[0].kind, "user");
+        assert!(
+            c.body
+                .unwrap()
+                .as_str()
+                .starts_with(r#"{"key":"u","name":"Red""#)
         );
     }
 

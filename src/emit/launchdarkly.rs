@@ -4,8 +4,9 @@
 //! |---|---|
 //! | summary | kind, startDate, endDate, features{flag: default, counters[variation?, version \| unknown, value, count], contextKinds} |
 //! | feature / debug | kind, creationDate, key, version?, context, variation? \| variationName?, value, default, prereqOf?, reason?, samplingRatio? |
-//! | index / identify | kind, creationDate, context |
-//! | custom | kind, creationDate, key, data?, context, metricValue? |
+//! | index | kind, creationDate, context |
+//! | identify | kind, creationDate, context, samplingRatio? |
+//! | custom | kind, creationDate, key, data?, contextKeys, metricValue?, samplingRatio? |
 //!
 //! One flag per summary record; counters sorted by (variation, version) with "no
 //! variation" first, then indexes, then names, and unknown versions first; context kinds
@@ -15,7 +16,7 @@
 //! Contexts: attributes named in `_meta.privateAttributes` are redacted in every output,
 //! and in feature events (not debug or index) every attribute of an anonymous context is
 //! too, listed in `_meta.redactedAttributes`, as LaunchDarkly's context formatter does.
-//! Redaction covers top-level attributes (`/name`-style paths of one segment).
+//! References are attribute names or `/`-paths into nested objects.
 //!
 //! Late events (dead-letter policy) are written as flagtally's native JSON, so they can
 //! be re-read with `dialect = "native"`.
@@ -33,7 +34,11 @@ pub fn write(out: &Output, buf: &mut Vec<u8>) {
         Output::Summary(s) => summary(s, buf),
         Output::Feature { event, debug, .. } => {
             let e = event.as_ref();
-            begin(buf, if *debug { "debug" } else { "feature" }, e.creation_date);
+            begin(
+                buf,
+                if *debug { "debug" } else { "feature" },
+                e.creation_date,
+            );
             name(buf, "key");
             string(buf, &e.flag_key);
             if let Some(v) = &e.version {
@@ -68,10 +73,7 @@ pub fn write(out: &Output, buf: &mut Vec<u8>) {
                 name(buf, "reason");
                 raw(buf, r);
             }
-            if let Some(n) = e.sampling_ratio.filter(|n| *n != 1) {
-                name(buf, "samplingRatio");
-                int(buf, n as i64);
-            }
+            sampling_ratio(buf, e.sampling_ratio);
             buf.push(b'}');
         }
         Output::Index {
@@ -88,6 +90,7 @@ pub fn write(out: &Output, buf: &mut Vec<u8>) {
             begin(buf, "identify", event.creation_date);
             name(buf, "context");
             context(buf, &event.context, false);
+            sampling_ratio(buf, event.sampling_ratio);
             buf.push(b'}');
         }
         Output::Custom { event, .. } => {
@@ -98,12 +101,13 @@ pub fn write(out: &Output, buf: &mut Vec<u8>) {
                 name(buf, "data");
                 raw(buf, d);
             }
-            name(buf, "context");
-            context(buf, &event.context, false);
+            name(buf, "contextKeys");
+            raw(buf, &event.context.keys_object());
             if let Some(m) = event.metric_value {
                 name(buf, "metricValue");
                 number(buf, m);
             }
+            sampling_ratio(buf, event.sampling_ratio);
             buf.push(b'}');
         }
         Output::PassThrough { event, .. } => raw(buf, &event.body),
@@ -208,6 +212,14 @@ fn summary(s: &ClosedSummary, buf: &mut Vec<u8>) {
     buf.extend_from_slice(b"]}}}");
 }
 
+/// `samplingRatio`, written only when set and not 1.
+fn sampling_ratio(buf: &mut Vec<u8>, ratio: Option<u64>) {
+    if let Some(n) = ratio.filter(|n| *n != 1) {
+        name(buf, "samplingRatio");
+        int(buf, i64::try_from(n).unwrap_or(i64::MAX));
+    }
+}
+
 fn begin_kind(buf: &mut Vec<u8>, kind: &str) {
     buf.extend_from_slice(b"{\"kind\":");
     string(buf, kind);
@@ -227,8 +239,7 @@ fn name(buf: &mut Vec<u8>, n: &str) {
 }
 
 fn string(buf: &mut Vec<u8>, s: &str) {
-    if s
-        .bytes()
+    if s.bytes()
         .all(|b| b >= 0x20 && b != b'"' && b != b'\\' && b < 0x7f)
     {
         buf.push(b'"');
@@ -277,7 +288,8 @@ fn version(buf: &mut Vec<u8>, v: &FlagVersion) {
 fn context(buf: &mut Vec<u8>, c: &Contexts, redact_anonymous: bool) {
     let obj = c.to_object();
     let text = obj.as_str();
-    let needs_work = text.contains("\"_meta\"") || (redact_anonymous && text.contains("\"anonymous\":true"));
+    let needs_work = text.contains("\"privateAttribute")
+        || (redact_anonymous && text.contains("\"anonymous\":true"));
     if !needs_work {
         buf.extend_from_slice(text.as_bytes());
         return;
@@ -300,37 +312,82 @@ fn context(buf: &mut Vec<u8>, c: &Contexts, redact_anonymous: bool) {
 }
 
 /// Attributes that are never redacted.
-const PROTECTED: [&str; 4] = ["kind", "key", "anonymous", "_meta"];
+const PROTECTED: [&str; 5] = ["kind", "key", "anonymous", "_meta", "privateAttributeNames"];
 
+/// Applies a context's private-attribute references (and, when asked, anonymous
+/// redaction), recording what was removed in `_meta.redactedAttributes`. Redactions
+/// already recorded and other `_meta` fields are kept: an SDK-formatted context passes
+/// through unchanged.
 fn redact(ctx: &mut Map<String, Value>, redact_anonymous: bool) {
     let anonymous = ctx.get("anonymous") == Some(&Value::Bool(true));
-    let private: Vec<String> = ctx
-        .get("_meta")
-        .and_then(|m| m.get("privateAttributes"))
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(Value::as_str)
-                .map(|s| s.strip_prefix('/').unwrap_or(s).to_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    let doomed: Vec<String> = ctx
-        .keys()
-        .filter(|k| !PROTECTED.contains(&k.as_str()))
-        .filter(|k| (redact_anonymous && anonymous) || private.iter().any(|p| p == *k))
-        .cloned()
-        .collect();
-    for k in &doomed {
-        ctx.remove(k);
+    let mut meta = match ctx.remove("_meta") {
+        Some(Value::Object(m)) => m,
+        _ => Map::new(),
+    };
+    let mut refs: Vec<String> = Vec::new();
+    for list in [
+        meta.remove("privateAttributes"),
+        ctx.remove("privateAttributeNames"),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        if let Value::Array(items) = list {
+            refs.extend(items.iter().filter_map(Value::as_str).map(str::to_owned));
+        }
     }
-    ctx.remove("_meta");
-    if !doomed.is_empty() {
-        ctx.insert(
-            "_meta".into(),
-            serde_json::json!({ "redactedAttributes": doomed }),
-        );
+    let mut redacted: Vec<Value> = match meta.remove("redactedAttributes") {
+        Some(Value::Array(a)) => a,
+        _ => Vec::new(),
+    };
+    if redact_anonymous && anonymous {
+        let names: Vec<String> = ctx
+            .keys()
+            .filter(|k| !PROTECTED.contains(&k.as_str()))
+            .cloned()
+            .collect();
+        for k in names {
+            ctx.remove(&k);
+            redacted.push(Value::String(k));
+        }
     }
+    for r in refs {
+        if remove_reference(ctx, &r) {
+            redacted.push(Value::String(r));
+        }
+    }
+    if !redacted.is_empty() {
+        meta.insert("redactedAttributes".into(), Value::Array(redacted));
+    }
+    if !meta.is_empty() {
+        ctx.insert("_meta".into(), Value::Object(meta));
+    }
+}
+
+/// Removes the attribute an attribute reference names: a plain name is a top-level
+/// attribute; `/a/b` is a path, with `~1` for `/` and `~0` for `~` inside a segment.
+fn remove_reference(ctx: &mut Map<String, Value>, reference: &str) -> bool {
+    let path: Vec<String> = match reference.strip_prefix('/') {
+        None => vec![reference.to_owned()],
+        Some(rest) => rest
+            .split('/')
+            .map(|seg| seg.replace("~1", "/").replace("~0", "~"))
+            .collect(),
+    };
+    let Some((last, parents)) = path.split_last() else {
+        return false;
+    };
+    if parents.is_empty() && PROTECTED.contains(&last.as_str()) {
+        return false;
+    }
+    let mut node = ctx;
+    for seg in parents {
+        match node.get_mut(seg) {
+            Some(Value::Object(child)) => node = child,
+            _ => return false,
+        }
+    }
+    node.remove(last).is_some()
 }
 
 #[cfg(test)]
@@ -402,9 +459,11 @@ mod tests {
         );
         let mut buf = Vec::new();
         write_data_export(&out, Some("p"), None, &mut buf);
-        assert!(String::from_utf8(buf).unwrap().starts_with(
-            r#"{"project":"p","environment":null,"event":{"kind":"summary""#
-        ));
+        assert!(
+            String::from_utf8(buf)
+                .unwrap()
+                .starts_with(r#"{"project":"p","environment":null,"event":{"kind":"summary""#)
+        );
     }
 
     fn feature(context: Contexts, debug: bool) -> Output {
@@ -449,7 +508,10 @@ mod tests {
             text(&feature(anon.clone(), false)),
             r#"{"kind":"feature","creationDate":7,"key":"f","version":3,"context":{"kind":"user","key":"u","anonymous":true,"_meta":{"redactedAttributes":["name","email"]}},"variation":0,"value":true,"default":null,"prereqOf":"top","reason":{"kind":"OFF"},"samplingRatio":4}"#
         );
-        assert!(text(&feature(anon, true)).contains(r#""name":"N","email":"e""#), "debug keeps them");
+        assert!(
+            text(&feature(anon, true)).contains(r#""name":"N","email":"e""#),
+            "debug keeps them"
+        );
         let private = Contexts {
             keys: smallvec::smallvec![crate::event::ContextKey {
                 kind: "org".into(),
@@ -468,7 +530,7 @@ mod tests {
         };
         assert_eq!(
             text(&out),
-            r#"{"kind":"index","creationDate":9,"context":{"kind":"org","key":"o","seats":5,"_meta":{"redactedAttributes":["tier"]}}}"#
+            r#"{"kind":"index","creationDate":9,"context":{"kind":"org","key":"o","seats":5,"_meta":{"redactedAttributes":["/tier"]}}}"#
         );
     }
 
@@ -501,15 +563,15 @@ mod tests {
         };
         assert_eq!(
             text(&custom(Some(Json::string("d")), Some(2.5))),
-            r#"{"kind":"custom","creationDate":100000,"key":"eventkey","data":"d","context":{"kind":"user","key":"user-key"},"metricValue":2.5}"#
+            r#"{"kind":"custom","creationDate":100000,"key":"eventkey","data":"d","contextKeys":{"user":"user-key"},"metricValue":2.5}"#
         );
         assert_eq!(
             text(&custom(Some(Json::null()), Some(0.0))),
-            r#"{"kind":"custom","creationDate":100000,"key":"eventkey","context":{"kind":"user","key":"user-key"},"metricValue":0}"#
+            r#"{"kind":"custom","creationDate":100000,"key":"eventkey","contextKeys":{"user":"user-key"},"metricValue":0}"#
         );
         assert_eq!(
             text(&custom(None, None)),
-            r#"{"kind":"custom","creationDate":100000,"key":"eventkey","context":{"kind":"user","key":"user-key"}}"#
+            r#"{"kind":"custom","creationDate":100000,"key":"eventkey","contextKeys":{"user":"user-key"}}"#
         );
     }
 

@@ -7,9 +7,12 @@
 //!                                                   chose it (SDKs send tracked ones only)
 //! full event     = override(flag) applied to what the producer says
 //! debug copy     = debugEventsUntilDate > creationDate
-//! sampling       = keep 1 in N (N from the override, else the event; 0 = none),
-//!                  chosen by a hash of the input position: deterministic under replay
+//! sampling       = only by an override's `sampling_ratio` N: keep 1 in N (0 = none),
+//!                  chosen by a hash of the input position (deterministic under replay)
 //! ```
+//! A `samplingRatio` that arrives on an event was applied by its SDK already: it is
+//! passed through, never applied again (as LaunchDarkly's Relay does), and multiplied
+//! by an override's ratio when flagtally samples further.
 //! LaunchDarkly never sends full events for unknown flags; its decoder marks those
 //! evaluations `trackEvents: false`.
 //!
@@ -155,6 +158,11 @@ impl Gate {
         d
     }
 
+    /// Whether an override samples this flag's full events.
+    pub fn samples(&mut self, flag: &CompactString) -> bool {
+        self.decision(flag).sampling_ratio.is_some_and(|n| n != 1)
+    }
+
     /// Decides for one evaluation read at `pos`.
     pub fn judge(&mut self, ev: &Evaluation, pos: &SourcePos) -> Verdict {
         let d = self.decision(&ev.flag_key);
@@ -171,6 +179,10 @@ impl Gate {
                 sampling_ratio: ev.sampling_ratio,
             };
         }
+        let ratio = match d.sampling_ratio {
+            None => ev.sampling_ratio,
+            Some(n) => Some(n.saturating_mul(ev.sampling_ratio.unwrap_or(1))),
+        };
         let producer = match ev.track_events {
             Some(track) => track || ev.in_experiment,
             None => true,
@@ -180,8 +192,7 @@ impl Gate {
             FullEvents::Always => true,
             FullEvents::Never => false,
         };
-        let ratio = d.sampling_ratio.or(ev.sampling_ratio);
-        let full = wanted && sampled_in(ratio, pos);
+        let full = wanted && sampled_in(d.sampling_ratio, pos);
         Verdict {
             full,
             debug,
@@ -275,13 +286,25 @@ mod tests {
         assert!(v.debug && !v.full);
         dbg.debug_events_until_date = Some(EventTime::from_millis(100));
         assert!(!gate.judge(&dbg, &pos(0)).debug);
+        let mut sampled = ev("f", None);
+        sampled.sampling_ratio = Some(0);
+        let v = gate.judge(&sampled, &pos(0));
+        assert!(
+            v.full,
+            "an SDK's ratio is passed through, not applied again"
+        );
+        assert_eq!(v.sampling_ratio, Some(0));
     }
 
     #[test]
     fn sampling_is_deterministic_and_near_one_in_n() {
-        let kept = (0..30_000).filter(|o| sampled_in(Some(3), &pos(*o))).count();
+        let kept = (0..30_000)
+            .filter(|o| sampled_in(Some(3), &pos(*o)))
+            .count();
         assert!((9_000..11_000).contains(&kept), "{kept}");
-        let again = (0..30_000).filter(|o| sampled_in(Some(3), &pos(*o))).count();
+        let again = (0..30_000)
+            .filter(|o| sampled_in(Some(3), &pos(*o)))
+            .count();
         assert_eq!(kept, again);
         assert!(!sampled_in(Some(0), &pos(1)));
         assert!(sampled_in(Some(1), &pos(1)));

@@ -142,8 +142,8 @@ struct Shared {
 impl Shared {
     fn window_of(&self, t: EventTime) -> Window {
         let size = self.window.size_ms;
-        let start = (t.as_millis() - self.window.offset_ms).div_euclid(size) * size
-            + self.window.offset_ms;
+        let start =
+            (t.as_millis() - self.window.offset_ms).div_euclid(size) * size + self.window.offset_ms;
         Window {
             start: EventTime::from_millis(start),
             end: EventTime::from_millis(start + size),
@@ -220,7 +220,12 @@ impl PartitionState {
         self.open.get_mut(&start)
     }
 
-    fn close_oldest_early(&mut self, shared: &mut Shared, pid: &PartitionId, out: &mut Vec<Output>) {
+    fn close_oldest_early(
+        &mut self,
+        shared: &mut Shared,
+        pid: &PartitionId,
+        out: &mut Vec<Output>,
+    ) {
         if let Some((start, acc)) = self.open.pop_first() {
             self.next_part.insert(start, acc.part + 1);
             shared.counts.early_closes += 1;
@@ -241,9 +246,17 @@ impl PartitionState {
         }
     }
 
-    fn observe(&mut self, shared: &mut Shared, pid: &PartitionId, t: EventTime, out: &mut Vec<Output>) {
+    fn observe(
+        &mut self,
+        shared: &mut Shared,
+        pid: &PartitionId,
+        t: EventTime,
+        out: &mut Vec<Output>,
+    ) {
         self.max_time = self.max_time.max(t.as_millis());
-        let wm = self.max_time.saturating_sub(shared.window.allowed_lateness_ms);
+        let wm = self
+            .max_time
+            .saturating_sub(shared.window.allowed_lateness_ms);
         if wm > self.watermark {
             self.watermark = wm;
             self.close_ready(shared, pid, CloseReason::Watermark, out);
@@ -252,7 +265,13 @@ impl PartitionState {
 
     /// Closes every open window the watermark has passed; late corrections close with
     /// them.
-    fn close_ready(&mut self, shared: &mut Shared, pid: &PartitionId, reason: CloseReason, out: &mut Vec<Output>) {
+    fn close_ready(
+        &mut self,
+        shared: &mut Shared,
+        pid: &PartitionId,
+        reason: CloseReason,
+        out: &mut Vec<Output>,
+    ) {
         let mut closed_any = false;
         while let Some(entry) = self.open.first_entry() {
             if entry.get().window.end.as_millis() > self.watermark {
@@ -263,7 +282,8 @@ impl PartitionState {
             closed_any = true;
         }
         let wm = self.watermark;
-        self.next_part.retain(|start, _| start + shared.window.size_ms > wm);
+        self.next_part
+            .retain(|start, _| start + shared.window.size_ms > wm);
         if closed_any {
             self.close_corrections(shared, pid, out);
         }
@@ -275,8 +295,17 @@ impl PartitionState {
         }
     }
 
-    fn close_all(&mut self, shared: &mut Shared, pid: &PartitionId, reason: CloseReason, out: &mut Vec<Output>) {
-        let newest_end = self.open.last_key_value().map(|(_, a)| a.window.end.as_millis());
+    fn close_all(
+        &mut self,
+        shared: &mut Shared,
+        pid: &PartitionId,
+        reason: CloseReason,
+        out: &mut Vec<Output>,
+    ) {
+        let newest_end = self
+            .open
+            .last_key_value()
+            .map(|(_, a)| a.window.end.as_millis());
         for (_, acc) in std::mem::take(&mut self.open) {
             shared.close(acc, pid, false, reason, out);
         }
@@ -346,7 +375,9 @@ impl Engine {
     /// The lowest input offset that still feeds an open window or correction of the
     /// partition: where a replay must start. `None` when nothing is open.
     pub fn replay_start(&self, pid: &PartitionId) -> Option<i64> {
-        self.partitions.get(pid).and_then(PartitionState::replay_start)
+        self.partitions
+            .get(pid)
+            .and_then(PartitionState::replay_start)
     }
 
     /// Processes one event read at `pos`, at wall-clock time `now_ms`.
@@ -360,7 +391,9 @@ impl Engine {
         let pid = &pos.partition;
         let st = match partitions.get_mut(pid) {
             Some(st) => st,
-            None => partitions.entry(pid.clone()).or_insert_with(|| PartitionState::new(index)),
+            None => partitions
+                .entry(pid.clone())
+                .or_insert_with(|| PartitionState::new(index)),
         };
         st.last_activity = now_ms;
         st.idle_mark = None;
@@ -371,7 +404,9 @@ impl Engine {
                 let t = ev.creation_date;
                 if index_on
                     && !ev.debug
-                    && st.index.first_sighting(ev.context.fully_qualified_key(), t.as_millis())
+                    && st
+                        .index
+                        .first_sighting(ev.context.fully_qualified_key(), t.as_millis())
                 {
                     shared.counts.index_events += 1;
                     out.push(Output::Index {
@@ -422,7 +457,7 @@ impl Engine {
                         debug: false,
                         pos: pos.clone(),
                     });
-                } else if !ev.debug && verdict.sampling_ratio.is_some_and(|r| r != 1) {
+                } else if !ev.debug && gate.samples(&ev.flag_key) {
                     shared.counts.sampled_out += 1;
                 }
                 st.observe(shared, pid, t, out);
@@ -448,7 +483,11 @@ impl Engine {
             }
             Event::Custom(c) => {
                 let t = c.creation_date;
-                if index_on && st.index.first_sighting(c.context.fully_qualified_key(), t.as_millis()) {
+                if index_on
+                    && st
+                        .index
+                        .first_sighting(c.context.fully_qualified_key(), t.as_millis())
+                {
                     shared.counts.index_events += 1;
                     out.push(Output::Index {
                         scope: c.scope.clone(),
@@ -457,33 +496,28 @@ impl Engine {
                         pos: pos.clone(),
                     });
                 }
-                if sampled_in(c.sampling_ratio, pos) {
-                    out.push(Output::Custom {
-                        event: Box::new(c),
-                        pos: pos.clone(),
-                    });
-                } else {
-                    shared.counts.sampled_out += 1;
-                }
+                // A samplingRatio on the event was applied by its SDK: pass it through.
+                out.push(Output::Custom {
+                    event: Box::new(c),
+                    pos: pos.clone(),
+                });
                 st.observe(shared, pid, t, out);
             }
             Event::Identify(e) => {
                 let t = e.creation_date;
                 // Identify events fill the cache but never cause an index event.
-                st.index.first_sighting(e.context.fully_qualified_key(), t.as_millis());
-                if sampled_in(e.sampling_ratio, pos) {
-                    out.push(Output::Identify {
-                        event: e,
-                        pos: pos.clone(),
-                    });
-                } else {
-                    shared.counts.sampled_out += 1;
-                }
+                st.index
+                    .first_sighting(e.context.fully_qualified_key(), t.as_millis());
+                out.push(Output::Identify {
+                    event: e,
+                    pos: pos.clone(),
+                });
                 st.observe(shared, pid, t, out);
             }
             Event::Index(e) => {
                 let t = e.creation_date;
-                st.index.first_sighting(e.context.fully_qualified_key(), t.as_millis());
+                st.index
+                    .first_sighting(e.context.fully_qualified_key(), t.as_millis());
                 out.push(Output::Index {
                     scope: e.scope,
                     context: e.context,

@@ -11,7 +11,7 @@ use compact_str::CompactString;
 use rustc_hash::FxHashMap;
 use smallvec::SmallVec;
 
-use super::output::{ClosedSummary, CloseReason, Counter, PartitionId, Window};
+use super::output::{CloseReason, ClosedSummary, Counter, PartitionId, Window};
 use crate::event::{Evaluation, FlagVersion, Json, Scope, Summary, VariationRef};
 
 #[derive(Debug)]
@@ -113,7 +113,9 @@ impl WindowAcc {
         if !flags.contains_key(key.as_str()) {
             flags.insert(key.clone(), FlagAcc::new());
         }
-        flags.get_mut(key.as_str()).unwrap_or_else(|| unreachable!())
+        flags
+            .get_mut(key.as_str())
+            .unwrap_or_else(|| unreachable!())
     }
 
     /// Counts one evaluation. Returns how many new distinct keys it created (0 or 1).
@@ -151,7 +153,8 @@ impl WindowAcc {
                 flag.default = f.default.clone();
             }
             for c in &f.counters {
-                new += usize::from(flag.count(&c.variation, &c.version, || c.value.clone(), c.count));
+                new +=
+                    usize::from(flag.count(&c.variation, &c.version, || c.value.clone(), c.count));
             }
             for k in &f.context_kinds {
                 flag.kind(k);
@@ -187,9 +190,8 @@ impl WindowAcc {
                         count: c.count,
                     })
                     .collect();
-                counters.sort_by(|a, b| {
-                    (&a.variation, &a.version).cmp(&(&b.variation, &b.version))
-                });
+                counters
+                    .sort_by(|a, b| (&a.variation, &a.version).cmp(&(&b.variation, &b.version)));
                 out.push(ClosedSummary {
                     scope: scope.clone(),
                     flag_key,

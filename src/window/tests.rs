@@ -88,14 +88,20 @@ fn summary_follows_launchdarkly_rules() {
     for (i, ev) in [first, second, fallback, unknown].into_iter().enumerate() {
         e.push(&pos(0, i as i64), Event::Evaluation(ev), 0, &mut out);
     }
-    assert!(summaries(&out).is_empty(), "nothing closes before the watermark");
+    assert!(
+        summaries(&out).is_empty(),
+        "nothing closes before the watermark"
+    );
     e.flush_all(&mut out);
     let s = summaries(&out);
     assert_eq!(s.len(), 1);
     let s = s[0];
     assert_eq!(s.flag_key, "flag1");
     assert_eq!(s.default, Json::string("d1"), "first default wins");
-    assert_eq!((s.start_date.as_millis(), s.end_date.as_millis()), (1000, 1002));
+    assert_eq!(
+        (s.start_date.as_millis(), s.end_date.as_millis()),
+        (1000, 1002)
+    );
     assert_eq!(s.context_kinds, vec!["org", "user"]);
     assert_eq!(
         s.counters,
@@ -133,7 +139,12 @@ fn variation_zero_is_not_the_fallback_and_prerequisites_default_null() {
     let mut pre = eval("p", Some(0), Some(1), 5);
     pre.prereq_of = Some("top".into());
     e.push(&pos(0, 0), Event::Evaluation(pre), 0, &mut out);
-    e.push(&pos(0, 1), Event::Evaluation(eval("p", None, Some(1), 6)), 0, &mut out);
+    e.push(
+        &pos(0, 1),
+        Event::Evaluation(eval("p", None, Some(1), 6)),
+        0,
+        &mut out,
+    );
     e.flush_all(&mut out);
     let s = summaries(&out)[0];
     assert_eq!(s.default, Json::null());
@@ -149,10 +160,25 @@ fn windows_close_when_the_watermark_passes_them() {
         ..WindowConfig::default()
     });
     let mut out = Vec::new();
-    e.push(&pos(0, 0), Event::Evaluation(eval("f", Some(0), Some(1), 59 * SEC)), 0, &mut out);
-    e.push(&pos(0, 1), Event::Evaluation(eval("f", Some(0), Some(1), 69 * SEC)), 0, &mut out);
+    e.push(
+        &pos(0, 0),
+        Event::Evaluation(eval("f", Some(0), Some(1), 59 * SEC)),
+        0,
+        &mut out,
+    );
+    e.push(
+        &pos(0, 1),
+        Event::Evaluation(eval("f", Some(0), Some(1), 69 * SEC)),
+        0,
+        &mut out,
+    );
     assert!(summaries(&out).is_empty(), "watermark 59 s < 60 s");
-    e.push(&pos(0, 2), Event::Evaluation(eval("f", Some(0), Some(1), 70 * SEC)), 0, &mut out);
+    e.push(
+        &pos(0, 2),
+        Event::Evaluation(eval("f", Some(0), Some(1), 70 * SEC)),
+        0,
+        &mut out,
+    );
     let s = summaries(&out);
     assert_eq!(s.len(), 1);
     assert_eq!(s[0].counters[0].count, 1);
@@ -162,22 +188,50 @@ fn windows_close_when_the_watermark_passes_them() {
 
 #[test]
 fn late_events_follow_the_policy() {
-    for policy in [LatePolicy::Correction, LatePolicy::DeadLetter, LatePolicy::Drop] {
+    for policy in [
+        LatePolicy::Correction,
+        LatePolicy::DeadLetter,
+        LatePolicy::Drop,
+    ] {
         let mut e = engine(WindowConfig {
             allowed_lateness_ms: 0,
             late_policy: policy,
             ..WindowConfig::default()
         });
         let mut out = Vec::new();
-        e.push(&pos(0, 0), Event::Evaluation(eval("f", Some(0), Some(1), 10 * SEC)), 0, &mut out);
-        e.push(&pos(0, 1), Event::Evaluation(eval("f", Some(0), Some(1), 61 * SEC)), 0, &mut out);
+        e.push(
+            &pos(0, 0),
+            Event::Evaluation(eval("f", Some(0), Some(1), 10 * SEC)),
+            0,
+            &mut out,
+        );
+        e.push(
+            &pos(0, 1),
+            Event::Evaluation(eval("f", Some(0), Some(1), 61 * SEC)),
+            0,
+            &mut out,
+        );
         assert_eq!(summaries(&out).len(), 1);
-        e.push(&pos(0, 2), Event::Evaluation(eval("f", Some(1), Some(1), 20 * SEC)), 0, &mut out);
-        e.push(&pos(0, 3), Event::Evaluation(eval("f", Some(1), Some(1), 121 * SEC)), 0, &mut out);
+        e.push(
+            &pos(0, 2),
+            Event::Evaluation(eval("f", Some(1), Some(1), 20 * SEC)),
+            0,
+            &mut out,
+        );
+        e.push(
+            &pos(0, 3),
+            Event::Evaluation(eval("f", Some(1), Some(1), 121 * SEC)),
+            0,
+            &mut out,
+        );
         let s = summaries(&out);
         match policy {
             LatePolicy::Correction => {
-                assert_eq!(s.len(), 3, "window 0, window 1 and the correction of window 0");
+                assert_eq!(
+                    s.len(),
+                    3,
+                    "window 0, window 1 and the correction of window 0"
+                );
                 let late: Vec<_> = s.iter().filter(|s| s.late).collect();
                 assert_eq!(late.len(), 1);
                 assert_eq!(late[0].window.start.as_millis(), 0);
@@ -187,7 +241,10 @@ fn late_events_follow_the_policy() {
             }
             LatePolicy::DeadLetter => {
                 assert_eq!(s.len(), 2);
-                assert!(out.iter().any(|o| matches!(o, Output::Late { pos, .. } if pos.offset == 2)));
+                assert!(
+                    out.iter()
+                        .any(|o| matches!(o, Output::Late { pos, .. } if pos.offset == 2))
+                );
                 assert_eq!(e.counts().late_dead_lettered, 1);
             }
             LatePolicy::Drop => {
@@ -206,8 +263,18 @@ fn idle_partitions_close_their_windows_and_follow_the_clock() {
     });
     let mut out = Vec::new();
     let now = 1_000_000;
-    e.push(&pos(0, 0), Event::Evaluation(eval("f", Some(0), Some(1), 10 * SEC)), now, &mut out);
-    e.push(&pos(1, 0), Event::Evaluation(eval("f", Some(0), Some(1), 10 * SEC)), now + 4 * SEC, &mut out);
+    e.push(
+        &pos(0, 0),
+        Event::Evaluation(eval("f", Some(0), Some(1), 10 * SEC)),
+        now,
+        &mut out,
+    );
+    e.push(
+        &pos(1, 0),
+        Event::Evaluation(eval("f", Some(0), Some(1), 10 * SEC)),
+        now + 4 * SEC,
+        &mut out,
+    );
     e.tick(now + 4 * SEC, &mut out);
     assert!(summaries(&out).is_empty());
     e.tick(now + 5 * SEC, &mut out);
@@ -215,10 +282,16 @@ fn idle_partitions_close_their_windows_and_follow_the_clock() {
     assert_eq!(s.len(), 1, "only partition 0 is idle");
     assert_eq!(s[0].partition.partition, 0);
     assert_eq!(s[0].reason, CloseReason::Idle);
-    assert_eq!(e.watermark(&PartitionId::new("in", 0)), Some(EventTime::from_millis(60 * SEC)));
+    assert_eq!(
+        e.watermark(&PartitionId::new("in", 0)),
+        Some(EventTime::from_millis(60 * SEC))
+    );
     e.tick(now + 8 * SEC, &mut out);
     assert_eq!(summaries(&out).len(), 1);
-    assert_eq!(e.watermark(&PartitionId::new("in", 0)), Some(EventTime::from_millis(63 * SEC)));
+    assert_eq!(
+        e.watermark(&PartitionId::new("in", 0)),
+        Some(EventTime::from_millis(63 * SEC))
+    );
     e.tick(now + 9 * SEC, &mut out);
     assert_eq!(summaries(&out).len(), 2, "partition 1 idle too");
 }
@@ -243,8 +316,15 @@ fn caps_close_early_and_never_lose_counts() {
     let s = summaries(&out);
     let total: u64 = s.iter().flat_map(|s| &s.counters).map(|c| c.count).sum();
     assert_eq!(total, 5);
-    let minute0: Vec<_> = s.iter().filter(|s| s.window.start.as_millis() == 0).collect();
-    assert_eq!(minute0.len(), 2, "window 0 closed early, then reopened as part 1");
+    let minute0: Vec<_> = s
+        .iter()
+        .filter(|s| s.window.start.as_millis() == 0)
+        .collect();
+    assert_eq!(
+        minute0.len(),
+        2,
+        "window 0 closed early, then reopened as part 1"
+    );
     assert_eq!(minute0[0].reason, CloseReason::Early);
     assert_eq!((minute0[0].part, minute0[1].part), (0, 1));
     assert!(e.counts().early_closes >= 2);
@@ -255,11 +335,20 @@ fn caps_close_early_and_never_lose_counts() {
     });
     let mut out = Vec::new();
     for i in 0..10 {
-        e.push(&pos(0, i), Event::Evaluation(eval(&format!("f{i}"), Some(0), Some(1), 1)), 0, &mut out);
+        e.push(
+            &pos(0, i),
+            Event::Evaluation(eval(&format!("f{i}"), Some(0), Some(1), 1)),
+            0,
+            &mut out,
+        );
         assert!(e.keys() <= 3);
     }
     e.flush_all(&mut out);
-    let total: u64 = summaries(&out).iter().flat_map(|s| &s.counters).map(|c| c.count).sum();
+    let total: u64 = summaries(&out)
+        .iter()
+        .flat_map(|s| &s.counters)
+        .map(|c| c.count)
+        .sum();
     assert_eq!(total, 10);
     assert_eq!(e.keys(), 0);
 }
@@ -341,7 +430,10 @@ fn summaries_reaggregate_into_longer_windows() {
     let s = summaries(&out);
     assert_eq!(s.len(), 1);
     assert_eq!(s[0].counters[0].count, 7);
-    assert_eq!((s[0].start_date.as_millis(), s[0].end_date.as_millis()), (5, 60 * SEC + 50));
+    assert_eq!(
+        (s[0].start_date.as_millis(), s[0].end_date.as_millis()),
+        (5, 60 * SEC + 50)
+    );
 }
 
 #[test]
@@ -356,15 +448,28 @@ fn excluded_and_debug_events_are_not_counted() {
     e.push(&pos(0, 1), Event::Evaluation(debug), 0, &mut out);
     e.flush_all(&mut out);
     assert!(summaries(&out).is_empty());
-    assert!(matches!(out[0], Output::Index { .. }), "excluded still indexes");
-    assert!(out.iter().any(|o| matches!(o, Output::Feature { debug: true, .. })));
+    assert!(
+        matches!(out[0], Output::Index { .. }),
+        "excluded still indexes"
+    );
+    assert!(
+        out.iter()
+            .any(|o| matches!(o, Output::Feature { debug: true, .. }))
+    );
 }
 
 /// Evaluations spread over a few windows, partitions and flags; each flag's value and
 /// default are functions of (flag, variation, version), as with real flags.
 fn arb_evals() -> impl Strategy<Value = Vec<(i32, Evaluation)>> {
     prop::collection::vec(
-        (0..2i32, 0..4usize, prop::option::of(0..3u32), prop::option::of(1..3i64), 0..(5 * 60 * SEC), any::<bool>()),
+        (
+            0..2i32,
+            0..4usize,
+            prop::option::of(0..3u32),
+            prop::option::of(1..3i64),
+            0..(5 * 60 * SEC),
+            any::<bool>(),
+        ),
         1..200,
     )
     .prop_map(|items| {
@@ -393,17 +498,28 @@ fn run(events: &[(i32, Evaluation)], window: WindowConfig) -> Vec<Output> {
 }
 
 fn total(out: &[Output]) -> u64 {
-    summaries(out).iter().flat_map(|s| &s.counters).map(|c| c.count).sum()
+    summaries(out)
+        .iter()
+        .flat_map(|s| &s.counters)
+        .map(|c| c.count)
+        .sum()
 }
 
 /// Per (flag, window start, variation, version): the count, summed over partitions,
 /// parts and corrections.
-fn tally(out: &[Output]) -> BTreeMap<(String, i64, Option<VariationRef>, Option<FlagVersion>), u64> {
+fn tally(
+    out: &[Output],
+) -> BTreeMap<(String, i64, Option<VariationRef>, Option<FlagVersion>), u64> {
     let mut t = BTreeMap::new();
     for s in summaries(out) {
         for c in &s.counters {
-            *t.entry((s.flag_key.to_string(), s.window.start.as_millis(), c.variation.clone(), c.version.clone()))
-                .or_default() += c.count;
+            *t.entry((
+                s.flag_key.to_string(),
+                s.window.start.as_millis(),
+                c.variation.clone(),
+                c.version.clone(),
+            ))
+            .or_default() += c.count;
         }
     }
     t
