@@ -97,3 +97,6 @@ criterion_group! {
     targets = bench
 }
 criterion_main!(benches);
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

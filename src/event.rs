@@ -157,10 +157,8 @@ impl Json {
     }
 
     fn from_valid_text(text: &str) -> Self {
-        if !text
-            .bytes()
-            .any(|b| matches!(b, b' ' | b'\n' | b'\r' | b'\t'))
-        {
+        let b = text.as_bytes();
+        if memchr::memchr3(b' ', b'\n', b'\r', b).is_none() && memchr::memchr(b'\t', b).is_none() {
             return Self(text.into());
         }
         Self(minify(text).into_boxed_str())

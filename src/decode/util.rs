@@ -5,7 +5,7 @@ use std::borrow::Cow;
 use std::fmt;
 
 use compact_str::CompactString;
-use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
+use serde::de::{self, Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 use smallvec::SmallVec;
 
@@ -209,6 +209,60 @@ impl<'de: 'a, 'a> Deserialize<'de> for RawObject<'a> {
     }
 }
 
+/// The parts of a context object the decoder needs, read in one pass: `kind`, `key`,
+/// and (only while the kind is unknown or `multi`) the other fields' raw values.
+#[derive(Debug, Default)]
+struct ContextShape<'a> {
+    kind: Option<Result<Cow<'a, str>, &'a RawValue>>,
+    key: Option<Result<Cow<'a, str>, &'a RawValue>>,
+    others: SmallVec<[(Cow<'a, str>, &'a RawValue); 4]>,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for ContextShape<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = ContextShape<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Self::Value, M::Error> {
+                let mut out = ContextShape::default();
+                while let Some(k) = map.next_key::<Cow<'de, str>>()? {
+                    match k.as_ref() {
+                        "kind" => out.kind = Some(map.next_value::<StrOrRaw<'de>>()?.0),
+                        "key" => out.key = Some(map.next_value::<StrOrRaw<'de>>()?.0),
+                        _ => {
+                            let keep = match &out.kind {
+                                None => true,
+                                Some(Ok(kind)) => kind == "multi",
+                                Some(Err(_)) => false,
+                            };
+                            if keep {
+                                out.others.push((k, map.next_value()?));
+                            } else {
+                                map.next_value::<de::IgnoredAny>()?;
+                            }
+                        }
+                    }
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_map(V(std::marker::PhantomData))
+    }
+}
+
+/// A string, or the raw text of whatever else was there (for the error message).
+struct StrOrRaw<'a>(Result<Cow<'a, str>, &'a RawValue>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for StrOrRaw<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw: &'de RawValue = Deserialize::deserialize(d)?;
+        Ok(Self(raw_str(raw).ok_or(raw)))
+    }
+}
+
 /// A string read from raw JSON; `None` if the value is not a string.
 fn raw_str(raw: &RawValue) -> Option<Cow<'_, str>> {
     serde_json::from_str::<Cow<'_, str>>(raw.get()).ok()
@@ -230,41 +284,51 @@ pub(crate) fn context(
     raw: &RawValue,
     limits: &Limits,
 ) -> Result<Contexts, DecodeError> {
-    let obj: RawObject<'_> = parse(dialect, path, raw.get().as_bytes())?;
-    let kind = match obj.get("kind") {
-        None => None,
-        Some(k) => Some(raw_str(k).ok_or_else(|| {
-            DecodeError::new(
+    let shape: ContextShape<'_> = parse(dialect, path, raw.get().as_bytes())?;
+    let string = |v: &Option<Result<Cow<'_, str>, &RawValue>>,
+                  field: &str|
+     -> Result<Option<String>, DecodeError> {
+        match v {
+            None => Ok(None),
+            Some(Ok(s)) => Ok(Some(s.to_string())),
+            Some(Err(other)) => Err(DecodeError::new(
                 dialect,
-                at(path, "kind"),
+                at(path, field),
                 Reason::WrongType {
                     expected: "a string",
-                    found: k.get().chars().take(40).collect(),
+                    found: other.get().chars().take(40).collect(),
                 },
-            )
-        })?),
+            )),
+        }
     };
-    let body_key = |o: &RawObject<'_>, p: &str| -> Result<CompactString, DecodeError> {
-        let k = o.get("key");
-        let s = match k {
-            None => None,
-            Some(k) => Some(raw_str(k).ok_or_else(|| {
-                DecodeError::new(
-                    dialect,
-                    at(p, "key"),
-                    Reason::WrongType {
-                        expected: "a string",
-                        found: k.get().chars().take(40).collect(),
-                    },
-                )
-            })?),
-        };
-        key(dialect, || at(p, "key"), s.as_deref(), limits)
+    let kind = match &shape.kind {
+        None => None,
+        Some(Ok(k)) => Some(k.as_ref()),
+        Some(Err(_)) => {
+            string(&shape.kind, "kind")?;
+            None
+        }
     };
-    match kind.as_deref() {
+    let key_of = |v: &Option<Result<Cow<'_, str>, &RawValue>>,
+                  p: &str|
+     -> Result<CompactString, DecodeError> {
+        match v {
+            Some(Ok(s)) => key(dialect, || at(p, "key"), Some(s), limits),
+            Some(Err(other)) => Err(DecodeError::new(
+                dialect,
+                at(p, "key"),
+                Reason::WrongType {
+                    expected: "a string",
+                    found: other.get().chars().take(40).collect(),
+                },
+            )),
+            None => Err(DecodeError::new(dialect, at(p, "key"), Reason::Missing)),
+        }
+    };
+    match kind {
         Some("multi") => {
             let mut keys: SmallVec<[ContextKey; 1]> = SmallVec::new();
-            for (name, sub) in obj.fields.iter().filter(|(k, _)| k != "kind") {
+            for (name, sub) in &shape.others {
                 let sub_path = at(path, name);
                 if !kind_ok(name) || name == "multi" {
                     return Err(DecodeError::new(
@@ -273,10 +337,10 @@ pub(crate) fn context(
                         Reason::Invalid(format!("{name:?} is not a valid context kind")),
                     ));
                 }
-                let sub_obj: RawObject<'_> = parse(dialect, &sub_path, sub.get().as_bytes())?;
+                let sub_shape: ContextShape<'_> = parse(dialect, &sub_path, sub.get().as_bytes())?;
                 keys.push(ContextKey {
                     kind: key(dialect, || sub_path.clone(), Some(name), limits)?,
-                    key: body_key(&sub_obj, &sub_path)?,
+                    key: key_of(&sub_shape.key, &sub_path)?,
                 });
             }
             if keys.is_empty() {
@@ -301,16 +365,16 @@ pub(crate) fn context(
                 ));
             }
             let kind = key(dialect, || at(path, "kind"), Some(kind), limits)?;
-            let key = body_key(&obj, path)?;
+            let key = key_of(&shape.key, path)?;
             Ok(Contexts {
                 keys: smallvec::smallvec![ContextKey { kind, key }],
                 body: Some(Json::from_raw(raw)),
             })
         }
         None => {
-            let key = body_key(&obj, path)?;
-            // Kept as received, as LaunchDarkly's Relay forwards it: an old-style user
-            // is still a valid context for every LaunchDarkly consumer.
+            // An old-style user, kept as received, as LaunchDarkly's Relay forwards it:
+            // it is still a valid context for every LaunchDarkly consumer.
+            let key = key_of(&shape.key, path)?;
             Ok(Contexts {
                 keys: smallvec::smallvec![ContextKey {
                     kind: "user".into(),

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# flagtally's test command: installs what the tests need (once; later runs reuse it),
+# then runs every check CI runs. Usage: bash scripts/test.sh
+#
+#   format   cargo fmt --check
+#   lint     cargo clippy --all-targets -- -D warnings
+#   tests    unit, property, vector and end-to-end tests (cargo test)
+#   docs     cargo doc, warnings denied
+#   fuzz     builds every fuzz target (cargo fuzz; not run here, see README)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+export CARGO_INCREMENTAL=0
+started=$(date +%s)
+step() { printf '\n==> %s (%ss)\n' "$*" "$(( $(date +%s) - started ))"; }
+
+ensure_cargo_fuzz() {
+  if ! command -v cargo-fuzz >/dev/null 2>&1; then
+    step "installing cargo-fuzz (once)"
+    cargo install cargo-fuzz --locked --quiet
+  fi
+}
+
+step "format"
+cargo fmt --check
+
+step "lint"
+cargo clippy --all-targets --quiet -- -D warnings
+
+step "tests"
+cargo test --all-targets --quiet 2>&1 | tee /tmp/flagtally-test.log
+cargo test --doc --quiet
+
+step "docs"
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --quiet
+
+step "fuzz build"
+ensure_cargo_fuzz
+# libFuzzer needs unstable compiler flags; this stable toolchain accepts them with
+# RUSTC_BOOTSTRAP=1. The targets are built here and run by hand (README, "Fuzzing").
+RUSTC_BOOTSTRAP=1 cargo fuzz build --release --debug-assertions >/dev/null
+
+passed=$(grep -Eo '[0-9]+ passed' /tmp/flagtally-test.log | awk '{s+=$1} END {print s+0}')
+failed=$(grep -Eo '[0-9]+ failed' /tmp/flagtally-test.log | awk '{s+=$1} END {print s+0}')
+step "done"
+echo "tests: ${passed} passed, ${failed} failed"
