@@ -95,8 +95,6 @@ impl Parsed {
                     e.to_string()
                 }
             })?;
-        // apache-avro reads a string, boolean or union cut short by the end of input as
-        // null; the reader remembers any read past the end, so truncation is an error.
         if reader.hit_end {
             return Err(format!("the datum is truncated ({} bytes)", datum.len()));
         }
@@ -110,7 +108,11 @@ impl Parsed {
     }
 }
 
-/// A byte-slice reader that records any attempt to read past its end.
+/// A byte-slice reader that refuses, and remembers, any read past its end.
+///
+/// apache-avro reads only with `read_exact`, so a short read is always a truncated
+/// datum. Failing with `InvalidData` (not `UnexpectedEof`, which apache-avro turns
+/// into a null for strings, booleans and unions) stops decoding at the first one.
 struct Exact<'a> {
     rest: &'a [u8],
     hit_end: bool,
@@ -120,6 +122,10 @@ impl Read for Exact<'_> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         if self.rest.len() < buf.len() {
             self.hit_end = true;
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "read past the end of the datum",
+            ));
         }
         self.rest.read(buf)
     }
@@ -1589,6 +1595,26 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn the_documented_examples_decode() {
+        let doc = include_str!("../../schemas/event.json.md");
+        let block = doc
+            .split("```json")
+            .nth(1)
+            .unwrap()
+            .split("```")
+            .next()
+            .unwrap();
+        let mut n = 0;
+        for raw in serde_json::Deserializer::from_str(block).into_iter::<Box<RawValue>>() {
+            let out = json(raw.unwrap().get());
+            assert_eq!(out.errors, vec![]);
+            assert_eq!(out.events.len(), 1);
+            n += 1;
+        }
+        assert_eq!(n, 6);
+    }
+
+    #[test]
     fn json_normalises_context_order_and_empty_scope() {
         let text = r#"{"type":"index","env":"","context":{"keys":[{"kind":"user","key":"u"},{"kind":"org","key":"o"}]},"creationDate":1}"#;
         let out = json(text);
@@ -1597,6 +1623,21 @@ pub(crate) mod tests {
         };
         assert_eq!(e.scope.env, None);
         assert_eq!(e.context.fully_qualified_key(), "org:o:user:u");
+    }
+
+    /// An array that claims millions of items, then ends: an error at once, not
+    /// millions of null records.
+    #[test]
+    fn a_huge_array_claim_is_refused_at_the_first_missing_byte() {
+        let mut bytes = event_schema().unwrap().header.to_vec();
+        // evaluation, 10 null fields, then a context whose `keys` claims 5 M items.
+        bytes.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2]);
+        bytes.extend_from_slice(&[0x80, 0xAD, 0xE2, 0x04]); // zigzag(5 000 000)
+        assert!(avro_error(&bytes).contains("truncated"));
+        // A string whose length runs past the end.
+        let mut bytes = event_schema().unwrap().header.to_vec();
+        bytes.extend_from_slice(&[0, 0, 0, 2, 0x7E, b'f']);
+        assert!(avro_error(&bytes).contains("truncated"));
     }
 
     proptest! {

@@ -64,9 +64,21 @@ static PARSED: LazyLock<Result<Vec<Parsed>, String>> = LazyLock::new(|| {
 });
 
 /// The parsed output schemas (parsed once per process).
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy)]
 pub struct Schemas {
     parsed: Result<&'static [Parsed], &'static str>,
+}
+
+impl std::fmt::Debug for Schemas {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.parsed {
+            Ok(all) => f
+                .debug_list()
+                .entries(all.iter().map(|p| native::hex(p.fingerprint())))
+                .finish(),
+            Err(e) => f.debug_tuple("Schemas").field(&e).finish(),
+        }
+    }
 }
 
 impl Schemas {
@@ -791,6 +803,35 @@ mod tests {
         fps.sort();
         fps.dedup();
         assert_eq!(fps.len(), 7);
+    }
+
+    /// Readers of single-object records look schemas up by fingerprint: a schema
+    /// change is a new fingerprint, so it must be deliberate (and `schemas/README.md`
+    /// updated with it).
+    #[test]
+    fn fingerprints_are_pinned() {
+        let schemas = Schemas::load();
+        let pinned = [
+            (OutputKind::Summary, "4e678b36587deffa"),
+            (OutputKind::Feature, "4b89513325f890ba"),
+            (OutputKind::Debug, "4b89513325f890ba"),
+            (OutputKind::Index, "8aa5562ccfa9215a"),
+            (OutputKind::Identify, "331caeb95a7e562b"),
+            (OutputKind::Custom, "9abb6f3d5026a5dc"),
+            (OutputKind::PassThrough, "d8a27a5af1ecafde"),
+            (OutputKind::Late, "d8a9ee1e71503051"),
+        ];
+        for (kind, hex) in pinned {
+            assert_eq!(
+                native::hex(&schemas.fingerprint(kind).unwrap()),
+                hex,
+                "{kind:?}"
+            );
+        }
+        assert_eq!(
+            native::hex(native::event_schema().unwrap().fingerprint()),
+            "46493c93068c1ef7"
+        );
     }
 
     #[test]
