@@ -15,6 +15,9 @@
 //! | index, identify, custom | `index.avsc`, `identify.avsc`, `custom.avsc` |
 //! | passthrough | `passthrough.avsc` (`{kind, creationDate?, body}`) |
 //! | late | `late.avsc` (the canonical `event.avsc` record + window bounds) |
+//!
+//! Records are written field by field in schema order (`decode::native::wire`); tests
+//! check every kind byte for byte against apache-avro, which also reads them back.
 
 use std::sync::LazyLock;
 
@@ -23,11 +26,8 @@ use apache_avro::types::Value;
 use serde_json::{Map, Value as JsonValue};
 
 use super::{EmitError, OutputKind};
-use crate::decode::native::{
-    self, Fields, Parsed, event_from_value, event_to_value, null, opt_long, opt_string, saturating,
-    version_value,
-};
-use crate::event::{Contexts, EventTime, FlagVersion, Json, Scope, VariationRef};
+use crate::decode::native::{self, Parsed, wire};
+use crate::event::{Contexts, EventTime, FlagVersion, Json, Scope};
 use crate::window::{CloseReason, Output};
 
 /// One schema per slot; feature and debug share one.
@@ -118,19 +118,34 @@ impl Schemas {
 
     /// Encodes one output as single-object encoding with its kind's schema.
     pub fn encode(&self, out: &Output) -> Result<Vec<u8>, EmitError> {
-        let kind = OutputKind::of(out);
-        self.get(kind)?
-            .encode(&to_record(out))
-            .map_err(|e| error(kind, e))
+        let parsed = self.get(OutputKind::of(out))?;
+        let mut buf = Vec::with_capacity(256);
+        buf.extend_from_slice(&parsed.header);
+        write_output(out, &mut buf);
+        Ok(buf)
     }
 
     /// Reads a record of `kind` back as the LaunchDarkly JSON event (no provenance):
     /// what the JSON emitter writes for the same output. A late record reads back as
     /// the canonical event in native JSON.
     pub fn decode(&self, kind: OutputKind, bytes: &[u8]) -> Result<JsonValue, EmitError> {
+        if kind == OutputKind::Late {
+            let mut r = wire::Reader::new(self.datum(kind, bytes)?);
+            let event = native::read_event(&mut r, "event").map_err(|p| error(kind, p))?;
+            for field in ["windowStart", "windowEnd"] {
+                r.long().map_err(|e| error(kind, format!("{field}: {e}")))?;
+            }
+            if !r.is_empty() {
+                return Err(error(
+                    kind,
+                    format!("{} unread bytes after the datum", r.remaining()),
+                ));
+            }
+            return serde_json::to_value(&event).map_err(|e| error(kind, e));
+        }
         let value = self.read(kind, bytes)?;
-        let fields = Fields::new(value, "").map_err(|p| error(kind, p))?;
-        launchdarkly(kind, fields).map_err(|p| error(kind, p))
+        let fields = Fields::new(value, "").map_err(|e| error(kind, e))?;
+        launchdarkly(kind, fields).map_err(|e| error(kind, e))
     }
 
     /// Reads a record of `kind` back whole, as a JSON object with the schema's field
@@ -140,7 +155,8 @@ impl Schemas {
         self.read(kind, bytes).map(generic)
     }
 
-    fn read(&self, kind: OutputKind, bytes: &[u8]) -> Result<Value, EmitError> {
+    /// The datum of a single-object record of `kind`, after checking its header.
+    fn datum<'b>(&self, kind: OutputKind, bytes: &'b [u8]) -> Result<&'b [u8], EmitError> {
         let parsed = self.get(kind)?;
         let Some((header, datum)) = bytes.split_at_checked(10) else {
             return Err(error(
@@ -171,7 +187,14 @@ impl Schemas {
                 ),
             ));
         }
-        parsed.read_datum(datum).map_err(|e| error(kind, e))
+        Ok(datum)
+    }
+
+    fn read(&self, kind: OutputKind, bytes: &[u8]) -> Result<Value, EmitError> {
+        let datum = self.datum(kind, bytes)?;
+        self.get(kind)?
+            .read_datum(datum)
+            .map_err(|e| error(kind, e))
     }
 }
 
@@ -183,174 +206,231 @@ fn error(kind: OutputKind, detail: impl ToString) -> EmitError {
 }
 
 // ------------------------------------------------------------------------------------
-// Output → record
+// Output → datum, in each schema's field order
 
-fn record(fields: Vec<(&str, Value)>) -> Value {
-    Value::Record(fields.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
-}
-
-fn string(s: &str) -> Value {
-    Value::String(s.to_owned())
-}
-
-fn json_opt(j: Option<&Json>) -> Value {
-    opt_string(j.map(Json::as_str))
-}
-
-fn time(t: EventTime) -> Value {
-    Value::Long(t.as_millis())
-}
-
-fn variation_fields(v: Option<&VariationRef>) -> [(&'static str, Value); 2] {
-    let (index, name) = match v {
-        None => (None, None),
-        Some(VariationRef::Index(i)) => (Some(i64::from(*i)), None),
-        Some(VariationRef::Name(n)) => (None, Some(n.as_str())),
+fn write_output(out: &Output, buf: &mut Vec<u8>) {
+    let time = |buf: &mut Vec<u8>, t: EventTime| wire::long(buf, t.as_millis());
+    let json = |buf: &mut Vec<u8>, j: Option<&Json>| wire::opt_string(buf, j.map(Json::as_str));
+    let context = |buf: &mut Vec<u8>, c: &Contexts| wire::string(buf, c.to_object().as_str());
+    let scope = |buf: &mut Vec<u8>, s: &Scope| {
+        wire::opt_string(buf, s.env.as_deref());
+        wire::opt_string(buf, s.project.as_deref());
     };
-    [
-        ("variation", opt_long(index)),
-        ("variationName", opt_string(name)),
-    ]
-}
-
-fn context(c: &Contexts) -> Value {
-    Value::String(c.to_object().as_str().to_owned())
-}
-
-fn scope_fields(s: &Scope) -> [(&'static str, Value); 2] {
-    [
-        ("env", opt_string(s.env.as_deref())),
-        ("project", opt_string(s.project.as_deref())),
-    ]
-}
-
-fn to_record(out: &Output) -> Value {
-    let mut f: Vec<(&str, Value)> = Vec::with_capacity(16);
     match out {
         Output::Summary(s) => {
-            f.push(("startDate", time(s.start_date)));
-            f.push(("endDate", time(s.end_date)));
-            f.push(("flagKey", string(&s.flag_key)));
-            f.push(("default", string(s.default.as_str())));
-            let counters = s
-                .counters
-                .iter()
-                .map(|c| {
-                    let mut cf = Vec::with_capacity(5);
-                    cf.extend(variation_fields(c.variation.as_ref()));
-                    cf.push(("version", version_value(c.version.as_ref())));
-                    cf.push(("value", string(c.value.as_str())));
-                    cf.push(("count", Value::Long(saturating(c.count))));
-                    record(cf)
-                })
-                .collect();
-            f.push(("counters", Value::Array(counters)));
-            let kinds = s.context_kinds.iter().map(|k| string(k)).collect();
-            f.push(("contextKinds", Value::Array(kinds)));
-            f.push(("windowStart", time(s.window.start)));
-            f.push(("windowEnd", time(s.window.end)));
-            f.push(("late", Value::Boolean(s.late)));
-            f.push(("early", Value::Boolean(s.reason == CloseReason::Early)));
-            f.push(("partition", string(&s.partition.to_string())));
-            f.extend(scope_fields(&s.scope));
+            time(buf, s.start_date);
+            time(buf, s.end_date);
+            wire::string(buf, &s.flag_key);
+            wire::string(buf, s.default.as_str());
+            wire::array(buf, &s.counters, |buf, c| {
+                wire::variation_pair(buf, c.variation.as_ref());
+                wire::version(buf, c.version.as_ref());
+                wire::string(buf, c.value.as_str());
+                wire::count(buf, c.count);
+            });
+            wire::array(buf, &s.context_kinds, |buf, k| wire::string(buf, k));
+            time(buf, s.window.start);
+            time(buf, s.window.end);
+            wire::boolean(buf, s.late);
+            wire::boolean(buf, s.reason == CloseReason::Early);
+            wire::string(buf, &s.partition.to_string());
+            scope(buf, &s.scope);
         }
         Output::Feature {
             event: e, debug, ..
         } => {
-            f.push((
-                "kind",
-                if *debug {
-                    Value::Enum(1, "debug".into())
-                } else {
-                    Value::Enum(0, "feature".into())
-                },
-            ));
-            f.push(("creationDate", time(e.creation_date)));
-            f.push(("key", string(&e.flag_key)));
-            f.push(("version", version_value(e.version.as_ref())));
-            f.push(("context", context(&e.context)));
-            f.extend(variation_fields(e.variation.as_ref()));
-            f.push(("value", string(e.value.as_str())));
-            f.push(("default", json_opt(e.default.as_ref())));
-            f.push(("prereqOf", opt_string(e.prereq_of.as_deref())));
-            f.push(("reason", json_opt(e.reason.as_ref())));
-            f.push(("samplingRatio", opt_long(e.sampling_ratio.map(saturating))));
-            f.extend(scope_fields(&e.scope));
+            wire::long(buf, i64::from(*debug)); // FeatureKind: feature, debug
+            time(buf, e.creation_date);
+            wire::string(buf, &e.flag_key);
+            wire::version(buf, e.version.as_ref());
+            context(buf, &e.context);
+            wire::variation_pair(buf, e.variation.as_ref());
+            wire::string(buf, e.value.as_str());
+            json(buf, e.default.as_ref());
+            wire::opt_string(buf, e.prereq_of.as_deref());
+            json(buf, e.reason.as_ref());
+            wire::opt_long(
+                buf,
+                e.sampling_ratio
+                    .map(|n| i64::try_from(n).unwrap_or(i64::MAX)),
+            );
+            scope(buf, &e.scope);
         }
         Output::Index {
-            scope,
+            scope: s,
             context: c,
             creation_date,
             ..
         } => {
-            f.push(("creationDate", time(*creation_date)));
-            f.push(("context", context(c)));
-            f.extend(scope_fields(scope));
+            time(buf, *creation_date);
+            context(buf, c);
+            scope(buf, s);
         }
         Output::Identify { event: e, .. } => {
-            f.push(("creationDate", time(e.creation_date)));
-            f.push(("context", context(&e.context)));
-            f.extend(scope_fields(&e.scope));
+            time(buf, e.creation_date);
+            context(buf, &e.context);
+            scope(buf, &e.scope);
         }
         Output::Custom { event: e, .. } => {
-            f.push(("creationDate", time(e.creation_date)));
-            f.push(("key", string(&e.key)));
-            f.push(("data", json_opt(e.data.as_ref())));
-            f.push(("context", context(&e.context)));
-            f.push((
-                "metricValue",
-                match e.metric_value {
-                    None => null(),
-                    Some(m) => Value::Union(1, Box::new(Value::Double(m))),
-                },
-            ));
-            f.extend(scope_fields(&e.scope));
+            time(buf, e.creation_date);
+            wire::string(buf, &e.key);
+            json(buf, e.data.as_ref());
+            context(buf, &e.context);
+            wire::opt_double(buf, e.metric_value);
+            scope(buf, &e.scope);
         }
         Output::PassThrough { event: e, .. } => {
-            f.push(("kind", string(&e.kind)));
-            f.push((
-                "creationDate",
-                opt_long(e.creation_date.map(EventTime::as_millis)),
-            ));
-            f.push(("body", string(e.body.as_str())));
-            f.extend(scope_fields(&e.scope));
+            wire::string(buf, &e.kind);
+            wire::opt_long(buf, e.creation_date.map(EventTime::as_millis));
+            wire::string(buf, e.body.as_str());
+            scope(buf, &e.scope);
         }
         Output::Late { event, window, .. } => {
-            f.push(("event", event_to_value(event)));
-            f.push(("windowStart", time(window.start)));
-            f.push(("windowEnd", time(window.end)));
+            native::write_event(event, buf);
+            time(buf, window.start);
+            time(buf, window.end);
         }
     }
-    record(f)
 }
 
 // ------------------------------------------------------------------------------------
 // Record → LaunchDarkly JSON
 
-type Problem = native::Problem;
-
-fn parse_json(f: &Fields, name: &str, text: &str) -> Result<JsonValue, Problem> {
-    serde_json::from_str(text).map_err(|e| Problem {
-        path: f.path(name),
-        reason: crate::decode::Reason::Syntax(e.to_string()),
-    })
+/// A decoded Avro record, read field by field (each field once).
+#[derive(Debug)]
+struct Fields {
+    path: String,
+    fields: Vec<(String, Value)>,
 }
 
-/// A required JSON-text field, parsed.
-fn json(f: &mut Fields, name: &str) -> Result<JsonValue, Problem> {
-    let text = f.str(name)?;
-    parse_json(f, name, &text)
+fn unexpected(path: &str, expected: &str, found: &Value) -> String {
+    let found: String = format!("{found:?}").chars().take(60).collect();
+    format!("{path}: expected {expected}, found {found}")
 }
 
-fn opt_json(f: &mut Fields, name: &str) -> Result<Option<JsonValue>, Problem> {
-    match f.opt_str(name)? {
-        None => Ok(None),
-        Some(text) => parse_json(f, name, &text).map(Some),
+impl Fields {
+    fn new(value: Value, path: &str) -> Result<Self, String> {
+        match value {
+            Value::Record(fields) => Ok(Self {
+                path: path.to_owned(),
+                fields,
+            }),
+            other => Err(unexpected(path, "a record", &other)),
+        }
     }
-}
 
-fn long(f: &mut Fields, name: &str) -> Result<JsonValue, Problem> {
-    Ok(f.time(name)?.as_millis().into())
+    fn path(&self, name: &str) -> String {
+        if self.path.is_empty() {
+            name.to_owned()
+        } else {
+            format!("{}.{name}", self.path)
+        }
+    }
+
+    /// The field's value, with a union unwrapped (`Null` when absent).
+    fn take(&mut self, name: &str) -> Value {
+        let v = self
+            .fields
+            .iter_mut()
+            .find(|(n, _)| n == name)
+            .map_or(Value::Null, |(_, v)| std::mem::replace(v, Value::Null));
+        match v {
+            Value::Union(_, inner) => *inner,
+            v => v,
+        }
+    }
+
+    fn opt_str(&mut self, name: &str) -> Result<Option<String>, String> {
+        match self.take(name) {
+            Value::Null => Ok(None),
+            Value::String(s) => Ok(Some(s)),
+            other => Err(unexpected(&self.path(name), "a string", &other)),
+        }
+    }
+
+    fn str(&mut self, name: &str) -> Result<String, String> {
+        self.opt_str(name)?
+            .ok_or_else(|| format!("{}: missing", self.path(name)))
+    }
+
+    fn opt_long(&mut self, name: &str) -> Result<Option<i64>, String> {
+        match self.take(name) {
+            Value::Null => Ok(None),
+            Value::Long(n) => Ok(Some(n)),
+            Value::Int(n) => Ok(Some(i64::from(n))),
+            other => Err(unexpected(&self.path(name), "a long", &other)),
+        }
+    }
+
+    fn long(&mut self, name: &str) -> Result<i64, String> {
+        self.opt_long(name)?
+            .ok_or_else(|| format!("{}: missing", self.path(name)))
+    }
+
+    fn opt_double(&mut self, name: &str) -> Result<Option<f64>, String> {
+        match self.take(name) {
+            Value::Null => Ok(None),
+            Value::Double(n) => Ok(Some(n)),
+            other => Err(unexpected(&self.path(name), "a double", &other)),
+        }
+    }
+
+    fn symbol(&mut self, name: &str) -> Result<String, String> {
+        match self.take(name) {
+            Value::Enum(_, s) => Ok(s),
+            other => Err(unexpected(&self.path(name), "an enum", &other)),
+        }
+    }
+
+    fn array(&mut self, name: &str) -> Result<Vec<(String, Value)>, String> {
+        match self.take(name) {
+            Value::Array(items) => {
+                let p = self.path(name);
+                Ok(items
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, v)| (format!("{p}[{i}]"), v))
+                    .collect())
+            }
+            other => Err(unexpected(&self.path(name), "an array", &other)),
+        }
+    }
+
+    /// `["null", "long", "string"]`.
+    fn version(&mut self, name: &str) -> Result<Option<FlagVersion>, String> {
+        match self.take(name) {
+            Value::Null => Ok(None),
+            Value::Long(n) => Ok(Some(FlagVersion::Int(n))),
+            Value::String(s) => Ok(Some(FlagVersion::Str(s.into()))),
+            other => Err(unexpected(&self.path(name), "a long or a string", &other)),
+        }
+    }
+
+    /// A JSON-text field, parsed.
+    fn opt_json(&mut self, name: &str) -> Result<Option<JsonValue>, String> {
+        match self.opt_str(name)? {
+            None => Ok(None),
+            Some(text) => serde_json::from_str(&text)
+                .map(Some)
+                .map_err(|e| format!("{}: not JSON: {e}", self.path(name))),
+        }
+    }
+
+    fn json(&mut self, name: &str) -> Result<JsonValue, String> {
+        self.opt_json(name)?
+            .ok_or_else(|| format!("{}: missing", self.path(name)))
+    }
+
+    /// `variation` for an index, `variationName` for a name; nothing for neither.
+    fn put_variation(&mut self, o: &mut Map<String, JsonValue>) -> Result<(), String> {
+        if let Some(i) = self.opt_long("variation")? {
+            o.insert("variation".into(), i.into());
+        }
+        if let Some(name) = self.opt_str("variationName")? {
+            o.insert("variationName".into(), name.into());
+        }
+        Ok(())
+    }
 }
 
 /// A number as Go writes it: integral values without a fraction.
@@ -369,49 +449,38 @@ fn version_json(v: FlagVersion) -> JsonValue {
     }
 }
 
-/// `variation` for an index, `variationName` for a name; nothing for neither.
-fn put_variation(f: &mut Fields, o: &mut Map<String, JsonValue>) -> Result<(), Problem> {
-    if let Some(i) = f.opt_long("variation")? {
-        o.insert("variation".into(), i.into());
-    }
-    if let Some(name) = f.opt_str("variationName")? {
-        o.insert("variationName".into(), name.into());
-    }
-    Ok(())
-}
-
-fn launchdarkly(kind: OutputKind, mut f: Fields) -> Result<JsonValue, Problem> {
+fn launchdarkly(kind: OutputKind, mut f: Fields) -> Result<JsonValue, String> {
     let mut o = Map::new();
     match kind {
         OutputKind::Summary => {
             o.insert("kind".into(), "summary".into());
-            o.insert("startDate".into(), long(&mut f, "startDate")?);
-            o.insert("endDate".into(), long(&mut f, "endDate")?);
+            o.insert("startDate".into(), f.long("startDate")?.into());
+            o.insert("endDate".into(), f.long("endDate")?.into());
             let flag = f.str("flagKey")?;
             let mut body = Map::new();
-            body.insert("default".into(), json(&mut f, "default")?);
+            body.insert("default".into(), f.json("default")?);
             let mut counters = Vec::new();
             for (p, v) in f.array("counters")? {
                 let mut c = Fields::new(v, &p)?;
                 let mut co = Map::new();
-                put_variation(&mut c, &mut co)?;
+                c.put_variation(&mut co)?;
                 match c.version("version")? {
                     Some(v) => co.insert("version".into(), version_json(v)),
                     None => co.insert("unknown".into(), true.into()),
                 };
-                co.insert("value".into(), json(&mut c, "value")?);
-                co.insert("count".into(), c.opt_long("count")?.unwrap_or(0).into());
+                co.insert("value".into(), c.json("value")?);
+                co.insert("count".into(), c.long("count")?.into());
                 counters.push(JsonValue::Object(co));
             }
             body.insert("counters".into(), counters.into());
             let kinds = f
                 .array("contextKinds")?
                 .into_iter()
-                .map(|(_, v)| match v {
-                    Value::String(s) => s.into(),
-                    _ => JsonValue::Null,
+                .map(|(p, v)| match v {
+                    Value::String(s) => Ok(s.into()),
+                    other => Err(unexpected(&p, "a string", &other)),
                 })
-                .collect::<Vec<JsonValue>>();
+                .collect::<Result<Vec<JsonValue>, String>>()?;
             body.insert("contextKinds".into(), kinds.into());
             let mut features = Map::new();
             features.insert(flag, body.into());
@@ -419,21 +488,21 @@ fn launchdarkly(kind: OutputKind, mut f: Fields) -> Result<JsonValue, Problem> {
         }
         OutputKind::Feature | OutputKind::Debug => {
             o.insert("kind".into(), f.symbol("kind")?.into());
-            o.insert("creationDate".into(), long(&mut f, "creationDate")?);
+            o.insert("creationDate".into(), f.long("creationDate")?.into());
             o.insert("key".into(), f.str("key")?.into());
             if let Some(v) = f.version("version")? {
                 o.insert("version".into(), version_json(v));
             }
-            o.insert("context".into(), json(&mut f, "context")?);
-            put_variation(&mut f, &mut o)?;
-            o.insert("value".into(), json(&mut f, "value")?);
-            if let Some(d) = opt_json(&mut f, "default")? {
+            o.insert("context".into(), f.json("context")?);
+            f.put_variation(&mut o)?;
+            o.insert("value".into(), f.json("value")?);
+            if let Some(d) = f.opt_json("default")? {
                 o.insert("default".into(), d);
             }
             if let Some(p) = f.opt_str("prereqOf")? {
                 o.insert("prereqOf".into(), p.into());
             }
-            if let Some(r) = opt_json(&mut f, "reason")? {
+            if let Some(r) = f.opt_json("reason")? {
                 o.insert("reason".into(), r);
             }
             if let Some(n) = f.opt_long("samplingRatio")?.filter(|n| *n != 1) {
@@ -442,31 +511,24 @@ fn launchdarkly(kind: OutputKind, mut f: Fields) -> Result<JsonValue, Problem> {
         }
         OutputKind::Index | OutputKind::Identify => {
             o.insert("kind".into(), kind.name().into());
-            o.insert("creationDate".into(), long(&mut f, "creationDate")?);
-            o.insert("context".into(), json(&mut f, "context")?);
+            o.insert("creationDate".into(), f.long("creationDate")?.into());
+            o.insert("context".into(), f.json("context")?);
         }
         OutputKind::Custom => {
             o.insert("kind".into(), "custom".into());
-            o.insert("creationDate".into(), long(&mut f, "creationDate")?);
+            o.insert("creationDate".into(), f.long("creationDate")?.into());
             o.insert("key".into(), f.str("key")?.into());
             // LaunchDarkly omits `data` when null.
-            if let Some(d) = opt_json(&mut f, "data")?.filter(|d| !d.is_null()) {
+            if let Some(d) = f.opt_json("data")?.filter(|d| !d.is_null()) {
                 o.insert("data".into(), d);
             }
-            o.insert("context".into(), json(&mut f, "context")?);
+            o.insert("context".into(), f.json("context")?);
             if let Some(m) = f.opt_double("metricValue")? {
                 o.insert("metricValue".into(), number(m));
             }
         }
-        OutputKind::PassThrough => return json(&mut f, "body"),
-        OutputKind::Late => {
-            let event = f.take("event");
-            let event = event_from_value(event, "event")?;
-            return serde_json::to_value(&event).map_err(|e| Problem {
-                path: "event".into(),
-                reason: crate::decode::Reason::Invalid(e.to_string()),
-            });
-        }
+        OutputKind::PassThrough => return f.json("body"),
+        OutputKind::Late => return Err("late records are read by Schemas::decode".into()),
     }
     Ok(JsonValue::Object(o))
 }
@@ -505,6 +567,153 @@ fn generic(v: Value) -> JsonValue {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+    use crate::decode::native::tests::{
+        event_to_value, null, opt_long, opt_string, saturating, version_value,
+    };
+    use crate::event::VariationRef;
+
+    // The oracle: outputs as apache-avro `Value`s, which apache-avro validates against
+    // each schema and encodes; the direct writer must agree byte for byte.
+
+    fn record(fields: Vec<(&str, Value)>) -> Value {
+        Value::Record(fields.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
+    }
+
+    fn string(s: &str) -> Value {
+        Value::String(s.to_owned())
+    }
+
+    fn json_opt(j: Option<&Json>) -> Value {
+        opt_string(j.map(Json::as_str))
+    }
+
+    fn time(t: EventTime) -> Value {
+        Value::Long(t.as_millis())
+    }
+
+    fn variation_fields(v: Option<&VariationRef>) -> [(&'static str, Value); 2] {
+        let (index, name) = match v {
+            None => (None, None),
+            Some(VariationRef::Index(i)) => (Some(i64::from(*i)), None),
+            Some(VariationRef::Name(n)) => (None, Some(n.as_str())),
+        };
+        [
+            ("variation", opt_long(index)),
+            ("variationName", opt_string(name)),
+        ]
+    }
+
+    fn context(c: &Contexts) -> Value {
+        Value::String(c.to_object().as_str().to_owned())
+    }
+
+    fn scope_fields(s: &Scope) -> [(&'static str, Value); 2] {
+        [
+            ("env", opt_string(s.env.as_deref())),
+            ("project", opt_string(s.project.as_deref())),
+        ]
+    }
+
+    fn to_record(out: &Output) -> Value {
+        let mut f: Vec<(&str, Value)> = Vec::with_capacity(16);
+        match out {
+            Output::Summary(s) => {
+                f.push(("startDate", time(s.start_date)));
+                f.push(("endDate", time(s.end_date)));
+                f.push(("flagKey", string(&s.flag_key)));
+                f.push(("default", string(s.default.as_str())));
+                let counters = s
+                    .counters
+                    .iter()
+                    .map(|c| {
+                        let mut cf = Vec::with_capacity(5);
+                        cf.extend(variation_fields(c.variation.as_ref()));
+                        cf.push(("version", version_value(c.version.as_ref())));
+                        cf.push(("value", string(c.value.as_str())));
+                        cf.push(("count", Value::Long(saturating(c.count))));
+                        record(cf)
+                    })
+                    .collect();
+                f.push(("counters", Value::Array(counters)));
+                let kinds = s.context_kinds.iter().map(|k| string(k)).collect();
+                f.push(("contextKinds", Value::Array(kinds)));
+                f.push(("windowStart", time(s.window.start)));
+                f.push(("windowEnd", time(s.window.end)));
+                f.push(("late", Value::Boolean(s.late)));
+                f.push(("early", Value::Boolean(s.reason == CloseReason::Early)));
+                f.push(("partition", string(&s.partition.to_string())));
+                f.extend(scope_fields(&s.scope));
+            }
+            Output::Feature {
+                event: e, debug, ..
+            } => {
+                f.push((
+                    "kind",
+                    if *debug {
+                        Value::Enum(1, "debug".into())
+                    } else {
+                        Value::Enum(0, "feature".into())
+                    },
+                ));
+                f.push(("creationDate", time(e.creation_date)));
+                f.push(("key", string(&e.flag_key)));
+                f.push(("version", version_value(e.version.as_ref())));
+                f.push(("context", context(&e.context)));
+                f.extend(variation_fields(e.variation.as_ref()));
+                f.push(("value", string(e.value.as_str())));
+                f.push(("default", json_opt(e.default.as_ref())));
+                f.push(("prereqOf", opt_string(e.prereq_of.as_deref())));
+                f.push(("reason", json_opt(e.reason.as_ref())));
+                f.push(("samplingRatio", opt_long(e.sampling_ratio.map(saturating))));
+                f.extend(scope_fields(&e.scope));
+            }
+            Output::Index {
+                scope,
+                context: c,
+                creation_date,
+                ..
+            } => {
+                f.push(("creationDate", time(*creation_date)));
+                f.push(("context", context(c)));
+                f.extend(scope_fields(scope));
+            }
+            Output::Identify { event: e, .. } => {
+                f.push(("creationDate", time(e.creation_date)));
+                f.push(("context", context(&e.context)));
+                f.extend(scope_fields(&e.scope));
+            }
+            Output::Custom { event: e, .. } => {
+                f.push(("creationDate", time(e.creation_date)));
+                f.push(("key", string(&e.key)));
+                f.push(("data", json_opt(e.data.as_ref())));
+                f.push(("context", context(&e.context)));
+                f.push((
+                    "metricValue",
+                    match e.metric_value {
+                        None => null(),
+                        Some(m) => Value::Union(1, Box::new(Value::Double(m))),
+                    },
+                ));
+                f.extend(scope_fields(&e.scope));
+            }
+            Output::PassThrough { event: e, .. } => {
+                f.push(("kind", string(&e.kind)));
+                f.push((
+                    "creationDate",
+                    opt_long(e.creation_date.map(EventTime::as_millis)),
+                ));
+                f.push(("body", string(e.body.as_str())));
+                f.extend(scope_fields(&e.scope));
+            }
+            Output::Late { event, window, .. } => {
+                f.push(("event", event_to_value(event)));
+                f.push(("windowStart", time(window.start)));
+                f.push(("windowEnd", time(window.end)));
+            }
+        }
+        record(f)
+    }
+
     use crate::decode::native::tests::events;
     use crate::event::{ContextEvent, ContextKey, Custom, Evaluation, Event, PassThrough};
     use crate::window::{ClosedSummary, Counter, PartitionId, SourcePos, Window};
@@ -846,6 +1055,16 @@ mod tests {
             late.fields[0].schema.canonical_form(),
             event.canonical_form()
         );
+    }
+
+    #[test]
+    fn the_direct_writer_matches_apache_avro() {
+        let schemas = Schemas::load();
+        for (out, _) in cases() {
+            let kind = OutputKind::of(&out);
+            let oracle = schemas.get(kind).unwrap().encode(&to_record(&out)).unwrap();
+            assert_eq!(schemas.encode(&out).unwrap(), oracle, "{kind:?}");
+        }
     }
 
     #[test]
