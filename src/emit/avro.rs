@@ -211,7 +211,11 @@ fn error(kind: OutputKind, detail: impl ToString) -> EmitError {
 fn write_output(out: &Output, buf: &mut Vec<u8>) {
     let time = |buf: &mut Vec<u8>, t: EventTime| wire::long(buf, t.as_millis());
     let json = |buf: &mut Vec<u8>, j: Option<&Json>| wire::opt_string(buf, j.map(Json::as_str));
-    let context = |buf: &mut Vec<u8>, c: &Contexts| wire::string(buf, c.to_object().as_str());
+    let context = |buf: &mut Vec<u8>, c: &Contexts, redact_anonymous: bool| {
+        let mut text = Vec::with_capacity(128);
+        super::launchdarkly::context(&mut text, c, redact_anonymous);
+        wire::string(buf, &String::from_utf8_lossy(&text));
+    };
     let scope = |buf: &mut Vec<u8>, s: &Scope| {
         wire::opt_string(buf, s.env.as_deref());
         wire::opt_string(buf, s.project.as_deref());
@@ -243,7 +247,7 @@ fn write_output(out: &Output, buf: &mut Vec<u8>) {
             time(buf, e.creation_date);
             wire::string(buf, &e.flag_key);
             wire::version(buf, e.version.as_ref());
-            context(buf, &e.context);
+            context(buf, &e.context, !*debug);
             wire::variation_pair(buf, e.variation.as_ref());
             wire::string(buf, e.value.as_str());
             json(buf, e.default.as_ref());
@@ -263,20 +267,30 @@ fn write_output(out: &Output, buf: &mut Vec<u8>) {
             ..
         } => {
             time(buf, *creation_date);
-            context(buf, c);
+            context(buf, c, false);
             scope(buf, s);
         }
         Output::Identify { event: e, .. } => {
             time(buf, e.creation_date);
-            context(buf, &e.context);
+            context(buf, &e.context, false);
+            wire::opt_long(
+                buf,
+                e.sampling_ratio
+                    .map(|n| i64::try_from(n).unwrap_or(i64::MAX)),
+            );
             scope(buf, &e.scope);
         }
         Output::Custom { event: e, .. } => {
             time(buf, e.creation_date);
             wire::string(buf, &e.key);
             json(buf, e.data.as_ref());
-            context(buf, &e.context);
+            wire::string(buf, e.context.keys_object().as_str());
             wire::opt_double(buf, e.metric_value);
+            wire::opt_long(
+                buf,
+                e.sampling_ratio
+                    .map(|n| i64::try_from(n).unwrap_or(i64::MAX)),
+            );
             scope(buf, &e.scope);
         }
         Output::PassThrough { event: e, .. } => {
@@ -513,6 +527,11 @@ fn launchdarkly(kind: OutputKind, mut f: Fields) -> Result<JsonValue, String> {
             o.insert("kind".into(), kind.name().into());
             o.insert("creationDate".into(), f.long("creationDate")?.into());
             o.insert("context".into(), f.json("context")?);
+            if kind == OutputKind::Identify {
+                if let Some(n) = f.opt_long("samplingRatio")?.filter(|n| *n != 1) {
+                    o.insert("samplingRatio".into(), n.into());
+                }
+            }
         }
         OutputKind::Custom => {
             o.insert("kind".into(), "custom".into());
@@ -522,9 +541,12 @@ fn launchdarkly(kind: OutputKind, mut f: Fields) -> Result<JsonValue, String> {
             if let Some(d) = f.opt_json("data")?.filter(|d| !d.is_null()) {
                 o.insert("data".into(), d);
             }
-            o.insert("context".into(), f.json("context")?);
+            o.insert("contextKeys".into(), f.json("contextKeys")?);
             if let Some(m) = f.opt_double("metricValue")? {
                 o.insert("metricValue".into(), number(m));
+            }
+            if let Some(n) = f.opt_long("samplingRatio")?.filter(|n| *n != 1) {
+                o.insert("samplingRatio".into(), n.into());
             }
         }
         OutputKind::PassThrough => return f.json("body"),
@@ -603,8 +625,10 @@ mod tests {
         ]
     }
 
-    fn context(c: &Contexts) -> Value {
-        Value::String(c.to_object().as_str().to_owned())
+    fn context(c: &Contexts, redact_anonymous: bool) -> Value {
+        let mut text = Vec::new();
+        crate::emit::launchdarkly::context(&mut text, c, redact_anonymous);
+        Value::String(String::from_utf8(text).unwrap())
     }
 
     fn scope_fields(s: &Scope) -> [(&'static str, Value); 2] {
@@ -658,7 +682,7 @@ mod tests {
                 f.push(("creationDate", time(e.creation_date)));
                 f.push(("key", string(&e.flag_key)));
                 f.push(("version", version_value(e.version.as_ref())));
-                f.push(("context", context(&e.context)));
+                f.push(("context", context(&e.context, !*debug)));
                 f.extend(variation_fields(e.variation.as_ref()));
                 f.push(("value", string(e.value.as_str())));
                 f.push(("default", json_opt(e.default.as_ref())));
@@ -674,19 +698,20 @@ mod tests {
                 ..
             } => {
                 f.push(("creationDate", time(*creation_date)));
-                f.push(("context", context(c)));
+                f.push(("context", context(c, false)));
                 f.extend(scope_fields(scope));
             }
             Output::Identify { event: e, .. } => {
                 f.push(("creationDate", time(e.creation_date)));
-                f.push(("context", context(&e.context)));
+                f.push(("context", context(&e.context, false)));
+                f.push(("samplingRatio", opt_long(e.sampling_ratio.map(saturating))));
                 f.extend(scope_fields(&e.scope));
             }
             Output::Custom { event: e, .. } => {
                 f.push(("creationDate", time(e.creation_date)));
                 f.push(("key", string(&e.key)));
                 f.push(("data", json_opt(e.data.as_ref())));
-                f.push(("context", context(&e.context)));
+                f.push(("contextKeys", string(e.context.keys_object().as_str())));
                 f.push((
                     "metricValue",
                     match e.metric_value {
@@ -694,6 +719,7 @@ mod tests {
                         Some(m) => Value::Union(1, Box::new(Value::Double(m))),
                     },
                 ));
+                f.push(("samplingRatio", opt_long(e.sampling_ratio.map(saturating))));
                 f.extend(scope_fields(&e.scope));
             }
             Output::PassThrough { event: e, .. } => {
@@ -935,7 +961,7 @@ mod tests {
                     }),
                     pos: pos(),
                 },
-                r#"{"kind":"custom","creationDate":100000,"key":"checkout","context":{"kind":"user","key":"u"},"metricValue":0}"#,
+                r#"{"kind":"custom","creationDate":100000,"key":"checkout","contextKeys":{"user":"u"},"metricValue":0}"#,
             ),
             (
                 Output::Custom {
@@ -950,7 +976,7 @@ mod tests {
                     }),
                     pos: pos(),
                 },
-                r#"{"kind":"custom","creationDate":100000,"key":"eventkey","data":{"d":[1,"x"]},"context":{"kind":"multi","org":{"key":"o"},"user":{"key":"u"}},"metricValue":2.5}"#,
+                r#"{"kind":"custom","creationDate":100000,"key":"eventkey","data":{"d":[1,"x"]},"contextKeys":{"org":"o","user":"u"},"metricValue":2.5,"samplingRatio":2}"#,
             ),
             (
                 Output::Custom {
@@ -965,7 +991,7 @@ mod tests {
                     }),
                     pos: pos(),
                 },
-                r#"{"kind":"custom","creationDate":1,"key":"k","context":{"kind":"user","key":"u"}}"#,
+                r#"{"kind":"custom","creationDate":1,"key":"k","contextKeys":{"user":"u"}}"#,
             ),
             (
                 Output::PassThrough {
@@ -1025,8 +1051,8 @@ mod tests {
             (OutputKind::Feature, "4b89513325f890ba"),
             (OutputKind::Debug, "4b89513325f890ba"),
             (OutputKind::Index, "8aa5562ccfa9215a"),
-            (OutputKind::Identify, "331caeb95a7e562b"),
-            (OutputKind::Custom, "9abb6f3d5026a5dc"),
+            (OutputKind::Identify, "cb9e023bf6e52404"),
+            (OutputKind::Custom, "67a87cf4a422a182"),
             (OutputKind::PassThrough, "d8a27a5af1ecafde"),
             (OutputKind::Late, "d8a9ee1e71503051"),
         ];

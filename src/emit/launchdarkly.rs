@@ -284,8 +284,9 @@ fn version(buf: &mut Vec<u8>, v: &FlagVersion) {
     }
 }
 
-/// Writes a context object, redacting as described in the module docs.
-fn context(buf: &mut Vec<u8>, c: &Contexts, redact_anonymous: bool) {
+/// Writes a context object, redacting as described in the module docs. Every encoder
+/// writes contexts through here, so no format leaks what another redacts.
+pub(crate) fn context(buf: &mut Vec<u8>, c: &Contexts, redact_anonymous: bool) {
     let obj = c.to_object();
     let text = obj.as_str();
     let needs_work = text.contains("\"privateAttribute")
