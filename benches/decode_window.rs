@@ -5,6 +5,8 @@
 //! does. Target: ≥ 2 M LaunchDarkly feature events/s. Run with `cargo bench --bench
 //! decode_window`; results are recorded in the README.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure report
+
 use std::hint::black_box;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};

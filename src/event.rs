@@ -270,10 +270,10 @@ impl Contexts {
     /// `kind:key` with `%` and `:` escaped; a multi-context joins its parts, sorted by
     /// kind, with `:`.
     pub fn fully_qualified_key(&self) -> CompactString {
-        if let [only] = self.keys.as_slice() {
-            if only.kind == "user" {
-                return only.key.clone();
-            }
+        if let [only] = self.keys.as_slice()
+            && only.kind == "user"
+        {
+            return only.key.clone();
         }
         let mut out = CompactString::default();
         for (i, part) in self.keys.iter().enumerate() {
@@ -354,8 +354,12 @@ pub struct Evaluation {
     pub version: Option<FlagVersion>,
     /// The value served (`null` when the dialect does not carry it).
     pub value: Json,
-    /// The application's fallback value, when the producer sent it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The application's fallback value, when the producer sent it (`null` is a value).
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub default: Option<Json>,
     pub context: Contexts,
     pub creation_date: EventTime,
@@ -525,6 +529,11 @@ impl Event {
 
 fn is_false(b: &bool) -> bool {
     !*b
+}
+
+/// An optional JSON field whose `null` is a value, not an absence.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Json>, D::Error> {
+    Json::deserialize(d).map(Some)
 }
 
 #[cfg(test)]

@@ -1,6 +1,8 @@
 //! Avro output read back must equal the JSON output, event for event: both encoders
 //! describe the same LaunchDarkly events, and sinks read either.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure report
+
 use serde_json::Value;
 
 use flagtally::decode::{Decoded, Decoder, Dialect, Limits};

@@ -1,6 +1,8 @@
 //! `flagtally summarize` end to end: the real binary over a generated file with a known
 //! tally.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure report
+
 use std::io::Write as _;
 use std::process::Command;
 

@@ -7,6 +7,8 @@
 //! flush; single-counter cases marked `exact` are compared byte for byte. Other kinds
 //! are compared as multisets of JSON values. All failures are reported together.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure report
+
 use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
@@ -73,10 +75,10 @@ fn normalise(v: &mut Value) {
             let mut entries: Vec<(String, Value)> = std::mem::take(map).into_iter().collect();
             entries.sort_by(|a, b| a.0.cmp(&b.0));
             for (k, mut child) in entries {
-                if k == "redactedAttributes" {
-                    if let Value::Array(a) = &mut child {
-                        a.sort_by_key(|x| x.to_string());
-                    }
+                if k == "redactedAttributes"
+                    && let Value::Array(a) = &mut child
+                {
+                    a.sort_by_key(|x| x.to_string());
                 }
                 normalise(&mut child);
                 map.insert(k, child);
@@ -87,12 +89,14 @@ fn normalise(v: &mut Value) {
     }
 }
 
+/// Per flag: the default, counters by key (first value, summed count), context kinds.
+type FlagTotals = (Value, BTreeMap<String, (Value, u64)>, Vec<String>);
+
 /// A summary list reduced to what the sources assert: per flag, the default, the
 /// counters keyed by (variation, version) with value and summed count, the context
 /// kinds; and the overall min startDate / max endDate.
 fn merge_summaries(summaries: &[Value]) -> Value {
-    let mut flags: BTreeMap<String, (Value, BTreeMap<String, (Value, u64)>, Vec<String>)> =
-        BTreeMap::new();
+    let mut flags: BTreeMap<String, FlagTotals> = BTreeMap::new();
     let mut start = i64::MAX;
     let mut end = i64::MIN;
     for s in summaries {

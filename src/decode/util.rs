@@ -59,12 +59,12 @@ pub(crate) fn parse<'a, T: Deserialize<'a>>(
 
 /// Maps a serde_json error onto a [`Reason`].
 pub(crate) fn classify(err: &serde_json::Error, bytes: &[u8]) -> Reason {
-    if let Err(e) = std::str::from_utf8(bytes) {
-        if err.is_syntax() || err.is_data() {
-            let msg = err.to_string();
-            if msg.contains("unicode") || msg.contains("UTF-8") || msg.contains("utf-8") {
-                return Reason::Utf8(e.valid_up_to());
-            }
+    if let Err(e) = std::str::from_utf8(bytes)
+        && (err.is_syntax() || err.is_data())
+    {
+        let msg = err.to_string();
+        if msg.contains("unicode") || msg.contains("UTF-8") || msg.contains("utf-8") {
+            return Reason::Utf8(e.valid_up_to());
         }
     }
     let msg = err.to_string();

@@ -527,10 +527,10 @@ fn launchdarkly(kind: OutputKind, mut f: Fields) -> Result<JsonValue, String> {
             o.insert("kind".into(), kind.name().into());
             o.insert("creationDate".into(), f.long("creationDate")?.into());
             o.insert("context".into(), f.json("context")?);
-            if kind == OutputKind::Identify {
-                if let Some(n) = f.opt_long("samplingRatio")?.filter(|n| *n != 1) {
-                    o.insert("samplingRatio".into(), n.into());
-                }
+            if kind == OutputKind::Identify
+                && let Some(n) = f.opt_long("samplingRatio")?.filter(|n| *n != 1)
+            {
+                o.insert("samplingRatio".into(), n.into());
             }
         }
         OutputKind::Custom => {

@@ -299,10 +299,10 @@ pub(crate) fn context(buf: &mut Vec<u8>, c: &Contexts, redact_anonymous: bool) {
     if let Some(map) = value.as_object_mut() {
         if map.get("kind").and_then(Value::as_str) == Some("multi") {
             for (k, sub) in map.iter_mut() {
-                if k != "kind" {
-                    if let Some(sub) = sub.as_object_mut() {
-                        redact(sub, redact_anonymous);
-                    }
+                if k != "kind"
+                    && let Some(sub) = sub.as_object_mut()
+                {
+                    redact(sub, redact_anonymous);
                 }
             }
         } else {

@@ -212,7 +212,7 @@ pub fn sampled_in(ratio: Option<u64>, pos: &SourcePos) -> bool {
             h.update(&pos.partition.partition.to_le_bytes());
             h.update(&pos.offset.to_le_bytes());
             h.update(&pos.index.to_le_bytes());
-            h.digest() % n == 0
+            h.digest().is_multiple_of(n)
         }
     }
 }
