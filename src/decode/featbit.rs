@@ -27,7 +27,9 @@ use smallvec::SmallVec;
 
 use super::util::{self, Str};
 use super::{DecodeError, Decoded, Dialect, Limits, Reason};
-use crate::event::{Contexts, Custom, Evaluation, Event, Json, Scope, TimeUnit, VariationRef};
+use crate::event::{
+    ContextKey, Contexts, Custom, Evaluation, Event, EventTime, Json, Scope, TimeUnit, VariationRef,
+};
 
 const D: Dialect = Dialect::Featbit;
 
@@ -213,10 +215,8 @@ fn message(bytes: &[u8], limits: &Limits) -> Result<Event, DecodeError> {
             limits,
         )?;
         let name = props.user_name.as_deref().filter(|n| !n.is_empty());
-        let context = Contexts {
-            body: Some(util::user_body(&user_key, name, &[], false)),
-            ..Contexts::single("user", &user_key)
-        };
+        let body = util::user_body(&user_key, name, &[], false);
+        let context = user(user_key, body);
         return Ok(Event::Evaluation(evaluation(
             scope,
             flag_key,
@@ -404,10 +404,19 @@ fn user_context(bytes: &[u8], path: &str, limits: &Limits) -> Result<Contexts, D
         }
     }
     let name = user.name.as_deref().filter(|n| !n.is_empty());
-    Ok(Contexts {
-        body: Some(util::user_body(&key, name, &attributes, false)),
-        ..Contexts::single("user", &key)
-    })
+    let body = util::user_body(&key, name, &attributes, false);
+    Ok(self::user(key, body))
+}
+
+/// A single `user` context with its body.
+fn user(key: CompactString, body: Json) -> Contexts {
+    Contexts {
+        keys: smallvec::smallvec![ContextKey {
+            kind: "user".into(),
+            key,
+        }],
+        body: Some(body),
+    }
 }
 
 fn evaluation(
@@ -416,7 +425,7 @@ fn evaluation(
     variation: VariationRef,
     value: Json,
     context: Contexts,
-    creation_date: crate::event::EventTime,
+    creation_date: EventTime,
     in_experiment: bool,
 ) -> Evaluation {
     Evaluation {
@@ -963,6 +972,24 @@ mod tests {
             "[0].metrics[0].numericValue",
             "wrong_type",
         );
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_without_recursion() {
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        only_error(format!("[{deep}]").as_bytes(), "[0]", "wrong_type");
+        only_error(
+            message("FlagValue", &deep).as_bytes(),
+            "properties",
+            "wrong_type",
+        );
+        let props =
+            format!(r#"{{"featureFlagKey":"f","variationId":"v","userKeyId":"u","x":{deep}}}"#);
+        assert_eq!(run(&message("FlagValue", &props)).events.len(), 1);
+        let input = format!(
+            r#"[{{"user":{{"keyId":"u","customizedProperties":[{{"name":"n","value":{deep}}}]}},"variations":[{deep}]}}]"#
+        );
+        only_error(input.as_bytes(), "[0].variations[0]", "wrong_type");
     }
 
     #[test]

@@ -18,17 +18,19 @@
 //! - `creationDate` is seconds; milliseconds and microseconds are read by magnitude.
 //! - `contextKind` `anonymousUser` gives a `user` context with `"anonymous": true`.
 
+use std::borrow::Cow;
+use std::fmt;
+
 use compact_str::CompactString;
 use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use std::borrow::Cow;
-use std::fmt;
 
 use super::util::{self, Origin, RawObject, Str};
 use super::{DecodeError, Decoded, Dialect, Limits, Reason};
 use crate::event::{
-    Contexts, Custom, Evaluation, Event, FlagVersion, Json, Scope, TimeUnit, VariationRef,
+    ContextKey, Contexts, Custom, Evaluation, Event, FlagVersion, Json, Scope, TimeUnit,
+    VariationRef,
 };
 
 const D: Dialect = Dialect::Goff;
@@ -168,26 +170,73 @@ impl<'a> Meta<'a> {
         util::expect_object(D, &path, raw)?;
         #[derive(Deserialize)]
         struct Fields<'a> {
-            #[serde(borrow)]
-            environment: Option<&'a RawValue>,
+            #[serde(borrow, default)]
+            environment: AnyStr<'a>,
         }
         let fields: Fields<'_> = match serde_json::from_str(raw.get()) {
             Ok(f) => f,
             Err(_) => util::parse(D, &path(), raw.get().as_bytes())?,
         };
-        // Metadata is the producer's free-form map: an environment that is not a
-        // string is kept in `meta` but names no scope.
-        let env = match fields.environment {
-            Some(env) if env.get().starts_with('"') => {
-                let name: Str<'_> = util::parse(D, &path(), env.get().as_bytes())?;
-                util::opt_key(D, || util::at(&path(), "environment"), Some(&name), limits)?
-            }
-            _ => None,
-        };
+        let env = util::opt_key(
+            D,
+            || util::at(&path(), "environment"),
+            fields.environment.0.as_deref(),
+            limits,
+        )?;
         Ok(Self {
             raw: Some(raw),
             env,
         })
+    }
+}
+
+/// A string, or nothing for any other JSON value. Metadata is the producer's free-form
+/// map: an `environment` that is not a string is kept in `meta` but names no scope.
+#[derive(Debug, Default)]
+struct AnyStr<'a>(Option<Cow<'a, str>>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for AnyStr<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = AnyStr<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(AnyStr(Some(Cow::Borrowed(v))))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(AnyStr(Some(Cow::Owned(v.to_owned()))))
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(AnyStr(None))
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(AnyStr(None))
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(AnyStr(None))
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(AnyStr(None))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(AnyStr(None))
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                while seq.next_element::<de::IgnoredAny>()?.is_some() {}
+                Ok(AnyStr(None))
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                while map
+                    .next_entry::<de::IgnoredAny, de::IgnoredAny>()?
+                    .is_some()
+                {}
+                Ok(AnyStr(None))
+            }
+        }
+        d.deserialize_any(V)
     }
 }
 
@@ -439,12 +488,17 @@ fn user(
             ));
         }
     };
-    let mut context = Contexts::single("user", &key);
-    if anonymous || attributes.is_some() {
+    let body = (anonymous || attributes.is_some()).then(|| {
         let fields = attributes.map_or(&[][..], |a| &a.fields[..]);
-        context.body = Some(util::user_body(&key, None, fields, anonymous));
-    }
-    Ok(context)
+        util::user_body(&key, None, fields, anonymous)
+    });
+    Ok(Contexts {
+        keys: smallvec::smallvec![ContextKey {
+            kind: "user".into(),
+            key
+        }],
+        body,
+    })
 }
 
 /// `{"source":…,"metadata":…}` with the fields present, verbatim; `None` if neither is.
@@ -567,6 +621,13 @@ mod tests {
             )),
             ..evaluation("random-key", "EFGH", 1_617_970_701_000)
         }
+    }
+
+    #[test]
+    fn strings_without_escapes_are_borrowed() {
+        let ev: RawEvent<'_> = serde_json::from_str(r#"{"key":"plain","userKey":"a\"b"}"#).unwrap();
+        assert!(matches!(ev.key.map(|k| k.0), Some(Cow::Borrowed("plain"))));
+        assert!(matches!(ev.user_key.map(|k| k.0), Some(Cow::Owned(k)) if k == "a\"b"));
     }
 
     #[test]
@@ -931,6 +992,23 @@ mod tests {
         // A repeated field is ambiguous (serde names it in the message, not the path).
         let e = only_error(with(r#""key":"g""#).as_bytes(), "", "invalid_value");
         assert!(e.to_string().contains("duplicate field `key`"), "{e}");
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_or_kept_without_recursion() {
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        only_error(format!("[{deep}]").as_bytes(), "[0]", "wrong_type");
+        let input = format!(
+            r#"{{"kind":"feature","userKey":"u","creationDate":1,"key":"f","value":{deep}}}"#
+        );
+        let Event::Evaluation(e) = only_event(&input) else {
+            panic!("not an evaluation")
+        };
+        assert_eq!(e.value.as_str(), deep);
+        let input = format!(
+            r#"{{"kind":"tracking","userKey":"u","creationDate":1,"key":"t","evaluationContext":{{"a":{deep}}},"metadata":{{"environment":{deep}}}}}"#
+        );
+        assert_eq!(run(&input).events.len(), 1);
     }
 
     #[test]
