@@ -43,11 +43,12 @@ pub(crate) fn parse<'a, T: Deserialize<'a>>(
                     (path, e.into_inner())
                 }
             };
-            let path = if path == "." || path == "?" {
-                String::new()
-            } else {
-                path
-            };
+            // `.` is serde_path_to_error's root; `?` a segment it could not name (a
+            // key being read when the input ended): the path stops before it.
+            let mut path = if path == "." { String::new() } else { path };
+            while path == "?" || path.ends_with(".?") {
+                path.truncate(path.len().saturating_sub(2));
+            }
             Err(DecodeError::new(
                 dialect,
                 at(prefix, &path),
@@ -95,7 +96,7 @@ pub(crate) fn classify(err: &serde_json::Error, bytes: &[u8]) -> Reason {
 fn leak_expected(expected: &str) -> &'static str {
     match expected {
         e if e.contains("i64") || e.contains("u64") || e.contains("u32") => "an integer",
-        e if e.contains("f64") => "a number",
+        e if e.contains("f64") || e.contains("number") => "a number",
         e if e.contains("a string") || e.contains("borrowed string") => "a string",
         e if e.contains("a boolean") => "a boolean",
         e if e.contains("sequence") => "an array",
@@ -383,6 +384,221 @@ pub(crate) fn context(
                 body: Some(Json::from_raw(raw)),
             })
         }
+    }
+}
+
+/// Deserialises a field that must be an object into its raw text (to keep the exact
+/// JSON) while still refusing other types with a typed error.
+pub(crate) fn expect_object(
+    dialect: Dialect,
+    path: impl FnOnce() -> String,
+    raw: &RawValue,
+) -> Result<(), DecodeError> {
+    if raw.get().starts_with('{') {
+        Ok(())
+    } else {
+        Err(DecodeError::new(
+            dialect,
+            path(),
+            Reason::WrongType {
+                expected: "an object",
+                found: raw.get().chars().take(40).collect(),
+            },
+        ))
+    }
+}
+
+/// A string field, borrowed from the input when it holds no escapes.
+///
+/// `Option<Cow<'a, str>>` cannot borrow (serde's `Cow` impl always allocates); wrapping
+/// the `Cow` in this newtype can: `Option<Str<'a>>` with `#[serde(borrow)]`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(transparent)]
+pub(crate) struct Str<'a>(#[serde(borrow)] pub Cow<'a, str>);
+
+impl std::ops::Deref for Str<'_> {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+/// For a batch that failed to parse only because some bytes are not UTF-8: a copy in
+/// which every byte of every invalid sequence is replaced by `?`, or `None` if `bytes`
+/// is valid UTF-8.
+///
+/// Invalid sequences never contain ASCII bytes, so the copy has the same JSON structure
+/// and the same byte offsets as the original. Parsing the copy finds the batch's
+/// elements; each element is then decoded from the ORIGINAL bytes at the same offsets
+/// ([`original_span`]), so only the elements holding bad bytes fail, with their own path.
+pub(crate) fn patch_utf8(bytes: &[u8]) -> Option<Vec<u8>> {
+    if std::str::from_utf8(bytes).is_ok() {
+        return None;
+    }
+    let mut out = Vec::with_capacity(bytes.len());
+    for chunk in bytes.utf8_chunks() {
+        out.extend_from_slice(chunk.valid().as_bytes());
+        out.resize(out.len() + chunk.invalid().len(), b'?');
+    }
+    Some(out)
+}
+
+/// The bytes of `original` at the offsets `raw` occupies in `patched` (see
+/// [`patch_utf8`]); `raw` must borrow from `patched`. Empty if it does not.
+fn original_span<'a>(original: &'a [u8], patched: &[u8], raw: &RawValue) -> &'a [u8] {
+    let text = raw.get();
+    let start = (text.as_ptr() as usize).wrapping_sub(patched.as_ptr() as usize);
+    start
+        .checked_add(text.len())
+        .and_then(|end| original.get(start..end))
+        .unwrap_or_default()
+}
+
+/// Where the parts of a container parsed by [`parse_container`] point: into the record,
+/// or into its UTF-8-patched copy.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Origin<'a> {
+    original: &'a [u8],
+    patched: Option<&'a [u8]>,
+}
+
+impl<'a> Origin<'a> {
+    /// Whether the container was parsed from the patched copy.
+    pub fn is_patched(&self) -> bool {
+        self.patched.is_some()
+    }
+
+    /// The record's own bytes for a part, to decode it on its own.
+    pub fn bytes(&self, raw: &'a RawValue) -> &'a [u8] {
+        match self.patched {
+            None => raw.get().as_bytes(),
+            Some(patched) => original_span(self.original, patched, raw),
+        }
+    }
+
+    /// The record's own text for a part that is used as a whole; if the part holds
+    /// bytes that are not UTF-8, the error names it.
+    pub fn raw(
+        &self,
+        dialect: Dialect,
+        path: impl FnOnce() -> String,
+        raw: &'a RawValue,
+    ) -> Result<&'a RawValue, DecodeError> {
+        match self.patched {
+            None => Ok(raw),
+            Some(_) => parse(dialect, &path(), self.bytes(raw)),
+        }
+    }
+}
+
+/// Parses a container (a batch, an envelope) whose parts are decoded one by one, so
+/// that bytes that are not UTF-8 inside one part cost only that part: when the record
+/// fails to parse and is not valid UTF-8, its [`patch_utf8`] copy is parsed instead.
+///
+/// Only the `&RawValue` parts of the result may be used, and only through the returned
+/// [`Origin`]: anything else may hold patched text.
+pub(crate) fn parse_container<'a, T: Deserialize<'a>>(
+    dialect: Dialect,
+    prefix: impl FnOnce() -> String,
+    bytes: &'a [u8],
+    scratch: &'a mut Option<Vec<u8>>,
+) -> Result<(T, Origin<'a>), DecodeError> {
+    if let Ok(v) = serde_json::from_slice::<T>(bytes) {
+        let origin = Origin {
+            original: bytes,
+            patched: None,
+        };
+        return Ok((v, origin));
+    }
+    if let Some(copy) = patch_utf8(bytes) {
+        let patched: &'a [u8] = scratch.insert(copy);
+        if let Ok(v) = serde_json::from_slice::<T>(patched) {
+            let origin = Origin {
+                original: bytes,
+                patched: Some(patched),
+            };
+            return Ok((v, origin));
+        }
+    }
+    parse(dialect, &prefix(), bytes).map(|v| {
+        // Unreachable in practice: the same bytes failed to parse above.
+        let origin = Origin {
+            original: bytes,
+            patched: None,
+        };
+        (v, origin)
+    })
+}
+
+/// A `user` context object built from a key, an optional name and open attributes:
+/// `{"kind":"user","key":…,"name":…,<attributes>,"anonymous":true}`.
+///
+/// Attributes never overwrite `kind`, `key`, nor `name` / `anonymous` when those are
+/// set here; of repeated attribute names the first wins.
+pub(crate) fn user_body(
+    key: &str,
+    name: Option<&str>,
+    attributes: &[(Cow<'_, str>, &RawValue)],
+    anonymous: bool,
+) -> Json {
+    let body = UserBody {
+        key,
+        name,
+        attributes,
+        anonymous,
+    };
+    // Serialising strings and already-valid raw JSON into a string cannot fail.
+    match serde_json::value::to_raw_value(&body) {
+        Ok(raw) => Json::from_raw(&raw),
+        Err(_) => Json::null(),
+    }
+}
+
+struct UserBody<'x, 'a> {
+    key: &'x str,
+    name: Option<&'x str>,
+    attributes: &'x [(Cow<'a, str>, &'a RawValue)],
+    anonymous: bool,
+}
+
+impl serde::Serialize for UserBody<'_, '_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(None)?;
+        map.serialize_entry("kind", "user")?;
+        map.serialize_entry("key", self.key)?;
+        if let Some(name) = self.name {
+            map.serialize_entry("name", name)?;
+        }
+        let reserved = |k: &str| {
+            k == "kind"
+                || k == "key"
+                || (k == "name" && self.name.is_some())
+                || (k == "anonymous" && self.anonymous)
+        };
+        // Few attributes: look back linearly; many: remember names in a set.
+        let mut seen = (self.attributes.len() > 16).then(|| {
+            rustc_hash::FxHashSet::<&str>::with_capacity_and_hasher(
+                self.attributes.len(),
+                Default::default(),
+            )
+        });
+        for (i, (k, v)) in self.attributes.iter().enumerate() {
+            if reserved(k) {
+                continue;
+            }
+            let repeated = match &mut seen {
+                Some(set) => !set.insert(k),
+                None => self.attributes[..i].iter().any(|(p, _)| p == k),
+            };
+            if !repeated {
+                map.serialize_entry(k.as_ref(), v)?;
+            }
+        }
+        if self.anonymous {
+            map.serialize_entry("anonymous", &true)?;
+        }
+        map.end()
     }
 }
 

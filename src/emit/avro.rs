@@ -510,9 +510,11 @@ fn launchdarkly(kind: OutputKind, mut f: Fields) -> Result<JsonValue, String> {
             o.insert("context".into(), f.json("context")?);
             f.put_variation(&mut o)?;
             o.insert("value".into(), f.json("value")?);
-            if let Some(d) = f.opt_json("default")? {
-                o.insert("default".into(), d);
-            }
+            // Go writes `default` always (`null` when the SDK had none).
+            o.insert(
+                "default".into(),
+                f.opt_json("default")?.unwrap_or(JsonValue::Null),
+            );
             if let Some(p) = f.opt_str("prereqOf")? {
                 o.insert("prereqOf".into(), p.into());
             }
@@ -914,7 +916,7 @@ mod tests {
                     debug: true,
                     pos: pos(),
                 },
-                r#"{"kind":"debug","creationDate":1000,"key":"flag1","version":"127","context":{"kind":"user","key":"u","anonymous":true,"name":"Red"},"variationName":"Default","value":true}"#,
+                r#"{"kind":"debug","creationDate":1000,"key":"flag1","version":"127","context":{"kind":"user","key":"u","anonymous":true,"name":"Red"},"variationName":"Default","value":true,"default":null}"#,
             ),
             (
                 Output::Feature {
