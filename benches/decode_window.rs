@@ -56,6 +56,45 @@ fn bench(c: &mut Criterion) {
     }
     decode.finish();
 
+    let mut window = c.benchmark_group("window");
+    window.throughput(Throughput::Elements(BATCH as u64));
+    for (name, generator, dialect) in cases {
+        let input = records(generator);
+        let decoder = Decoder::new(dialect, Limits::default());
+        let partition = PartitionId::new("bench", 0);
+        window.bench_function(name, |b| {
+            b.iter_batched(
+                || {
+                    let mut decoded = Decoded::default();
+                    for r in &input {
+                        decoder.decode(r, &mut decoded);
+                    }
+                    let engine =
+                        Engine::new(EngineConfig::default()).unwrap_or_else(|e| panic!("{e}"));
+                    (engine, decoded.events)
+                },
+                |(mut engine, events)| {
+                    let mut outputs = Vec::with_capacity(1024);
+                    for (offset, ev) in events.into_iter().enumerate() {
+                        let pos = SourcePos {
+                            partition: partition.clone(),
+                            offset: offset as i64,
+                            index: 0,
+                        };
+                        engine.push(&pos, ev, 0, &mut outputs);
+                        if outputs.len() >= 1024 {
+                            black_box(&outputs);
+                            outputs.clear();
+                        }
+                    }
+                    (engine, outputs)
+                },
+                BatchSize::LargeInput,
+            )
+        });
+    }
+    window.finish();
+
     let mut group = c.benchmark_group("decode_window");
     group.throughput(Throughput::Elements(BATCH as u64));
     for (name, generator, dialect) in cases {

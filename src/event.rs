@@ -119,9 +119,10 @@ pub enum VariationRef {
 /// A JSON value kept as compact text (no insignificant whitespace).
 ///
 /// Equality is textual, which is what determinism needs: the same input yields the
-/// same bytes out.
+/// same bytes out. Shared (`Arc`): an index event or a counter's first value reuses the
+/// evaluation's text instead of copying it.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Json(Box<str>);
+pub struct Json(std::sync::Arc<str>);
 
 impl Json {
     /// The JSON `null`.
@@ -132,11 +133,7 @@ impl Json {
     /// A JSON string holding `s`.
     pub fn string(s: &str) -> Self {
         // Serialising a &str cannot fail.
-        Self(
-            serde_json::to_string(s)
-                .unwrap_or_default()
-                .into_boxed_str(),
-        )
+        Self(serde_json::to_string(s).unwrap_or_default().into())
     }
 
     /// Takes JSON text that serde_json has already validated, dropping whitespace
@@ -147,7 +144,7 @@ impl Json {
 
     /// Serialises a `serde_json::Value`.
     pub fn from_value(value: &serde_json::Value) -> Self {
-        Self(value.to_string().into_boxed_str())
+        Self(value.to_string().into())
     }
 
     /// Parses and validates `text` as JSON.
@@ -156,12 +153,14 @@ impl Json {
         Ok(Self::from_raw(raw))
     }
 
-    fn from_valid_text(text: &str) -> Self {
-        let b = text.as_bytes();
-        if memchr::memchr3(b' ', b'\n', b'\r', b).is_none() && memchr::memchr(b'\t', b).is_none() {
-            return Self(text.into());
+    /// Takes JSON text that has already been validated (by serde_json or the
+    /// LaunchDarkly fast path's validator), dropping whitespace outside strings.
+    pub(crate) fn from_valid_text(text: &str) -> Self {
+        if may_have_insignificant_whitespace(text.as_bytes()) {
+            Self(minify(text).into())
+        } else {
+            Self(text.into())
         }
-        Self(minify(text).into_boxed_str())
     }
 
     pub fn as_str(&self) -> &str {
@@ -176,6 +175,23 @@ impl Json {
     pub fn to_value(&self) -> serde_json::Value {
         serde_json::from_str(&self.0).unwrap_or(serde_json::Value::Null)
     }
+}
+
+/// Whether valid JSON text may hold whitespace outside its strings. Raw tabs and line
+/// breaks cannot occur inside JSON strings, so any of them is insignificant; a space is
+/// suspect only beside a structural character (`{[,:` before it or `}],:` after it),
+/// which spaces inside ordinary strings ("User 123") are not. A false "yes" only costs
+/// a minify; a "no" is always right.
+fn may_have_insignificant_whitespace(b: &[u8]) -> bool {
+    if memchr::memchr3(b'\n', b'\r', b'\t', b).is_some() {
+        return true;
+    }
+    memchr::memchr_iter(b' ', b).any(|i| {
+        let before = i.checked_sub(1).map(|j| b[j]);
+        let after = b.get(i + 1).copied();
+        matches!(before, None | Some(b'{' | b'[' | b',' | b':'))
+            || matches!(after, None | Some(b'}' | b']' | b',' | b':' | b' '))
+    })
 }
 
 /// Removes whitespace outside string literals from valid JSON text.
@@ -472,7 +488,8 @@ pub struct PassThrough {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "camelCase")]
 pub enum Event {
-    Evaluation(Evaluation),
+    /// Boxed: the hot variant is large and moves through several queues.
+    Evaluation(Box<Evaluation>),
     Custom(Custom),
     Identify(ContextEvent),
     Index(ContextEvent),
@@ -481,6 +498,11 @@ pub enum Event {
 }
 
 impl Event {
+    /// An evaluation event.
+    pub fn evaluation(e: Evaluation) -> Self {
+        Self::Evaluation(Box::new(e))
+    }
+
     pub fn scope(&self) -> &Scope {
         match self {
             Self::Evaluation(e) => &e.scope,
@@ -572,6 +594,26 @@ mod tests {
     }
 
     #[test]
+    fn whitespace_detection_never_misses() {
+        for text in [
+            r#"{"a":"User 1"}"#,
+            r#"{ "a":1}"#,
+            r#"{"a" :1}"#,
+            r#"{"a": 1}"#,
+            "[1,\n2]",
+            r#"["x y" , 2]"#,
+            r#""a, b""#,
+            r#"{"k":"v" }"#,
+        ] {
+            let j = Json::parse(text).unwrap();
+            assert_eq!(j.as_str(), minify(text), "{text}");
+        }
+        assert!(!may_have_insignificant_whitespace(
+            br#"{"name":"User 123"}"#
+        ));
+    }
+
+    #[test]
     fn json_is_compacted_outside_strings_only() {
         let j = Json::parse("{ \"a b\" : [1, 2],\n \"c\":\"x y\" }").unwrap();
         assert_eq!(j.as_str(), r#"{"a b":[1,2],"c":"x y"}"#);
@@ -608,7 +650,7 @@ mod tests {
 
     #[test]
     fn native_json_round_trips() {
-        let ev = Event::Evaluation(Evaluation {
+        let ev = Event::evaluation(Evaluation {
             scope: Scope {
                 project: None,
                 env: Some("prod".into()),

@@ -217,7 +217,7 @@ fn message(bytes: &[u8], limits: &Limits) -> Result<Event, DecodeError> {
         let name = props.user_name.as_deref().filter(|n| !n.is_empty());
         let body = util::user_body(&user_key, name, &[], false);
         let context = user(user_key, body);
-        return Ok(Event::Evaluation(evaluation(
+        return Ok(Event::evaluation(evaluation(
             scope,
             flag_key,
             VariationRef::Name(variation),
@@ -279,7 +279,7 @@ fn entry(i: usize, bytes: &[u8], limits: &Limits, out: &mut Decoded) -> Result<(
     for (j, raw) in entry.variations.into_iter().flatten().enumerate() {
         let prefix = || format!("[{i}].variations[{j}]");
         match variation(origin.bytes(raw), prefix, &context, limits) {
-            Ok(e) => out.events.push(Event::Evaluation(e)),
+            Ok(e) => out.events.push(Event::evaluation(e)),
             Err(e) => out.errors.push(e),
         }
     }
@@ -573,7 +573,7 @@ mod tests {
     fn flag_value_message_of_the_reference() {
         assert_eq!(
             only_event(&message("FlagValue", FLAG_PROPS)),
-            Event::Evaluation(flag_value_expected())
+            Event::evaluation(flag_value_expected())
         );
     }
 
@@ -594,7 +594,7 @@ mod tests {
             in_experiment: false,
             ..flag_value_expected()
         };
-        assert_eq!(only_event(input), Event::Evaluation(expected));
+        assert_eq!(only_event(input), Event::evaluation(expected));
     }
 
     #[test]
@@ -666,7 +666,7 @@ mod tests {
         let (evaluation, custom) = payload_expected();
         assert_eq!(
             out.events,
-            vec![Event::Evaluation(evaluation), Event::Custom(custom)]
+            vec![Event::evaluation(evaluation), Event::Custom(custom)]
         );
     }
 
@@ -702,9 +702,9 @@ mod tests {
         assert_eq!(
             out.events,
             vec![
-                Event::Evaluation(evaluation.clone()),
+                Event::evaluation(evaluation.clone()),
                 Event::Custom(custom.clone()),
-                Event::Evaluation(evaluation.clone()),
+                Event::evaluation(evaluation.clone()),
                 Event::Custom(custom.clone()),
             ]
         );

@@ -335,7 +335,7 @@ fn event(
     limits: &Limits,
 ) -> Result<Event, DecodeError> {
     match ev.kind.as_deref() {
-        Some("feature") => feature(ev, loc, envelope, limits).map(Event::Evaluation),
+        Some("feature") => feature(ev, loc, envelope, limits).map(Event::evaluation),
         Some("tracking") => tracking(ev, loc, envelope, limits).map(Event::Custom),
         Some(other) => Err(DecodeError::new(
             D,
@@ -639,7 +639,7 @@ mod tests {
 
     #[test]
     fn feature_event_of_the_reference() {
-        assert_eq!(only_event(FEATURE), Event::Evaluation(feature_expected()));
+        assert_eq!(only_event(FEATURE), Event::evaluation(feature_expected()));
     }
 
     #[test]
@@ -697,7 +697,7 @@ mod tests {
             version: Some(FlagVersion::Str("".into())),
             ..evaluation("f", "u", 1_617_970_701_000)
         };
-        assert_eq!(only_event(input), Event::Evaluation(expected));
+        assert_eq!(only_event(input), Event::evaluation(expected));
 
         // "SdkDefault" alone: no variation, but no fallback value known either.
         let input = r#"{"kind":"feature","userKey":"u","creationDate":1617970701,"key":"f",
@@ -706,7 +706,7 @@ mod tests {
             value: json("false"),
             ..evaluation("f", "u", 1_617_970_701_000)
         };
-        assert_eq!(only_event(input), Event::Evaluation(expected));
+        assert_eq!(only_event(input), Event::evaluation(expected));
 
         // `default: true` wins over a variation name.
         let input = r#"{"kind":"feature","userKey":"u","creationDate":1,"key":"f",
@@ -726,12 +726,12 @@ mod tests {
             version: Some(FlagVersion::Int(12)),
             ..evaluation("f", "u", 1_617_970_701_123)
         };
-        assert_eq!(only_event(input), Event::Evaluation(expected));
+        assert_eq!(only_event(input), Event::evaluation(expected));
 
         let input = r#"{"kind":"feature","userKey":"u","creationDate":1617970701.5,"key":"f","version":null}"#;
         assert_eq!(
             only_event(input),
-            Event::Evaluation(evaluation("f", "u", 1_617_970_701_500))
+            Event::evaluation(evaluation("f", "u", 1_617_970_701_500))
         );
 
         // Microseconds by magnitude.
@@ -740,7 +740,7 @@ mod tests {
             meta: Some(json(r#"{"source":"PROVIDER_CACHE"}"#)),
             ..evaluation("f", "u", 1_617_970_701_123)
         };
-        assert_eq!(only_event(input), Event::Evaluation(expected));
+        assert_eq!(only_event(input), Event::evaluation(expected));
     }
 
     #[test]
@@ -753,7 +753,7 @@ mod tests {
         assert_eq!(
             out.events,
             vec![
-                Event::Evaluation(feature_expected()),
+                Event::evaluation(feature_expected()),
                 Event::Custom(Custom {
                     scope: Scope::default(),
                     key: "t".into(),
@@ -788,19 +788,19 @@ mod tests {
                 )),
                 ..feature_expected()
             };
-            assert_eq!(out.events[0], Event::Evaluation(expected));
+            assert_eq!(out.events[0], Event::evaluation(expected));
             assert_eq!(out.events[1].scope().env.as_deref(), Some("staging"));
         }
         // No envelope meta: the events keep their own.
         let input = format!(r#"{{"events":[{FEATURE}]}}"#);
-        assert_eq!(only_event(&input), Event::Evaluation(feature_expected()));
+        assert_eq!(only_event(&input), Event::evaluation(feature_expected()));
         // A non-string environment is kept in meta but names no scope.
         let input = r#"{"kind":"feature","userKey":"u","creationDate":1,"key":"f","metadata":{"environment":7}}"#;
         let expected = Evaluation {
             meta: Some(json(r#"{"metadata":{"environment":7}}"#)),
             ..evaluation("f", "u", 1000)
         };
-        assert_eq!(only_event(input), Event::Evaluation(expected));
+        assert_eq!(only_event(input), Event::evaluation(expected));
     }
 
     #[test]
@@ -812,8 +812,8 @@ mod tests {
         assert_eq!(
             out.events,
             vec![
-                Event::Evaluation(feature_expected()),
-                Event::Evaluation(feature_expected())
+                Event::evaluation(feature_expected()),
+                Event::evaluation(feature_expected())
             ]
         );
         assert_eq!(out.errors.len(), 1);

@@ -209,7 +209,7 @@ fn json_event_at(bytes: &[u8], prefix: &str, limits: &Limits) -> Result<Event, D
         return Err(DecodeError::new(d, at(prefix, "type"), Reason::Missing));
     };
     let mut event = match &*ty {
-        "evaluation" => Event::Evaluation(variant(prefix, bytes)?),
+        "evaluation" => Event::evaluation(variant(prefix, bytes)?),
         "custom" => Event::Custom(variant(prefix, bytes)?),
         "identify" => Event::Identify(variant(prefix, bytes)?),
         "index" => Event::Index(variant(prefix, bytes)?),
@@ -1063,7 +1063,7 @@ pub(crate) fn read_event(r: &mut wire::Reader<'_>, prefix: &str) -> Result<Event
         env: env.map(CompactString::from),
     };
     Ok(match ty {
-        0 => Event::Evaluation(Evaluation {
+        0 => Event::evaluation(Evaluation {
             scope,
             flag_key: flag_key.ok_or_else(|| missing("flagKey"))?.into(),
             variation: variation_ref(variation, &|r| problem("variation", r))?,
@@ -1537,9 +1537,9 @@ pub(crate) mod tests {
             ..minimal.clone()
         };
         vec![
-            Event::Evaluation(evaluation()),
-            Event::Evaluation(minimal),
-            Event::Evaluation(named),
+            Event::evaluation(evaluation()),
+            Event::evaluation(minimal),
+            Event::evaluation(named),
             Event::Custom(Custom {
                 scope: Scope {
                     project: None,
@@ -1749,7 +1749,7 @@ pub(crate) mod tests {
             e.sampling_ratio = sampling.filter(|n| i64::try_from(*n).is_ok());
             e.track_events = track;
             (e.in_experiment, e.debug, e.exclude_from_summaries) = flags;
-            Event::Evaluation(e)
+            Event::evaluation(e)
         }
     }
 
@@ -1823,7 +1823,7 @@ pub(crate) mod tests {
         let mut e = evaluation();
         e.default = Some(Json::null());
         e.reason = None;
-        let event = Event::Evaluation(e);
+        let event = Event::evaluation(e);
         assert_eq!(avro(&encode_avro(&event)).events, vec![event]);
     }
 

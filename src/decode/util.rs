@@ -264,6 +264,23 @@ impl<'de: 'a, 'a> Deserialize<'de> for StrOrRaw<'a> {
     }
 }
 
+/// The fast path for the shape nearly every SDK writes: an object that starts
+/// `{"kind":"…","key":"…"` with no escapes in either string. `text` is valid JSON
+/// (serde_json checked it); anything else returns `None` and takes the full parse.
+fn leading_kind_and_key(text: &str) -> Option<(&str, &str)> {
+    fn string(rest: &str) -> Option<(&str, &str)> {
+        let end = memchr::memchr2(b'"', b'\\', rest.as_bytes())?;
+        (rest.as_bytes()[end] == b'"').then(|| (&rest[..end], &rest[end + 1..]))
+    }
+    let rest = text.strip_prefix(r#"{"kind":""#)?;
+    let (kind, rest) = string(rest)?;
+    let rest = rest.strip_prefix(r#","key":""#)?;
+    let (key, rest) = string(rest)?;
+    // The key must be a whole member: followed by `,` or `}` (no other "key" wins
+    // later: JSON objects with repeated names are not contexts any SDK writes).
+    matches!(rest.as_bytes().first(), Some(b',' | b'}')).then_some((kind, key))
+}
+
 /// A string read from raw JSON; `None` if the value is not a string.
 fn raw_str(raw: &RawValue) -> Option<Cow<'_, str>> {
     serde_json::from_str::<Cow<'_, str>>(raw.get()).ok()
@@ -282,10 +299,26 @@ fn kind_ok(kind: &str) -> bool {
 pub(crate) fn context(
     dialect: Dialect,
     path: &str,
-    raw: &RawValue,
+    raw: &str,
     limits: &Limits,
 ) -> Result<Contexts, DecodeError> {
-    let shape: ContextShape<'_> = parse(dialect, path, raw.get().as_bytes())?;
+    if let Some((kind, key)) = leading_kind_and_key(raw)
+        && kind != "multi"
+        && kind_ok(kind)
+        && !kind.is_empty()
+        && !key.is_empty()
+        && kind.len() <= limits.max_key_bytes
+        && key.len() <= limits.max_key_bytes
+    {
+        return Ok(Contexts {
+            keys: smallvec::smallvec![ContextKey {
+                kind: kind.into(),
+                key: key.into(),
+            }],
+            body: Some(Json::from_valid_text(raw)),
+        });
+    }
+    let shape: ContextShape<'_> = parse(dialect, path, raw.as_bytes())?;
     let string = |v: &Option<Result<Cow<'_, str>, &RawValue>>,
                   field: &str|
      -> Result<Option<String>, DecodeError> {
@@ -354,7 +387,7 @@ pub(crate) fn context(
             keys.sort();
             Ok(Contexts {
                 keys,
-                body: Some(Json::from_raw(raw)),
+                body: Some(Json::from_valid_text(raw)),
             })
         }
         Some(kind) => {
@@ -369,7 +402,7 @@ pub(crate) fn context(
             let key = key_of(&shape.key, path)?;
             Ok(Contexts {
                 keys: smallvec::smallvec![ContextKey { kind, key }],
-                body: Some(Json::from_raw(raw)),
+                body: Some(Json::from_valid_text(raw)),
             })
         }
         None => {
@@ -381,7 +414,7 @@ pub(crate) fn context(
                     kind: "user".into(),
                     key,
                 }],
-                body: Some(Json::from_raw(raw)),
+                body: Some(Json::from_valid_text(raw)),
             })
         }
     }
@@ -405,6 +438,32 @@ pub(crate) fn expect_object(
                 found: raw.get().chars().take(40).collect(),
             },
         ))
+    }
+}
+
+/// Valid JSON text borrowed from the input: what `&RawValue` is, but constructible by
+/// the LaunchDarkly fast path once its own validator has checked the text.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RawText<'a>(&'a str);
+
+impl<'a> RawText<'a> {
+    /// `text` must be valid JSON (the caller validated it).
+    pub(crate) fn validated(text: &'a str) -> Self {
+        Self(text)
+    }
+
+    pub(crate) fn get(&self) -> &'a str {
+        self.0
+    }
+
+    pub(crate) fn to_json(self) -> Json {
+        Json::from_valid_text(self.0)
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for RawText<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        <&'de RawValue>::deserialize(d).map(|raw| Self(raw.get()))
     }
 }
 
@@ -608,7 +667,12 @@ mod tests {
 
     fn ctx(text: &str) -> Result<Contexts, DecodeError> {
         let raw: &RawValue = serde_json::from_str(text).unwrap();
-        context(Dialect::Launchdarkly, "context", raw, &Limits::default())
+        context(
+            Dialect::Launchdarkly,
+            "context",
+            raw.get(),
+            &Limits::default(),
+        )
     }
 
     #[test]
@@ -627,6 +691,39 @@ mod tests {
                 .as_str()
                 .starts_with(r#"{"key":"u","name":"Red""#)
         );
+    }
+
+    #[test]
+    fn the_fast_path_agrees_with_the_full_parse() {
+        for text in [
+            r#"{"kind":"user","key":"u","name":"Red"}"#,
+            r#"{"kind":"org","key":"a:b"}"#,
+            r#"{"kind":"user","key":"esc\"aped"}"#,
+            r#"{"key":"u","kind":"user"}"#,
+            r#"{"kind":"multi","key":"x","user":{"key":"u"}}"#,
+        ] {
+            let raw: &RawValue = serde_json::from_str(text).unwrap();
+            let full = {
+                let shape: ContextShape<'_> = serde_json::from_str(text).unwrap();
+                shape.kind.and_then(Result::ok).map(|k| k.into_owned())
+            };
+            if let Some((kind, key)) = leading_kind_and_key(raw.get()) {
+                assert_eq!(Some(kind.to_owned()), full, "{text}");
+                assert!(!key.contains('\\'), "{text}");
+            }
+            // Whichever path runs, the result is the same.
+            let c = context(Dialect::Launchdarkly, "c", raw.get(), &Limits::default());
+            let _ = c.map(|c| c.fully_qualified_key());
+        }
+        assert_eq!(
+            leading_kind_and_key(r#"{"kind":"user","key":"u","name":"x"}"#),
+            Some(("user", "u"))
+        );
+        assert_eq!(
+            leading_kind_and_key(r#"{"kind":"user","key":"e\"q"}"#),
+            None
+        );
+        assert_eq!(leading_kind_and_key(r#"{"key":"u","kind":"user"}"#), None);
     }
 
     #[test]

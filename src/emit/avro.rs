@@ -1011,7 +1011,7 @@ mod tests {
             ),
             (
                 Output::Late {
-                    event: Box::new(Event::Evaluation(evaluation())),
+                    event: Box::new(Event::evaluation(evaluation())),
                     window: Window {
                         start: EventTime::from_millis(0),
                         end: EventTime::from_millis(60_000),

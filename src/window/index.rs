@@ -14,7 +14,7 @@ use lru::LruCache;
 
 #[derive(Debug)]
 pub(crate) struct IndexCache {
-    seen: LruCache<CompactString, ()>,
+    seen: LruCache<CompactString, (), rustc_hash::FxBuildHasher>,
     interval_ms: i64,
     epoch: i64,
 }
@@ -22,7 +22,7 @@ pub(crate) struct IndexCache {
 impl IndexCache {
     pub fn new(capacity: NonZeroUsize, interval_ms: i64) -> Self {
         Self {
-            seen: LruCache::new(capacity),
+            seen: LruCache::with_hasher(capacity, rustc_hash::FxBuildHasher),
             interval_ms: interval_ms.max(1),
             epoch: i64::MIN,
         }

@@ -444,7 +444,7 @@ impl Engine {
                     let mut copy = ev.clone();
                     copy.debug = true;
                     out.push(Output::Feature {
-                        event: Box::new(copy),
+                        event: copy,
                         debug: true,
                         pos: pos.clone(),
                     });
@@ -453,7 +453,7 @@ impl Engine {
                     shared.counts.full_events += 1;
                     ev.sampling_ratio = verdict.sampling_ratio;
                     out.push(Output::Feature {
-                        event: Box::new(ev),
+                        event: ev,
                         debug: false,
                         pos: pos.clone(),
                     });

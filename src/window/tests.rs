@@ -86,7 +86,7 @@ fn summary_follows_launchdarkly_rules() {
         body: None,
     };
     for (i, ev) in [first, second, fallback, unknown].into_iter().enumerate() {
-        e.push(&pos(0, i as i64), Event::Evaluation(ev), 0, &mut out);
+        e.push(&pos(0, i as i64), Event::evaluation(ev), 0, &mut out);
     }
     assert!(
         summaries(&out).is_empty(),
@@ -138,10 +138,10 @@ fn variation_zero_is_not_the_fallback_and_prerequisites_default_null() {
     let mut out = Vec::new();
     let mut pre = eval("p", Some(0), Some(1), 5);
     pre.prereq_of = Some("top".into());
-    e.push(&pos(0, 0), Event::Evaluation(pre), 0, &mut out);
+    e.push(&pos(0, 0), Event::evaluation(pre), 0, &mut out);
     e.push(
         &pos(0, 1),
-        Event::Evaluation(eval("p", None, Some(1), 6)),
+        Event::evaluation(eval("p", None, Some(1), 6)),
         0,
         &mut out,
     );
@@ -162,20 +162,20 @@ fn windows_close_when_the_watermark_passes_them() {
     let mut out = Vec::new();
     e.push(
         &pos(0, 0),
-        Event::Evaluation(eval("f", Some(0), Some(1), 59 * SEC)),
+        Event::evaluation(eval("f", Some(0), Some(1), 59 * SEC)),
         0,
         &mut out,
     );
     e.push(
         &pos(0, 1),
-        Event::Evaluation(eval("f", Some(0), Some(1), 69 * SEC)),
+        Event::evaluation(eval("f", Some(0), Some(1), 69 * SEC)),
         0,
         &mut out,
     );
     assert!(summaries(&out).is_empty(), "watermark 59 s < 60 s");
     e.push(
         &pos(0, 2),
-        Event::Evaluation(eval("f", Some(0), Some(1), 70 * SEC)),
+        Event::evaluation(eval("f", Some(0), Some(1), 70 * SEC)),
         0,
         &mut out,
     );
@@ -201,26 +201,26 @@ fn late_events_follow_the_policy() {
         let mut out = Vec::new();
         e.push(
             &pos(0, 0),
-            Event::Evaluation(eval("f", Some(0), Some(1), 10 * SEC)),
+            Event::evaluation(eval("f", Some(0), Some(1), 10 * SEC)),
             0,
             &mut out,
         );
         e.push(
             &pos(0, 1),
-            Event::Evaluation(eval("f", Some(0), Some(1), 61 * SEC)),
+            Event::evaluation(eval("f", Some(0), Some(1), 61 * SEC)),
             0,
             &mut out,
         );
         assert_eq!(summaries(&out).len(), 1);
         e.push(
             &pos(0, 2),
-            Event::Evaluation(eval("f", Some(1), Some(1), 20 * SEC)),
+            Event::evaluation(eval("f", Some(1), Some(1), 20 * SEC)),
             0,
             &mut out,
         );
         e.push(
             &pos(0, 3),
-            Event::Evaluation(eval("f", Some(1), Some(1), 121 * SEC)),
+            Event::evaluation(eval("f", Some(1), Some(1), 121 * SEC)),
             0,
             &mut out,
         );
@@ -265,13 +265,13 @@ fn idle_partitions_close_their_windows_and_follow_the_clock() {
     let now = 1_000_000;
     e.push(
         &pos(0, 0),
-        Event::Evaluation(eval("f", Some(0), Some(1), 10 * SEC)),
+        Event::evaluation(eval("f", Some(0), Some(1), 10 * SEC)),
         now,
         &mut out,
     );
     e.push(
         &pos(1, 0),
-        Event::Evaluation(eval("f", Some(0), Some(1), 10 * SEC)),
+        Event::evaluation(eval("f", Some(0), Some(1), 10 * SEC)),
         now + 4 * SEC,
         &mut out,
     );
@@ -307,7 +307,7 @@ fn caps_close_early_and_never_lose_counts() {
     for (i, minute) in [0, 1, 2, 0, 3].iter().enumerate() {
         e.push(
             &pos(0, i as i64),
-            Event::Evaluation(eval("f", Some(0), Some(1), minute * 60 * SEC + 1)),
+            Event::evaluation(eval("f", Some(0), Some(1), minute * 60 * SEC + 1)),
             0,
             &mut out,
         );
@@ -337,7 +337,7 @@ fn caps_close_early_and_never_lose_counts() {
     for i in 0..10 {
         e.push(
             &pos(0, i),
-            Event::Evaluation(eval(&format!("f{i}"), Some(0), Some(1), 1)),
+            Event::evaluation(eval(&format!("f{i}"), Some(0), Some(1), 1)),
             0,
             &mut out,
         );
@@ -359,8 +359,8 @@ fn index_events_precede_their_trigger_and_identify_suppresses_them() {
     let mut out = Vec::new();
     let mut tracked = eval("f", Some(0), Some(1), 1);
     tracked.track_events = Some(true);
-    e.push(&pos(0, 0), Event::Evaluation(tracked.clone()), 0, &mut out);
-    e.push(&pos(0, 1), Event::Evaluation(tracked), 0, &mut out);
+    e.push(&pos(0, 0), Event::evaluation(tracked.clone()), 0, &mut out);
+    e.push(&pos(0, 1), Event::evaluation(tracked), 0, &mut out);
     assert!(matches!(out[0], Output::Index { .. }));
     assert!(matches!(out[1], Output::Feature { debug: false, .. }));
     assert!(matches!(out[2], Output::Feature { debug: false, .. }));
@@ -444,8 +444,8 @@ fn excluded_and_debug_events_are_not_counted() {
     excluded.exclude_from_summaries = true;
     let mut debug = eval("f", Some(0), Some(1), 1);
     debug.debug = true;
-    e.push(&pos(0, 0), Event::Evaluation(excluded), 0, &mut out);
-    e.push(&pos(0, 1), Event::Evaluation(debug), 0, &mut out);
+    e.push(&pos(0, 0), Event::evaluation(excluded), 0, &mut out);
+    e.push(&pos(0, 1), Event::evaluation(debug), 0, &mut out);
     e.flush_all(&mut out);
     assert!(summaries(&out).is_empty());
     assert!(
@@ -491,7 +491,7 @@ fn run(events: &[(i32, Evaluation)], window: WindowConfig) -> Vec<Output> {
     for (p, ev) in events {
         let offset = offsets[*p as usize];
         offsets[*p as usize] += 1;
-        e.push(&pos(*p, offset), Event::Evaluation(ev.clone()), 0, &mut out);
+        e.push(&pos(*p, offset), Event::evaluation(ev.clone()), 0, &mut out);
     }
     e.flush_all(&mut out);
     out

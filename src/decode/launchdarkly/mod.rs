@@ -10,6 +10,8 @@
 //!
 //! `creationDate` is milliseconds (µs/ns recognised by magnitude, never seconds).
 
+mod fast;
+
 use std::borrow::Cow;
 
 use serde::Deserialize;
@@ -17,7 +19,7 @@ use serde_json::Number;
 use serde_json::value::RawValue;
 use smallvec::SmallVec;
 
-use super::util::{self, at};
+use super::util::{self, RawText, Str, at};
 use super::{DecodeError, Decoded, Dialect, Limits, Reason};
 use crate::event::{
     ContextEvent, ContextKey, Contexts, Custom, Evaluation, Event, EventTime, FlagVersion, Json,
@@ -29,37 +31,37 @@ const UNIT: TimeUnit = TimeUnit::MillisOrFiner;
 
 /// The union of every field of every kind and generation. Unknown fields are ignored,
 /// as LaunchDarkly's own decoders do.
-#[derive(Deserialize)]
+#[derive(Default, Deserialize)]
 struct Raw<'a> {
     #[serde(borrow)]
-    kind: Option<Cow<'a, str>>,
+    kind: Option<Str<'a>>,
     #[serde(rename = "creationDate")]
     creation_date: Option<Number>,
     #[serde(borrow)]
-    key: Option<Cow<'a, str>>,
+    key: Option<Str<'a>>,
     #[serde(borrow)]
-    version: Option<&'a RawValue>,
+    version: Option<RawText<'a>>,
     #[serde(borrow)]
-    context: Option<&'a RawValue>,
+    context: Option<RawText<'a>>,
     #[serde(rename = "contextKeys", borrow)]
-    context_keys: Option<&'a RawValue>,
+    context_keys: Option<RawText<'a>>,
     #[serde(rename = "userKey", borrow)]
-    user_key: Option<Cow<'a, str>>,
+    user_key: Option<Str<'a>>,
     #[serde(borrow)]
-    user: Option<&'a RawValue>,
+    user: Option<RawText<'a>>,
     #[serde(rename = "contextKind", borrow)]
-    context_kind: Option<Cow<'a, str>>,
+    context_kind: Option<Str<'a>>,
     variation: Option<Number>,
     #[serde(rename = "variationName", borrow)]
-    variation_name: Option<Cow<'a, str>>,
+    variation_name: Option<Str<'a>>,
     #[serde(borrow)]
-    value: Option<&'a RawValue>,
+    value: Option<RawText<'a>>,
     #[serde(borrow)]
-    default: Option<&'a RawValue>,
+    default: Option<RawText<'a>>,
     #[serde(rename = "prereqOf", borrow)]
-    prereq_of: Option<Cow<'a, str>>,
+    prereq_of: Option<Str<'a>>,
     #[serde(borrow)]
-    reason: Option<&'a RawValue>,
+    reason: Option<RawText<'a>>,
     #[serde(rename = "trackEvents")]
     track_events: Option<bool>,
     #[serde(rename = "debugEventsUntilDate")]
@@ -69,7 +71,7 @@ struct Raw<'a> {
     #[serde(rename = "excludeFromSummaries")]
     exclude_from_summaries: Option<bool>,
     #[serde(borrow)]
-    data: Option<&'a RawValue>,
+    data: Option<RawText<'a>>,
     #[serde(rename = "metricValue")]
     metric_value: Option<f64>,
     #[serde(rename = "startDate")]
@@ -77,14 +79,33 @@ struct Raw<'a> {
     #[serde(rename = "endDate")]
     end_date: Option<Number>,
     #[serde(borrow)]
-    features: Option<&'a RawValue>,
+    features: Option<RawText<'a>>,
     // The Data Export envelope.
     #[serde(borrow)]
-    event: Option<&'a RawValue>,
+    event: Option<RawText<'a>>,
     #[serde(borrow)]
-    project: Option<Cow<'a, str>>,
+    project: Option<Str<'a>>,
     #[serde(borrow)]
-    environment: Option<Cow<'a, str>>,
+    environment: Option<Str<'a>>,
+}
+
+thread_local! {
+    /// Whether the fast path is used (tests turn it off to compare both paths).
+    static FAST: std::cell::Cell<bool> = const { std::cell::Cell::new(true) };
+}
+
+/// Decodes `value` twice, with and without the fast path, for differential tests and
+/// fuzzing: both must agree on every input.
+#[doc(hidden)]
+pub fn decode_both_ways(value: &[u8]) -> (Decoded, Decoded) {
+    let limits = Limits::default();
+    let mut fast = Decoded::default();
+    decode(value, &limits, &mut fast);
+    FAST.with(|f| f.set(false));
+    let mut slow = Decoded::default();
+    decode(value, &limits, &mut slow);
+    FAST.with(|f| f.set(true));
+    (fast, slow)
 }
 
 pub(crate) fn decode(value: &[u8], limits: &Limits, out: &mut Decoded) {
@@ -117,7 +138,12 @@ fn one(bytes: &[u8], path: &str, limits: &Limits, scope: &Scope) -> Result<Event
         // Let serde name what it found.
         util::parse::<util::RawObject<'_>>(D, path, bytes)?;
     }
-    let raw: Raw<'_> = util::parse(D, path, bytes)?;
+    // The fast path reads the common shapes without serde's machinery and declines
+    // anything unusual; serde then reads the record and names any error precisely.
+    let raw: Raw<'_> = match fast::parse(bytes) {
+        Some(raw) if FAST.with(std::cell::Cell::get) => raw,
+        _ => util::parse(D, path, bytes)?,
+    };
     let Some(kind) = raw.kind.as_deref() else {
         if let Some(inner) = raw.event {
             return envelope(&raw, inner, path, limits);
@@ -131,7 +157,7 @@ fn one(bytes: &[u8], path: &str, limits: &Limits, scope: &Scope) -> Result<Event
             scope: scope.clone(),
             key: util::key(D, || field("key"), raw.key.as_deref(), limits)?,
             context: contexts(&raw, path, limits)?,
-            data: raw.data.map(Json::from_raw),
+            data: raw.data.map(RawText::to_json),
             metric_value: raw.metric_value,
             creation_date: creation(&raw, path)?,
             sampling_ratio: raw.sampling_ratio,
@@ -173,7 +199,7 @@ fn one(bytes: &[u8], path: &str, limits: &Limits, scope: &Scope) -> Result<Event
 /// scope.
 fn envelope(
     raw: &Raw<'_>,
-    inner: &RawValue,
+    inner: RawText<'_>,
     path: &str,
     limits: &Limits,
 ) -> Result<Event, DecodeError> {
@@ -227,7 +253,7 @@ fn evaluation(
         )?)),
         (None, None) => None,
     };
-    let reason = raw.reason.map(Json::from_raw);
+    let reason = raw.reason.map(RawText::to_json);
     let version = version(raw.version, || field("version"), limits)?;
     // No version means the flag was unknown to the evaluator: it served the fallback
     // (no variation, as Relay counts it), and gets no full event unless the producer
@@ -243,13 +269,13 @@ fn evaluation(
     } else {
         Some(raw.track_events == Some(true))
     };
-    Ok(Event::Evaluation(Evaluation {
+    Ok(Event::evaluation(Evaluation {
         scope: scope.clone(),
         flag_key: util::key(D, || field("key"), raw.key.as_deref(), limits)?,
         variation,
         version,
-        value: raw.value.map_or_else(Json::null, Json::from_raw),
-        default: Some(raw.default.map_or_else(Json::null, Json::from_raw)),
+        value: raw.value.map_or_else(Json::null, RawText::to_json),
+        default: Some(raw.default.map_or_else(Json::null, RawText::to_json)),
         context: contexts(raw, path, limits)?,
         creation_date: creation(raw, path)?,
         reason,
@@ -275,7 +301,7 @@ fn evaluation(
 /// A flag version: an integer (LaunchDarkly) or a string (flagtally's own output for
 /// go-feature-flag input). `null` means unknown.
 fn version(
-    raw: Option<&RawValue>,
+    raw: Option<RawText<'_>>,
     path: impl Fn() -> String,
     limits: &Limits,
 ) -> Result<Option<FlagVersion>, DecodeError> {
@@ -311,7 +337,7 @@ fn version(
 fn contexts(raw: &Raw<'_>, path: &str, limits: &Limits) -> Result<Contexts, DecodeError> {
     let anonymous_user = raw.context_kind.as_deref() == Some("anonymousUser");
     if let Some(ctx) = raw.context {
-        return util::context(D, &at(path, "context"), ctx, limits);
+        return util::context(D, &at(path, "context"), ctx.get(), limits);
     }
     if let Some(keys) = raw.context_keys {
         let obj: util::RawObject<'_> =
@@ -348,7 +374,7 @@ fn contexts(raw: &Raw<'_>, path: &str, limits: &Limits) -> Result<Contexts, Deco
         });
     }
     if let Some(user) = raw.user {
-        let mut c = util::context(D, &at(path, "user"), user, limits)?;
+        let mut c = util::context(D, &at(path, "user"), user.get(), limits)?;
         if anonymous_user {
             c.body = c.body.map(|b| with_anonymous(&b));
         }
@@ -379,23 +405,23 @@ fn with_anonymous(body: &Json) -> Json {
 #[derive(Deserialize)]
 struct RawFlag<'a> {
     #[serde(borrow)]
-    default: Option<&'a RawValue>,
+    default: Option<RawText<'a>>,
     #[serde(default, borrow)]
     counters: Vec<RawCounter<'a>>,
     #[serde(rename = "contextKinds", default, borrow)]
-    context_kinds: Vec<Cow<'a, str>>,
+    context_kinds: Vec<Str<'a>>,
 }
 
 #[derive(Deserialize)]
 struct RawCounter<'a> {
     variation: Option<Number>,
     #[serde(rename = "variationName", borrow)]
-    variation_name: Option<Cow<'a, str>>,
+    variation_name: Option<Str<'a>>,
     #[serde(borrow)]
-    version: Option<&'a RawValue>,
+    version: Option<RawText<'a>>,
     unknown: Option<bool>,
     #[serde(borrow)]
-    value: Option<&'a RawValue>,
+    value: Option<RawText<'a>>,
     count: Option<u64>,
 }
 
@@ -458,7 +484,7 @@ fn summary(
             counters.push(SummaryCounter {
                 variation,
                 version,
-                value: c.value.map_or_else(Json::null, Json::from_raw),
+                value: c.value.map_or_else(Json::null, RawText::to_json),
                 count,
             });
         }
@@ -473,7 +499,7 @@ fn summary(
         }
         flags.push(SummaryFlag {
             key: util::key(D, || flag_path.clone(), Some(flag_key), limits)?,
-            default: flag.default.map(Json::from_raw),
+            default: flag.default.map(RawText::to_json),
             counters,
             context_kinds,
         });
@@ -512,7 +538,7 @@ mod tests {
 
     fn eval(ev: Event) -> Evaluation {
         match ev {
-            Event::Evaluation(e) => e,
+            Event::Evaluation(e) => *e,
             other => panic!("not an evaluation: {other:?}"),
         }
     }
