@@ -66,47 +66,117 @@ pub(super) fn parse(bytes: &[u8]) -> Option<Raw<'_>> {
     (s.i == bytes.len()).then_some(raw)
 }
 
-/// Reads the value of `key` into `raw`; returns the field's bit (0 for unknown fields).
-fn field<'a>(s: &mut Scan<'a>, raw: &mut Raw<'a>, key: &str) -> Option<u32> {
-    Some(match key {
-        "kind" => set(&mut raw.kind, s.opt_str()?, 1),
-        "creationDate" => set(&mut raw.creation_date, s.opt_number()?, 1 << 1),
-        "key" => set(&mut raw.key, s.opt_str()?, 1 << 2),
-        "version" => set(&mut raw.version, s.opt_raw()?, 1 << 3),
-        "context" => set(&mut raw.context, s.opt_raw()?, 1 << 4),
-        "contextKeys" => set(&mut raw.context_keys, s.opt_raw()?, 1 << 5),
-        "userKey" => set(&mut raw.user_key, s.opt_str()?, 1 << 6),
-        "user" => set(&mut raw.user, s.opt_raw()?, 1 << 7),
-        "contextKind" => set(&mut raw.context_kind, s.opt_str()?, 1 << 8),
-        "variation" => set(&mut raw.variation, s.opt_number()?, 1 << 9),
-        "variationName" => set(&mut raw.variation_name, s.opt_str()?, 1 << 10),
-        "value" => set(&mut raw.value, s.opt_raw()?, 1 << 11),
-        "default" => set(&mut raw.default, s.opt_raw()?, 1 << 12),
-        "prereqOf" => set(&mut raw.prereq_of, s.opt_str()?, 1 << 13),
-        "reason" => set(&mut raw.reason, s.opt_raw()?, 1 << 14),
-        "trackEvents" => set(&mut raw.track_events, s.opt_bool()?, 1 << 15),
-        "debugEventsUntilDate" => set(&mut raw.debug_until, s.opt_number()?, 1 << 16),
-        "samplingRatio" => set(&mut raw.sampling_ratio, s.opt_u64()?, 1 << 17),
-        "excludeFromSummaries" => set(&mut raw.exclude_from_summaries, s.opt_bool()?, 1 << 18),
-        "data" => set(&mut raw.data, s.opt_raw()?, 1 << 19),
-        "metricValue" => set(&mut raw.metric_value, s.opt_f64()?, 1 << 20),
-        "startDate" => set(&mut raw.start_date, s.opt_number()?, 1 << 21),
-        "endDate" => set(&mut raw.end_date, s.opt_number()?, 1 << 22),
-        "features" => set(&mut raw.features, s.opt_raw()?, 1 << 23),
-        "event" => set(&mut raw.event, s.opt_raw()?, 1 << 24),
-        "project" => set(&mut raw.project, s.opt_str()?, 1 << 25),
-        "environment" => set(&mut raw.environment, s.opt_str()?, 1 << 26),
-        _ => {
-            // Ignored, as serde ignores it, but it must still be valid JSON.
-            s.value()?;
-            0
-        }
-    })
+/// The fields of [`Raw`]; each one's discriminant is its bit in the "seen" mask.
+#[derive(Clone, Copy)]
+enum Field {
+    Kind,
+    CreationDate,
+    Key,
+    Version,
+    Context,
+    ContextKeys,
+    UserKey,
+    User,
+    ContextKind,
+    Variation,
+    VariationName,
+    Value,
+    Default,
+    PrereqOf,
+    Reason,
+    TrackEvents,
+    DebugUntil,
+    SamplingRatio,
+    Exclude,
+    Data,
+    MetricValue,
+    StartDate,
+    EndDate,
+    Features,
+    Event,
+    Project,
+    Environment,
 }
 
-fn set<T>(slot: &mut Option<T>, value: Option<T>, bit: u32) -> u32 {
-    *slot = value;
-    bit
+/// Names a field by length first, so each key costs one or two comparisons.
+fn which(key: &str) -> Option<Field> {
+    use Field::*;
+    let candidates: &[(&str, Field)] = match key.len() {
+        3 => &[("key", Key)],
+        4 => &[("kind", Kind), ("user", User), ("data", Data)],
+        5 => &[("value", Value), ("event", Event)],
+        6 => &[("reason", Reason)],
+        7 => &[
+            ("version", Version),
+            ("context", Context),
+            ("default", Default),
+            ("userKey", UserKey),
+            ("endDate", EndDate),
+            ("project", Project),
+        ],
+        8 => &[("prereqOf", PrereqOf), ("features", Features)],
+        9 => &[("variation", Variation), ("startDate", StartDate)],
+        11 => &[
+            ("contextKeys", ContextKeys),
+            ("contextKind", ContextKind),
+            ("trackEvents", TrackEvents),
+            ("metricValue", MetricValue),
+            ("environment", Environment),
+        ],
+        12 => &[("creationDate", CreationDate)],
+        13 => &[
+            ("variationName", VariationName),
+            ("samplingRatio", SamplingRatio),
+        ],
+        20 => &[
+            ("debugEventsUntilDate", DebugUntil),
+            ("excludeFromSummaries", Exclude),
+        ],
+        _ => &[],
+    };
+    candidates
+        .iter()
+        .find(|(name, _)| *name == key)
+        .map(|(_, f)| *f)
+}
+
+/// Reads the value of `key` into `raw`; returns the field's bit (0 for unknown fields).
+fn field<'a>(s: &mut Scan<'a>, raw: &mut Raw<'a>, key: &str) -> Option<u32> {
+    let Some(f) = which(key) else {
+        // Ignored, as serde ignores it, but it must still be valid JSON.
+        s.value()?;
+        return Some(0);
+    };
+    match f {
+        Field::Kind => raw.kind = s.opt_str()?,
+        Field::CreationDate => raw.creation_date = s.opt_number()?,
+        Field::Key => raw.key = s.opt_str()?,
+        Field::Version => raw.version = s.opt_raw()?,
+        Field::Context => raw.context = s.opt_raw()?,
+        Field::ContextKeys => raw.context_keys = s.opt_raw()?,
+        Field::UserKey => raw.user_key = s.opt_str()?,
+        Field::User => raw.user = s.opt_raw()?,
+        Field::ContextKind => raw.context_kind = s.opt_str()?,
+        Field::Variation => raw.variation = s.opt_number()?,
+        Field::VariationName => raw.variation_name = s.opt_str()?,
+        Field::Value => raw.value = s.opt_raw()?,
+        Field::Default => raw.default = s.opt_raw()?,
+        Field::PrereqOf => raw.prereq_of = s.opt_str()?,
+        Field::Reason => raw.reason = s.opt_raw()?,
+        Field::TrackEvents => raw.track_events = s.opt_bool()?,
+        Field::DebugUntil => raw.debug_until = s.opt_number()?,
+        Field::SamplingRatio => raw.sampling_ratio = s.opt_u64()?,
+        Field::Exclude => raw.exclude_from_summaries = s.opt_bool()?,
+        Field::Data => raw.data = s.opt_raw()?,
+        Field::MetricValue => raw.metric_value = s.opt_f64()?,
+        Field::StartDate => raw.start_date = s.opt_number()?,
+        Field::EndDate => raw.end_date = s.opt_number()?,
+        Field::Features => raw.features = s.opt_raw()?,
+        Field::Event => raw.event = s.opt_raw()?,
+        Field::Project => raw.project = s.opt_str()?,
+        Field::Environment => raw.environment = s.opt_str()?,
+    }
+    Some(1 << (f as u32))
 }
 
 struct Scan<'a> {
@@ -151,7 +221,7 @@ impl<'a> Scan<'a> {
 
     /// `null`, consumed; true if it was there.
     fn null(&mut self) -> bool {
-        if self.text[self.i..].starts_with("null") && self.delimited(self.i + 4) {
+        if self.bytes()[self.i..].starts_with(b"null") && self.delimited(self.i + 4) {
             self.i += 4;
             true
         } else {
@@ -179,7 +249,9 @@ impl<'a> Scan<'a> {
             return Some(None);
         }
         for (lit, v) in [("true", true), ("false", false)] {
-            if self.text[self.i..].starts_with(lit) && self.delimited(self.i + lit.len()) {
+            if self.bytes()[self.i..].starts_with(lit.as_bytes())
+                && self.delimited(self.i + lit.len())
+            {
                 self.i += lit.len();
                 return Some(Some(v));
             }
@@ -337,8 +409,8 @@ impl<'a> Scan<'a> {
     }
 
     fn literal(&mut self, lit: &str) -> Option<()> {
-        self.text[self.i..]
-            .starts_with(lit)
+        self.bytes()[self.i..]
+            .starts_with(lit.as_bytes())
             .then(|| self.i += lit.len())
     }
 
