@@ -282,6 +282,19 @@ impl Contexts {
         }
     }
 
+    /// A multi-context of (kind, key) pairs, without attributes.
+    pub fn multi(parts: &[(&str, &str)]) -> Self {
+        let mut keys: SmallVec<[ContextKey; 1]> = parts
+            .iter()
+            .map(|(kind, key)| ContextKey {
+                kind: (*kind).into(),
+                key: (*key).into(),
+            })
+            .collect();
+        keys.sort();
+        Self { keys, body: None }
+    }
+
     /// LaunchDarkly's fully-qualified key: a `user` context's bare key; otherwise
     /// `kind:key` with `%` and `:` escaped; a multi-context joins its parts, sorted by
     /// kind, with `:`.
@@ -628,19 +641,7 @@ mod tests {
             Contexts::single("org", "a:b%c").fully_qualified_key(),
             "org:a%3Ab%25c"
         );
-        let multi = Contexts {
-            keys: smallvec::smallvec![
-                ContextKey {
-                    kind: "org".into(),
-                    key: "o".into()
-                },
-                ContextKey {
-                    kind: "user".into(),
-                    key: "u".into()
-                },
-            ],
-            body: None,
-        };
+        let multi = Contexts::multi(&[("org", "o"), ("user", "u")]);
         assert_eq!(multi.fully_qualified_key(), "org:o:user:u");
         assert_eq!(
             multi.to_object().as_str(),

@@ -327,7 +327,7 @@ fn variation(
                 at("variation.value"),
                 Reason::WrongType {
                     expected: "a string",
-                    found: excerpt(raw.get()),
+                    found: util::excerpt(raw.get()),
                 },
             ));
         }
@@ -469,57 +469,34 @@ fn refuse_array(bytes: &[u8], prefix: impl FnOnce() -> String) -> Result<(), Dec
             prefix(),
             Reason::WrongType {
                 expected: "an object",
-                found: excerpt(&String::from_utf8_lossy(bytes)),
+                found: util::excerpt(&String::from_utf8_lossy(bytes)),
             },
         )),
         _ => Ok(()),
     }
 }
 
-/// A bounded excerpt of producer text for an error message.
-fn excerpt(s: &str) -> String {
-    s.chars().take(64).collect()
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 mod tests {
     use super::*;
+    use crate::decode::testing::{self, json};
     use crate::event::EventTime;
 
     fn run_bytes(input: &[u8]) -> Decoded {
-        let mut out = Decoded::default();
-        decode(input, &Limits::default(), &mut out);
-        out
+        testing::run(decode, input)
     }
 
     fn run(input: &str) -> Decoded {
         run_bytes(input.as_bytes())
     }
 
-    fn json(text: &str) -> Json {
-        Json::parse(text).unwrap()
-    }
-
     fn only_event(input: &str) -> Event {
-        let out = run(input);
-        assert_eq!(out.errors, vec![], "{input}");
-        assert_eq!(out.events.len(), 1, "{input}");
-        out.events.into_iter().next().unwrap()
+        testing::only_event(decode, input)
     }
 
-    /// The one error a bad record decodes to, checked in full but for the message.
     fn only_error(input: &[u8], path: &str, code: &str) -> DecodeError {
-        let out = run_bytes(input);
-        assert_eq!(out.events, vec![], "{}", String::from_utf8_lossy(input));
-        assert_eq!(out.errors.len(), 1, "{}", String::from_utf8_lossy(input));
-        let e = out.errors.into_iter().next().unwrap();
-        assert_eq!(
-            (e.dialect, e.path.as_str(), e.reason.code()),
-            (D, path, code),
-            "{e}"
-        );
-        e
+        testing::only_error(decode, D, input, path, code)
     }
 
     fn user(body: &str, key: &str) -> Contexts {

@@ -340,7 +340,7 @@ fn event(
         Some(other) => Err(DecodeError::new(
             D,
             loc.at("kind"),
-            Reason::UnknownKind(excerpt(other)),
+            Reason::UnknownKind(util::excerpt(other)),
         )),
         None => Err(DecodeError::new(D, loc.at("kind"), Reason::Missing)),
     }
@@ -490,7 +490,7 @@ fn user(
                 loc.at("contextKind"),
                 Reason::Invalid(format!(
                     "context kind {:?} is neither \"user\" nor \"anonymousUser\"",
-                    excerpt(other)
+                    util::excerpt(other)
                 )),
             ));
         }
@@ -532,56 +532,32 @@ fn number(raw: &RawValue, path: impl FnOnce() -> String) -> Result<f64, DecodeEr
         _ => Err(DecodeError::new(
             D,
             path(),
-            Reason::Invalid(format!("{} is out of range", excerpt(raw.get()))),
+            Reason::Invalid(format!("{} is out of range", util::excerpt(raw.get()))),
         )),
     }
-}
-
-/// A bounded excerpt of producer text for an error message.
-fn excerpt(s: &str) -> String {
-    s.chars().take(64).collect()
 }
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 mod tests {
     use super::*;
+    use crate::decode::testing::{self, json};
     use crate::event::EventTime;
 
     fn run_bytes(input: &[u8]) -> Decoded {
-        let mut out = Decoded::default();
-        decode(input, &Limits::default(), &mut out);
-        out
+        testing::run(decode, input)
     }
 
     fn run(input: &str) -> Decoded {
         run_bytes(input.as_bytes())
     }
 
-    fn json(text: &str) -> Json {
-        Json::parse(text).unwrap()
-    }
-
-    /// The one event a good record decodes to.
     fn only_event(input: &str) -> Event {
-        let out = run(input);
-        assert_eq!(out.errors, vec![], "{input}");
-        assert_eq!(out.events.len(), 1, "{input}");
-        out.events.into_iter().next().unwrap()
+        testing::only_event(decode, input)
     }
 
-    /// The one error a bad record decodes to, checked in full but for the message.
     fn only_error(input: &[u8], path: &str, code: &str) -> DecodeError {
-        let out = run_bytes(input);
-        assert_eq!(out.events, vec![], "{}", String::from_utf8_lossy(input));
-        assert_eq!(out.errors.len(), 1, "{}", String::from_utf8_lossy(input));
-        let e = out.errors.into_iter().next().unwrap();
-        assert_eq!(
-            (e.dialect, e.path.as_str(), e.reason.code()),
-            (D, path, code),
-            "{e}"
-        );
-        e
+        testing::only_error(decode, D, input, path, code)
     }
 
     fn evaluation(flag: &str, user: &str, ms: i64) -> Evaluation {

@@ -11,6 +11,8 @@ pub mod featbit;
 pub mod goff;
 pub mod launchdarkly;
 pub mod native;
+#[cfg(test)]
+mod testing;
 mod util;
 
 use std::fmt;
@@ -194,7 +196,40 @@ impl Decoder {
             ));
             return;
         }
+        if let Some(detail) = unrepresentable_number(value) {
+            out.errors
+                .push(DecodeError::new(self.dialect, "", Reason::Invalid(detail)));
+            return;
+        }
         decode_as(self.dialect, value, &self.limits, out);
+    }
+}
+
+/// A number no 64-bit float holds (`1e999`, or 300+ digits) passes JSON's grammar, and
+/// serde_json keeps it in raw values, but strict readers (serde_json itself, Go) refuse
+/// it: a record holding one would make every output it feeds unreadable, so the record
+/// is refused whole. Such numbers need an exponent or a run of ~300 digits, so one
+/// pass over the bytes finds the candidates; only those are parsed.
+fn unrepresentable_number(bytes: &[u8]) -> Option<String> {
+    let mut run = 0usize;
+    let mut suspect = false;
+    for &b in bytes {
+        if b.is_ascii_digit() {
+            run += 1;
+            suspect |= run >= 300;
+        } else {
+            suspect |= run > 0 && (b == b'e' || b == b'E');
+            run = 0;
+        }
+    }
+    if !suspect {
+        return None;
+    }
+    match serde_json::from_slice::<serde_json::Value>(bytes) {
+        Err(e) if e.to_string().starts_with("number out of range") => Some(format!(
+            "a number out of the range of a 64-bit float ({e}); JSON readers refuse it"
+        )),
+        _ => None,
     }
 }
 
@@ -212,5 +247,35 @@ fn decode_as(dialect: Dialect, value: &[u8], limits: &Limits, out: &mut Decoded)
         Dialect::Featbit => featbit::decode(value, limits, out),
         Dialect::Native => native::decode_json(value, limits, out),
         Dialect::NativeAvro => native::decode_avro(value, limits, out),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_no_reader_can_hold_are_refused() {
+        let decoder = Decoder::new(Dialect::Launchdarkly, Limits::default());
+        for bad in [
+            // Found by fuzzing: a pass-through event carrying 1e9999-like numbers.
+            r#"[{"kind": "feature=", "x": "c", "derugEventsUntilDate": 99999999e9999}]"#.to_owned(),
+            format!(
+                r#"{{"kind":"alias","creationDate":1,"n":{}}}"#,
+                "9".repeat(400)
+            ),
+        ] {
+            let mut out = Decoded::default();
+            decoder.decode(bad.as_bytes(), &mut out);
+            assert!(out.events.is_empty(), "{bad}");
+            assert_eq!(out.errors.len(), 1);
+            assert_eq!(out.errors[0].reason.code(), "invalid_value");
+        }
+        let mut out = Decoded::default();
+        decoder.decode(
+            br#"{"kind":"alias","creationDate":1,"n":1e300,"s":"12e5"}"#,
+            &mut out,
+        );
+        assert_eq!(out.events.len(), 1, "{:?}", out.errors);
     }
 }

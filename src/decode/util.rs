@@ -105,6 +105,11 @@ fn leak_expected(expected: &str) -> &'static str {
     }
 }
 
+/// A bounded excerpt of producer text for an error message.
+pub(crate) fn excerpt(s: &str) -> String {
+    s.chars().take(64).collect()
+}
+
 /// A required, bounded, non-empty string field.
 pub(crate) fn key(
     dialect: Dialect,

@@ -759,19 +759,7 @@ mod tests {
     }
 
     fn multi() -> Contexts {
-        Contexts {
-            keys: smallvec::smallvec![
-                ContextKey {
-                    kind: "org".into(),
-                    key: "o".into()
-                },
-                ContextKey {
-                    kind: "user".into(),
-                    key: "u".into()
-                },
-            ],
-            body: None,
-        }
+        Contexts::multi(&[("org", "o"), ("user", "u")])
     }
 
     fn summary() -> ClosedSummary {

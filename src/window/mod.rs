@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 pub use gate::{FullEvents, GateConfig, GlobError, Override, Verdict, sampled_in};
 pub use output::*;
 
-use crate::event::{Event, EventTime};
+use crate::event::{Contexts, Event, EventTime, Scope};
 use gate::Gate;
 use index::IndexCache;
 use summary::WindowAcc;
@@ -316,6 +316,30 @@ impl PartitionState {
         self.close_corrections(shared, pid, out);
     }
 
+    /// Emits an index event before the event that first shows this context.
+    fn index_if_new(
+        &mut self,
+        shared: &mut Shared,
+        scope: &Scope,
+        context: &Contexts,
+        t: EventTime,
+        pos: &SourcePos,
+        out: &mut Vec<Output>,
+    ) {
+        if self
+            .index
+            .first_sighting(context.fully_qualified_key(), t.as_millis())
+        {
+            shared.counts.index_events += 1;
+            out.push(Output::Index {
+                scope: scope.clone(),
+                context: context.clone(),
+                creation_date: t,
+                pos: pos.clone(),
+            });
+        }
+    }
+
     fn replay_start(&self) -> Option<i64> {
         self.open
             .values()
@@ -402,19 +426,8 @@ impl Engine {
         match event {
             Event::Evaluation(mut ev) => {
                 let t = ev.creation_date;
-                if index_on
-                    && !ev.debug
-                    && st
-                        .index
-                        .first_sighting(ev.context.fully_qualified_key(), t.as_millis())
-                {
-                    shared.counts.index_events += 1;
-                    out.push(Output::Index {
-                        scope: ev.scope.clone(),
-                        context: ev.context.clone(),
-                        creation_date: t,
-                        pos: pos.clone(),
-                    });
+                if index_on && !ev.debug {
+                    st.index_if_new(shared, &ev.scope, &ev.context, t, pos, out);
                 }
                 let verdict = gate.judge(&ev, pos);
                 if ev.debug || ev.exclude_from_summaries {
@@ -483,18 +496,8 @@ impl Engine {
             }
             Event::Custom(c) => {
                 let t = c.creation_date;
-                if index_on
-                    && st
-                        .index
-                        .first_sighting(c.context.fully_qualified_key(), t.as_millis())
-                {
-                    shared.counts.index_events += 1;
-                    out.push(Output::Index {
-                        scope: c.scope.clone(),
-                        context: c.context.clone(),
-                        creation_date: t,
-                        pos: pos.clone(),
-                    });
+                if index_on {
+                    st.index_if_new(shared, &c.scope, &c.context, t, pos, out);
                 }
                 // A samplingRatio on the event was applied by its SDK: pass it through.
                 out.push(Output::Custom {

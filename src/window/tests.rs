@@ -72,19 +72,7 @@ fn summary_follows_launchdarkly_rules() {
     fallback.value = Json::string("d1");
     let mut unknown = eval("flag1", None, None, 1001);
     unknown.value = Json::string("d3");
-    unknown.context = Contexts {
-        keys: smallvec::smallvec![
-            ContextKey {
-                kind: "org".into(),
-                key: "o".into()
-            },
-            ContextKey {
-                kind: "user".into(),
-                key: "u".into()
-            },
-        ],
-        body: None,
-    };
+    unknown.context = Contexts::multi(&[("org", "o"), ("user", "u")]);
     for (i, ev) in [first, second, fallback, unknown].into_iter().enumerate() {
         e.push(&pos(0, i as i64), Event::evaluation(ev), 0, &mut out);
     }
