@@ -5,8 +5,8 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::event::{
-    ContextEvent, ContextKey, Contexts, Custom, Evaluation, FlagVersion, Json, Scope, Summary,
-    SummaryCounter, SummaryFlag, VariationRef,
+    ContextEvent, Contexts, Custom, Evaluation, FlagVersion, Json, Scope, Summary, SummaryCounter,
+    SummaryFlag, VariationRef,
 };
 
 const SEC: i64 = 1000;
