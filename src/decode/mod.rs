@@ -196,11 +196,6 @@ impl Decoder {
             ));
             return;
         }
-        if let Some(detail) = unrepresentable_number(value) {
-            out.errors
-                .push(DecodeError::new(self.dialect, "", Reason::Invalid(detail)));
-            return;
-        }
         decode_as(self.dialect, value, &self.limits, out);
     }
 }
@@ -208,21 +203,21 @@ impl Decoder {
 /// A number no 64-bit float holds (`1e999`, or 300+ digits) passes JSON's grammar, and
 /// serde_json keeps it in raw values, but strict readers (serde_json itself, Go) refuse
 /// it: a record holding one would make every output it feeds unreadable, so the record
-/// is refused whole. Such numbers need an exponent or a run of ~300 digits, so one
-/// pass over the bytes finds the candidates; only those are parsed.
-fn unrepresentable_number(bytes: &[u8]) -> Option<String> {
-    let mut run = 0usize;
-    let mut suspect = false;
-    for &b in bytes {
-        if b.is_ascii_digit() {
-            run += 1;
-            suspect |= run >= 300;
-        } else {
-            suspect |= run > 0 && (b == b'e' || b == b'E');
-            run = 0;
-        }
-    }
-    if !suspect {
+/// is refused whole. Such a number needs an exponent (an `e` or `E` right after a
+/// digit) or a run of 300 digits, which always covers two bytes 150 apart at multiples
+/// of 150; only records with such a suspect are parsed to find out.
+pub(crate) fn unrepresentable_number(bytes: &[u8]) -> Option<String> {
+    const STRIDE: usize = 150;
+    let exponent =
+        memchr::memchr2_iter(b'e', b'E', bytes).any(|i| i > 0 && bytes[i - 1].is_ascii_digit());
+    let long_run = || {
+        let samples = bytes.iter().step_by(STRIDE);
+        let next = bytes.iter().skip(STRIDE).step_by(STRIDE);
+        samples
+            .zip(next)
+            .any(|(a, b)| a.is_ascii_digit() && b.is_ascii_digit())
+    };
+    if !exponent && !long_run() {
         return None;
     }
     match serde_json::from_slice::<serde_json::Value>(bytes) {
@@ -242,7 +237,12 @@ fn decode_as(dialect: Dialect, value: &[u8], limits: &Limits, out: &mut Decoded)
                     .push(DecodeError::new(Dialect::Auto, "", Reason::Undetected(why)))
             }
         },
+        // LaunchDarkly checks number ranges itself, for free on its fast path.
         Dialect::Launchdarkly => launchdarkly::decode(value, limits, out),
+        _ if let Some(detail) = unrepresentable_number(value) => {
+            out.errors
+                .push(DecodeError::new(dialect, "", Reason::Invalid(detail)))
+        }
         Dialect::Goff => goff::decode(value, limits, out),
         Dialect::Featbit => featbit::decode(value, limits, out),
         Dialect::Native => native::decode_json(value, limits, out),

@@ -414,7 +414,8 @@ impl<'a> Scan<'a> {
             .then(|| self.i += lit.len())
     }
 
-    /// `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`
+    /// `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`, and within the range
+    /// of a 64-bit float (serde_json's readers refuse `1e999`; such input declines).
     fn number(&mut self) -> Option<()> {
         let b = self.bytes();
         let digits = |i: &mut usize| {
@@ -441,7 +442,9 @@ impl<'a> Scan<'a> {
                 return None;
             }
         }
+        let mut exponent = false;
         if matches!(b.get(i), Some(b'e' | b'E')) {
+            exponent = true;
             i += 1;
             if matches!(b.get(i), Some(b'+' | b'-')) {
                 i += 1;
@@ -449,6 +452,10 @@ impl<'a> Scan<'a> {
             if !digits(&mut i) {
                 return None;
             }
+        }
+        let text = self.text.get(self.i..i)?;
+        if (exponent || text.len() > 300) && !text.parse::<f64>().ok()?.is_finite() {
+            return None;
         }
         self.i = i;
         Some(())

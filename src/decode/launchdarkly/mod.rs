@@ -142,7 +142,17 @@ fn one(bytes: &[u8], path: &str, limits: &Limits, scope: &Scope) -> Result<Event
     // anything unusual; serde then reads the record and names any error precisely.
     let raw: Raw<'_> = match fast::parse(bytes) {
         Some(raw) if FAST.with(std::cell::Cell::get) => raw,
-        _ => util::parse(D, path, bytes)?,
+        _ => {
+            // The fast path refuses numbers no float holds; serde keeps them.
+            if let Some(detail) = super::unrepresentable_number(bytes) {
+                return Err(DecodeError::new(
+                    D,
+                    path.to_owned(),
+                    Reason::Invalid(detail),
+                ));
+            }
+            util::parse(D, path, bytes)?
+        }
     };
     let Some(kind) = raw.kind.as_deref() else {
         if let Some(inner) = raw.event {
