@@ -6,7 +6,9 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::decode::{Decoder, Dialect, Limits};
 use crate::emit::{EmitConfig, Envelope, FeatureKey, Format};
-use crate::window::{EngineConfig, IndexConfig, LatePolicy, WindowConfig};
+use crate::window::{
+    EngineConfig, FullEvents, GateConfig, IndexConfig, LatePolicy, Override, WindowConfig,
+};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -50,6 +52,11 @@ pub struct SummarizeArgs {
     /// Do not emit index events.
     #[arg(long)]
     pub no_index: bool,
+    /// A per-flag override of full-fidelity events: `FLAGS=always|never|producer[:N]`,
+    /// FLAGS a flag key or a glob (`checkout-*`), N to keep 1 in N. Repeatable; the first
+    /// match wins.
+    #[arg(long = "full-events", value_name = "FLAGS=MODE[:N]", value_parser = parse_override)]
+    pub overrides: Vec<Override>,
     /// Wrap each event in LaunchDarkly's Data Export envelope.
     #[arg(long)]
     pub data_export: bool,
@@ -82,7 +89,10 @@ impl SummarizeArgs {
                 enabled: !self.no_index,
                 ..IndexConfig::default()
             },
-            ..EngineConfig::default()
+            gate: GateConfig {
+                overrides: self.overrides.clone(),
+                ..GateConfig::default()
+            },
         }
     }
 
@@ -104,6 +114,37 @@ impl SummarizeArgs {
 
 fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// `FLAGS=always|never|producer[:N]`.
+fn parse_override(s: &str) -> Result<Override, String> {
+    let (flags, mode) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected FLAGS=always|never|producer[:N]"))?;
+    let (mode, ratio) = match mode.split_once(':') {
+        Some((m, n)) => (
+            m,
+            Some(
+                n.parse::<u64>()
+                    .map_err(|_| format!("{s:?}: {n:?} is not a whole number"))?,
+            ),
+        ),
+        None => (mode, None),
+    };
+    let full_events = match mode {
+        "always" => FullEvents::Always,
+        "never" => FullEvents::Never,
+        "producer" => FullEvents::Producer,
+        other => return Err(format!("{s:?}: {other:?} is not always, never or producer")),
+    };
+    if flags.is_empty() {
+        return Err(format!("{s:?}: no flag key or glob before '='"));
+    }
+    Ok(Override {
+        flags: flags.to_owned(),
+        full_events,
+        sampling_ratio: ratio,
+    })
 }
 
 /// A positive duration such as `30s`, `1m`, `1h30m`.

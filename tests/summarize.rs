@@ -141,3 +141,50 @@ fn late_policy_dead_letter_reports_late_events_on_stderr() {
     assert!(stderr.contains(r#""type":"evaluation""#), "{stderr}");
     assert!(stderr.contains("1 late"), "{stderr}");
 }
+
+#[test]
+fn per_flag_overrides_turn_full_events_off_and_on() {
+    let (input, tally) = generate(
+        GenConfig {
+            dialect: GenDialect::Launchdarkly,
+            flags: 4,
+            ..GenConfig::default()
+        },
+        2_000,
+    );
+    let features = |stdout: &str, flag: &str| {
+        stdout
+            .lines()
+            .filter(|l| l.starts_with(r#"{"kind":"feature""#))
+            .filter(|l| l.contains(&format!(r#""key":"{flag}""#)))
+            .count()
+    };
+    let (stdout, stderr, ok) = run(
+        &[
+            "--full-events",
+            "flag-0=never",
+            "--full-events",
+            "flag-[12]=always",
+        ],
+        &input,
+    );
+    assert!(ok, "{stderr}");
+    assert_eq!(features(&stdout, "flag-0"), 0);
+    let evaluations = |flag: &str| -> u64 {
+        tally
+            .counters
+            .iter()
+            .filter(|((f, _, _), _)| f == flag)
+            .map(|(_, n)| n)
+            .sum()
+    };
+    assert_eq!(features(&stdout, "flag-1") as u64, evaluations("flag-1"));
+    assert_eq!(features(&stdout, "flag-2") as u64, evaluations("flag-2"));
+    // Summaries are never affected by full-event overrides.
+    assert_eq!(summary_tally(&stdout).counters, tally.counters);
+    let (_, stderr, ok) = run(&["--full-events", "flag-0=sometimes"], &input);
+    assert!(
+        !ok && stderr.contains("is not always, never or producer"),
+        "{stderr}"
+    );
+}

@@ -13,7 +13,7 @@
 //! `serde_json::to_vec` both round-trip to an equal [`Event`] (except that native JSON
 //! reads an optional JSON payload of `null` as absent).
 //!
-//! Avro is read and written by a direct codec for the fixed schema ([`wire`]), about
+//! Avro is read and written by a direct codec for the fixed schema (`wire`), about
 //! ten times faster than apache-avro's generic values; apache-avro parses the schema,
 //! computes its fingerprint, and is the tests' oracle for every byte.
 
