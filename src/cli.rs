@@ -66,7 +66,8 @@ pub struct SummarizeArgs {
     /// Data Export environment id, when the input carries none.
     #[arg(long, requires = "data_export")]
     pub environment: Option<String>,
-    /// Input files; `-` or none reads stdin.
+    /// Input files; `-` or none reads stdin. One record per line; `native-avro` records
+    /// base64-encoded.
     pub files: Vec<String>,
 }
 

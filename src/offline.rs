@@ -1,7 +1,8 @@
 //! Offline mode (`flagtally summarize`): the daemon's decode → window → emit stages over
 //! files instead of topics.
 //!
-//! Each line of an input is one record (as a Kafka record value would be); its position
+//! Each line of an input is one record (as a Kafka record value would be; binary
+//! `native-avro` records are written base64-encoded, one per line); its position
 //! is (file name, partition 0, line number), so ids are as deterministic as the daemon's.
 //! Every output record value goes to `out` as one NDJSON line; dead letters and late
 //! events (under the `dead-letter` policy) go to `diag` as JSON lines, followed by one
@@ -11,7 +12,9 @@ use std::io::{self, BufRead, Write};
 
 use serde_json::json;
 
-use crate::decode::{Decoded, Decoder};
+use base64::Engine as _;
+
+use crate::decode::{DecodeError, Decoded, Decoder, Dialect, Reason};
 use crate::emit::{Emitter, OutputKind, Record};
 use crate::window::{Engine, Output, PartitionId, SourcePos};
 
@@ -73,7 +76,18 @@ pub fn summarize<R: BufRead>(
             }
             report.records += 1;
             decoded.clear();
-            decoder.decode(record, &mut decoded);
+            if decoder.dialect() == Dialect::NativeAvro {
+                match base64::engine::general_purpose::STANDARD.decode(record) {
+                    Ok(bytes) => decoder.decode(&bytes, &mut decoded),
+                    Err(e) => decoded.errors.push(DecodeError::new(
+                        Dialect::NativeAvro,
+                        "",
+                        Reason::Invalid(format!("not a base64 line: {e}")),
+                    )),
+                }
+            } else {
+                decoder.decode(record, &mut decoded);
+            }
             for err in decoded.errors.drain(..) {
                 report.dead_letters += 1;
                 let line = json!({

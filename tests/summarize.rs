@@ -188,3 +188,33 @@ fn per_flag_overrides_turn_full_events_off_and_on() {
         "{stderr}"
     );
 }
+
+#[test]
+fn native_avro_records_are_read_as_base64_lines() {
+    use base64::Engine as _;
+    use flagtally::decode::{Decoded, Decoder, Dialect, Limits};
+    // Native JSON → canonical events → native Avro, one base64 line each.
+    let (json, tally) = generate(
+        GenConfig {
+            dialect: GenDialect::Native,
+            ..GenConfig::default()
+        },
+        500,
+    );
+    let decoder = Decoder::new(Dialect::Native, Limits::default());
+    let mut lines = String::new();
+    for line in std::str::from_utf8(&json).unwrap().lines() {
+        let mut d = Decoded::default();
+        decoder.decode(line.as_bytes(), &mut d);
+        for ev in &d.events {
+            let avro = flagtally::decode::native::encode_avro(ev);
+            lines.push_str(&base64::engine::general_purpose::STANDARD.encode(avro));
+            lines.push('\n');
+        }
+    }
+    lines.push_str("not base64!\n");
+    let (stdout, stderr, ok) = run(&["--dialect", "native-avro"], lines.as_bytes());
+    assert!(ok, "{stderr}");
+    assert_eq!(summary_tally(&stdout).counters, tally.counters);
+    assert!(stderr.contains("not a base64 line"), "{stderr}");
+}

@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# Test infrastructure for the broker-backed tests: installs (once, then reuses) and
+# runs the Kafka-compatible broker tansu on 127.0.0.1.
+#
+#   bash scripts/infra.sh install        build tansu 0.6.0 into the cache (12–15 min once)
+#   bash scripts/infra.sh start [NAME]   start a broker; prints `export FLAGTALLY_TEST_BROKER=…`
+#   bash scripts/infra.sh stop [NAME]    stop it
+#   bash scripts/infra.sh status [NAME]
+#
+# NAME (default "test") keeps several brokers apart. STORAGE=sqlite keeps data on disk so
+# a broker survives restarts (the broker-restart test needs that); the default is memory.
+# Everything lives under $FLAGTALLY_INFRA (default ~/.cache/flagtally), outside the
+# repository, so a fresh clone on the same machine reuses the build.
+set -euo pipefail
+
+INFRA="${FLAGTALLY_INFRA:-${XDG_CACHE_HOME:-$HOME/.cache}/flagtally}"
+TANSU_VERSION=0.6.0
+TANSU="$INFRA/tansu-$TANSU_VERSION/bin/tansu"
+cmd="${1:-status}"
+name="${2:-test}"
+run="$INFRA/run/$name"
+
+say() { printf 'infra: %s\n' "$*" >&2; }
+
+install_tansu() {
+  if [ -x "$TANSU" ]; then
+    return
+  fi
+  say "building tansu $TANSU_VERSION (once; 12–15 minutes on 2 cores)"
+  mkdir -p "$INFRA"
+  # The default features include no storage engine: name the ones we use.
+  cargo install tansu --version "$TANSU_VERSION" --locked \
+    --features dynostore,libsql --root "$INFRA/tansu-$TANSU_VERSION" --quiet
+}
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+}
+
+# Waits until the broker accepts TCP connections and answers an ApiVersions request.
+wait_ready() {
+  local port=$1 deadline=$((SECONDS + 60))
+  while [ $SECONDS -lt $deadline ]; do
+    if python3 - "$port" <<'PY' 2>/dev/null; then
+import socket, struct, sys
+port = int(sys.argv[1])
+s = socket.create_connection(("127.0.0.1", port), timeout=2)
+client = b"flagtally-infra"
+# ApiVersions v0: api_key 18, version 0, correlation id 1, client id.
+body = struct.pack(">hhih", 18, 0, 1, len(client)) + client
+s.sendall(struct.pack(">i", len(body)) + body)
+size = struct.unpack(">i", s.recv(4))[0]
+assert size > 0
+PY
+      return 0
+    fi
+    sleep 0.5
+  done
+  return 1
+}
+
+start() {
+  install_tansu
+  mkdir -p "$run"
+  if [ -f "$run/pid" ] && kill -0 "$(cat "$run/pid")" 2>/dev/null; then
+    say "broker '$name' already running on $(cat "$run/port")"
+  else
+    local port storage
+    port=$(free_port)
+    case "${STORAGE:-memory}" in
+      memory) storage="memory://tansu/" ;;
+      sqlite) storage="sqlite://$run/tansu.db" ;;
+      *) say "STORAGE must be memory or sqlite"; exit 2 ;;
+    esac
+    (cd "$run" && nohup "$TANSU" broker \
+      --listener-url "tcp://127.0.0.1:$port" \
+      --advertised-listener-url "tcp://127.0.0.1:$port" \
+      --storage-engine "$storage" >"$run/broker.log" 2>&1 &
+      echo $! >"$run/pid")
+    echo "$port" >"$run/port"
+    if ! wait_ready "$port"; then
+      say "broker did not answer within 60 s; log: $run/broker.log"
+      tail -20 "$run/broker.log" >&2 || true
+      exit 1
+    fi
+    say "broker '$name' ready on 127.0.0.1:$port (pid $(cat "$run/pid"))"
+  fi
+  echo "export FLAGTALLY_TEST_BROKER=127.0.0.1:$(cat "$run/port")"
+}
+
+stop() {
+  if [ -f "$run/pid" ]; then
+    kill "$(cat "$run/pid")" 2>/dev/null || true
+    rm -f "$run/pid"
+    say "broker '$name' stopped"
+  fi
+}
+
+case "$cmd" in
+  install) install_tansu ;;
+  start) start ;;
+  stop) stop ;;
+  status)
+    if [ -f "$run/pid" ] && kill -0 "$(cat "$run/pid")" 2>/dev/null; then
+      echo "running on 127.0.0.1:$(cat "$run/port")"
+    else
+      echo "stopped"
+    fi
+    ;;
+  *) say "usage: infra.sh install|start|stop|status [NAME]"; exit 2 ;;
+esac
