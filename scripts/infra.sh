@@ -6,6 +6,10 @@
 #   bash scripts/infra.sh start [NAME]   start a broker; prints `export FLAGTALLY_TEST_BROKER=…`
 #   bash scripts/infra.sh stop [NAME]    stop it
 #   bash scripts/infra.sh status [NAME]
+#   bash scripts/infra.sh python         a venv with the independent clients tests use
+#                                        (confluent-kafka); prints its python path
+#   bash scripts/infra.sh smoke          start a broker, produce and consume one record
+#                                        with confluent-kafka, stop it
 #
 # NAME (default "test") keeps several brokers apart. STORAGE=sqlite keeps data on disk so
 # a broker survives restarts (the broker-restart test needs that); the default is memory.
@@ -20,7 +24,52 @@ cmd="${1:-status}"
 name="${2:-test}"
 run="$INFRA/run/$name"
 
+VENV="$INFRA/venv"
+
 say() { printf 'infra: %s\n' "$*" >&2; }
+
+python_env() {
+  if [ ! -x "$VENV/bin/python" ]; then
+    say "creating the test venv (once)"
+    python3 -m venv "$VENV"
+  fi
+  if ! "$VENV/bin/python" -c 'import confluent_kafka' 2>/dev/null; then
+    "$VENV/bin/pip" install --quiet confluent-kafka
+  fi
+  echo "$VENV/bin/python"
+}
+
+smoke() {
+  local py broker topic
+  py=$(python_env)
+  broker=$(start | sed 's/^export FLAGTALLY_TEST_BROKER=//')
+  topic="smoke-$$-$RANDOM"
+  "$py" - "$broker" "$topic" <<'PY'
+import sys, time
+from confluent_kafka import Consumer, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+broker, topic = sys.argv[1], sys.argv[2]
+admin = AdminClient({"bootstrap.servers": broker})
+admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])[topic].result(30)
+p = Producer({"bootstrap.servers": broker, "enable.idempotence": True})
+p.produce(topic, key=b"k", value=b'{"kind":"feature"}')
+assert p.flush(30) == 0, "produce not acknowledged"
+c = Consumer({"bootstrap.servers": broker, "group.id": topic, "auto.offset.reset": "earliest"})
+c.subscribe([topic])
+deadline = time.time() + 60
+while time.time() < deadline:
+    m = c.poll(1.0)
+    if m is not None and m.error() is None:
+        assert m.value() == b'{"kind":"feature"}'
+        c.commit(m, asynchronous=False)
+        print(f"smoke: produced, consumed and committed one record on {topic} via {broker}")
+        break
+else:
+    sys.exit("smoke: nothing consumed within 60 s")
+c.close()
+PY
+  stop
+}
 
 install_tansu() {
   if [ -x "$TANSU" ]; then
@@ -72,11 +121,13 @@ start() {
       sqlite) storage="sqlite://$run/tansu.db" ;;
       *) say "STORAGE must be memory or sqlite"; exit 2 ;;
     esac
-    (cd "$run" && nohup "$TANSU" broker \
+    # Started directly (no subshell around it), every stream redirected: nothing may
+    # hold the caller's stdout open, or `$(infra.sh start)` would never return.
+    nohup "$TANSU" broker \
       --listener-url "tcp://127.0.0.1:$port" \
       --advertised-listener-url "tcp://127.0.0.1:$port" \
-      --storage-engine "$storage" >"$run/broker.log" 2>&1 &
-      echo $! >"$run/pid")
+      --storage-engine "$storage" </dev/null >"$run/broker.log" 2>&1 &
+    echo $! >"$run/pid"
     echo "$port" >"$run/port"
     if ! wait_ready "$port"; then
       say "broker did not answer within 60 s; log: $run/broker.log"
@@ -100,6 +151,8 @@ case "$cmd" in
   install) install_tansu ;;
   start) start ;;
   stop) stop ;;
+  python) python_env ;;
+  smoke) smoke ;;
   status)
     if [ -f "$run/pid" ] && kill -0 "$(cat "$run/pid")" 2>/dev/null; then
       echo "running on 127.0.0.1:$(cat "$run/port")"
@@ -107,5 +160,5 @@ case "$cmd" in
       echo "stopped"
     fi
     ;;
-  *) say "usage: infra.sh install|start|stop|status [NAME]"; exit 2 ;;
+  *) say "usage: infra.sh install|start|stop|status|python|smoke [NAME]"; exit 2 ;;
 esac
