@@ -419,6 +419,32 @@ pub struct Evaluation {
     pub meta: Option<Json>,
 }
 
+impl Evaluation {
+    /// An evaluation of `flag_key` with every optional field empty: no variation or
+    /// version, a `null` value, nothing tracked. Fill the rest with struct update syntax.
+    pub fn new(flag_key: &str, context: Contexts, creation_date: EventTime) -> Self {
+        Self {
+            scope: Scope::default(),
+            flag_key: flag_key.into(),
+            variation: None,
+            version: None,
+            value: Json::null(),
+            default: None,
+            context,
+            creation_date,
+            reason: None,
+            in_experiment: false,
+            prereq_of: None,
+            track_events: None,
+            debug_events_until_date: None,
+            sampling_ratio: None,
+            exclude_from_summaries: false,
+            debug: false,
+            meta: None,
+        }
+    }
+}
+
 /// A custom, tracking or metric event.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

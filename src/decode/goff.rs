@@ -561,25 +561,11 @@ mod tests {
     }
 
     fn evaluation(flag: &str, user: &str, ms: i64) -> Evaluation {
-        Evaluation {
-            scope: Scope::default(),
-            flag_key: flag.into(),
-            variation: None,
-            version: None,
-            value: Json::null(),
-            default: None,
-            context: Contexts::single("user", user),
-            creation_date: EventTime::from_millis(ms),
-            reason: None,
-            in_experiment: false,
-            prereq_of: None,
-            track_events: None,
-            debug_events_until_date: None,
-            sampling_ratio: None,
-            exclude_from_summaries: false,
-            debug: false,
-            meta: None,
-        }
+        Evaluation::new(
+            flag,
+            Contexts::single("user", user),
+            EventTime::from_millis(ms),
+        )
     }
 
     const FEATURE: &str = r#"{"kind":"feature","contextKind":"anonymousUser","userKey":"EFGH","creationDate":1617970701,

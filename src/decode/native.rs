@@ -1510,25 +1510,11 @@ pub(crate) mod tests {
     /// One event of every variant, plus the awkward cases: names and string versions,
     /// nothing optional, multi-contexts, a zero metric, unicode.
     pub(crate) fn events() -> Vec<Event> {
-        let minimal = Evaluation {
-            scope: Scope::default(),
-            flag_key: "f".into(),
-            variation: None,
-            version: None,
-            value: Json::null(),
-            default: None,
-            context: Contexts::single("user", "u"),
-            creation_date: EventTime::from_millis(0),
-            reason: None,
-            in_experiment: false,
-            prereq_of: None,
-            track_events: None,
-            debug_events_until_date: None,
-            sampling_ratio: None,
-            exclude_from_summaries: false,
-            debug: false,
-            meta: None,
-        };
+        let minimal = Evaluation::new(
+            "f",
+            Contexts::single("user", "u"),
+            EventTime::from_millis(0),
+        );
         let named = Evaluation {
             variation: Some(VariationRef::Name("Variation ✓".into())),
             version: Some(FlagVersion::Str("127".into())),

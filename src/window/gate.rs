@@ -220,28 +220,18 @@ pub fn sampled_in(ratio: Option<u64>, pos: &SourcePos) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{Contexts, EventTime, Json, Scope};
+    use crate::event::{Contexts, EventTime};
     use crate::window::PartitionId;
 
     fn ev(flag: &str, track: Option<bool>) -> Evaluation {
         Evaluation {
-            scope: Scope::default(),
-            flag_key: flag.into(),
-            variation: None,
             version: Some(crate::event::FlagVersion::Int(1)),
-            value: Json::null(),
-            default: None,
-            context: Contexts::single("user", "u"),
-            creation_date: EventTime::from_millis(100),
-            reason: None,
-            in_experiment: false,
-            prereq_of: None,
             track_events: track,
-            debug_events_until_date: None,
-            sampling_ratio: None,
-            exclude_from_summaries: false,
-            debug: false,
-            meta: None,
+            ..Evaluation::new(
+                flag,
+                Contexts::single("user", "u"),
+                EventTime::from_millis(100),
+            )
         }
     }
 

@@ -13,23 +13,16 @@ const SEC: i64 = 1000;
 
 fn eval(flag: &str, variation: Option<u32>, version: Option<i64>, t: i64) -> Evaluation {
     Evaluation {
-        scope: Scope::default(),
-        flag_key: flag.into(),
         variation: variation.map(VariationRef::Index),
         version: version.map(FlagVersion::Int),
         value: Json::parse(&format!("\"v{}\"", variation.map_or(-1, i64::from))).unwrap(),
         default: Some(Json::string("dflt")),
-        context: Contexts::single("user", "u1"),
-        creation_date: EventTime::from_millis(t),
-        reason: None,
-        in_experiment: false,
-        prereq_of: None,
         track_events: Some(false),
-        debug_events_until_date: None,
-        sampling_ratio: None,
-        exclude_from_summaries: false,
-        debug: false,
-        meta: None,
+        ..Evaluation::new(
+            flag,
+            Contexts::single("user", "u1"),
+            EventTime::from_millis(t),
+        )
     }
 }
 
