@@ -808,6 +808,7 @@ mod tests {
             reason: CloseReason::Early,
             part: 1,
             first_offset: 7,
+            first_index: 0,
         }
     }
 

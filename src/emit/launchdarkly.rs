@@ -429,6 +429,7 @@ mod tests {
             reason: CloseReason::Watermark,
             part: 0,
             first_offset: 0,
+            first_index: 0,
         })
     }
 

@@ -323,8 +323,10 @@ pub fn record_id(out: &Output) -> Uuid {
             field(&[u8::from(s.late)]);
             field(&s.part.to_le_bytes());
             if s.late {
-                // Several corrections of one window are told apart by where they start.
+                // Several corrections of one window are told apart by where they start
+                // (a record holding a batch can start two).
                 field(&s.first_offset.to_le_bytes());
+                field(&s.first_index.to_le_bytes());
             }
         }
         other => {

@@ -7,13 +7,19 @@
 //! - one watermark per input partition: highest event time seen − allowed lateness; a
 //!   window closes when the watermark reaches its end, and an event whose window has
 //!   closed is late (→ [`LatePolicy`]);
-//! - a partition with no records for `idle_timeout` of wall-clock time is idle: its
-//!   open windows close at once and its watermark then moves with the wall clock, so
-//!   windows close even when traffic stops;
-//! - memory is bounded by `max_open_windows` (per partition) and `max_keys` (distinct
-//!   flag × variation × version counters across all open windows); hitting a cap closes
-//!   the partition's oldest window early (flagged, counted), never drops counts;
-//! - the same events with the same ticks yield the same outputs, in the same order.
+//! - a partition with no records for `idle_timeout` of wall-clock time is idle: all its
+//!   open windows close at once (their end becomes its watermark), so windows close
+//!   even when traffic stops. The watermark does not otherwise follow the wall clock:
+//!   where an event is counted must depend on the input alone (replay, below);
+//! - memory is bounded by `max_open_windows` and `max_keys` (distinct flag × variation
+//!   × version counters in open windows), both per partition; hitting a cap closes the
+//!   partition's oldest window early (flagged, counted), never drops counts;
+//! - the same events with the same ticks yield the same outputs, in the same order;
+//! - recovery: [`Engine::checkpoint`] describes a partition's state after some offset
+//!   in a few numbers (watermark, and which accumulators are open since where);
+//!   [`Engine::restore`] plus re-reading from [`Checkpoint::replay_from`] rebuilds
+//!   exactly that state, emitting nothing for the re-read part; from the checkpoint's
+//!   offset on, outputs are the same as the first run's, byte for byte.
 
 mod gate;
 mod index;
@@ -115,6 +121,59 @@ pub struct Counts {
     pub debug_events: u64,
     pub sampled_out: u64,
     pub index_events: u64,
+    /// Events re-read to rebuild open windows after a restart or rebalance.
+    pub replayed: u64,
+}
+
+/// An accumulator open at a checkpoint: which window, and from which input position
+/// on it counts events.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AccMark {
+    pub window_start: i64,
+    /// A late correction rather than the window's regular summary.
+    pub late: bool,
+    pub part: u32,
+    /// (offset, index within the record) of the first event it counted.
+    pub first: (i64, u32),
+}
+
+/// A partition's engine state after every record before `next_offset`, small enough to
+/// travel as Kafka commit metadata (see `pipeline::checkpoint` for the encoding).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Checkpoint {
+    pub next_offset: i64,
+    pub max_time: Option<i64>,
+    pub watermark: Option<i64>,
+    /// The partition is idle at `next_offset`: its windows are (or are to be) closed.
+    pub idle: bool,
+    pub open: Vec<AccMark>,
+    /// Next part numbers of windows closed early and not yet passed by the watermark.
+    pub next_part: Vec<(i64, u32)>,
+}
+
+impl Checkpoint {
+    /// A partition never processed before: start at `next_offset` with nothing open.
+    pub fn fresh(next_offset: i64) -> Self {
+        Self {
+            next_offset,
+            max_time: None,
+            watermark: None,
+            idle: false,
+            open: Vec::new(),
+            next_part: Vec::new(),
+        }
+    }
+
+    /// Where re-reading must start: the first position any open accumulator counted,
+    /// or `next_offset` when nothing is open. This is the offset to commit.
+    pub fn replay_from(&self) -> i64 {
+        self.open
+            .iter()
+            .map(|m| m.first.0)
+            .min()
+            .unwrap_or(self.next_offset)
+            .min(self.next_offset)
+    }
 }
 
 #[derive(Debug)]
@@ -129,6 +188,11 @@ struct PartitionState {
     /// Next part number of windows closed early whose end the watermark has not reached.
     next_part: BTreeMap<i64, u32>,
     index: IndexCache,
+    /// Distinct keys held in this partition's open windows and corrections.
+    keys: usize,
+    index_on: bool,
+    /// Set while re-reading input that was already processed (see [`Checkpoint`]).
+    replay: Option<Checkpoint>,
 }
 
 /// Settings and totals shared by all partitions.
@@ -169,6 +233,7 @@ impl Shared {
 impl PartitionState {
     fn new(cfg: &IndexConfig) -> Self {
         Self {
+            index_on: cfg.enabled,
             max_time: i64::MIN,
             watermark: i64::MIN,
             last_activity: i64::MIN,
@@ -177,6 +242,8 @@ impl PartitionState {
             corrections: BTreeMap::new(),
             next_part: BTreeMap::new(),
             index: IndexCache::new(cfg.capacity, cfg.flush_interval_ms),
+            keys: 0,
+            replay: None,
         }
     }
 
@@ -229,18 +296,22 @@ impl PartitionState {
         if let Some((start, acc)) = self.open.pop_first() {
             self.next_part.insert(start, acc.part + 1);
             shared.counts.early_closes += 1;
+            self.keys -= acc.keys;
             shared.close(acc, pid, false, CloseReason::Early, out);
         }
     }
 
-    /// After counting: keeps the distinct-key cap.
+    /// After counting: keeps the distinct-key cap. The cap is per partition so that
+    /// where a window closes early depends only on the partition's own input, never on
+    /// how partitions interleave: a replay must split windows exactly as the first run.
     fn enforce_key_cap(&mut self, shared: &mut Shared, pid: &PartitionId, out: &mut Vec<Output>) {
-        while shared.keys > shared.window.max_keys && !self.open.is_empty() {
+        while self.keys > shared.window.max_keys && !self.open.is_empty() {
             self.close_oldest_early(shared, pid, out);
         }
-        if shared.keys > shared.window.max_keys {
+        if self.keys > shared.window.max_keys {
             for (_, acc) in std::mem::take(&mut self.corrections) {
                 shared.counts.early_closes += 1;
+                self.keys -= acc.keys;
                 shared.close(acc, pid, true, CloseReason::Early, out);
             }
         }
@@ -278,6 +349,7 @@ impl PartitionState {
                 break;
             }
             let acc = entry.remove();
+            self.keys -= acc.keys;
             shared.close(acc, pid, false, reason, out);
             closed_any = true;
         }
@@ -291,6 +363,7 @@ impl PartitionState {
 
     fn close_corrections(&mut self, shared: &mut Shared, pid: &PartitionId, out: &mut Vec<Output>) {
         for (_, acc) in std::mem::take(&mut self.corrections) {
+            self.keys -= acc.keys;
             shared.close(acc, pid, true, CloseReason::Watermark, out);
         }
     }
@@ -307,6 +380,7 @@ impl PartitionState {
             .last_key_value()
             .map(|(_, a)| a.window.end.as_millis());
         for (_, acc) in std::mem::take(&mut self.open) {
+            self.keys -= acc.keys;
             shared.close(acc, pid, false, reason, out);
         }
         if let Some(end) = newest_end {
@@ -340,11 +414,103 @@ impl PartitionState {
         }
     }
 
+    /// Replays one already-processed event: counts it into the accumulator it went to
+    /// the first time (the one open since at or before its position), feeds the index
+    /// cache, and emits nothing.
+    fn replay_push(&mut self, shared: &mut Shared, pos: &SourcePos, event: &Event) {
+        let at = (pos.offset, pos.index);
+        let index_on = self.index_on;
+        match event {
+            Event::Evaluation(ev) => {
+                let t = ev.creation_date;
+                if index_on && !ev.debug {
+                    self.index
+                        .first_sighting(ev.context.fully_qualified_key(), t.as_millis());
+                }
+                if ev.debug || ev.exclude_from_summaries {
+                    return;
+                }
+                if let Some(acc) = self.replay_acc(shared, t, at) {
+                    let new = acc.add_evaluation(ev, at);
+                    shared.keys += new;
+                    self.keys += new;
+                }
+            }
+            Event::Summary(s) => {
+                if let Some(acc) = self.replay_acc(shared, s.end_date, at) {
+                    let new = acc.add_summary(s, at);
+                    shared.keys += new;
+                    self.keys += new;
+                }
+            }
+            Event::Custom(c) if index_on => {
+                self.index
+                    .first_sighting(c.context.fully_qualified_key(), c.creation_date.as_millis());
+            }
+            Event::Identify(e) => {
+                self.index
+                    .first_sighting(e.context.fully_qualified_key(), e.creation_date.as_millis());
+            }
+            Event::Index(e) => {
+                self.index
+                    .first_sighting(e.context.fully_qualified_key(), e.creation_date.as_millis());
+            }
+            Event::Custom(_) | Event::PassThrough(_) => {}
+        }
+    }
+
+    fn replay_acc(
+        &mut self,
+        shared: &Shared,
+        t: EventTime,
+        at: (i64, u32),
+    ) -> Option<&mut WindowAcc> {
+        let start = shared.window_of(t).start.as_millis();
+        let since = |late: bool| {
+            self.replay.as_ref().and_then(|cp| {
+                cp.open
+                    .iter()
+                    .find(|m| m.window_start == start && m.late == late)
+                    .map(|m| m.first)
+            })
+        };
+        if since(false).is_some_and(|first| first <= at) {
+            return self.open.get_mut(&start);
+        }
+        if since(true).is_some_and(|first| first <= at) {
+            return self.corrections.get_mut(&start);
+        }
+        None
+    }
+
+    /// Takes over the checkpoint's watermark and idle state once the re-read part is
+    /// done; a checkpoint taken as the partition went idle closes its windows now,
+    /// exactly as the first run did.
+    fn finish_replay(
+        &mut self,
+        shared: &mut Shared,
+        pid: &PartitionId,
+        now_ms: i64,
+        out: &mut Vec<Output>,
+    ) {
+        let Some(cp) = self.replay.take() else {
+            return;
+        };
+        self.max_time = cp.max_time.unwrap_or(i64::MIN);
+        self.watermark = cp.watermark.unwrap_or(i64::MIN);
+        self.next_part = cp.next_part.iter().copied().collect();
+        self.last_activity = now_ms;
+        if cp.idle {
+            self.idle_mark = Some(now_ms);
+            self.close_all(shared, pid, CloseReason::Idle, out);
+        }
+    }
+
     fn replay_start(&self) -> Option<i64> {
         self.open
             .values()
             .chain(self.corrections.values())
-            .map(|a| a.first_offset)
+            .map(|a| a.first.0)
             .min()
     }
 }
@@ -419,6 +585,14 @@ impl Engine {
                 .entry(pid.clone())
                 .or_insert_with(|| PartitionState::new(index)),
         };
+        if let Some(cp) = &st.replay {
+            if pos.offset < cp.next_offset {
+                shared.counts.replayed += 1;
+                st.replay_push(shared, pos, &event);
+                return;
+            }
+            st.finish_replay(shared, pid, now_ms, out);
+        }
         st.last_activity = now_ms;
         st.idle_mark = None;
         shared.counts.events += 1;
@@ -438,7 +612,9 @@ impl Engine {
                     let w = shared.window_of(t);
                     match st.acc_for(shared, pid, w, out) {
                         Some(acc) => {
-                            shared.keys += acc.add_evaluation(&ev, pos.offset);
+                            let new = acc.add_evaluation(&ev, (pos.offset, pos.index));
+                            shared.keys += new;
+                            st.keys += new;
                             shared.counts.evaluations_counted += 1;
                             st.enforce_key_cap(shared, pid, out);
                         }
@@ -480,7 +656,9 @@ impl Engine {
                 let w = shared.window_of(t);
                 match st.acc_for(shared, pid, w, out) {
                     Some(acc) => {
-                        shared.keys += acc.add_summary(&s, pos.offset);
+                        let new = acc.add_summary(&s, (pos.offset, pos.index));
+                        shared.keys += new;
+                        st.keys += new;
                         st.enforce_key_cap(shared, pid, out);
                     }
                     None if shared.window.late_policy == LatePolicy::DeadLetter => {
@@ -556,23 +734,120 @@ impl Engine {
             if now_ms.saturating_sub(st.last_activity) < idle_after {
                 continue;
             }
-            match st.idle_mark {
-                None => {
-                    st.idle_mark = Some(now_ms);
-                    st.close_all(&mut self.shared, &pid, CloseReason::Idle, out);
-                }
-                Some(mark) => {
-                    st.watermark = st.watermark.saturating_add(now_ms - mark);
-                    st.idle_mark = Some(now_ms);
-                    st.close_ready(&mut self.shared, &pid, CloseReason::Idle, out);
-                }
+            if st.idle_mark.is_none() && st.replay.is_none() {
+                st.idle_mark = Some(now_ms);
+                st.close_all(&mut self.shared, &pid, CloseReason::Idle, out);
             }
         }
+    }
+
+    /// The partitions that [`Engine::tick`] at `now_ms` would find newly idle, sorted.
+    /// A caller that must record the decision before acting on it (a checkpoint with
+    /// `idle: true`) asks here first.
+    pub fn idle_due(&self, now_ms: i64) -> Vec<PartitionId> {
+        let Some(idle_after) = self.shared.window.idle_timeout_ms else {
+            return Vec::new();
+        };
+        let mut due: Vec<PartitionId> = self
+            .partitions
+            .iter()
+            .filter(|(_, st)| {
+                st.idle_mark.is_none()
+                    && st.replay.is_none()
+                    && now_ms.saturating_sub(st.last_activity) >= idle_after
+            })
+            .map(|(pid, _)| pid.clone())
+            .collect();
+        due.sort();
+        due
+    }
+
+    /// The state of a partition after every record before `next_offset` was pushed.
+    /// `idle` records that the partition goes idle at this point: its open windows
+    /// close (see [`Engine::idle_due`]). While the partition is still replaying, the
+    /// checkpoint it was restored from is returned unchanged.
+    pub fn checkpoint(&self, pid: &PartitionId, next_offset: i64, idle: bool) -> Checkpoint {
+        let Some(st) = self.partitions.get(pid) else {
+            return Checkpoint::fresh(next_offset);
+        };
+        if let Some(cp) = &st.replay {
+            return cp.clone();
+        }
+        let mark = |late: bool| {
+            move |(start, acc): (&i64, &WindowAcc)| AccMark {
+                window_start: *start,
+                late,
+                part: acc.part,
+                first: acc.first,
+            }
+        };
+        Checkpoint {
+            next_offset,
+            max_time: (st.max_time != i64::MIN).then_some(st.max_time),
+            watermark: (st.watermark != i64::MIN).then_some(st.watermark),
+            idle: idle || st.idle_mark.is_some(),
+            open: st
+                .open
+                .iter()
+                .map(mark(false))
+                .chain(st.corrections.iter().map(mark(true)))
+                .collect(),
+            next_part: st.next_part.iter().map(|(s, p)| (*s, *p)).collect(),
+        }
+    }
+
+    /// Starts a partition from a checkpoint: records from [`Checkpoint::replay_from`] up
+    /// to `next_offset` rebuild its open windows and emit nothing; the first record at
+    /// or after `next_offset` (or [`Engine::finish_replay`]) resumes normal output.
+    pub fn restore(
+        &mut self,
+        pid: &PartitionId,
+        cp: Checkpoint,
+        now_ms: i64,
+        out: &mut Vec<Output>,
+    ) {
+        self.revoke(pid);
+        let mut st = PartitionState::new(&self.index);
+        for m in &cp.open {
+            let w = Window {
+                start: EventTime::from_millis(m.window_start),
+                end: EventTime::from_millis(m.window_start + self.shared.window.size_ms),
+            };
+            let acc = WindowAcc::new(w, m.part);
+            if m.late {
+                st.corrections.insert(m.window_start, acc);
+            } else {
+                st.open.insert(m.window_start, acc);
+            }
+        }
+        let nothing_to_replay = cp.replay_from() >= cp.next_offset;
+        st.replay = Some(cp);
+        if nothing_to_replay {
+            st.finish_replay(&mut self.shared, pid, now_ms, out);
+        }
+        self.partitions.insert(pid.clone(), st);
+    }
+
+    /// Ends a partition's replay now (its input ends before the checkpoint's
+    /// `next_offset`, e.g. the consumer reached the end of the partition).
+    pub fn finish_replay(&mut self, pid: &PartitionId, now_ms: i64, out: &mut Vec<Output>) {
+        if let Some(st) = self.partitions.get_mut(pid) {
+            st.finish_replay(&mut self.shared, pid, now_ms, out);
+        }
+    }
+
+    /// True while a partition re-reads input it had already processed.
+    pub fn is_replaying(&self, pid: &PartitionId) -> bool {
+        self.partitions
+            .get(pid)
+            .is_some_and(|st| st.replay.is_some())
     }
 
     /// Closes everything a partition holds (end of input, shutdown).
     pub fn flush_partition(&mut self, pid: &PartitionId, out: &mut Vec<Output>) {
         if let Some(st) = self.partitions.get_mut(pid) {
+            let now = st.last_activity;
+            st.finish_replay(&mut self.shared, pid, now, out);
             st.close_all(&mut self.shared, pid, CloseReason::Flush, out);
         }
     }

@@ -105,6 +105,8 @@ pub struct ClosedSummary {
     pub part: u32,
     /// Lowest input offset counted in this summary (for replay bookkeeping).
     pub first_offset: i64,
+    /// Index, within the record at `first_offset`, of the first event counted.
+    pub first_index: u32,
 }
 
 /// Everything the engine emits, in the order it must be produced.

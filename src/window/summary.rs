@@ -87,8 +87,8 @@ pub(crate) struct WindowAcc {
     flags: FxHashMap<Scope, FxHashMap<CompactString, FlagAcc>>,
     /// Distinct (flag, variation, version) keys held.
     pub keys: usize,
-    /// Lowest input offset counted.
-    pub first_offset: i64,
+    /// Lowest input position (offset, index within the record) counted.
+    pub first: (i64, u32),
     /// The part number this accumulator will close as (see [`ClosedSummary::part`]).
     pub part: u32,
 }
@@ -99,7 +99,7 @@ impl WindowAcc {
             window,
             flags: FxHashMap::default(),
             keys: 0,
-            first_offset: i64::MAX,
+            first: (i64::MAX, u32::MAX),
             part,
         }
     }
@@ -119,8 +119,8 @@ impl WindowAcc {
     }
 
     /// Counts one evaluation. Returns how many new distinct keys it created (0 or 1).
-    pub fn add_evaluation(&mut self, ev: &Evaluation, offset: i64) -> usize {
-        self.first_offset = self.first_offset.min(offset);
+    pub fn add_evaluation(&mut self, ev: &Evaluation, at: (i64, u32)) -> usize {
+        self.first = self.first.min(at);
         let t = ev.creation_date.as_millis();
         let flag = self.flag(&ev.scope, &ev.flag_key);
         if flag.counters.is_empty() && flag.default.is_none() {
@@ -144,8 +144,8 @@ impl WindowAcc {
     }
 
     /// Merges an input summary (re-aggregation). Returns the new distinct keys.
-    pub fn add_summary(&mut self, s: &Summary, offset: i64) -> usize {
-        self.first_offset = self.first_offset.min(offset);
+    pub fn add_summary(&mut self, s: &Summary, at: (i64, u32)) -> usize {
+        self.first = self.first.min(at);
         let mut new = 0;
         for f in &s.features {
             let flag = self.flag(&s.scope, &f.key);
@@ -205,7 +205,8 @@ impl WindowAcc {
                     late,
                     reason,
                     part: self.part,
-                    first_offset: self.first_offset,
+                    first_offset: self.first.0,
+                    first_index: self.first.1,
                 });
             }
         }
