@@ -30,6 +30,55 @@ pub enum Command {
     /// identify, custom, pass-through), in LaunchDarkly's shapes; dead letters, late
     /// events and a one-line count report go to stderr. All windows close at the end.
     Summarize(SummarizeArgs),
+    /// Run the processor: consume the input topics as a consumer group, write the
+    /// output topics. SIGTERM/SIGINT drain and exit 0; a second signal exits at once
+    /// with code 2.
+    Run(RunArgs),
+    /// Write generated raw evaluation records to a topic (load generator); prints the
+    /// exact tally a correct processor must count, as JSON, with `--tally`.
+    Gen(GenArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The configuration file (TOML).
+    #[arg(long, short, env = "FLAGTALLY_CONFIG")]
+    pub config: std::path::PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct GenArgs {
+    /// Broker list (`bootstrap.servers`).
+    #[arg(long, default_value = "127.0.0.1:9092")]
+    pub brokers: String,
+    #[arg(long)]
+    pub topic: String,
+    /// How many records to write.
+    #[arg(long, default_value_t = 100_000)]
+    pub count: u64,
+    #[arg(long, value_enum, default_value_t = crate::generate::GenDialect::Launchdarkly)]
+    pub dialect: crate::generate::GenDialect,
+    #[arg(long, default_value_t = 20)]
+    pub flags: u32,
+    #[arg(long, default_value_t = 1000)]
+    pub contexts: u32,
+    /// Event-time step between records, in ms.
+    #[arg(long, default_value_t = 1)]
+    pub step_ms: i64,
+    /// Event time of the first record, in ms since the epoch (default: a fixed date).
+    #[arg(long)]
+    pub start_ms: Option<i64>,
+    /// One record in N is malformed (0: none).
+    #[arg(long, default_value_t = 0)]
+    pub malformed_one_in: u64,
+    /// One evaluation in N is tracked (full-fidelity) (0: none).
+    #[arg(long, default_value_t = 10)]
+    pub tracked_one_in: u64,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Print the tally as JSON on stdout when done.
+    #[arg(long)]
+    pub tally: bool,
 }
 
 #[derive(Debug, Args)]
@@ -113,12 +162,12 @@ impl SummarizeArgs {
     }
 }
 
-fn millis(d: Duration) -> i64 {
+pub(crate) fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// `FLAGS=always|never|producer[:N]`.
-fn parse_override(s: &str) -> Result<Override, String> {
+pub(crate) fn parse_override(s: &str) -> Result<Override, String> {
     let (flags, mode) = s
         .split_once('=')
         .ok_or_else(|| format!("{s:?}: expected FLAGS=always|never|producer[:N]"))?;
@@ -158,7 +207,7 @@ pub fn duration(s: &str) -> Result<Duration, String> {
 }
 
 /// A duration that may be negative (`-2h`), in milliseconds.
-fn signed_duration(s: &str) -> Result<i64, String> {
+pub(crate) fn signed_duration(s: &str) -> Result<i64, String> {
     let (sign, rest) = match s.strip_prefix('-') {
         Some(rest) => (-1, rest),
         None => (1, s),

@@ -16,9 +16,13 @@
 //! passed in, and outputs are returned, so the same input always yields the same bytes.
 
 pub mod cli;
+pub mod config;
 pub mod decode;
 pub mod emit;
 pub mod event;
 pub mod generate;
 pub mod offline;
+pub mod pipeline;
+pub mod sink;
+pub mod source;
 pub mod window;

@@ -345,3 +345,19 @@ pub fn record_id(out: &Output) -> Uuid {
     }
     Uuid::new_v8(h.digest128().to_be_bytes())
 }
+
+/// The deterministic id of a dead letter: the input record it carries.
+pub fn dead_letter_id(topic: &str, partition: i32, offset: i64) -> Uuid {
+    let mut h = Xxh3::new();
+    for bytes in [
+        b"flagtally/1".as_slice(),
+        b"dead-letter",
+        topic.as_bytes(),
+        &partition.to_le_bytes(),
+        &offset.to_le_bytes(),
+    ] {
+        h.update(&(bytes.len() as u64).to_le_bytes());
+        h.update(bytes);
+    }
+    Uuid::new_v8(h.digest128().to_be_bytes())
+}

@@ -741,6 +741,18 @@ impl Engine {
         }
     }
 
+    /// Makes one partition idle now, closing its open windows (what [`Engine::tick`]
+    /// does to each partition in [`Engine::idle_due`]).
+    pub fn go_idle(&mut self, pid: &PartitionId, now_ms: i64, out: &mut Vec<Output>) {
+        if let Some(st) = self.partitions.get_mut(pid)
+            && st.idle_mark.is_none()
+            && st.replay.is_none()
+        {
+            st.idle_mark = Some(now_ms);
+            st.close_all(&mut self.shared, pid, CloseReason::Idle, out);
+        }
+    }
+
     /// The partitions that [`Engine::tick`] at `now_ms` would find newly idle, sorted.
     /// A caller that must record the decision before acting on it (a checkpoint with
     /// `idle: true`) asks here first.

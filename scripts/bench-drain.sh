@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# End-to-end drain benchmark (a script, not a test): preload N events into a topic on a
+# local tansu broker, let flagtally drain them (summary-only output), and in the same
+# run let a no-op librdkafka consumer drain the same topic. Prints wall-clock events/s
+# and events per CPU-second of each process, and the ratio (target: flagtally ≥ 0.5 ×
+# the no-op consumer, summary-only; ≥ 0.35 × with full-fidelity output: FULL=1).
+#
+#   bash scripts/bench-drain.sh [N]      (default 1000000)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+N="${1:-1000000}"
+PARTS="${PARTS:-4}"
+cargo build --release --quiet --bin flagtally --bench noop_consumer
+BIN=target/release/flagtally
+NOOP=$(ls -t target/release/deps/noop_consumer-* | grep -v '\.d$' | head -1)
+eval "$(bash scripts/infra.sh start bench)"
+B=$FLAGTALLY_TEST_BROKER
+PY=$(bash scripts/infra.sh python)
+id="bench-$$-$RANDOM"
+"$PY" - "$B" "$id" "$PARTS" <<'PY'
+import sys
+from confluent_kafka.admin import AdminClient, NewTopic
+b, id, parts = sys.argv[1], sys.argv[2], int(sys.argv[3])
+a = AdminClient({"bootstrap.servers": b})
+for t, f in a.create_topics([NewTopic(f"{id}-in", parts, 1), NewTopic(f"{id}-summary", 1, 1),
+                             NewTopic(f"{id}-feature", 2, 1), NewTopic(f"{id}-dlq", 1, 1)]).items():
+    f.result(30)
+PY
+echo "preloading $N LaunchDarkly events into $id-in ($PARTS partitions)…"
+$BIN gen --brokers "$B" --topic "$id-in" --count "$N" --dialect launchdarkly --tracked-one-in 10 2>/dev/null
+feature_line=""
+if [ "${FULL:-0}" = 1 ]; then feature_line="topics.feature = \"$id-feature\""; fi
+cat >"/tmp/$id.toml" <<TOML
+[kafka]
+brokers = "$B"
+group_id = "$id"
+input_topics = ["$id-in"]
+[window]
+idle_timeout = "1s"
+[output]
+dead_letter_topic = "$id-dlq"
+topics.summary = "$id-summary"
+$feature_line
+TOML
+
+cpu_of() { # utime+stime of a pid, in seconds
+  awk -v hz="$(getconf CLK_TCK)" '{print ($14+$15)/hz}' "/proc/$1/stat"
+}
+
+# flagtally: runs until its committed offsets reach the end of every partition.
+start=$(date +%s.%N)
+RUST_LOG=warn $BIN run --config "/tmp/$id.toml" &
+ft=$!
+"$PY" - "$B" "$id" "$N" <<'PY'
+import sys, time
+from confluent_kafka import Consumer, TopicPartition
+b, id, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+c = Consumer({"bootstrap.servers": b, "group.id": id, "enable.auto.commit": False})
+meta = c.list_topics(f"{id}-in", timeout=10).topics[f"{id}-in"]
+tps = [TopicPartition(f"{id}-in", p) for p in meta.partitions]
+while True:
+    done = sum(max(tp.offset, 0) for tp in c.committed(tps, timeout=10))
+    if done >= n:
+        break
+    time.sleep(0.1)
+PY
+end=$(date +%s.%N)
+ft_cpu=$(cpu_of $ft)
+kill -TERM $ft; wait $ft || true
+# The last commit follows the idle close (1 s after the last record).
+ft_wall=$(echo "$end - $start - 1" | bc -l)
+
+start=$(date +%s.%N)
+$NOOP "$B" "$id-in" "$N" &
+noop=$!
+while kill -0 $noop 2>/dev/null; do noop_cpu=$(cpu_of $noop); sleep 0.05; done
+wait $noop || true
+end=$(date +%s.%N)
+noop_wall=$(echo "$end - $start" | bc -l)
+
+python3 - "$N" "$ft_wall" "$ft_cpu" "$noop_wall" "$noop_cpu" "${FULL:-0}" <<'PY'
+import sys
+n, fw, fc, nw, nc, full = int(sys.argv[1]), *map(float, sys.argv[2:6]), sys.argv[6] == "1"
+f_rate, n_rate = n / fc, n / nc
+target = 0.35 if full else 0.5
+print(f"events: {n} ({'summary + full-fidelity' if full else 'summary-only'} output)")
+print(f"flagtally: {n/fw:,.0f} events/s wall, {fc:.2f} CPU-s, {f_rate:,.0f} events/CPU-s")
+print(f"no-op consumer: {n/nw:,.0f} records/s wall, {nc:.2f} CPU-s, {n_rate:,.0f} records/CPU-s")
+print(f"ratio (events per CPU-s): {f_rate/n_rate:.2f} (target ≥ {target})")
+PY
+bash scripts/infra.sh stop bench

@@ -1,0 +1,401 @@
+//! Checkpoints: what a restarted or newly assigned instance needs to know about a
+//! partition — where to re-read from and what was already emitted — as a short,
+//! versioned text, stored as records of a checkpoint topic (key
+//! `<group>/<topic>/<partition>`, latest record wins; compacted when the topic is
+//! created by flagtally).
+//!
+//! Why a topic and not commit metadata: the test broker (tansu 0.6) accepts commit
+//! metadata but does not store it, and Kafka limits it to 4 KiB. A checkpoint record is
+//! written (and acknowledged) before the group offset is committed, so the committed
+//! offset — kept for lag monitoring and as the fetch start — is never past the replay
+//! start of the latest checkpoint; re-reading a little more than needed is harmless.
+//!
+//! `ft1;n=1200;t=1700000059000;w=1700000049000;i=0;a=1700000040000/o/0/1150.0,…;p=…`
+//! - `n` the checkpoint's next offset (everything before it was processed and its
+//!   outputs acknowledged); re-reading starts at the lowest `a` offset, or `n`;
+//! - `t`, `w` max event time and watermark (`-` for none); `i` 1 when idle;
+//! - `a` open accumulators: window start / `o`pen or `l`ate / part / offset.index;
+//! - `p` next part numbers of windows closed early: window start / part.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer as _};
+use rdkafka::error::KafkaError;
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{Message as _, Offset, TopicPartitionList};
+
+use crate::config::Config;
+use crate::window::{AccMark, Checkpoint, PartitionId};
+
+/// Reads checkpoints back from the checkpoint topic.
+pub struct Store {
+    reader: BaseConsumer,
+    topic: String,
+    group: String,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("topic", &self.topic)
+            .finish_non_exhaustive()
+    }
+}
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How many records back from the end a lookup reads first; each further attempt
+/// reads ten times more. Every commit cycle rewrites the checkpoints of all assigned
+/// partitions, so the latest ones sit near the end.
+const FIRST_LOOKBACK: i64 = 2_000;
+
+impl Store {
+    /// Connects, creating the checkpoint topic (one partition, compacted) if missing.
+    pub fn new(config: &Config) -> Result<Self, KafkaError> {
+        let mut cc = ClientConfig::new();
+        cc.set("bootstrap.servers", &config.kafka.brokers);
+        for (k, v) in &config.kafka.properties {
+            cc.set(k, v);
+        }
+        let topic = config.processing.checkpoint_topic.clone();
+        let admin: AdminClient<DefaultClientContext> = cc.create()?;
+        let new =
+            NewTopic::new(&topic, 1, TopicReplication::Fixed(-1)).set("cleanup.policy", "compact");
+        let created = block_on(admin.create_topics([&new], &AdminOptions::new()))?;
+        for result in created {
+            match result {
+                Ok(_) => tracing::info!(topic = %topic, "created the checkpoint topic"),
+                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((t, e)) => tracing::warn!("creating checkpoint topic {t}: {e}"),
+            }
+        }
+        let reader: BaseConsumer = cc
+            .clone()
+            .set(
+                "group.id",
+                format!("{}-checkpoint-reader", config.kafka.group_id),
+            )
+            .set("enable.auto.commit", "false")
+            .set("isolation.level", "read_committed")
+            .create()?;
+        Ok(Self {
+            reader,
+            topic,
+            group: config.kafka.group_id.clone(),
+        })
+    }
+
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    pub fn key(&self, pid: &PartitionId) -> String {
+        format!("{}/{}/{}", self.group, pid.topic, pid.partition)
+    }
+
+    /// The latest checkpoint of each partition that has one.
+    pub fn load(
+        &self,
+        pids: &[PartitionId],
+    ) -> Result<HashMap<PartitionId, Checkpoint>, KafkaError> {
+        let wanted: HashMap<String, &PartitionId> = pids.iter().map(|p| (self.key(p), p)).collect();
+        let mut found: HashMap<PartitionId, Checkpoint> = HashMap::new();
+        let meta = self.reader.fetch_metadata(Some(&self.topic), TIMEOUT)?;
+        let partitions: Vec<i32> = meta
+            .topics()
+            .iter()
+            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+            .collect();
+        for partition in partitions {
+            let (low, high) = self
+                .reader
+                .fetch_watermarks(&self.topic, partition, TIMEOUT)?;
+            let mut lookback = FIRST_LOOKBACK;
+            let mut end = high;
+            while end > low && wanted.len() > found.len() {
+                let start = (end - lookback).max(low);
+                let mut latest: HashMap<&PartitionId, Checkpoint> = HashMap::new();
+                self.read_range(partition, start, end, |key, value| {
+                    if let Some(pid) = wanted.get(key)
+                        && !found.contains_key(*pid)
+                    {
+                        match decode(value) {
+                            Ok(Some(cp)) => {
+                                latest.insert(pid, cp);
+                            }
+                            Ok(None) => {}
+                            Err(e) => tracing::error!(partition = %pid, "{e}; ignored"),
+                        }
+                    }
+                })?;
+                for (pid, cp) in latest {
+                    found.insert(pid.clone(), cp);
+                }
+                end = start;
+                lookback = lookback.saturating_mul(10);
+            }
+        }
+        Ok(found)
+    }
+
+    /// Reads records `[start, end)` of one partition, calling `each(key, value)`.
+    fn read_range(
+        &self,
+        partition: i32,
+        start: i64,
+        end: i64,
+        mut each: impl FnMut(&str, &str),
+    ) -> Result<(), KafkaError> {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&self.topic, partition, Offset::Offset(start))?;
+        self.reader.assign(&tpl)?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let mut next = start;
+        while next < end {
+            if std::time::Instant::now() > deadline {
+                return Err(KafkaError::Global(RDKafkaErrorCode::OperationTimedOut));
+            }
+            match self.reader.poll(Duration::from_millis(200)) {
+                Some(Ok(m)) => {
+                    next = m.offset() + 1;
+                    if m.offset() >= end {
+                        break;
+                    }
+                    let key = m.key().and_then(|k| std::str::from_utf8(k).ok());
+                    let value = m.payload().and_then(|v| std::str::from_utf8(v).ok());
+                    if let (Some(k), Some(v)) = (key, value) {
+                        each(k, v);
+                    }
+                }
+                Some(Err(e)) => return Err(e),
+                // Transaction markers and compacted-away offsets leave gaps: the
+                // position tells how far the reader got.
+                None => {
+                    if let Ok(pos) = self.reader.position()
+                        && let Some(Offset::Offset(o)) = pos
+                            .find_partition(&self.topic, partition)
+                            .map(|e| e.offset())
+                    {
+                        next = next.max(o);
+                    }
+                }
+            }
+        }
+        self.reader.unassign()
+    }
+}
+
+/// Polls a future to completion on this thread (rdkafka's admin calls are futures; the
+/// pipeline has no async runtime).
+fn block_on<F: Future>(fut: F) -> F::Output {
+    use std::task::{Context, Poll, Waker};
+    let mut fut = std::pin::pin!(fut);
+    let mut cx = Context::from_waker(Waker::noop());
+    loop {
+        if let Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
+            return v;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+const VERSION: &str = "ft1";
+
+pub fn encode(cp: &Checkpoint) -> String {
+    let opt = |v: Option<i64>| v.map_or_else(|| "-".to_owned(), |v| v.to_string());
+    let mut s = format!(
+        "{VERSION};n={};t={};w={};i={};a=",
+        cp.next_offset,
+        opt(cp.max_time),
+        opt(cp.watermark),
+        u8::from(cp.idle)
+    );
+    for (k, m) in cp.open.iter().enumerate() {
+        let sep = if k == 0 { "" } else { "," };
+        let kind = if m.late { 'l' } else { 'o' };
+        let _ = write!(
+            s,
+            "{sep}{}/{kind}/{}/{}.{}",
+            m.window_start, m.part, m.first.0, m.first.1
+        );
+    }
+    s.push_str(";p=");
+    for (k, (start, part)) in cp.next_part.iter().enumerate() {
+        let sep = if k == 0 { "" } else { "," };
+        let _ = write!(s, "{sep}{start}/{part}");
+    }
+    s
+}
+
+/// Why a checkpoint record could not be read.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("checkpoint {excerpt:?} is not a flagtally checkpoint: {reason}")]
+pub struct MetadataError {
+    excerpt: String,
+    reason: String,
+}
+
+/// Reads a checkpoint. `Ok(None)`: empty (nothing recorded).
+pub fn decode(metadata: &str) -> Result<Option<Checkpoint>, MetadataError> {
+    if metadata.is_empty() {
+        return Ok(None);
+    }
+    parse(metadata).map(Some).map_err(|reason| MetadataError {
+        excerpt: metadata.chars().take(80).collect(),
+        reason,
+    })
+}
+
+fn parse(s: &str) -> Result<Checkpoint, String> {
+    let mut parts = s.split(';');
+    if parts.next() != Some(VERSION) {
+        return Err(format!("expected version {VERSION}"));
+    }
+    let mut field = |name: &str| -> Result<&str, String> {
+        let f = parts
+            .next()
+            .ok_or_else(|| format!("missing field {name}"))?;
+        f.strip_prefix(name)
+            .and_then(|f| f.strip_prefix('='))
+            .ok_or_else(|| format!("expected field {name}, found {f:?}"))
+    };
+    let int = |f: &str, what: &str| -> Result<i64, String> {
+        f.parse()
+            .map_err(|_| format!("{what}: {f:?} is not an integer"))
+    };
+    let opt = |f: &str, what: &str| -> Result<Option<i64>, String> {
+        if f == "-" {
+            Ok(None)
+        } else {
+            int(f, what).map(Some)
+        }
+    };
+    let next_offset = int(field("n")?, "n")?;
+    let max_time = opt(field("t")?, "t")?;
+    let watermark = opt(field("w")?, "w")?;
+    let idle = match field("i")? {
+        "0" => false,
+        "1" => true,
+        other => return Err(format!("i: {other:?} is not 0 or 1")),
+    };
+    let small = |f: &str, what: &str| -> Result<u32, String> {
+        f.parse()
+            .map_err(|_| format!("{what}: {f:?} is not a small whole number"))
+    };
+    let mut open = Vec::new();
+    for m in field("a")?.split(',').filter(|m| !m.is_empty()) {
+        let bad = || format!("a: {m:?} is not start/kind/part/offset.index");
+        let mut it = m.split('/');
+        let (Some(start), Some(kind), Some(part), Some(first), None) =
+            (it.next(), it.next(), it.next(), it.next(), it.next())
+        else {
+            return Err(bad());
+        };
+        let (off, idx) = first.split_once('.').ok_or_else(bad)?;
+        open.push(AccMark {
+            window_start: int(start, "a")?,
+            late: match kind {
+                "o" => false,
+                "l" => true,
+                _ => return Err(bad()),
+            },
+            part: small(part, "a")?,
+            first: (int(off, "a")?, small(idx, "a")?),
+        });
+    }
+    let mut next_part = Vec::new();
+    for p in field("p")?.split(',').filter(|p| !p.is_empty()) {
+        let (start, part) = p
+            .split_once('/')
+            .ok_or_else(|| format!("p: {p:?} is not start/part"))?;
+        next_part.push((int(start, "p")?, small(part, "p")?));
+    }
+    if let Some(extra) = parts.next() {
+        return Err(format!("unexpected field {extra:?}"));
+    }
+    Ok(Checkpoint {
+        next_offset,
+        max_time,
+        watermark,
+        idle,
+        open,
+        next_part,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn arb_checkpoint() -> impl Strategy<Value = Checkpoint> {
+        let mark = (
+            any::<i64>(),
+            any::<bool>(),
+            any::<u32>(),
+            any::<i64>(),
+            any::<u32>(),
+        )
+            .prop_map(|(window_start, late, part, off, idx)| AccMark {
+                window_start,
+                late,
+                part,
+                first: (off, idx),
+            });
+        (
+            any::<i64>(),
+            any::<Option<i64>>(),
+            any::<Option<i64>>(),
+            any::<bool>(),
+            proptest::collection::vec(mark, 0..5),
+            proptest::collection::vec((any::<i64>(), any::<u32>()), 0..3),
+        )
+            .prop_map(
+                |(next_offset, max_time, watermark, idle, open, next_part)| Checkpoint {
+                    next_offset,
+                    max_time,
+                    watermark,
+                    idle,
+                    open,
+                    next_part,
+                },
+            )
+    }
+
+    proptest! {
+        #[test]
+        fn round_trips(cp in arb_checkpoint()) {
+            prop_assert_eq!(decode(&encode(&cp)).unwrap(), Some(cp));
+        }
+
+        #[test]
+        fn never_panics_on_foreign_metadata(s in ".{0,60}") {
+            let _ = decode(&s);
+        }
+    }
+
+    #[test]
+    fn reads_the_documented_example() {
+        let cp =
+            decode("ft1;n=1200;t=1700000059000;w=1700000049000;i=0;a=1700000040000/o/0/1150.0;p=")
+                .unwrap()
+                .unwrap();
+        assert_eq!(cp.next_offset, 1200);
+        assert_eq!(cp.replay_from(), 1150);
+        assert_eq!(decode("").unwrap(), None);
+    }
+
+    #[test]
+    fn foreign_metadata_is_an_error_that_says_why() {
+        let e = decode("some-other-tool").unwrap_err();
+        assert!(e.to_string().contains("expected version ft1"), "{e}");
+        let e = decode("ft1;n=x;t=-;w=-;i=0;a=;p=").unwrap_err();
+        assert!(e.to_string().contains("n: \"x\" is not an integer"), "{e}");
+    }
+}

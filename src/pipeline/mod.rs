@@ -1,0 +1,609 @@
+//! The processor: consume → decode → window → emit → produce, with recovery by replay.
+//!
+//! One thread runs the loop; librdkafka's own threads fetch and deliver. Every
+//! `commit_interval` (and whenever a partition goes idle) the loop runs a commit cycle:
+//! 1. flush the producer: every output derived from what was read is acknowledged;
+//! 2. any delivery failure since the last cycle → rewind every partition to its last
+//!    commit (nothing derived from uncommitted input is trusted);
+//! 3. write each changed partition's checkpoint to the checkpoint topic
+//!    ([`checkpoint`]) and wait for it, then commit the group offset
+//!    [`Checkpoint::replay_from`] — in exactly-once mode all of it in the transaction;
+//! 4. only then close the partitions found idle in step 3's checkpoints: the decision
+//!    is durable before its outputs exist, so a replay makes the same one.
+//!
+//! On assignment (start, rebalance, rewind) a partition is restored from its latest
+//! checkpoint: records before the checkpoint's `next_offset` are re-read to rebuild open
+//! windows and emit nothing; from there on, outputs are byte-identical to the first
+//! run's, with the same ids.
+
+pub mod checkpoint;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use rdkafka::consumer::{CommitMode, Consumer as _};
+use rdkafka::message::{BorrowedMessage, Headers as _};
+use rdkafka::{Message as _, Offset, TopicPartitionList};
+
+use crate::config::Config;
+use crate::decode::{DecodeError, Decoded, Decoder};
+use crate::emit::{Emitter, OutputKind, dead_letter_id, header};
+use crate::sink::kafka::{Outgoing, Producer, headers};
+use crate::source::{Assignment, Source};
+use crate::window::{Checkpoint, Engine, Output, PartitionId, SourcePos};
+
+/// Headers added to dead letters and late events.
+pub mod dead_letter_header {
+    /// The full error text (dialect, JSON path, reason), errors joined by `; `.
+    pub const ERROR: &str = "flagtally-error";
+    /// The machine-readable reason of the first error (`invalid-json`, `late`, …).
+    pub const REASON: &str = "flagtally-error-reason";
+    pub const DIALECT: &str = "flagtally-error-dialect";
+    /// The JSON path of the first error; empty for the whole record.
+    pub const PATH: &str = "flagtally-error-path";
+    /// How many parts of the record failed (a batch record can fail in places).
+    pub const COUNT: &str = "flagtally-error-count";
+    pub const SOURCE_TOPIC: &str = "flagtally-source-topic";
+    pub const SOURCE_PARTITION: &str = "flagtally-source-partition";
+    pub const SOURCE_OFFSET: &str = "flagtally-source-offset";
+    /// For a late event: its index within the record.
+    pub const EVENT_INDEX: &str = "flagtally-event-index";
+}
+
+/// Totals of one run, for logs and tests.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub records: u64,
+    pub replayed_records: u64,
+    pub dead_letters: u64,
+    pub outputs: [u64; 8],
+    pub commits: u64,
+    pub rewinds: u64,
+}
+
+/// An assigned input partition.
+#[derive(Debug)]
+struct Part {
+    pid: PartitionId,
+    /// Next offset to process; `None` until the first record after assignment
+    /// (or the restored checkpoint's, when it had one).
+    next_offset: Option<i64>,
+    /// Records before this offset were processed before (replay: emit nothing).
+    replay_until: i64,
+    /// The checkpoint last written, to skip identical ones.
+    committed: Option<String>,
+}
+
+pub struct Pipeline {
+    consumer: Source,
+    state: State,
+}
+
+impl std::fmt::Debug for Pipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pipeline")
+            .field("state", &self.state)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug)]
+struct State {
+    config: Config,
+    producer: Producer,
+    store: checkpoint::Store,
+    decoder: Decoder,
+    engine: Engine,
+    emitter: Emitter,
+    parts: Vec<Part>,
+    outputs: Vec<Output>,
+    decoded: Decoded,
+    last_commit: Instant,
+    failures_seen: u64,
+    sent_since_commit: bool,
+    stats: Stats,
+    hard_stop: Arc<AtomicBool>,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+const KAFKA_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Pipeline {
+    /// Connects to the broker (consumer subscribed, producer ready). `hard_stop` makes
+    /// any wait for the broker give up (a second signal).
+    pub fn new(config: Config, hard_stop: Arc<AtomicBool>) -> anyhow::Result<Self> {
+        let engine = Engine::new(config.engine_config())?;
+        let producer = Producer::new(&config).context("creating the producer")?;
+        let store = checkpoint::Store::new(&config).context("opening the checkpoint topic")?;
+        let consumer = crate::source::consumer(&config).context("creating the consumer")?;
+        Ok(Self {
+            consumer,
+            state: State {
+                decoder: config.decoder(),
+                emitter: Emitter::new(config.emit_config()),
+                config,
+                producer,
+                store,
+                engine,
+                parts: Vec::new(),
+                outputs: Vec::new(),
+                decoded: Decoded::default(),
+                last_commit: Instant::now(),
+                failures_seen: 0,
+                sent_since_commit: false,
+                stats: Stats::default(),
+                hard_stop,
+            },
+        })
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.state.stats
+    }
+
+    /// Runs until `stop` is set, then drains: everything read is delivered and
+    /// committed before this returns.
+    pub fn run(&mut self, stop: &AtomicBool) -> anyhow::Result<()> {
+        let mut last_report = Instant::now();
+        while !stop.load(Ordering::Relaxed) {
+            // Up to a batch of records per turn; the first poll may wait.
+            for i in 0..1024 {
+                let timeout = if i == 0 {
+                    Duration::from_millis(100)
+                } else {
+                    Duration::ZERO
+                };
+                let msg = self.consumer.poll(timeout);
+                self.state.handle_assignment_changes(&self.consumer)?;
+                match msg {
+                    Some(Ok(m)) => self.state.process(&m)?,
+                    Some(Err(e)) => {
+                        tracing::warn!("consumer: {e}");
+                        break;
+                    }
+                    None => break,
+                }
+            }
+            self.state.commit_cycle_if_due(&self.consumer)?;
+            if last_report.elapsed() >= Duration::from_secs(10) {
+                last_report = Instant::now();
+                let s = &self.state.stats;
+                tracing::info!(
+                    records = s.records,
+                    replayed = s.replayed_records,
+                    dead_letters = s.dead_letters,
+                    summaries = s.outputs[OutputKind::Summary as usize],
+                    commits = s.commits,
+                    open_windows = self.state.engine.open_windows(),
+                    "progress"
+                );
+            }
+        }
+        tracing::info!("draining: stop fetching, deliver, commit");
+        self.consumer
+            .assignment()
+            .and_then(|a| self.consumer.pause(&a))
+            .unwrap_or_else(|e| tracing::warn!("pausing the consumer: {e}"));
+        self.state.handle_assignment_changes(&self.consumer)?;
+        while !self.state.commit_cycle(&self.consumer, false)? {
+            if self.state.hard_stop.load(Ordering::Relaxed) {
+                anyhow::bail!("stopped before the final commit");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        Ok(())
+    }
+}
+
+impl State {
+    fn part_index(&self, topic: &str, partition: i32) -> Option<usize> {
+        self.parts
+            .iter()
+            .position(|p| p.pid.partition == partition && &*p.pid.topic == topic)
+    }
+
+    fn handle_assignment_changes(&mut self, consumer: &Source) -> anyhow::Result<()> {
+        for change in consumer.context().take_changes() {
+            match change {
+                Assignment::Revoked(pids) => {
+                    for pid in &pids {
+                        self.engine.revoke(pid);
+                    }
+                    self.parts.retain(|p| !pids.contains(&p.pid));
+                }
+                Assignment::Assigned(pids) => {
+                    let fresh: Vec<PartitionId> = pids
+                        .into_iter()
+                        .filter(|pid| self.part_index(&pid.topic, pid.partition).is_none())
+                        .collect();
+                    self.restore(consumer, &fresh, false)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Restores partitions from their latest checkpoints (else from the group's
+    /// committed offset, else from the beginning). `seek`: move the consumer there too
+    /// (a rewind; a new assignment starts at the committed offset by itself, which is
+    /// never past the checkpoint's replay start).
+    fn restore(
+        &mut self,
+        consumer: &Source,
+        pids: &[PartitionId],
+        seek: bool,
+    ) -> anyhow::Result<()> {
+        if pids.is_empty() {
+            return Ok(());
+        }
+        let mut tpl = TopicPartitionList::new();
+        for pid in pids {
+            tpl.add_partition(&pid.topic, pid.partition);
+        }
+        let (mut checkpoints, committed) = loop {
+            let loaded = self
+                .store
+                .load(pids)
+                .and_then(|cps| Ok((cps, consumer.committed_offsets(tpl.clone(), KAFKA_TIMEOUT)?)));
+            match loaded {
+                Ok(v) => break v,
+                Err(e) if !self.hard_stop.load(Ordering::Relaxed) => {
+                    tracing::warn!("reading checkpoints: {e}; retrying");
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+                Err(e) => return Err(e).context("reading checkpoints"),
+            }
+        };
+        let now = now_ms();
+        for elem in committed.elements() {
+            let pid = PartitionId::new(elem.topic(), elem.partition());
+            let group_offset = match elem.offset() {
+                Offset::Offset(o) => Some(o),
+                _ => None,
+            };
+            let (cp, known, stored) = match (checkpoints.remove(&pid), group_offset) {
+                (Some(cp), _) => {
+                    let text = checkpoint::encode(&cp);
+                    (cp, true, Some(text))
+                }
+                (None, Some(o)) => (Checkpoint::fresh(o), true, None),
+                (None, None) => (Checkpoint::fresh(-1), false, None),
+            };
+            let from = cp.replay_from();
+            if let Some(o) = group_offset
+                && o > from
+            {
+                tracing::warn!(partition = %pid, group_offset = o, from, "the group offset is past the checkpoint's replay start (committed by another tool?); re-reading from the checkpoint");
+            }
+            let replay_until = cp.next_offset;
+            tracing::info!(partition = %pid, from, replay_until, "restored");
+            self.engine.restore(&pid, cp, now, &mut self.outputs);
+            if seek || group_offset.is_some_and(|o| o > from) {
+                let target = if known {
+                    Offset::Offset(from)
+                } else {
+                    Offset::Beginning
+                };
+                if let Err(e) = consumer.seek(&pid.topic, pid.partition, target, KAFKA_TIMEOUT) {
+                    anyhow::bail!("moving {pid} to {target:?}: {e}");
+                }
+            }
+            let part = Part {
+                pid,
+                next_offset: known.then_some(replay_until),
+                replay_until,
+                committed: stored,
+            };
+            match self.part_index(&part.pid.topic, part.pid.partition) {
+                Some(i) => self.parts[i] = part,
+                None => self.parts.push(part),
+            }
+        }
+        self.send_outputs(None)?;
+        Ok(())
+    }
+
+    fn process(&mut self, m: &BorrowedMessage<'_>) -> anyhow::Result<()> {
+        let Some(i) = self.part_index(m.topic(), m.partition()) else {
+            // A record of a partition revoked meanwhile: its new owner reads it.
+            return Ok(());
+        };
+        let offset = m.offset();
+        let part = &self.parts[i];
+        let replaying = offset < part.replay_until;
+        let pid = part.pid.clone();
+        self.stats.records += 1;
+        if replaying {
+            self.stats.replayed_records += 1;
+        }
+        self.decoded.clear();
+        self.decoder
+            .decode(m.payload().unwrap_or_default(), &mut self.decoded);
+        if !self.decoded.errors.is_empty() && !replaying {
+            let errors = std::mem::take(&mut self.decoded.errors);
+            self.dead_letter(m, &errors)?;
+            self.decoded.errors = errors;
+        }
+        let now = now_ms();
+        for (index, event) in self.decoded.events.drain(..).enumerate() {
+            let pos = SourcePos {
+                partition: pid.clone(),
+                offset,
+                index: index as u32,
+            };
+            self.engine.push(&pos, event, now, &mut self.outputs);
+        }
+        if replaying && offset + 1 >= self.parts[i].replay_until {
+            self.engine.finish_replay(&pid, now, &mut self.outputs);
+        }
+        self.parts[i].next_offset = Some(offset + 1);
+        self.send_outputs(Some(m))
+    }
+
+    fn give_up(&self) -> impl Fn() -> bool + '_ {
+        || self.hard_stop.load(Ordering::Relaxed)
+    }
+
+    /// Sends the engine's outputs; `source` is the record being processed (late
+    /// events carry its bytes).
+    fn send_outputs(&mut self, source: Option<&BorrowedMessage<'_>>) -> anyhow::Result<()> {
+        let outputs = std::mem::take(&mut self.outputs);
+        for out in &outputs {
+            let kind = OutputKind::of(out);
+            let Some(topic) = self.config.output.topics.topic(kind) else {
+                continue;
+            };
+            let rec = self.emitter.emit(out)?;
+            self.stats.outputs[kind as usize] += 1;
+            self.sent_since_commit = true;
+            if let (Output::Late { pos, window, .. }, Some(m)) = (out, source) {
+                let index = pos.index.to_string();
+                let error = format!(
+                    "late: the window [{}, {}) was already emitted",
+                    window.start.as_millis(),
+                    window.end.as_millis()
+                );
+                let mut extra: Vec<(&str, &[u8])> = rec
+                    .headers
+                    .iter()
+                    .map(|(k, v)| (*k, v.as_slice()))
+                    .collect();
+                extra.push((dead_letter_header::ERROR, error.as_bytes()));
+                extra.push((dead_letter_header::REASON, b"late"));
+                extra.push((dead_letter_header::EVENT_INDEX, index.as_bytes()));
+                self.forward(m, topic, &extra)?;
+                continue;
+            }
+            let hs = headers(rec.headers.iter().map(|(k, v)| (*k, v.as_slice())));
+            self.producer
+                .send(
+                    Outgoing {
+                        topic,
+                        key: rec.key.as_deref(),
+                        value: &rec.value,
+                        headers: hs,
+                        timestamp_ms: Some(rec.timestamp_ms),
+                    },
+                    &self.give_up(),
+                )
+                .with_context(|| format!("producing to {topic}"))?;
+        }
+        self.outputs = outputs;
+        self.outputs.clear();
+        Ok(())
+    }
+
+    fn dead_letter(
+        &mut self,
+        m: &BorrowedMessage<'_>,
+        errors: &[DecodeError],
+    ) -> anyhow::Result<()> {
+        let Some(topic) = self.config.output.dead_letter_topic.clone() else {
+            return Ok(());
+        };
+        self.stats.dead_letters += 1;
+        let first = &errors[0];
+        let text = errors
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ");
+        let id = dead_letter_id(m.topic(), m.partition(), m.offset())
+            .hyphenated()
+            .to_string();
+        let count = errors.len().to_string();
+        let extra: [(&str, &[u8]); 6] = [
+            (header::ID, id.as_bytes()),
+            (header::KIND, b"dead-letter"),
+            (dead_letter_header::ERROR, text.as_bytes()),
+            (dead_letter_header::REASON, first.reason.code().as_bytes()),
+            (dead_letter_header::DIALECT, first.dialect.name().as_bytes()),
+            (dead_letter_header::PATH, first.path.as_bytes()),
+        ];
+        let mut extra = extra.to_vec();
+        extra.push((dead_letter_header::COUNT, count.as_bytes()));
+        self.sent_since_commit = true;
+        self.forward(m, &topic, &extra)
+    }
+
+    /// Writes an input record unchanged (key, value, headers, timestamp) to `topic`,
+    /// with `extra` headers and its source position.
+    fn forward(
+        &self,
+        m: &BorrowedMessage<'_>,
+        topic: &str,
+        extra: &[(&str, &[u8])],
+    ) -> anyhow::Result<()> {
+        let partition = m.partition().to_string();
+        let offset = m.offset().to_string();
+        let mut pairs: Vec<(&str, &[u8])> = Vec::new();
+        if let Some(hs) = m.headers() {
+            for h in hs.iter() {
+                pairs.push((h.key, h.value.unwrap_or_default()));
+            }
+        }
+        pairs.extend_from_slice(extra);
+        pairs.push((dead_letter_header::SOURCE_TOPIC, m.topic().as_bytes()));
+        pairs.push((dead_letter_header::SOURCE_PARTITION, partition.as_bytes()));
+        pairs.push((dead_letter_header::SOURCE_OFFSET, offset.as_bytes()));
+        self.producer
+            .send(
+                Outgoing {
+                    topic,
+                    key: m.key(),
+                    value: m.payload().unwrap_or_default(),
+                    headers: headers(pairs),
+                    timestamp_ms: m.timestamp().to_millis(),
+                },
+                &self.give_up(),
+            )
+            .with_context(|| format!("producing to {topic}"))
+    }
+
+    fn commit_cycle_if_due(&mut self, consumer: &Source) -> anyhow::Result<()> {
+        let due = self.last_commit.elapsed() >= self.config.processing.commit_interval
+            || !self.engine.idle_due(now_ms()).is_empty();
+        if due {
+            self.commit_cycle(consumer, true)?;
+        }
+        Ok(())
+    }
+
+    /// One commit cycle (see the module docs). Returns whether it committed.
+    fn commit_cycle(&mut self, consumer: &Source, close_idle: bool) -> anyhow::Result<bool> {
+        self.last_commit = Instant::now();
+        let now = now_ms();
+        let idle = if close_idle {
+            self.engine.idle_due(now)
+        } else {
+            Vec::new()
+        };
+        let transactional = self.producer.is_transactional();
+        if !transactional && let Err(e) = self.producer.flush(KAFKA_TIMEOUT) {
+            tracing::warn!("outputs not yet acknowledged ({e}); commit postponed");
+            return Ok(false);
+        }
+        let failed = self.producer.deliveries().failed();
+        if failed > self.failures_seen {
+            self.failures_seen = failed;
+            let last = self.producer.deliveries().last_error().unwrap_or_default();
+            tracing::error!("{last}; rewinding every partition to its last commit");
+            if transactional {
+                self.producer
+                    .abort_transaction(KAFKA_TIMEOUT)
+                    .context("aborting the transaction")?;
+            }
+            self.rewind(consumer)?;
+            return Ok(false);
+        }
+        // Checkpoints first, acknowledged; then the group offsets.
+        let mut tpl = TopicPartitionList::new();
+        let mut planned = Vec::new();
+        for (i, part) in self.parts.iter().enumerate() {
+            let Some(next) = part.next_offset else {
+                continue;
+            };
+            let cp = self
+                .engine
+                .checkpoint(&part.pid, next, idle.contains(&part.pid));
+            let text = checkpoint::encode(&cp);
+            if part.committed.as_deref() == Some(text.as_str()) {
+                continue;
+            }
+            let offset = cp.replay_from();
+            if offset >= 0 {
+                tpl.add_partition_offset(
+                    &part.pid.topic,
+                    part.pid.partition,
+                    Offset::Offset(offset),
+                )?;
+            }
+            tracing::debug!(partition = %part.pid, offset, checkpoint = %text, "checkpoint");
+            let key = self.store.key(&part.pid);
+            self.producer
+                .send(
+                    Outgoing {
+                        topic: self.store.topic(),
+                        key: Some(key.as_bytes()),
+                        value: text.as_bytes(),
+                        headers: headers([(header::KIND, b"checkpoint".as_slice())]),
+                        timestamp_ms: None,
+                    },
+                    &self.give_up(),
+                )
+                .context("writing a checkpoint")?;
+            planned.push((i, text));
+        }
+        if planned.is_empty() && !(transactional && self.sent_since_commit) {
+            self.go_idle(&idle, now)?;
+            return Ok(true);
+        }
+        let result = if transactional {
+            let group = consumer
+                .group_metadata()
+                .context("the consumer has no group metadata")?;
+            self.producer
+                .commit_transaction(&tpl, &group, KAFKA_TIMEOUT)
+        } else {
+            // The checkpoints are sent: wait for them whatever it takes. Going on
+            // without knowing whether an idle checkpoint landed could let a replay
+            // close windows this run did not.
+            while let Err(e) = self.producer.flush(KAFKA_TIMEOUT) {
+                tracing::warn!("checkpoints not yet acknowledged ({e}); waiting");
+                if self.hard_stop.load(Ordering::Relaxed) {
+                    anyhow::bail!("stopped while checkpoints were in flight");
+                }
+            }
+            if self.producer.deliveries().failed() > self.failures_seen {
+                // A checkpoint failed: the next cycle sees the failure and rewinds.
+                return Ok(false);
+            }
+            if tpl.count() > 0 {
+                consumer.commit(&tpl, CommitMode::Sync)
+            } else {
+                Ok(())
+            }
+        };
+        if let Err(e) = result {
+            if transactional {
+                tracing::error!("transaction failed ({e}); aborting and rewinding");
+                if let Err(e) = self.producer.abort_transaction(KAFKA_TIMEOUT) {
+                    anyhow::bail!("aborting the transaction failed: {e}");
+                }
+                self.rewind(consumer)?;
+                return Ok(false);
+            }
+            // The checkpoints are written: the group offset catches up next cycle.
+            tracing::warn!("committing group offsets failed ({e}); retrying next cycle");
+        }
+        self.stats.commits += 1;
+        self.sent_since_commit = false;
+        for (i, text) in planned {
+            self.parts[i].committed = Some(text);
+        }
+        self.go_idle(&idle, now)?;
+        Ok(true)
+    }
+
+    fn go_idle(&mut self, idle: &[PartitionId], now: i64) -> anyhow::Result<()> {
+        for pid in idle {
+            self.engine.go_idle(pid, now, &mut self.outputs);
+        }
+        self.send_outputs(None)
+    }
+
+    /// Forgets everything not committed and re-reads it.
+    fn rewind(&mut self, consumer: &Source) -> anyhow::Result<()> {
+        self.stats.rewinds += 1;
+        self.sent_since_commit = false;
+        let pids: Vec<PartitionId> = self.parts.iter().map(|p| p.pid.clone()).collect();
+        self.restore(consumer, &pids, true)
+    }
+}

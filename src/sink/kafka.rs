@@ -1,0 +1,211 @@
+//! The processor's producer: idempotent (or transactional in exactly-once mode), one
+//! per process, writing every output kind and the dead letters.
+//!
+//! Delivery is tracked by counters only: the pipeline commits offsets after a
+//! successful [`Producer::flush`] with no failure since the previous commit, so it
+//! never needs to know which record failed — any failure rewinds to the last commit.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use rdkafka::ClientContext;
+use rdkafka::TopicPartitionList;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::ConsumerGroupMetadata;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{
+    BaseRecord, DeliveryResult, Producer as _, ProducerContext, ThreadedProducer,
+};
+
+use crate::config::Config;
+
+/// Counts deliveries; remembers the last failure for the log.
+#[derive(Debug, Default)]
+pub struct Deliveries {
+    delivered: AtomicU64,
+    failed: AtomicU64,
+    last_error: Mutex<Option<String>>,
+}
+
+impl Deliveries {
+    pub fn delivered(&self) -> u64 {
+        self.delivered.load(Ordering::Relaxed)
+    }
+
+    pub fn failed(&self) -> u64 {
+        self.failed.load(Ordering::Relaxed)
+    }
+
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().ok().and_then(|e| e.clone())
+    }
+}
+
+impl ClientContext for Deliveries {}
+
+impl ProducerContext for Deliveries {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        match result {
+            Ok(_) => {
+                self.delivered.fetch_add(1, Ordering::Relaxed);
+            }
+            Err((e, msg)) => {
+                use rdkafka::Message as _;
+                self.failed.fetch_add(1, Ordering::Relaxed);
+                let text = format!(
+                    "delivery to {}/{} failed: {e}",
+                    msg.topic(),
+                    msg.partition()
+                );
+                tracing::error!("{text}");
+                if let Ok(mut last) = self.last_error.lock() {
+                    *last = Some(text);
+                }
+            }
+        }
+    }
+}
+
+/// One record to write.
+#[derive(Debug)]
+pub struct Outgoing<'a> {
+    pub topic: &'a str,
+    pub key: Option<&'a [u8]>,
+    pub value: &'a [u8],
+    pub headers: OwnedHeaders,
+    pub timestamp_ms: Option<i64>,
+}
+
+pub struct Producer {
+    inner: ThreadedProducer<Deliveries>,
+    transactional: bool,
+}
+
+impl std::fmt::Debug for Producer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Producer")
+            .field("transactional", &self.transactional)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a header list from name/value pairs.
+pub fn headers<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> OwnedHeaders {
+    pairs
+        .into_iter()
+        .fold(OwnedHeaders::new_with_capacity(12), |h, (key, value)| {
+            h.insert(Header {
+                key,
+                value: Some(value),
+            })
+        })
+}
+
+impl Producer {
+    pub fn new(config: &Config) -> Result<Self, KafkaError> {
+        let mut cc = ClientConfig::new();
+        cc.set("bootstrap.servers", &config.kafka.brokers)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "5")
+            // Deliveries never time out: a broker outage stalls the pipeline
+            // (backpressure) instead of failing records.
+            .set("message.timeout.ms", "0")
+            // Keyed records land where Java clients would put them.
+            .set("partitioner", "murmur2_random");
+        let transactional = config.processing.exactly_once;
+        if transactional {
+            let id = config
+                .processing
+                .transactional_id
+                .clone()
+                .unwrap_or_else(|| {
+                    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".to_owned());
+                    format!("flagtally-{}-{host}", config.kafka.group_id)
+                });
+            cc.set("transactional.id", id);
+        }
+        for (k, v) in config
+            .kafka
+            .properties
+            .iter()
+            .chain(&config.kafka.producer_properties)
+        {
+            cc.set(k, v);
+        }
+        let inner: ThreadedProducer<Deliveries> = cc.create_with_context(Deliveries::default())?;
+        if transactional {
+            inner.init_transactions(Duration::from_secs(30))?;
+            inner.begin_transaction()?;
+        }
+        Ok(Self {
+            inner,
+            transactional,
+        })
+    }
+
+    pub fn deliveries(&self) -> &Deliveries {
+        self.inner.context()
+    }
+
+    pub fn is_transactional(&self) -> bool {
+        self.transactional
+    }
+
+    /// Queues one record. While librdkafka's queue is full, waits (backpressure) unless
+    /// `give_up` says to stop.
+    pub fn send(&self, rec: Outgoing<'_>, give_up: &dyn Fn() -> bool) -> Result<(), KafkaError> {
+        let mut record: BaseRecord<'_, [u8], [u8], ()> = BaseRecord::to(rec.topic)
+            .payload(rec.value)
+            .headers(rec.headers);
+        if let Some(key) = rec.key {
+            record = record.key(key);
+        }
+        if let Some(ts) = rec.timestamp_ms {
+            record = record.timestamp(ts);
+        }
+        loop {
+            match self.inner.send(record) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    if give_up() {
+                        return Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull));
+                    }
+                    record = back;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err((e, _)) => return Err(e),
+            }
+        }
+    }
+
+    /// Waits until every queued record is delivered or failed.
+    pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
+        self.inner.flush(timeout)
+    }
+
+    /// Exactly-once: commits the open transaction with the consumer's offsets, then
+    /// opens the next one.
+    pub fn commit_transaction(
+        &self,
+        offsets: &TopicPartitionList,
+        group: &ConsumerGroupMetadata,
+        timeout: Duration,
+    ) -> Result<(), KafkaError> {
+        self.inner
+            .send_offsets_to_transaction(offsets, group, timeout)?;
+        self.inner.commit_transaction(timeout)?;
+        self.inner.begin_transaction()
+    }
+
+    /// Exactly-once: aborts the open transaction (its records are never visible to
+    /// read-committed readers) and opens the next one.
+    pub fn abort_transaction(&self, timeout: Duration) -> Result<(), KafkaError> {
+        self.inner.abort_transaction(timeout)?;
+        self.inner.begin_transaction()
+    }
+}

@@ -1,0 +1,5 @@
+//! Where outputs go. `kafka`: the output topics (the processor's producer). Warehouse
+//! sinks (files, object storage, PostgreSQL, HTTP) read those topics as their own
+//! consumer groups.
+
+pub mod kafka;

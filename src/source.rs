@@ -1,0 +1,101 @@
+//! The source stage: an rdkafka consumer group over the input topics, auto-commit off.
+//! Rebalances are queued by the consumer's context and handled by the pipeline right
+//! after the poll that reported them, before any record of a new partition.
+
+use std::sync::Mutex;
+
+use rdkafka::ClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer as _, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaError;
+
+use crate::config::Config;
+use crate::window::PartitionId;
+
+/// A change of assignment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Assignment {
+    Assigned(Vec<PartitionId>),
+    Revoked(Vec<PartitionId>),
+}
+
+#[derive(Debug, Default)]
+pub struct SourceContext {
+    changes: Mutex<Vec<Assignment>>,
+}
+
+impl SourceContext {
+    /// The assignment changes since the last call, in order.
+    pub fn take_changes(&self) -> Vec<Assignment> {
+        self.changes
+            .lock()
+            .map(|mut c| std::mem::take(&mut *c))
+            .unwrap_or_default()
+    }
+
+    fn push(&self, change: Assignment) {
+        if let Ok(mut c) = self.changes.lock() {
+            c.push(change);
+        }
+    }
+}
+
+fn partitions(tpl: &rdkafka::TopicPartitionList) -> Vec<PartitionId> {
+    tpl.elements()
+        .iter()
+        .map(|e| PartitionId::new(e.topic(), e.partition()))
+        .collect()
+}
+
+impl ClientContext for SourceContext {}
+
+impl ConsumerContext for SourceContext {
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Revoke(tpl) => {
+                tracing::info!(partitions = tpl.count(), "partitions revoked");
+                self.push(Assignment::Revoked(partitions(tpl)));
+            }
+            Rebalance::Assign(_) => {}
+            Rebalance::Error(e) => tracing::error!("rebalance failed: {e}"),
+        }
+    }
+
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            tracing::info!(partitions = tpl.count(), "partitions assigned");
+            self.push(Assignment::Assigned(partitions(tpl)));
+        }
+    }
+}
+
+pub type Source = BaseConsumer<SourceContext>;
+
+/// Creates the consumer and subscribes it to the input topics.
+pub fn consumer(config: &Config) -> Result<Source, KafkaError> {
+    let mut cc = ClientConfig::new();
+    cc.set("bootstrap.servers", &config.kafka.brokers)
+        .set("group.id", &config.kafka.group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        // In exactly-once mode, never read another producer's aborted records.
+        .set("isolation.level", "read_committed");
+    for (k, v) in config
+        .kafka
+        .properties
+        .iter()
+        .chain(&config.kafka.consumer_properties)
+    {
+        cc.set(k, v);
+    }
+    let consumer: Source = cc.create_with_context(SourceContext::default())?;
+    let topics: Vec<&str> = config
+        .kafka
+        .input_topics
+        .iter()
+        .map(String::as_str)
+        .collect();
+    consumer.subscribe(&topics)?;
+    Ok(consumer)
+}

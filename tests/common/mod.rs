@@ -1,0 +1,471 @@
+//! Harness for tests against a real broker (tansu, started by `scripts/infra.sh`): unique
+//! names, topic creation, producing generated input, running the flagtally binary as a
+//! child process, reading output topics, and the tallies the outputs must match.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use flagtally::decode::{Decoded, Decoder, Dialect, Limits};
+use flagtally::emit::{EmitConfig, Emitter};
+use flagtally::generate::Tally;
+use flagtally::window::{Engine, EngineConfig, Output, PartitionId, SourcePos, WindowConfig};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer as _};
+use rdkafka::message::Headers as _;
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer as _, ThreadedProducer};
+use rdkafka::{ClientConfig, Message as _};
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Runs `scripts/infra.sh start NAME` and returns the broker address.
+pub fn start_broker(name: &str, storage: &str) -> String {
+    let out = Command::new("bash")
+        .arg(repo().join("scripts/infra.sh"))
+        .args(["start", name])
+        .env("STORAGE", storage)
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("running scripts/infra.sh");
+    assert!(out.status.success(), "scripts/infra.sh start {name} failed");
+    let text = String::from_utf8(out.stdout).unwrap();
+    text.trim()
+        .strip_prefix("export FLAGTALLY_TEST_BROKER=")
+        .unwrap_or_else(|| panic!("unexpected infra.sh output {text:?}"))
+        .to_owned()
+}
+
+pub fn stop_broker(name: &str) {
+    let status = Command::new("bash")
+        .arg(repo().join("scripts/infra.sh"))
+        .args(["stop", name])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// The shared test broker: `FLAGTALLY_TEST_BROKER` when the test command started one,
+/// else one started here (and left running for the next test run to reuse).
+pub fn broker() -> &'static str {
+    static BROKER: OnceLock<String> = OnceLock::new();
+    BROKER.get_or_init(|| match std::env::var("FLAGTALLY_TEST_BROKER") {
+        Ok(b) if !b.is_empty() => b,
+        _ => start_broker("cargo-test", "memory"),
+    })
+}
+
+/// A name no other test or run uses.
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!(
+        "{prefix}-{}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed),
+        nanos % 1_000_000_000
+    )
+}
+
+pub fn create_topics(broker: &str, topics: &[(&str, i32)]) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", broker)
+        .create()
+        .unwrap();
+    let new: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|(t, n)| NewTopic::new(t, *n, TopicReplication::Fixed(1)))
+        .collect();
+    let rt = futures_executor();
+    let results = rt(Box::pin(admin.create_topics(&new, &AdminOptions::new()))).unwrap();
+    for r in results {
+        r.unwrap_or_else(|(t, e)| panic!("creating topic {t}: {e}"));
+    }
+}
+
+/// A minimal executor for rdkafka's admin futures (no async runtime needed).
+fn futures_executor<T>() -> impl Fn(std::pin::Pin<Box<dyn Future<Output = T> + '_>>) -> T {
+    |mut fut| {
+        use std::task::{Context, Poll, Waker};
+        let mut cx = Context::from_waker(Waker::noop());
+        loop {
+            if let Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
+                return v;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+pub fn producer(broker: &str) -> ThreadedProducer<DefaultProducerContext> {
+    ClientConfig::new()
+        .set("bootstrap.servers", broker)
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "10")
+        .create()
+        .unwrap()
+}
+
+/// Produces values round-robin over `partitions` partitions (explicitly, so each
+/// partition gets its share) and waits until all are acknowledged.
+pub fn produce(broker: &str, topic: &str, partitions: i32, values: &[Vec<u8>]) {
+    let p = producer(broker);
+    for (i, v) in values.iter().enumerate() {
+        send(&p, topic, (i as i32) % partitions, v);
+    }
+    p.flush(Duration::from_secs(60)).unwrap();
+}
+
+pub fn send(p: &ThreadedProducer<DefaultProducerContext>, topic: &str, partition: i32, v: &[u8]) {
+    let mut rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).partition(partition).payload(v);
+    loop {
+        match p.send(rec) {
+            Ok(()) => return,
+            Err((_, back)) => {
+                rec = back;
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+    }
+}
+
+/// The topics one flagtally test run uses.
+#[derive(Clone, Debug)]
+pub struct Topics {
+    pub input: String,
+    pub summary: String,
+    pub feature: String,
+    pub index: String,
+    pub dead_letter: String,
+    pub late: String,
+    pub group: String,
+}
+
+impl Topics {
+    pub fn create(broker: &str, input_partitions: i32) -> Self {
+        let t = Self {
+            input: unique("in"),
+            summary: unique("summary"),
+            feature: unique("feature"),
+            index: unique("index"),
+            dead_letter: unique("dlq"),
+            late: unique("late"),
+            group: unique("group"),
+        };
+        create_topics(
+            broker,
+            &[
+                (&t.input, input_partitions),
+                (&t.summary, 2),
+                (&t.feature, 2),
+                (&t.index, 1),
+                (&t.dead_letter, 1),
+                (&t.late, 1),
+            ],
+        );
+        t
+    }
+
+    /// A configuration over these topics; `extra` is appended (more sections).
+    pub fn config(&self, broker: &str, window: &str) -> String {
+        format!(
+            r#"
+[kafka]
+brokers = "{broker}"
+group_id = "{group}"
+input_topics = ["{input}"]
+consumer_properties = {{ "session.timeout.ms" = "6000", "heartbeat.interval.ms" = "500" }}
+
+[window]
+{window}
+
+[output]
+dead_letter_topic = "{dlq}"
+topics.summary = "{summary}"
+topics.feature = "{feature}"
+topics.index = "{index}"
+topics.late = "{late}"
+
+[processing]
+checkpoint_topic = "{group}-checkpoints"
+commit_interval = "500ms"
+shutdown_deadline = "20s"
+"#,
+            group = self.group,
+            input = self.input,
+            dlq = self.dead_letter,
+            summary = self.summary,
+            feature = self.feature,
+            index = self.index,
+            late = self.late,
+        )
+    }
+}
+
+/// A flagtally process.
+pub struct Flagtally {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Flagtally {
+    pub fn start(config: &str, name: &str) -> Self {
+        let dir = std::env::temp_dir().join("flagtally-tests");
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("{name}.toml"));
+        std::fs::write(&path, config).unwrap();
+        let log = dir.join(format!("{name}.log"));
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_flagtally"))
+            .args(["run", "--config"])
+            .arg(&path)
+            .env("RUST_LOG", "info,librdkafka=warn,rdkafka=warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .unwrap();
+        Self { child, log }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{sig}"), &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// SIGKILL: no drain, no commit.
+    pub fn crash(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// Waits for exit up to `timeout`.
+    pub fn wait(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, and the exit status within `timeout`.
+    pub fn stop(mut self, timeout: Duration) -> ExitStatus {
+        self.signal("TERM");
+        let status = self.wait(timeout);
+        let log = self.log_text();
+        let _ = self.child.kill();
+        status.unwrap_or_else(|| panic!("no exit within {timeout:?} after SIGTERM; log:\n{log}"))
+    }
+}
+
+impl Drop for Flagtally {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One output record.
+#[derive(Clone, Debug)]
+pub struct Rec {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub value: Vec<u8>,
+    pub headers: BTreeMap<String, Vec<u8>>,
+}
+
+impl Rec {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .get(name)
+            .map(|v| std::str::from_utf8(v).unwrap())
+    }
+}
+
+/// Reads a topic from the beginning until `done(records so far)` or `timeout`.
+pub fn read_until(
+    broker: &str,
+    topic: &str,
+    timeout: Duration,
+    done: impl Fn(&[Rec]) -> bool,
+) -> Vec<Rec> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker)
+        .set("group.id", unique("reader"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    c.subscribe(&[topic]).unwrap();
+    let deadline = Instant::now() + timeout;
+    let mut recs = Vec::new();
+    while Instant::now() < deadline && !done(&recs) {
+        if let Some(Ok(m)) = c.poll(Duration::from_millis(200)) {
+            let headers = m
+                .headers()
+                .map(|hs| {
+                    hs.iter()
+                        .map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            recs.push(Rec {
+                partition: m.partition(),
+                offset: m.offset(),
+                key: m.key().map(<[u8]>::to_vec),
+                value: m.payload().unwrap_or_default().to_vec(),
+                headers,
+            });
+        }
+    }
+    recs
+}
+
+/// Records deduplicated by their `flagtally-id` header; panics if two copies of one id
+/// differ in any byte (key, value or headers).
+pub fn dedupe(recs: &[Rec]) -> BTreeMap<String, Rec> {
+    let mut by_id: BTreeMap<String, Rec> = BTreeMap::new();
+    for r in recs {
+        let id = r
+            .header("flagtally-id")
+            .expect("every output has an id")
+            .to_owned();
+        match by_id.get(&id) {
+            Some(first) => {
+                assert_eq!(first.value, r.value, "duplicate {id} differs in value");
+                assert_eq!(first.key, r.key, "duplicate {id} differs in key");
+                assert_eq!(
+                    first.headers, r.headers,
+                    "duplicate {id} differs in headers"
+                );
+            }
+            None => {
+                by_id.insert(id, r.clone());
+            }
+        }
+    }
+    by_id
+}
+
+/// Counter totals per (flag, variation, version, window start) of summary records.
+pub type WindowTally = BTreeMap<(String, String, String, i64), u64>;
+
+pub fn window_tally<'a>(summaries: impl IntoIterator<Item = &'a Rec>) -> WindowTally {
+    let mut out = WindowTally::new();
+    for r in summaries {
+        let start: i64 = r.header("flagtally-window-start").unwrap().parse().unwrap();
+        let mut t = Tally::default();
+        t.add_summary_json(std::str::from_utf8(&r.value).unwrap())
+            .unwrap();
+        for ((f, v, ver), n) in t.counters {
+            *out.entry((f, v, ver, start)).or_default() += n;
+        }
+    }
+    out
+}
+
+pub fn total(t: &WindowTally) -> u64 {
+    t.values().sum()
+}
+
+/// What summaries over `records` must add up to, per window: the records run through
+/// one engine in one partition with unbounded lateness (so no event is late), then
+/// emitted as LaunchDarkly JSON. Window assignment is all this oracle adds: the
+/// per-key totals are also checked against the generator's own tally.
+pub fn expected_windows(records: &[Vec<u8>], window_ms: i64) -> WindowTally {
+    let decoder = Decoder::new(Dialect::Auto, Limits::default());
+    let mut engine = Engine::new(EngineConfig {
+        window: WindowConfig {
+            size_ms: window_ms,
+            allowed_lateness_ms: i64::MAX / 4,
+            idle_timeout_ms: None,
+            max_open_windows: 1 << 20,
+            max_keys: usize::MAX,
+            ..WindowConfig::default()
+        },
+        ..EngineConfig::default()
+    })
+    .unwrap();
+    let emitter = Emitter::new(EmitConfig::default());
+    let pid = PartitionId::new("oracle", 0);
+    let mut outs = Vec::new();
+    let mut decoded = Decoded::default();
+    for (offset, r) in records.iter().enumerate() {
+        decoded.clear();
+        decoder.decode(r, &mut decoded);
+        for (index, e) in decoded.events.drain(..).enumerate() {
+            let pos = SourcePos {
+                partition: pid.clone(),
+                offset: offset as i64,
+                index: index as u32,
+            };
+            engine.push(&pos, e, 0, &mut outs);
+        }
+    }
+    engine.flush_all(&mut outs);
+    let recs: Vec<Rec> = outs
+        .iter()
+        .filter(|o| matches!(o, Output::Summary(_)))
+        .map(|o| {
+            let r = emitter.emit(o).unwrap();
+            Rec {
+                partition: 0,
+                offset: 0,
+                key: None,
+                value: r.value,
+                headers: r
+                    .headers
+                    .into_iter()
+                    .map(|(k, v)| (k.to_owned(), v))
+                    .collect(),
+            }
+        })
+        .collect();
+    window_tally(&recs)
+}
+
+/// Appends a line to the test's report (`target/test-report.txt`), for numbers worth
+/// keeping.
+pub fn report(line: &str) {
+    let path = repo().join("target/test-report.txt");
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
+        let _ = writeln!(f, "{line}");
+    }
+}
+
+pub fn assert_path_exists(p: &Path) {
+    assert!(p.exists(), "{} missing", p.display());
+}

@@ -1,0 +1,381 @@
+//! The processor against a real broker (tansu): exact counts, crashes, rebalances, a
+//! broker restart, bad input, idle partitions, shutdown, and an independent reader.
+//! Each test makes its own topics and group; the flagtally binary runs as a child.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use common::*;
+use flagtally::generate::{GenConfig, GenDialect, Generator, Tally};
+
+const WINDOW_MS: i64 = 10_000;
+const WINDOW: &str = r#"size = "10s"
+lateness = "2s"
+idle_timeout = "2s""#;
+
+fn generated(n: usize, seed: u64) -> (Vec<Vec<u8>>, Tally) {
+    let mut g = Generator::new(GenConfig {
+        dialect: GenDialect::Mixed,
+        flags: 8,
+        contexts: 500,
+        tracked_one_in: 50,
+        seed,
+        ..GenConfig::default()
+    });
+    let records = (0..n).map(|_| g.next_record()).collect();
+    (records, g.into_tally())
+}
+
+/// Reads the summary topic until its deduplicated counters add up to `expected`
+/// evaluations (or the timeout), then checks them window by window.
+fn assert_summaries(broker: &str, t: &Topics, records: &[Vec<u8>], tally: &Tally) -> usize {
+    let expected = tally.evaluations();
+    let recs = read_until(broker, &t.summary, Duration::from_secs(240), |recs| {
+        total(&window_tally(dedupe(recs).values())) >= expected
+    });
+    let unique = dedupe(&recs);
+    let got = window_tally(unique.values());
+    assert_eq!(total(&got), expected, "summed counters");
+    assert_eq!(
+        got,
+        expected_windows(records, WINDOW_MS),
+        "counters per window"
+    );
+    let mut per_key: BTreeMap<(String, String, String), u64> = BTreeMap::new();
+    for ((f, v, ver, _), n) in &got {
+        *per_key
+            .entry((f.clone(), v.clone(), ver.clone()))
+            .or_default() += n;
+    }
+    assert_eq!(
+        per_key, tally.counters,
+        "counters per flag, variation, version"
+    );
+    recs.len() - unique.len()
+}
+
+fn assert_features(broker: &str, t: &Topics, tally: &Tally) {
+    let recs = read_until(broker, &t.feature, Duration::from_secs(120), |recs| {
+        dedupe(recs).len() as u64 >= tally.tracked
+    });
+    assert_eq!(
+        dedupe(&recs).len() as u64,
+        tally.tracked,
+        "feature events one to one"
+    );
+}
+
+/// Produces `records` in `chunks` slices, pausing between them, on a thread.
+fn produce_paced(
+    broker: &str,
+    t: &Topics,
+    records: Arc<Vec<Vec<u8>>>,
+    partitions: i32,
+    chunks: usize,
+    pause: Duration,
+) -> (std::thread::JoinHandle<()>, Arc<AtomicBool>) {
+    let done = Arc::new(AtomicBool::new(false));
+    let (broker, topic, flag) = (broker.to_owned(), t.input.clone(), Arc::clone(&done));
+    let h = std::thread::spawn(move || {
+        let p = producer(&broker);
+        let per = records.len().div_ceil(chunks);
+        for (c, chunk) in records.chunks(per).enumerate() {
+            for (i, v) in chunk.iter().enumerate() {
+                send(&p, &topic, ((c * per + i) as i32) % partitions, v);
+            }
+            rdkafka::producer::Producer::flush(&p, Duration::from_secs(60)).unwrap();
+            std::thread::sleep(pause);
+        }
+        flag.store(true, Ordering::Relaxed);
+    });
+    (h, done)
+}
+
+/// Waits until a flagtally log shows `needle` (assignment, restore, …).
+fn wait_log(f: &Flagtally, needle: &str, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f.log_text().contains(needle) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!(
+        "{needle:?} not logged within {timeout:?}; log:\n{}",
+        f.log_text()
+    );
+}
+
+/// A small deterministic random source for kill times (seed printed on failure).
+struct Lcg(u64);
+impl Lcg {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.0 >> 33) % n
+    }
+}
+
+#[test]
+fn counts_are_exact_across_dialects_and_partitions() {
+    let broker = broker();
+    let t = Topics::create(broker, 4);
+    let (records, tally) = generated(200_000, 7);
+    produce(broker, &t.input, 4, &records);
+    let f = Flagtally::start(&t.config(broker, WINDOW), &t.group);
+    let dups = assert_summaries(broker, &t, &records, &tally);
+    assert_eq!(dups, 0, "no crash, no duplicates");
+    assert_features(broker, &t, &tally);
+    assert!(f.stop(Duration::from_secs(25)).success());
+    other_teams_read_the_outputs(broker, &t, &tally);
+}
+
+/// The independent reader: Python's confluent-kafka reads the output topics and checks
+/// the documented shapes.
+fn other_teams_read_the_outputs(broker: &str, t: &Topics, tally: &Tally) {
+    let py = std::process::Command::new("bash")
+        .arg(repo().join("scripts/infra.sh"))
+        .arg("python")
+        .output()
+        .unwrap();
+    assert!(py.status.success(), "no python venv");
+    let python = String::from_utf8(py.stdout).unwrap().trim().to_owned();
+    let out = std::process::Command::new(python)
+        .arg(repo().join("tests/python/read_outputs.py"))
+        .args([broker, &t.summary, &t.feature])
+        .arg(tally.evaluations().to_string())
+        .arg(tally.tracked.to_string())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "python reader failed:\n{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("ok"), "{text}");
+}
+
+#[test]
+fn sigkill_three_times_loses_nothing_and_duplicates_are_identical() {
+    let broker = broker();
+    let t = Topics::create(broker, 4);
+    let (records, tally) = generated(200_000, 11);
+    let records = Arc::new(records);
+    let (h, input_done) = produce_paced(
+        broker,
+        &t,
+        Arc::clone(&records),
+        4,
+        20,
+        Duration::from_millis(400),
+    );
+    let seed = std::process::id() as u64;
+    let mut rng = Lcg(seed);
+    let config = t.config(broker, WINDOW);
+    for round in 0..3 {
+        let f = Flagtally::start(&config, &format!("{}-{round}", t.group));
+        wait_log(&f, "restored", Duration::from_secs(60));
+        std::thread::sleep(Duration::from_millis(500 + rng.below(2500)));
+        eprintln!("crash round {round} (seed {seed})");
+        f.crash();
+    }
+    let f = Flagtally::start(&config, &format!("{}-final", t.group));
+    h.join().unwrap();
+    assert!(input_done.load(Ordering::Relaxed));
+    let dups = assert_summaries(broker, &t, &records, &tally);
+    assert_features(broker, &t, &tally);
+    report(&format!(
+        "crash test: {dups} identical duplicate summaries after 3 SIGKILLs"
+    ));
+    assert!(f.stop(Duration::from_secs(25)).success());
+}
+
+#[test]
+fn a_surviving_instance_takes_over_a_killed_ones_partitions() {
+    let broker = broker();
+    let t = Topics::create(broker, 4);
+    let (records, tally) = generated(120_000, 13);
+    let records = Arc::new(records);
+    let config = t.config(broker, WINDOW);
+    let a = Flagtally::start(&config, &format!("{}-a", t.group));
+    wait_log(&a, "restored", Duration::from_secs(60));
+    let b = Flagtally::start(&config, &format!("{}-b", t.group));
+    wait_log(&b, "restored", Duration::from_secs(60));
+    let (h, _) = produce_paced(
+        broker,
+        &t,
+        Arc::clone(&records),
+        4,
+        12,
+        Duration::from_millis(500),
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    a.crash();
+    h.join().unwrap();
+    assert_summaries(broker, &t, &records, &tally);
+    assert_features(broker, &t, &tally);
+    let log = b.log_text();
+    assert!(
+        log.matches("partitions assigned").count() >= 2,
+        "b was assigned a's partitions after the crash; log:\n{log}"
+    );
+    assert!(b.stop(Duration::from_secs(25)).success());
+}
+
+#[test]
+fn flagtally_rides_out_a_broker_restart() {
+    let name = unique("restart");
+    let broker = start_broker(&name, "sqlite");
+    let t = Topics::create(&broker, 4);
+    let (records, tally) = generated(60_000, 17);
+    let (first, second) = records.split_at(30_000);
+    produce(&broker, &t.input, 4, first);
+    let f = Flagtally::start(&t.config(&broker, WINDOW), &t.group);
+    let some = read_until(&broker, &t.summary, Duration::from_secs(60), |r| {
+        !r.is_empty()
+    });
+    assert!(!some.is_empty(), "summaries before the restart");
+    stop_broker(&name);
+    std::thread::sleep(Duration::from_secs(10));
+    let again = start_broker(&name, "sqlite");
+    assert_eq!(again, broker, "the broker comes back on its port");
+    produce(&broker, &t.input, 4, second);
+    assert_summaries(&broker, &t, &records, &tally);
+    assert!(f.stop(Duration::from_secs(25)).success());
+    stop_broker(&name);
+}
+
+#[test]
+fn bad_records_go_to_the_dead_letter_topic_with_reasons() {
+    let broker = broker();
+    let t = Topics::create(broker, 2);
+    let (good, tally) = generated(100_000, 19);
+    let bad: [&[u8]; 5] = [
+        b"not json at all",
+        br#"{"kind":"feature","creationDate":"#,
+        br#"{"kind":"feature","creationDate":"yesterday","key":"f","context":{"kind":"user","key":"u"}}"#,
+        br#"{"what":"is this"}"#,
+        b"",
+    ];
+    let mut records = Vec::with_capacity(101_000);
+    let mut bad_at = Vec::new();
+    for (i, g) in good.iter().enumerate() {
+        if i % 100 == 50 {
+            bad_at.push(records.len());
+            records.push(bad[(i / 100) % bad.len()].to_vec());
+        }
+        records.push(g.clone());
+    }
+    assert_eq!(bad_at.len(), 1000);
+    produce(broker, &t.input, 2, &records);
+    let f = Flagtally::start(&t.config(broker, WINDOW), &t.group);
+    assert_summaries(broker, &t, &good, &tally);
+    let dlq = read_until(broker, &t.dead_letter, Duration::from_secs(60), |r| {
+        r.len() >= 1000
+    });
+    assert_eq!(dlq.len(), 1000);
+    for r in &dlq {
+        let partition: i32 = r
+            .header("flagtally-source-partition")
+            .unwrap()
+            .parse()
+            .unwrap();
+        let offset: usize = r
+            .header("flagtally-source-offset")
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(r.header("flagtally-source-topic"), Some(t.input.as_str()));
+        // Round-robin production: record i went to partition i % 2 at offset i / 2.
+        let i = offset * 2 + partition as usize;
+        assert_eq!(r.value, records[i], "the original bytes");
+        assert!(bad_at.contains(&i));
+        let dialect = r.header("flagtally-error-dialect").unwrap();
+        assert!(["auto", "launchdarkly"].contains(&dialect), "{dialect}");
+        let reason = r.header("flagtally-error-reason").unwrap();
+        let expected = match r.value.as_slice() {
+            b"" => "empty",
+            br#"{"kind":"feature","creationDate":"# => "syntax",
+            br#"{"what":"is this"}"# => "undetected",
+            _ => reason,
+        };
+        assert_eq!(reason, expected, "{:?}", String::from_utf8_lossy(&r.value));
+        assert!(!r.header("flagtally-error").unwrap().is_empty());
+    }
+    assert!(f.stop(Duration::from_secs(25)).success());
+}
+
+#[test]
+fn an_idle_partition_emits_its_last_window_within_idle_timeout_plus_one_second() {
+    let broker = broker();
+    let t = Topics::create(broker, 1);
+    let f = Flagtally::start(
+        &t.config(broker, "size = \"1h\"\nidle_timeout = \"2s\""),
+        &t.group,
+    );
+    wait_log(&f, "restored", Duration::from_secs(60));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    let records: Vec<Vec<u8>> = (0..100)
+        .map(|i| {
+            format!(
+                r#"{{"kind":"feature","creationDate":{now},"key":"idle-flag","version":1,"context":{{"kind":"user","key":"u{i}"}},"variation":0,"value":true,"default":false}}"#
+            )
+            .into_bytes()
+        })
+        .collect();
+    produce(broker, &t.input, 1, &records);
+    let sent = Instant::now();
+    let recs = read_until(broker, &t.summary, Duration::from_secs(30), |r| {
+        total(&window_tally(r.iter())) >= 100
+    });
+    let elapsed = sent.elapsed();
+    assert_eq!(total(&window_tally(recs.iter())), 100);
+    assert!(
+        elapsed <= Duration::from_secs(3) + Duration::from_millis(500),
+        "idle window emitted after {elapsed:?} (idle_timeout 2 s + 1 s, plus the reader's poll)"
+    );
+    report(&format!(
+        "idle close: summary read {elapsed:?} after the last input"
+    ));
+    assert!(f.stop(Duration::from_secs(25)).success());
+}
+
+#[test]
+fn sigterm_drains_exits_zero_and_a_restart_continues_exactly() {
+    let broker = broker();
+    let t = Topics::create(broker, 4);
+    let (records, tally) = generated(100_000, 23);
+    let records = Arc::new(records);
+    let config = t.config(broker, WINDOW);
+    let f = Flagtally::start(&config, &format!("{}-1", t.group));
+    wait_log(&f, "restored", Duration::from_secs(60));
+    let (h, _) = produce_paced(
+        broker,
+        &t,
+        Arc::clone(&records),
+        4,
+        10,
+        Duration::from_millis(300),
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let stopped = Instant::now();
+    let status = f.stop(Duration::from_secs(25));
+    assert_eq!(status.code(), Some(0), "a drain exits 0");
+    report(&format!("SIGTERM drain took {:?}", stopped.elapsed()));
+    let f = Flagtally::start(&config, &format!("{}-2", t.group));
+    h.join().unwrap();
+    assert_summaries(broker, &t, &records, &tally);
+    assert_features(broker, &t, &tally);
+    assert!(f.stop(Duration::from_secs(25)).success());
+}
