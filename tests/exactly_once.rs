@@ -83,9 +83,12 @@ fn input(n: usize) -> (Vec<Vec<u8>>, u64) {
 }
 
 fn summed(broker: &str, topic: &str, expected: u64) -> u64 {
-    let recs = read_until(broker, topic, Duration::from_secs(60), |r| {
-        total(&window_tally(dedupe(r).values())) >= expected
-    });
+    let recs = read_until(
+        broker,
+        topic,
+        Duration::from_secs(60),
+        summed_counters(expected),
+    );
     total(&window_tally(dedupe(&recs).values()))
 }
 

@@ -35,9 +35,12 @@ fn generated(n: usize, seed: u64) -> (Vec<Vec<u8>>, Tally) {
 /// evaluations (or the timeout), then checks them window by window.
 fn assert_summaries(broker: &str, t: &Topics, records: &[Vec<u8>], tally: &Tally) -> usize {
     let expected = tally.evaluations();
-    let recs = read_until(broker, &t.summary, Duration::from_secs(240), |recs| {
-        total(&window_tally(dedupe(recs).values())) >= expected
-    });
+    let recs = read_until(
+        broker,
+        &t.summary,
+        Duration::from_secs(240),
+        summed_counters(expected),
+    );
     let unique = dedupe(&recs);
     let got = window_tally(unique.values());
     assert_eq!(total(&got), expected, "summed counters");
@@ -60,9 +63,12 @@ fn assert_summaries(broker: &str, t: &Topics, records: &[Vec<u8>], tally: &Tally
 }
 
 fn assert_features(broker: &str, t: &Topics, tally: &Tally) {
-    let recs = read_until(broker, &t.feature, Duration::from_secs(120), |recs| {
-        dedupe(recs).len() as u64 >= tally.tracked
-    });
+    let recs = read_until(
+        broker,
+        &t.feature,
+        Duration::from_secs(120),
+        distinct_ids(tally.tracked),
+    );
     assert_eq!(
         dedupe(&recs).len() as u64,
         tally.tracked,
@@ -239,9 +245,7 @@ fn flagtally_rides_out_a_broker_restart() {
     let (first, second) = records.split_at(30_000);
     produce(&broker, &t.input, 4, first);
     let f = Flagtally::start(&t.config(&broker, WINDOW), &t.group);
-    let some = read_until(&broker, &t.summary, Duration::from_secs(60), |r| {
-        !r.is_empty()
-    });
+    let some = read_until(&broker, &t.summary, Duration::from_secs(60), |_| true);
     assert!(!some.is_empty(), "summaries before the restart");
     stop_broker(&name);
     std::thread::sleep(Duration::from_secs(10));
@@ -278,8 +282,10 @@ fn bad_records_go_to_the_dead_letter_topic_with_reasons() {
     produce(broker, &t.input, 2, &records);
     let f = Flagtally::start(&t.config(broker, WINDOW), &t.group);
     assert_summaries(broker, &t, &good, &tally);
-    let dlq = read_until(broker, &t.dead_letter, Duration::from_secs(60), |r| {
-        r.len() >= 1000
+    let mut n = 0;
+    let dlq = read_until(broker, &t.dead_letter, Duration::from_secs(60), |_| {
+        n += 1;
+        n >= 1000
     });
     assert_eq!(dlq.len(), 1000);
     for r in &dlq {
@@ -336,9 +342,12 @@ fn an_idle_partition_emits_its_last_window_within_idle_timeout_plus_one_second()
         .collect();
     produce(broker, &t.input, 1, &records);
     let sent = Instant::now();
-    let recs = read_until(broker, &t.summary, Duration::from_secs(30), |r| {
-        total(&window_tally(r.iter())) >= 100
-    });
+    let recs = read_until(
+        broker,
+        &t.summary,
+        Duration::from_secs(30),
+        summed_counters(100),
+    );
     let elapsed = sent.elapsed();
     assert_eq!(total(&window_tally(recs.iter())), 100);
     assert!(

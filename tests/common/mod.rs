@@ -311,12 +311,13 @@ impl Rec {
     }
 }
 
-/// Reads a topic from the beginning until `done(records so far)` or `timeout`.
+/// Reads a topic from the beginning until `done(each new record)` says so, or
+/// `timeout`; returns every record read.
 pub fn read_until(
     broker: &str,
     topic: &str,
     timeout: Duration,
-    done: impl Fn(&[Rec]) -> bool,
+    mut done: impl FnMut(&Rec) -> bool,
 ) -> Vec<Rec> {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", broker)
@@ -328,7 +329,7 @@ pub fn read_until(
     c.subscribe(&[topic]).unwrap();
     let deadline = Instant::now() + timeout;
     let mut recs = Vec::new();
-    while Instant::now() < deadline && !done(&recs) {
+    while Instant::now() < deadline {
         if let Some(Ok(m)) = c.poll(Duration::from_millis(200)) {
             let headers = m
                 .headers()
@@ -345,9 +346,34 @@ pub fn read_until(
                 value: m.payload().unwrap_or_default().to_vec(),
                 headers,
             });
+            if done(recs.last().unwrap()) {
+                break;
+            }
         }
     }
     recs
+}
+
+/// Counts distinct ids as records arrive: `done` for [`read_until`].
+pub fn distinct_ids(target: u64) -> impl FnMut(&Rec) -> bool {
+    let mut seen = std::collections::HashSet::new();
+    move |r| {
+        seen.insert(r.header("flagtally-id").unwrap_or_default().to_owned());
+        seen.len() as u64 >= target
+    }
+}
+
+/// Sums summary counters of distinct ids as records arrive: `done` for
+/// [`read_until`], true once they reach `target` evaluations.
+pub fn summed_counters(target: u64) -> impl FnMut(&Rec) -> bool {
+    let mut seen = std::collections::HashSet::new();
+    let mut sum = 0;
+    move |r| {
+        if seen.insert(r.header("flagtally-id").unwrap_or_default().to_owned()) {
+            sum += total(&window_tally([r]));
+        }
+        sum >= target
+    }
 }
 
 /// Records deduplicated by their `flagtally-id` header; panics if two copies of one id
