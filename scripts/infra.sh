@@ -118,22 +118,25 @@ start() {
     # A named broker restarts on its previous port when that port is free (clients
     # reconnect to the address they know: the broker-restart test relies on it).
     port=""
-    if [ -f "$run/port" ] && python3 -c 'import socket,sys; s=socket.socket(); s.bind(("127.0.0.1", int(sys.argv[1])))' "$(cat "$run/port")" 2>/dev/null; then
+    if [ -f "$run/port" ] && python3 -c 'import socket,sys; s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(("127.0.0.1", int(sys.argv[1])))' "$(cat "$run/port")" 2>/dev/null; then
       port=$(cat "$run/port")
     fi
     [ -n "$port" ] || port=$(free_port)
     case "${STORAGE:-memory}" in
       memory) storage="memory://tansu/" ;;
-      sqlite) storage="sqlite://$run/tansu.db" ;;
+      # tansu resolves the path against its working directory: start it in $run.
+      sqlite) storage="sqlite://tansu.db" ;;
       *) say "STORAGE must be memory or sqlite"; exit 2 ;;
     esac
     # Started directly (no subshell around it), every stream redirected: nothing may
     # hold the caller's stdout open, or `$(infra.sh start)` would never return.
+    cd "$run"
     nohup "$TANSU" broker \
       --listener-url "tcp://127.0.0.1:$port" \
       --advertised-listener-url "tcp://127.0.0.1:$port" \
       --storage-engine "$storage" </dev/null >"$run/broker.log" 2>&1 &
     echo $! >"$run/pid"
+    cd - >/dev/null
     echo "$port" >"$run/port"
     if ! wait_ready "$port"; then
       say "broker did not answer within 60 s; log: $run/broker.log"

@@ -4,7 +4,9 @@
 #
 #   format   cargo fmt --check
 #   lint     cargo clippy --all-targets -- -D warnings
-#   tests    unit, property, vector and end-to-end tests (cargo test)
+#   infra    the Kafka-compatible broker tansu (built once, 12–15 min) on 127.0.0.1 and
+#            a Python venv with confluent-kafka (the independent reader); stopped at exit
+#   tests    unit, property, vector, end-to-end and broker tests (cargo test)
 #   docs     cargo doc, warnings denied
 #   fuzz     builds every fuzz target (cargo fuzz; not run here, see README)
 set -euo pipefail
@@ -28,8 +30,16 @@ cargo fmt --check
 step "lint"
 cargo clippy --all-targets --quiet -- -D warnings
 
+step "infra"
+bash scripts/infra.sh python >/dev/null
+eval "$(bash scripts/infra.sh start ci)"
+export FLAGTALLY_TEST_BROKER
+trap 'bash scripts/infra.sh stop ci' EXIT
+
 step "tests"
-cargo test --all-targets --quiet 2>&1 | tee /tmp/flagtally-test.log
+# Broker tests start flagtally processes of their own: two at a time keeps the two
+# cores from starving the broker.
+cargo test --all-targets --quiet -- --test-threads=2 2>&1 | tee /tmp/flagtally-test.log
 cargo test --doc --quiet
 
 step "docs"

@@ -402,3 +402,13 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod example {
+    /// The shipped example parses and passes validation.
+    #[test]
+    fn example_config_is_valid() {
+        let text = include_str!("../config/flagtally.example.toml");
+        super::Config::parse(text).unwrap();
+    }
+}

@@ -58,17 +58,9 @@ fn spawn(config: Config, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Stats
 
 fn setup(mock: &MockCluster<'_, rdkafka::producer::DefaultProducerContext>) -> (String, Topics) {
     let broker = mock.bootstrap_servers();
-    let t = Topics {
-        input: unique("in"),
-        summary: unique("summary"),
-        feature: unique("feature"),
-        index: unique("index"),
-        dead_letter: unique("dlq"),
-        late: unique("late"),
-        group: unique("group"),
-    };
-    for (name, partitions) in [(&t.input, 2), (&t.summary, 1), (&t.dead_letter, 1)] {
-        mock.create_topic(name, partitions, 1).unwrap();
+    let t = Topics::named();
+    for (name, partitions) in t.all(2) {
+        mock.create_topic(&name, partitions, 1).unwrap();
     }
     (broker, t)
 }

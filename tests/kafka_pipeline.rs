@@ -43,7 +43,30 @@ fn assert_summaries(broker: &str, t: &Topics, records: &[Vec<u8>], tally: &Tally
     );
     let unique = dedupe(&recs);
     let got = window_tally(unique.values());
-    assert_eq!(total(&got), expected, "summed counters");
+    if total(&got) != expected {
+        let want = expected_windows(records, WINDOW_MS);
+        let mut diff = String::new();
+        for (k, n) in &got {
+            let w = want.get(k).copied().unwrap_or(0);
+            if *n != w {
+                diff += &format!("{k:?}: got {n}, want {w}\n");
+                for r in unique.values() {
+                    if r.header("flagtally-window-start") == Some(&k.3.to_string())
+                        && r.key.as_deref() == Some(k.0.as_bytes())
+                    {
+                        diff += &format!(
+                            "  {:?} late={:?} early={:?} {}\n",
+                            r.header("flagtally-source"),
+                            r.header("flagtally-late"),
+                            r.header("flagtally-early"),
+                            String::from_utf8_lossy(&r.value)
+                        );
+                    }
+                }
+            }
+        }
+        panic!("summed counters {} != {expected}:\n{diff}", total(&got));
+    }
     assert_eq!(
         got,
         expected_windows(records, WINDOW_MS),
@@ -204,11 +227,10 @@ fn sigkill_three_times_loses_nothing_and_duplicates_are_identical() {
     assert!(f.stop(Duration::from_secs(25)).success());
 }
 
-#[test]
-fn a_surviving_instance_takes_over_a_killed_ones_partitions() {
-    let broker = broker();
-    let t = Topics::create(broker, 4);
-    let (records, tally) = generated(120_000, 13);
+/// Two instances in one group; `stop_a` takes the first one out mid-stream; the other
+/// must take over its partitions and the counts stay exact.
+fn takeover(broker: &str, t: &Topics, n: usize, stop_a: impl FnOnce(Flagtally)) {
+    let (records, tally) = generated(n, 13);
     let records = Arc::new(records);
     let config = t.config(broker, WINDOW);
     let a = Flagtally::start(&config, &format!("{}-a", t.group));
@@ -217,26 +239,85 @@ fn a_surviving_instance_takes_over_a_killed_ones_partitions() {
     wait_log(&b, "restored", Duration::from_secs(60));
     let (h, _) = produce_paced(
         broker,
-        &t,
+        t,
         Arc::clone(&records),
         4,
         12,
         Duration::from_millis(500),
     );
     std::thread::sleep(Duration::from_secs(2));
-    a.crash();
+    stop_a(a);
     h.join().unwrap();
-    assert_summaries(broker, &t, &records, &tally);
-    assert_features(broker, &t, &tally);
+    assert_summaries(broker, t, &records, &tally);
+    assert_features(broker, t, &tally);
     let log = b.log_text();
     assert!(
-        log.matches("partitions assigned").count() >= 2,
-        "b was assigned a's partitions after the crash; log:\n{log}"
+        log.matches("partitions assigned partitions=4").count() >= 1,
+        "b was assigned all four partitions after a left; log:\n{log}"
     );
     assert!(b.stop(Duration::from_secs(25)).success());
 }
 
+/// On tansu, an instance that leaves (SIGTERM: it drains and leaves the group) hands
+/// its partitions over. tansu 0.6 never evicts a member that dies without leaving
+/// (its partitions stay assigned to the dead member), so the SIGKILL variant runs on
+/// librdkafka's mock cluster below.
 #[test]
+fn a_surviving_instance_takes_over_when_another_leaves() {
+    let broker = broker();
+    let t = Topics::create(broker, 4);
+    takeover(broker, &t, 60_000, |a| {
+        assert!(a.stop(Duration::from_secs(25)).success());
+    });
+}
+
+/// SIGKILL one of two instances; the group coordinator (librdkafka's mock cluster,
+/// which expires sessions) gives its partitions to the survivor. The mock cluster
+/// holds at most 5 MiB per partition, hence the smaller input.
+#[test]
+fn a_surviving_instance_takes_over_a_killed_ones_partitions() {
+    let mock = rdkafka::mocking::MockCluster::new(1).unwrap();
+    let broker = mock.bootstrap_servers();
+    let t = Topics::named();
+    for (topic, partitions) in t.all(4) {
+        mock.create_topic(&topic, partitions, 1).unwrap();
+    }
+    takeover(&broker, &t, 30_000, Flagtally::crash);
+}
+
+/// The broker is unreachable for 10 s mid-stream (librdkafka's mock cluster takes its
+/// only broker down and up again, keeping its data): flagtally reconnects by itself and
+/// the counts stay exact.
+#[test]
+fn flagtally_rides_out_a_broker_outage() {
+    let mock = rdkafka::mocking::MockCluster::new(1).unwrap();
+    let broker = mock.bootstrap_servers();
+    let t = Topics::named();
+    for (topic, partitions) in t.all(4) {
+        mock.create_topic(&topic, partitions, 1).unwrap();
+    }
+    let (records, tally) = generated(30_000, 29);
+    let (first, second) = records.split_at(15_000);
+    produce(&broker, &t.input, 4, first);
+    let f = Flagtally::start(&t.config(&broker, WINDOW), &t.group);
+    let some = read_until(&broker, &t.summary, Duration::from_secs(60), |_| true);
+    assert!(!some.is_empty(), "summaries before the outage");
+    mock.broker_down(1).unwrap();
+    std::thread::sleep(Duration::from_secs(10));
+    mock.broker_up(1).unwrap();
+    produce(&broker, &t.input, 4, second);
+    assert_summaries(&broker, &t, &records, &tally);
+    assert_features(&broker, &t, &tally);
+    assert!(f.stop(Duration::from_secs(25)).success());
+}
+
+/// The same on tansu with `sqlite://` storage, stopped and restarted. Ignored: tansu
+/// 0.6's sqlite engine panics under this load within seconds, before any restart
+/// (`tansu-storage-0.6.0/src/lite.rs:503`, "more or less than one row", after which
+/// every request fails with `Storage(UnableToSend)`). Run with `--ignored` to retry on
+/// a newer tansu.
+#[test]
+#[ignore = "tansu 0.6 sqlite storage panics under concurrent produce (see doc comment)"]
 fn flagtally_rides_out_a_broker_restart() {
     let name = unique("restart");
     let broker = start_broker(&name, "sqlite");
@@ -244,7 +325,13 @@ fn flagtally_rides_out_a_broker_restart() {
     let (records, tally) = generated(60_000, 17);
     let (first, second) = records.split_at(30_000);
     produce(&broker, &t.input, 4, first);
-    let f = Flagtally::start(&t.config(&broker, WINDOW), &t.group);
+    // Summary output only: tansu's sqlite storage is slow to write, and the point here
+    // is the outage, not the volume.
+    let config = t
+        .config(&broker, WINDOW)
+        .replace(&format!("topics.feature = \"{}\"\n", t.feature), "")
+        .replace(&format!("topics.index = \"{}\"\n", t.index), "");
+    let f = Flagtally::start(&config, &t.group);
     let some = read_until(&broker, &t.summary, Duration::from_secs(60), |_| true);
     assert!(!some.is_empty(), "summaries before the restart");
     stop_broker(&name);
@@ -309,12 +396,17 @@ fn bad_records_go_to_the_dead_letter_topic_with_reasons() {
         let reason = r.header("flagtally-error-reason").unwrap();
         let expected = match r.value.as_slice() {
             b"" => "empty",
-            br#"{"kind":"feature","creationDate":"# => "syntax",
+            // Not JSON, so no dialect can be detected; the detail says where it broke.
+            br#"{"kind":"feature","creationDate":"# => "undetected",
             br#"{"what":"is this"}"# => "undetected",
             _ => reason,
         };
         assert_eq!(reason, expected, "{:?}", String::from_utf8_lossy(&r.value));
-        assert!(!r.header("flagtally-error").unwrap().is_empty());
+        let error = r.header("flagtally-error").unwrap();
+        if r.value.starts_with(br#"{"kind""#) && r.value.len() < 40 {
+            assert!(error.contains("EOF while parsing"), "{error}");
+        }
+        assert!(!error.is_empty());
     }
     assert!(f.stop(Duration::from_secs(25)).success());
 }

@@ -66,12 +66,29 @@ impl Store {
         let admin: AdminClient<DefaultClientContext> = cc.create()?;
         let new =
             NewTopic::new(&topic, 1, TopicReplication::Fixed(-1)).set("cleanup.policy", "compact");
-        let created = block_on(admin.create_topics([&new], &AdminOptions::new()))?;
-        for result in created {
-            match result {
-                Ok(_) => tracing::info!(topic = %topic, "created the checkpoint topic"),
-                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                Err((t, e)) => tracing::warn!("creating checkpoint topic {t}: {e}"),
+        // Best effort: the topic may be managed by someone else, and some brokers
+        // refuse the admin API; reading it later tells.
+        let exists = admin
+            .inner()
+            .fetch_metadata(Some(&topic), TIMEOUT)
+            .is_ok_and(|m| {
+                m.topics()
+                    .iter()
+                    .any(|t| t.error().is_none() && !t.partitions().is_empty())
+            });
+        if !exists {
+            let options = AdminOptions::new().request_timeout(Some(TIMEOUT));
+            match block_on(admin.create_topics([&new], &options)) {
+                Ok(created) => {
+                    for result in created {
+                        match result {
+                            Ok(_) => tracing::info!(topic = %topic, "created the checkpoint topic"),
+                            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                            Err((t, e)) => tracing::warn!("creating checkpoint topic {t}: {e}"),
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!("creating checkpoint topic {topic}: {e}"),
             }
         }
         let reader: BaseConsumer = cc

@@ -152,8 +152,9 @@ pub struct Topics {
 }
 
 impl Topics {
-    pub fn create(broker: &str, input_partitions: i32) -> Self {
-        let t = Self {
+    /// Unique names, nothing created.
+    pub fn named() -> Self {
+        Self {
             input: unique("in"),
             summary: unique("summary"),
             feature: unique("feature"),
@@ -161,18 +162,27 @@ impl Topics {
             dead_letter: unique("dlq"),
             late: unique("late"),
             group: unique("group"),
-        };
-        create_topics(
-            broker,
-            &[
-                (&t.input, input_partitions),
-                (&t.summary, 2),
-                (&t.feature, 2),
-                (&t.index, 1),
-                (&t.dead_letter, 1),
-                (&t.late, 1),
-            ],
-        );
+        }
+    }
+
+    /// Every topic with its partition count (the checkpoint topic included).
+    pub fn all(&self, input_partitions: i32) -> Vec<(String, i32)> {
+        vec![
+            (self.input.clone(), input_partitions),
+            (self.summary.clone(), 2),
+            (self.feature.clone(), 2),
+            (self.index.clone(), 1),
+            (self.dead_letter.clone(), 1),
+            (self.late.clone(), 1),
+            (format!("{}-checkpoints", self.group), 1),
+        ]
+    }
+
+    pub fn create(broker: &str, input_partitions: i32) -> Self {
+        let t = Self::named();
+        let all = t.all(input_partitions);
+        let refs: Vec<(&str, i32)> = all.iter().map(|(n, p)| (n.as_str(), *p)).collect();
+        create_topics(broker, &refs);
         t
     }
 
