@@ -99,6 +99,7 @@ impl Store {
             )
             .set("enable.auto.commit", "false")
             .set("isolation.level", "read_committed")
+            .set("enable.partition.eof", "true")
             .create()?;
         Ok(Self {
             reader,
@@ -157,6 +158,11 @@ impl Store {
                 lookback = lookback.saturating_mul(10);
             }
         }
+        tracing::info!(
+            wanted = pids.len(),
+            found = found.len(),
+            "checkpoints loaded"
+        );
         Ok(found)
     }
 
@@ -172,37 +178,34 @@ impl Store {
         tpl.add_partition_offset(&self.topic, partition, Offset::Offset(start))?;
         self.reader.assign(&tpl)?;
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        let mut next = start;
-        while next < end {
+        let mut read = 0u64;
+        loop {
             if std::time::Instant::now() > deadline {
                 return Err(KafkaError::Global(RDKafkaErrorCode::OperationTimedOut));
             }
             match self.reader.poll(Duration::from_millis(200)) {
                 Some(Ok(m)) => {
-                    next = m.offset() + 1;
                     if m.offset() >= end {
                         break;
                     }
+                    read += 1;
                     let key = m.key().and_then(|k| std::str::from_utf8(k).ok());
                     let value = m.payload().and_then(|v| std::str::from_utf8(v).ok());
                     if let (Some(k), Some(v)) = (key, value) {
                         each(k, v);
                     }
-                }
-                Some(Err(e)) => return Err(e),
-                // Transaction markers and compacted-away offsets leave gaps: the
-                // position tells how far the reader got.
-                None => {
-                    if let Ok(pos) = self.reader.position()
-                        && let Some(Offset::Offset(o)) = pos
-                            .find_partition(&self.topic, partition)
-                            .map(|e| e.offset())
-                    {
-                        next = next.max(o);
+                    if m.offset() + 1 >= end {
+                        break;
                     }
                 }
+                // The end of what this reader may read (transaction markers and
+                // compacted-away offsets leave gaps before `end`).
+                Some(Err(KafkaError::PartitionEOF(_))) => break,
+                Some(Err(e)) => return Err(e),
+                None => {}
             }
         }
+        tracing::debug!(topic = %self.topic, partition, start, end, read, "checkpoints read");
         self.reader.unassign()
     }
 }

@@ -61,6 +61,8 @@ pub struct Stats {
     pub outputs: [u64; 8],
     pub commits: u64,
     pub rewinds: u64,
+    /// Records the consumer delivered again without a rebalance or rewind (skipped).
+    pub redelivered: u64,
 }
 
 /// An assigned input partition.
@@ -318,6 +320,16 @@ impl State {
         let offset = m.offset();
         let part = &self.parts[i];
         let replaying = offset < part.replay_until;
+        if !replaying && part.next_offset.is_some_and(|n| offset < n) {
+            // The consumer went back on its own (a session lost during a broker
+            // outage resets the fetch position to the group offset): this record is
+            // already counted in the engine's state, and its outputs are written.
+            if self.stats.redelivered == 0 {
+                tracing::warn!(partition = %part.pid, offset, next = ?part.next_offset, "the consumer re-delivers records already processed; skipping them");
+            }
+            self.stats.redelivered += 1;
+            return Ok(());
+        }
         let pid = part.pid.clone();
         self.stats.records += 1;
         if replaying {
