@@ -71,10 +71,7 @@ kill -TERM $ft; wait $ft || true
 ft_wall=$(echo "$end - $start - 1" | bc -l)
 
 start=$(date +%s.%N)
-$NOOP "$B" "$id-in" "$N" &
-noop=$!
-while kill -0 $noop 2>/dev/null; do noop_cpu=$(cpu_of $noop); sleep 0.05; done
-wait $noop || true
+noop_cpu=$(/usr/bin/time -f '%U %S' "$NOOP" "$B" "$id-in" "$N" 2>&1 >/dev/null | tail -1 | awk '{print $1 + $2}')
 end=$(date +%s.%N)
 noop_wall=$(echo "$end - $start" | bc -l)
 

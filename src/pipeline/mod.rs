@@ -121,7 +121,7 @@ impl Pipeline {
     /// Connects to the broker (consumer subscribed, producer ready). `hard_stop` makes
     /// any wait for the broker give up (a second signal).
     pub fn new(config: Config, hard_stop: Arc<AtomicBool>) -> anyhow::Result<Self> {
-        let engine = Engine::new(config.engine_config())?;
+        let engine = Engine::new(Self::engine_config(&config))?;
         let producer = Producer::new(&config).context("creating the producer")?;
         let store = checkpoint::Store::new(&config).context("opening the checkpoint topic")?;
         let consumer = crate::source::consumer(&config).context("creating the consumer")?;
@@ -144,6 +144,23 @@ impl Pipeline {
                 hard_stop,
             },
         })
+    }
+
+    /// The engine computes only what some topic receives: no index cache without an
+    /// index topic, no full-fidelity or debug events without their topics.
+    fn engine_config(config: &Config) -> crate::window::EngineConfig {
+        let mut ec = config.engine_config();
+        let topics = &config.output.topics;
+        ec.index.enabled &= topics.index.is_some();
+        ec.gate.debug_events &= topics.debug.is_some();
+        if topics.feature.is_none() {
+            ec.gate.overrides = vec![crate::window::Override {
+                flags: "*".to_owned(),
+                full_events: crate::window::FullEvents::Never,
+                sampling_ratio: None,
+            }];
+        }
+        ec
     }
 
     pub fn stats(&self) -> &Stats {
