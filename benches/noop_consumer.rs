@@ -12,6 +12,11 @@ use rdkafka::consumer::{BaseConsumer, Consumer as _};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if args.len() != 4 {
+        // `cargo test --all-targets` runs benches without arguments: nothing to do.
+        eprintln!("usage: noop_consumer BROKER TOPIC COUNT");
+        return;
+    }
     let (broker, topic, count) = (&args[1], &args[2], args[3].parse::<u64>().unwrap());
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", broker)

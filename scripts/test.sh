@@ -39,7 +39,7 @@ trap 'bash scripts/infra.sh stop ci' EXIT
 step "tests"
 # Broker tests start flagtally processes of their own: two at a time keeps the two
 # cores from starving the broker.
-cargo test --all-targets --quiet -- --test-threads=2 2>&1 | tee /tmp/flagtally-test.log
+RUST_TEST_THREADS=2 cargo test --all-targets --quiet 2>&1 | tee /tmp/flagtally-test.log
 cargo test --doc --quiet
 
 step "docs"

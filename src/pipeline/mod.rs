@@ -63,6 +63,8 @@ pub struct Stats {
     pub rewinds: u64,
     /// Records the consumer delivered again without a rebalance or rewind (skipped).
     pub redelivered: u64,
+    /// Records before a restored checkpoint's replay start (skipped).
+    pub skipped_before_replay: u64,
 }
 
 /// An assigned input partition.
@@ -72,6 +74,10 @@ struct Part {
     /// Next offset to process; `None` until the first record after assignment
     /// (or the restored checkpoint's, when it had one).
     next_offset: Option<i64>,
+    /// The restored checkpoint's replay start: records before it were fully accounted
+    /// for before the checkpoint (the consumer starts at the group offset, which may be
+    /// older when a commit failed): skipped.
+    replay_from: i64,
     /// Records before this offset were processed before (replay: emit nothing).
     replay_until: i64,
     /// The checkpoint last written, to skip identical ones.
@@ -317,6 +323,7 @@ impl State {
             let part = Part {
                 pid,
                 next_offset: known.then_some(replay_until),
+                replay_from: from,
                 replay_until,
                 committed: stored,
             };
@@ -336,6 +343,12 @@ impl State {
         };
         let offset = m.offset();
         let part = &self.parts[i];
+        if offset < part.replay_from {
+            // Before the checkpoint's replay start: nothing of it is needed (the
+            // consumer began at an older group offset, e.g. after a failed commit).
+            self.stats.skipped_before_replay += 1;
+            return Ok(());
+        }
         let replaying = offset < part.replay_until;
         if !replaying && part.next_offset.is_some_and(|n| offset < n) {
             // The consumer went back on its own (a session lost during a broker
