@@ -10,6 +10,10 @@
 //! | [`emit`] | engine outputs → record bytes (LaunchDarkly JSON, Data Export envelope, Avro), ids and headers |
 //! | [`generate`] | deterministic raw-event generator with exact tallies (tests, benchmarks, `gen`) |
 //! | [`offline`] | `flagtally summarize`: the same stages over files, no broker |
+//! | [`source`] | the consumer group over the input topics; rebalances queued for the pipeline |
+//! | [`sink`] | the producer (idempotent or transactional) writing output topics and dead letters |
+//! | [`pipeline`] | `flagtally run`: the loop, commit cycles, checkpoints, recovery by replay |
+//! | [`config`] | the configuration file |
 //! | [`cli`] | the command line |
 //!
 //! Nothing in `event`, `decode`, `window` or `emit` reads a clock or does I/O: time is

@@ -138,7 +138,7 @@ pub struct AccMark {
 }
 
 /// A partition's engine state after every record before `next_offset`, small enough to
-/// travel as Kafka commit metadata (see `pipeline::checkpoint` for the encoding).
+/// travel as one short record of the checkpoint topic (see `pipeline::checkpoint`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Checkpoint {
     pub next_offset: i64,
