@@ -5,7 +5,7 @@
 # and events per CPU-second of each process, and the ratio (target: flagtally ≥ 0.5 ×
 # the no-op consumer, summary-only; ≥ 0.35 × with full-fidelity output: FULL=1).
 #
-#   bash scripts/bench-drain.sh [N]      (default 1000000)
+#   bash scripts/bench-drain.sh [N]      (default 1000000; DIALECT=auto to detect per record)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N="${1:-1000000}"
@@ -35,6 +35,8 @@ cat >"/tmp/$id.toml" <<TOML
 brokers = "$B"
 group_id = "$id"
 input_topics = ["$id-in"]
+[input]
+dialect = "${DIALECT:-launchdarkly}"
 [window]
 idle_timeout = "1s"
 [output]
