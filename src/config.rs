@@ -49,6 +49,16 @@ pub struct KafkaConfig {
     pub producer_properties: BTreeMap<String, String>,
 }
 
+impl KafkaConfig {
+    /// Applies the pass-through properties, shared ones then `role` ones, over
+    /// flagtally's own settings (so users can override them).
+    pub fn apply(&self, cc: &mut rdkafka::ClientConfig, role: &BTreeMap<String, String>) {
+        for (k, v) in self.properties.iter().chain(role) {
+            cc.set(k, v);
+        }
+    }
+}
+
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct InputConfig {

@@ -119,22 +119,8 @@ fn generate(args: &GenArgs) -> anyhow::Result<()> {
         .create()?;
     for _ in 0..args.count {
         let value = g.next_record();
-        let mut rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&args.topic).payload(&value);
-        loop {
-            match producer.send(rec) {
-                Ok(()) => break,
-                Err((
-                    rdkafka::error::KafkaError::MessageProduction(
-                        rdkafka::types::RDKafkaErrorCode::QueueFull,
-                    ),
-                    back,
-                )) => {
-                    rec = back;
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-                Err((e, _)) => return Err(e.into()),
-            }
-        }
+        let rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&args.topic).payload(&value);
+        flagtally::sink::kafka::send_waiting(&producer, rec, &|| false)?;
     }
     producer.flush(Duration::from_secs(60))?;
     if args.tally {

@@ -81,14 +81,9 @@ pub fn consumer(config: &Config) -> Result<Source, KafkaError> {
         .set("auto.offset.reset", "earliest")
         // In exactly-once mode, never read another producer's aborted records.
         .set("isolation.level", "read_committed");
-    for (k, v) in config
+    config
         .kafka
-        .properties
-        .iter()
-        .chain(&config.kafka.consumer_properties)
-    {
-        cc.set(k, v);
-    }
+        .apply(&mut cc, &config.kafka.consumer_properties);
     let consumer: Source = cc.create_with_context(SourceContext::default())?;
     let topics: Vec<&str> = config
         .kafka

@@ -30,6 +30,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Message as _, Offset, TopicPartitionList};
 
 use crate::config::Config;
+use crate::sink::kafka::block_on;
 use crate::window::{AccMark, Checkpoint, PartitionId};
 
 /// Reads checkpoints back from the checkpoint topic.
@@ -62,9 +63,7 @@ impl Store {
     pub fn new(config: &Config) -> Result<Self, KafkaError> {
         let mut cc = ClientConfig::new();
         cc.set("bootstrap.servers", &config.kafka.brokers);
-        for (k, v) in &config.kafka.properties {
-            cc.set(k, v);
-        }
+        config.kafka.apply(&mut cc, &Default::default());
         let topic = config.processing.checkpoint_topic.clone();
         let admin: AdminClient<DefaultClientContext> = cc.create()?;
         let new =
@@ -211,20 +210,6 @@ impl Store {
         }
         tracing::debug!(topic = %self.topic, partition, start, end, read, "checkpoints read");
         reader.unassign()
-    }
-}
-
-/// Polls a future to completion on this thread (rdkafka's admin calls are futures; the
-/// pipeline has no async runtime).
-fn block_on<F: Future>(fut: F) -> F::Output {
-    use std::task::{Context, Poll, Waker};
-    let mut fut = std::pin::pin!(fut);
-    let mut cx = Context::from_waker(Waker::noop());
-    loop {
-        if let Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
-            return v;
-        }
-        std::thread::sleep(Duration::from_millis(5));
     }
 }
 

@@ -93,6 +93,42 @@ impl std::fmt::Debug for Producer {
     }
 }
 
+/// Queues one record on any threaded producer. While librdkafka's queue is full, waits
+/// (backpressure) unless `give_up` says to stop.
+pub fn send_waiting<C: ProducerContext>(
+    producer: &ThreadedProducer<C>,
+    mut record: BaseRecord<'_, [u8], [u8], C::DeliveryOpaque>,
+    give_up: &dyn Fn() -> bool,
+) -> Result<(), KafkaError> {
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                if give_up() {
+                    return Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull));
+                }
+                record = back;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err((e, _)) => return Err(e),
+        }
+    }
+}
+
+/// Polls a future to completion on this thread (rdkafka's admin calls are futures;
+/// flagtally has no async runtime).
+pub fn block_on<F: Future>(fut: F) -> F::Output {
+    use std::task::{Context, Poll, Waker};
+    let mut fut = std::pin::pin!(fut);
+    let mut cx = Context::from_waker(Waker::noop());
+    loop {
+        if let Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
+            return v;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// Builds a header list from name/value pairs.
 pub fn headers<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> OwnedHeaders {
     pairs
@@ -129,14 +165,9 @@ impl Producer {
                 });
             cc.set("transactional.id", id);
         }
-        for (k, v) in config
+        config
             .kafka
-            .properties
-            .iter()
-            .chain(&config.kafka.producer_properties)
-        {
-            cc.set(k, v);
-        }
+            .apply(&mut cc, &config.kafka.producer_properties);
         let inner: ThreadedProducer<Deliveries> = cc.create_with_context(Deliveries::default())?;
         if transactional {
             inner.init_transactions(Duration::from_secs(30))?;
@@ -168,19 +199,7 @@ impl Producer {
         if let Some(ts) = rec.timestamp_ms {
             record = record.timestamp(ts);
         }
-        loop {
-            match self.inner.send(record) {
-                Ok(()) => return Ok(()),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    if give_up() {
-                        return Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull));
-                    }
-                    record = back;
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-                Err((e, _)) => return Err(e),
-            }
-        }
+        send_waiting(&self.inner, record, give_up)
     }
 
     /// Waits until every queued record is delivered or failed.

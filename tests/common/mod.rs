@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use flagtally::decode::{Decoded, Decoder, Dialect, Limits};
 use flagtally::emit::{EmitConfig, Emitter};
 use flagtally::generate::Tally;
+use flagtally::sink::kafka::{block_on, send_waiting};
 use flagtally::window::{Engine, EngineConfig, Output, PartitionId, SourcePos, WindowConfig};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -86,24 +87,9 @@ pub fn create_topics(broker: &str, topics: &[(&str, i32)]) {
         .iter()
         .map(|(t, n)| NewTopic::new(t, *n, TopicReplication::Fixed(1)))
         .collect();
-    let rt = futures_executor();
-    let results = rt(Box::pin(admin.create_topics(&new, &AdminOptions::new()))).unwrap();
+    let results = block_on(admin.create_topics(&new, &AdminOptions::new())).unwrap();
     for r in results {
         r.unwrap_or_else(|(t, e)| panic!("creating topic {t}: {e}"));
-    }
-}
-
-/// A minimal executor for rdkafka's admin futures (no async runtime needed).
-fn futures_executor<T>() -> impl Fn(std::pin::Pin<Box<dyn Future<Output = T> + '_>>) -> T {
-    |mut fut| {
-        use std::task::{Context, Poll, Waker};
-        let mut cx = Context::from_waker(Waker::noop());
-        loop {
-            if let Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
-                return v;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
     }
 }
 
@@ -127,16 +113,8 @@ pub fn produce(broker: &str, topic: &str, partitions: i32, values: &[Vec<u8>]) {
 }
 
 pub fn send(p: &ThreadedProducer<DefaultProducerContext>, topic: &str, partition: i32, v: &[u8]) {
-    let mut rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).partition(partition).payload(v);
-    loop {
-        match p.send(rec) {
-            Ok(()) => return,
-            Err((_, back)) => {
-                rec = back;
-                std::thread::sleep(Duration::from_millis(2));
-            }
-        }
-    }
+    let rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).partition(partition).payload(v);
+    send_waiting(p, rec, &|| false).unwrap();
 }
 
 /// The topics one flagtally test run uses.
