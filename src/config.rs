@@ -1,10 +1,22 @@
-//! The daemon's configuration: one TOML file → a typed [`Config`]. Unknown keys are
-//! errors; every duration is a humantime string (`30s`, `1m`, `1h30m`).
+//! The daemon's configuration: one TOML (or YAML) file, overridden by environment
+//! variables `FLAGTALLY__SECTION__KEY`, → a checked [`Config`].
+//!
+//! Loading has three steps, each reporting every problem it finds with its path:
+//! 1. the file is parsed into a tree (syntax errors name line and column) and the
+//!    environment overrides are applied to it ([`apply_env`]);
+//! 2. the tree is deserialised into [`Config`]: unknown keys, wrong types and bad
+//!    durations (`"30s"`) or sizes (`"64MiB"`) are errors; after each error the bad key
+//!    is set aside and deserialisation retried, so one run lists them all;
+//! 3. [`Config::check`] validates what single keys cannot (topics present, policies that
+//!    need a topic, override globs).
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::path::Path;
 use std::time::Duration;
+
+use serde_json::Value;
 
 use serde::{Deserialize, Deserializer};
 
@@ -13,9 +25,15 @@ use crate::decode::{Decoder, Dialect, Limits};
 use crate::emit::{EmitConfig, Envelope, FeatureKey, Format, OutputKind};
 use crate::window::{EngineConfig, GateConfig, IndexConfig, LatePolicy, Override, WindowConfig};
 
+/// Environment variables starting with this override the file: `FLAGTALLY__WINDOW__SIZE=5m`
+/// sets `window.size`. Segments are lower-cased; values are read as TOML values when
+/// they are one (`true`, `42`, `["a","b"]`, `"quoted"`), else as strings.
+pub const ENV_PREFIX: &str = "FLAGTALLY__";
+
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    #[serde(default)]
     pub kafka: KafkaConfig,
     #[serde(default)]
     pub input: InputConfig,
@@ -29,11 +47,15 @@ pub struct Config {
     pub output: OutputSection,
     #[serde(default)]
     pub processing: ProcessingSection,
+    #[serde(default)]
+    pub log: LogSection,
+    #[serde(default)]
+    pub admin: AdminSection,
 }
 
 /// The broker, the consumer group and librdkafka pass-through properties.
 #[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct KafkaConfig {
     /// `bootstrap.servers`.
     pub brokers: String,
@@ -47,6 +69,19 @@ pub struct KafkaConfig {
     pub consumer_properties: BTreeMap<String, String>,
     #[serde(default)]
     pub producer_properties: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            brokers: "127.0.0.1:9092".to_owned(),
+            group_id: "flagtally".to_owned(),
+            input_topics: Vec::new(),
+            properties: BTreeMap::new(),
+            consumer_properties: BTreeMap::new(),
+            producer_properties: BTreeMap::new(),
+        }
+    }
 }
 
 impl KafkaConfig {
@@ -63,7 +98,10 @@ impl KafkaConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct InputConfig {
     pub dialect: Dialect,
+    /// Bytes, or a size string (`"4MiB"`).
+    #[serde(deserialize_with = "size")]
     pub max_record_bytes: usize,
+    #[serde(deserialize_with = "size")]
     pub max_key_bytes: usize,
 }
 
@@ -231,55 +269,177 @@ pub enum ConfigError {
         path: String,
         source: std::io::Error,
     },
-    #[error("{path}: {message}")]
-    Invalid { path: String, message: String },
+    #[error("{path}: {}", list(problems))]
+    Invalid { path: String, problems: Vec<String> },
+}
+
+fn list(problems: &[String]) -> String {
+    let mut text = format!(
+        "{} problem{}",
+        problems.len(),
+        if problems.len() == 1 { "" } else { "s" }
+    );
+    for p in problems {
+        text.push_str("\n  - ");
+        text.push_str(p);
+    }
+    text
+}
+
+/// The configuration's file syntax.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Syntax {
+    Toml,
+    Yaml,
+}
+
+impl Syntax {
+    /// YAML for `.yaml`/`.yml`, else TOML.
+    pub fn of(path: &Path) -> Self {
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("yaml" | "yml") => Self::Yaml,
+            _ => Self::Toml,
+        }
+    }
+}
+
+/// Log and admin settings.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSection {
+    /// A `tracing` filter (`info`, `flagtally=debug,rdkafka=warn`). Unset: `RUST_LOG`,
+    /// else `info`. Changes apply on reload.
+    pub level: Option<String>,
+    pub format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One readable line per event.
+    #[default]
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The admin HTTP server: `/metrics`, `/healthz`, `/readyz`.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminSection {
+    /// `host:port`, or `"off"`.
+    #[serde(deserialize_with = "listen")]
+    pub listen: Option<SocketAddr>,
+}
+
+impl Default for AdminSection {
+    fn default() -> Self {
+        Self {
+            listen: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
+        }
+    }
 }
 
 impl Config {
+    /// Reads `path` with the process environment's overrides.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        Self::load_with_env(path, std::env::vars()).map(|(config, _)| config)
+    }
+
+    /// Reads `path` with the overrides in `env`; also returns the merged tree (for
+    /// telling what a reload changed).
+    pub fn load_with_env(
+        path: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<(Self, Value), ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.display().to_string(),
             source,
         })?;
-        Self::parse(&text).map_err(|message| ConfigError::Invalid {
+        Self::from_text(&text, Syntax::of(path), env).map_err(|problems| ConfigError::Invalid {
             path: path.display().to_string(),
-            message,
+            problems,
         })
     }
 
-    /// Parses and checks a configuration; the message names every problem found.
+    /// A TOML text without overrides (tests, embedded defaults).
     pub fn parse(text: &str) -> Result<Self, String> {
-        let config: Self = toml::from_str(text).map_err(|e| e.to_string())?;
+        Self::from_text(text, Syntax::Toml, [])
+            .map(|(config, _)| config)
+            .map_err(|problems| problems.join("\n"))
+    }
+
+    /// Parses, applies `env` overrides, deserialises and checks; every problem found is
+    /// reported, each starting with its key path.
+    pub fn from_text(
+        text: &str,
+        syntax: Syntax,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<(Self, Value), Vec<String>> {
+        let mut tree = match syntax {
+            Syntax::Toml => toml::from_str::<toml::Table>(text)
+                .map_err(|e| e.to_string())
+                .and_then(|t| serde_json::to_value(t).map_err(|e| e.to_string())),
+            Syntax::Yaml => serde_yaml_ng::from_str::<Value>(text).map_err(|e| e.to_string()),
+        }
+        .map_err(|e| vec![format!("syntax: {}", e.trim_end())])?;
+        if tree.is_null() {
+            tree = Value::Object(serde_json::Map::new());
+        }
+        let mut problems = apply_env(&mut tree, env);
+        let config = deserialize_all(tree.clone(), &mut problems);
+        match config {
+            Some(config) if problems.is_empty() => {
+                let problems = config.check();
+                if problems.is_empty() {
+                    Ok((config, tree))
+                } else {
+                    Err(problems)
+                }
+            }
+            _ => Err(problems),
+        }
+    }
+
+    /// What single keys cannot tell: every problem, each with its path.
+    pub fn check(&self) -> Vec<String> {
         let mut problems = Vec::new();
-        if config.kafka.input_topics.is_empty() {
+        if self.kafka.input_topics.is_empty() {
             problems.push("kafka.input_topics: at least one topic is needed".to_owned());
         }
-        if config.kafka.group_id.is_empty() {
+        if self.kafka.group_id.is_empty() {
             problems.push("kafka.group_id: must not be empty".to_owned());
         }
-        let t = &config.output.topics;
+        if self.kafka.brokers.is_empty() {
+            problems.push("kafka.brokers: must not be empty".to_owned());
+        }
+        let t = &self.output.topics;
         if OutputKind::ALL.iter().all(|k| t.topic(*k).is_none()) {
             problems.push("output.topics: no output topic is configured".to_owned());
         }
-        if config.window.late_policy == LatePolicy::DeadLetter && t.late.is_none() {
+        if self.window.late_policy == LatePolicy::DeadLetter && t.late.is_none() {
             problems.push(
                 "output.topics.late: the dead-letter late policy needs a late topic".to_owned(),
             );
         }
-        if config.output.dead_letter_topic.is_none() {
+        if self.output.dead_letter_topic.is_none() {
             problems.push(
                 "output.dead_letter_topic: needed, undecodable records are never dropped"
                     .to_owned(),
             );
         }
-        if let Err(e) = crate::window::Engine::new(config.engine_config()) {
+        if self.processing.checkpoint_topic.is_empty() {
+            problems.push("processing.checkpoint_topic: must not be empty".to_owned());
+        }
+        if let Err(e) = crate::window::Engine::new(self.engine_config()) {
             problems.push(format!("full_events.overrides: {e}"));
         }
-        if problems.is_empty() {
-            Ok(config)
-        } else {
-            Err(problems.join("\n"))
+        if let Some(level) = &self.log.level
+            && let Err(e) = tracing_subscriber::EnvFilter::try_new(level)
+        {
+            problems.push(format!("log.level: {level:?}: {e}"));
         }
+        problems
     }
 
     pub fn decoder(&self) -> Decoder {
@@ -323,6 +483,147 @@ impl Config {
             feature_key: self.output.feature_key,
         }
     }
+}
+
+/// Applies `FLAGTALLY__…` variables to the tree; returns the ones that cannot apply.
+pub fn apply_env(tree: &mut Value, env: impl IntoIterator<Item = (String, String)>) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut vars: Vec<(String, String)> = env
+        .into_iter()
+        .filter(|(name, _)| name.starts_with(ENV_PREFIX))
+        .collect();
+    vars.sort();
+    for (name, raw) in vars {
+        let path: Vec<String> = name[ENV_PREFIX.len()..]
+            .split("__")
+            .map(str::to_ascii_lowercase)
+            .collect();
+        if path.iter().any(String::is_empty) {
+            problems.push(format!(
+                "{name}: an empty key segment (use FLAGTALLY__SECTION__KEY)"
+            ));
+            continue;
+        }
+        let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .and_then(|v| serde_json::to_value(v).ok())
+            .unwrap_or(Value::String(raw));
+        let mut node = &mut *tree;
+        for (i, segment) in path.iter().enumerate() {
+            let Value::Object(map) = node else {
+                problems.push(format!("{name}: {} is not a table", path[..i].join(".")));
+                break;
+            };
+            if i + 1 == path.len() {
+                map.insert(segment.clone(), value);
+                break;
+            }
+            node = map
+                .entry(segment.clone())
+                .or_insert_with(|| Value::Object(serde_json::Map::new()));
+        }
+    }
+    problems
+}
+
+/// Deserialises `tree`; on an error, records it with its path, sets the bad key aside
+/// and tries again, so every bad key is reported in one pass.
+fn deserialize_all(mut tree: Value, problems: &mut Vec<String>) -> Option<Config> {
+    const MAX_PROBLEMS: usize = 100;
+    let mut failed = false;
+    while problems.len() < MAX_PROBLEMS {
+        match serde_path_to_error::deserialize::<_, Config>(tree.clone()) {
+            Ok(config) => return (!failed).then_some(config),
+            Err(e) => {
+                failed = true;
+                let path = e.path().to_string();
+                problems.push(format!("{path}: {}", e.inner()));
+                if !remove(&mut tree, e.path()) {
+                    return None;
+                }
+            }
+        }
+    }
+    None
+}
+
+/// Removes the key at `path` (its last map key); false when there is none to remove.
+fn remove(tree: &mut Value, path: &serde_path_to_error::Path) -> bool {
+    use serde_path_to_error::Segment;
+    let segments: Vec<&Segment> = path.iter().collect();
+    let Some((last, parents)) = segments.split_last() else {
+        return false;
+    };
+    let mut node = tree;
+    for segment in parents {
+        node = match (segment, node) {
+            (Segment::Map { key }, Value::Object(map)) => match map.get_mut(key) {
+                Some(v) => v,
+                None => return false,
+            },
+            (Segment::Seq { index }, Value::Array(items)) => match items.get_mut(*index) {
+                Some(v) => v,
+                None => return false,
+            },
+            _ => return false,
+        };
+    }
+    match (last, node) {
+        (Segment::Map { key }, Value::Object(map)) => map.remove(key).is_some(),
+        _ => false,
+    }
+}
+
+/// The dotted paths whose values differ between two merged trees.
+pub fn changed_paths(old: &Value, new: &Value) -> Vec<String> {
+    fn walk(prefix: &str, old: Option<&Value>, new: Option<&Value>, out: &mut Vec<String>) {
+        match (old, new) {
+            (Some(Value::Object(a)), Some(Value::Object(b))) => {
+                let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+                for k in keys {
+                    let path = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    walk(&path, a.get(k), b.get(k), out);
+                }
+            }
+            (a, b) if a != b => out.push(prefix.to_owned()),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk("", Some(old), Some(new), &mut out);
+    out
+}
+
+fn size<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Size {
+        Bytes(u64),
+        Text(String),
+    }
+    let bytes = match Size::deserialize(d)? {
+        Size::Bytes(n) => n,
+        Size::Text(s) => s
+            .parse::<bytesize::ByteSize>()
+            .map_err(|e| serde::de::Error::custom(format!("{s:?}: {e} (try 4MiB, 512KiB)")))?
+            .as_u64(),
+    };
+    usize::try_from(bytes).map_err(serde::de::Error::custom)
+}
+
+fn listen<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    let s = String::deserialize(d)?;
+    if s == "off" {
+        return Ok(None);
+    }
+    s.parse().map(Some).map_err(|e| {
+        serde::de::Error::custom(format!("{s:?}: {e} (try 127.0.0.1:9464 or \"off\")"))
+    })
 }
 
 fn positive_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
@@ -370,6 +671,10 @@ mod tests {
         topics.summary = "sums"
     "#;
 
+    fn problems(text: &str) -> Vec<String> {
+        Config::from_text(text, Syntax::Toml, []).unwrap_err()
+    }
+
     #[test]
     fn minimal_config_takes_the_defaults() {
         let c = Config::parse(MINIMAL).unwrap();
@@ -378,19 +683,60 @@ mod tests {
         assert_eq!(c.processing.commit_interval, Duration::from_secs(1));
         assert_eq!(c.output.topics.topic(OutputKind::Summary), Some("sums"));
         assert_eq!(c.output.topics.topic(OutputKind::Feature), None);
+        assert_eq!(c.admin, AdminSection::default());
+        assert_eq!(c.log.format, LogFormat::Human);
     }
 
     #[test]
     fn unknown_keys_and_bad_values_are_named() {
         let e = Config::parse(&format!("{MINIMAL}\n[window]\nsize = \"0s\"")).unwrap_err();
-        assert!(e.contains("must be more than zero"), "{e}");
+        assert!(
+            e.contains("window.size: \"0s\": must be more than zero"),
+            "{e}"
+        );
         let e = Config::parse(&format!("{MINIMAL}\n[window]\nsise = \"1m\"")).unwrap_err();
-        assert!(e.contains("unknown field `sise`"), "{e}");
+        assert!(e.contains("window.sise: unknown field `sise`"), "{e}");
     }
 
     #[test]
-    fn every_problem_is_reported_at_once() {
-        let e = Config::parse(
+    fn every_bad_key_is_reported_in_one_pass_with_its_path() {
+        let p = problems(&format!(
+            r#"{MINIMAL}
+            [window]
+            size = "fortnight"
+            lateness = 10
+            sise = "1m"
+            late_policy = "maybe"
+            [processing]
+            commit_interval = "-1s"
+            exactly_once = "yes"
+            [input]
+            max_record_bytes = "4 parsecs"
+            [admin]
+            listen = "localhost"
+            "#
+        ));
+        for needle in [
+            "window.size: \"fortnight\"",
+            "window.lateness: invalid type: integer `10`, expected a string",
+            "window.sise: unknown field",
+            "window.late_policy: unknown variant `maybe`",
+            "processing.commit_interval: \"-1s\"",
+            "processing.exactly_once: invalid type: string \"yes\", expected a boolean",
+            "input.max_record_bytes: \"4 parsecs\"",
+            "admin.listen: \"localhost\"",
+        ] {
+            assert!(
+                p.iter().any(|x| x.starts_with(needle)),
+                "{needle} missing from {p:#?}"
+            );
+        }
+        assert_eq!(p.len(), 8, "{p:#?}");
+    }
+
+    #[test]
+    fn every_semantic_problem_is_reported_at_once() {
+        let p = problems(
             r#"
             [kafka]
             brokers = "b"
@@ -398,27 +744,146 @@ mod tests {
             input_topics = []
             [window]
             late_policy = "dead-letter"
+            [log]
+            level = "flagtally=loud"
             "#,
-        )
-        .unwrap_err();
+        );
         for needle in [
             "kafka.input_topics",
             "kafka.group_id",
             "output.topics:",
             "output.topics.late",
             "output.dead_letter_topic",
+            "log.level",
         ] {
-            assert!(e.contains(needle), "{needle} missing from {e}");
+            assert!(
+                p.iter().any(|x| x.starts_with(needle)),
+                "{needle} missing from {p:#?}"
+            );
         }
+    }
+
+    #[test]
+    fn syntax_errors_name_the_line() {
+        let p = problems("[kafka\nbrokers = 1");
+        assert_eq!(p.len(), 1);
+        assert!(
+            p[0].starts_with("syntax: ") && p[0].contains("line 1"),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn environment_overrides_win_over_the_file() {
+        let env = [
+            ("FLAGTALLY__KAFKA__BROKERS", "broker-a:9092,broker-b:9092"),
+            ("FLAGTALLY__WINDOW__SIZE", "5m"),
+            ("FLAGTALLY__PROCESSING__EXACTLY_ONCE", "true"),
+            ("FLAGTALLY__KAFKA__INPUT_TOPICS", r#"["x", "y"]"#),
+            ("FLAGTALLY__OUTPUT__TOPICS__FEATURE", "features"),
+            ("FLAGTALLY__INPUT__MAX_RECORD_BYTES", "1MiB"),
+            (
+                "FLAGTALLY__KAFKA__PROPERTIES__SASL.MECHANISM",
+                "SCRAM-SHA-512",
+            ),
+            ("FLAGTALLY_CONFIG", "not an override"),
+            ("OTHER", "ignored"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()));
+        let (c, _) = Config::from_text(MINIMAL, Syntax::Toml, env).unwrap();
+        assert_eq!(c.kafka.brokers, "broker-a:9092,broker-b:9092");
+        assert_eq!(c.window.size, Duration::from_secs(300));
+        assert!(c.processing.exactly_once);
+        assert_eq!(c.kafka.input_topics, ["x", "y"]);
+        assert_eq!(c.output.topics.feature.as_deref(), Some("features"));
+        assert_eq!(c.output.topics.summary.as_deref(), Some("sums"));
+        assert_eq!(c.input.max_record_bytes, 1 << 20);
+        assert_eq!(c.kafka.properties["sasl.mechanism"], "SCRAM-SHA-512");
+    }
+
+    #[test]
+    fn a_bad_override_is_named_by_its_path() {
+        let env = [("FLAGTALLY__WINDOW__SIZE".to_owned(), "soon".to_owned())];
+        let p = Config::from_text(MINIMAL, Syntax::Toml, env).unwrap_err();
+        assert!(p[0].starts_with("window.size: \"soon\""), "{p:?}");
+    }
+
+    #[test]
+    fn yaml_is_accepted() {
+        let yaml = r#"
+kafka:
+  brokers: "127.0.0.1:9092"
+  group_id: g
+  input_topics: [in]
+window:
+  size: 5m
+  idle_timeout: "off"
+output:
+  dead_letter_topic: dlq
+  topics:
+    summary: sums
+"#;
+        let (c, _) = Config::from_text(yaml, Syntax::Yaml, []).unwrap();
+        assert_eq!(c.window.size, Duration::from_secs(300));
+        assert_eq!(c.window.idle_timeout, None);
+        assert_eq!(Syntax::of(Path::new("/etc/flagtally.yml")), Syntax::Yaml);
+    }
+
+    #[test]
+    fn changed_paths_lists_leaves() {
+        let (_, a) = Config::from_text(MINIMAL, Syntax::Toml, []).unwrap();
+        let text = format!(
+            "{MINIMAL}\n[log]\nlevel = \"debug\"\n[full_events]\noverrides = [\"a=never\"]"
+        );
+        let (_, b) = Config::from_text(&text, Syntax::Toml, []).unwrap();
+        assert_eq!(changed_paths(&a, &b), ["full_events", "log"]);
+        assert!(changed_paths(&a, &a).is_empty());
     }
 }
 
 #[cfg(test)]
-mod example {
-    /// The shipped example parses and passes validation.
+mod documented {
+    use super::*;
+
+    const DOCUMENTED: &str = include_str!("../config/flagtally.toml");
+
+    /// `config/flagtally.toml` sets every key to its default (except the topics, which
+    /// have none): parsed, it equals a file that names only the topics.
     #[test]
-    fn example_config_is_valid() {
-        let text = include_str!("../config/flagtally.example.toml");
-        super::Config::parse(text).unwrap();
+    fn the_documented_file_lists_the_real_defaults() {
+        let documented = Config::parse(DOCUMENTED).unwrap();
+        let topics_only = Config::parse(
+            r#"
+            [kafka]
+            input_topics = ["flag-evaluations"]
+            [output]
+            dead_letter_topic = "flagtally.dead-letters"
+            [output.topics]
+            summary = "flagtally.summaries"
+            feature = "flagtally.features"
+            index = "flagtally.index"
+            identify = "flagtally.identify"
+            custom = "flagtally.custom"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(format!("{documented:?}"), format!("{topics_only:?}"));
+    }
+
+    /// Every key the file documents (commented-out ones included) is a real key.
+    #[test]
+    fn every_documented_key_parses() {
+        let uncommented: String = DOCUMENTED
+            .lines()
+            .map(|l| {
+                let t = l.trim_start();
+                match t.strip_prefix("# ") {
+                    Some(rest) if rest.contains(" = ") && !rest.starts_with(' ') => rest,
+                    _ => l,
+                }
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        Config::parse(&uncommented).unwrap();
     }
 }

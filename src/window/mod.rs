@@ -541,6 +541,12 @@ impl Engine {
         })
     }
 
+    /// Replaces the full-fidelity rules (a reload); the next events follow them.
+    pub fn set_gate(&mut self, config: &GateConfig) -> Result<(), GlobError> {
+        self.gate = Gate::new(config)?;
+        Ok(())
+    }
+
     pub fn counts(&self) -> &Counts {
         &self.shared.counts
     }
