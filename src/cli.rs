@@ -15,7 +15,12 @@ use crate::window::{
     name = "flagtally",
     version,
     about = "Turns raw feature-flag evaluation events into LaunchDarkly-shaped summaries, feature events and warehouse rows",
-    long_about = None
+    long_about = "Turns raw feature-flag evaluation events (LaunchDarkly, go-feature-flag, FeatBit or \
+flagtally's own schema) read from Kafka into LaunchDarkly-shaped summary events, \
+full-fidelity feature events and index, identify and custom events on output topics.\n\n\
+New here? `flagtally quickstart` runs the whole pipeline on this machine with nothing \
+installed. To run the daemon: `flagtally validate --config FILE`, then \
+`flagtally run --config FILE` (config/flagtally.toml documents every key)."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -30,12 +35,26 @@ pub enum Command {
     /// identify, custom, pass-through), in LaunchDarkly's shapes; dead letters, late
     /// events and a one-line count report go to stderr. All windows close at the end.
     Summarize(SummarizeArgs),
-    /// Run the processor: consume the input topics as a consumer group, write the
-    /// output topics. SIGTERM/SIGINT drain and exit 0; a second signal exits at once
-    /// with code 2.
+    /// Run the processor (the daemon): consume the input topics as a consumer group,
+    /// write the output topics.
+    ///
+    /// SIGTERM/SIGINT drain (deliver, commit) and exit 0; a second signal exits at once
+    /// with code 2; a drain longer than `processing.shutdown_deadline` exits 3. SIGHUP
+    /// re-reads the file. Speaks systemd's notify protocol under `Type=notify`.
     Run(RunArgs),
-    /// Write generated raw evaluation records to a topic (load generator); prints the
-    /// exact tally a correct processor must count, as JSON, with `--tally`.
+    /// Check a configuration file (and FLAGTALLY__ environment overrides) without
+    /// running: exit 0 when it is valid, else 1 with every problem listed.
+    Validate(ValidateArgs),
+    /// See flagtally work in a minute, with nothing installed: an in-process broker,
+    /// generated evaluations in three dialects (some malformed), the full pipeline, a
+    /// live table of counts, output files in a local folder.
+    ///
+    /// Stops when the summaries account for every generated evaluation (or on Ctrl-C)
+    /// and checks the counts against the generator's exact tally: exit 0 when they
+    /// match.
+    Quickstart(QuickstartArgs),
+    /// Load generator: write realistic raw evaluation records to a topic on any broker,
+    /// then print the exact tally a correct processor must count.
     Gen(GenArgs),
 }
 
@@ -44,6 +63,41 @@ pub struct RunArgs {
     /// The configuration file (TOML).
     #[arg(long, short, env = "FLAGTALLY_CONFIG")]
     pub config: std::path::PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    /// The configuration file (TOML, or YAML when it ends in .yaml/.yml).
+    #[arg(long, short, env = "FLAGTALLY_CONFIG")]
+    pub config: std::path::PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct QuickstartArgs {
+    /// How many records to generate (at most 40000: the in-process broker is small).
+    #[arg(long, default_value_t = 20_000)]
+    pub count: u64,
+    /// Records per second written by the generator (0: as fast as possible).
+    #[arg(long, default_value_t = 4000)]
+    pub rate: u64,
+    /// How many distinct flags.
+    #[arg(long, default_value_t = 8)]
+    pub flags: u32,
+    /// One record in N is malformed, to show dead letters (0: none).
+    #[arg(long, default_value_t = 200)]
+    pub malformed_one_in: u64,
+    /// Where the output files go (replaced on each run).
+    #[arg(long, default_value = "flagtally-quickstart")]
+    pub out: std::path::PathBuf,
+    /// Print progress lines instead of redrawing the table (the default when stdout is
+    /// not a terminal).
+    #[arg(long)]
+    pub plain: bool,
+    /// Also serve /metrics, /healthz and /readyz at this address (e.g. 127.0.0.1:9464).
+    #[arg(long)]
+    pub admin: Option<std::net::SocketAddr>,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
 }
 
 #[derive(Debug, Args)]
@@ -56,12 +110,24 @@ pub struct GenArgs {
     /// How many records to write.
     #[arg(long, default_value_t = 100_000)]
     pub count: u64,
+    /// Records per second (0: as fast as the broker takes them).
+    #[arg(long, default_value_t = 0)]
+    pub rate: u64,
+    /// The dialect; `mixed` rotates LaunchDarkly, go-feature-flag and FeatBit.
     #[arg(long, value_enum, default_value_t = crate::generate::GenDialect::Launchdarkly)]
     pub dialect: crate::generate::GenDialect,
+    /// How many distinct flags.
     #[arg(long, default_value_t = 20)]
     pub flags: u32,
+    /// Variations per flag.
+    #[arg(long, default_value_t = 3)]
+    pub variations: u32,
+    /// How many distinct contexts (users).
     #[arg(long, default_value_t = 1000)]
     pub contexts: u32,
+    /// Records arrive up to this far out of order in event time, in ms.
+    #[arg(long, default_value_t = 0)]
+    pub skew_ms: i64,
     /// Event-time step between records, in ms.
     #[arg(long, default_value_t = 1)]
     pub step_ms: i64,
@@ -76,9 +142,13 @@ pub struct GenArgs {
     pub tracked_one_in: u64,
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
-    /// Print the tally as JSON on stdout when done.
+    /// Print the tally as JSON on stdout instead of a table.
     #[arg(long)]
-    pub tally: bool,
+    pub json: bool,
+    /// Extra librdkafka producer properties, `KEY=VALUE` (repeatable), e.g.
+    /// `security.protocol=SASL_SSL`.
+    #[arg(long = "property", short = 'X', value_name = "KEY=VALUE", value_parser = key_value)]
+    pub properties: Vec<(String, String)>,
 }
 
 #[derive(Debug, Args)]
@@ -160,6 +230,12 @@ impl SummarizeArgs {
             feature_key: FeatureKey::Context,
         }
     }
+}
+
+fn key_value(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("{s:?}: expected KEY=VALUE"))
 }
 
 pub(crate) fn millis(d: Duration) -> i64 {

@@ -80,6 +80,33 @@ impl Tally {
         self.counters.values().sum()
     }
 
+    /// Counts per (flag, variation), versions summed.
+    pub fn by_flag_variation(&self) -> BTreeMap<(String, String), u64> {
+        let mut out = BTreeMap::new();
+        for ((flag, variation, _), n) in &self.counters {
+            *out.entry((flag.clone(), variation.clone())).or_default() += n;
+        }
+        out
+    }
+
+    /// The tally as JSON: totals and one entry per counter.
+    pub fn to_json(&self) -> serde_json::Value {
+        let counters: Vec<_> = self
+            .counters
+            .iter()
+            .map(|((flag, variation, version), n)| {
+                serde_json::json!({"flag": flag, "variation": variation, "version": version, "count": n})
+            })
+            .collect();
+        serde_json::json!({
+            "records": self.records,
+            "malformed": self.malformed,
+            "tracked": self.tracked,
+            "evaluations": self.evaluations(),
+            "counters": counters,
+        })
+    }
+
     /// Adds the counters of LaunchDarkly summary JSON (one summary per line; other
     /// lines are ignored).
     pub fn add_summary_json(&mut self, line: &str) -> Result<(), serde_json::Error> {

@@ -13,20 +13,28 @@
 //! | [`source`] | the consumer group over the input topics; rebalances queued for the pipeline |
 //! | [`sink`] | the producer (idempotent or transactional) writing output topics and dead letters |
 //! | [`pipeline`] | `flagtally run`: the loop, commit cycles, checkpoints, recovery by replay |
-//! | [`config`] | the configuration file |
+//! | [`config`] | the configuration file: TOML/YAML, environment overrides, checks |
+//! | [`reload`] | SIGHUP: re-read the file, apply what can change live |
+//! | [`metrics`] | the Prometheus registry |
+//! | [`admin`] | `/metrics`, `/healthz`, `/readyz`; health; systemd notify |
+//! | [`quickstart`] | `flagtally quickstart`: mock broker, generator, pipeline, live table |
 //! | [`cli`] | the command line |
 //!
 //! Nothing in `event`, `decode`, `window` or `emit` reads a clock or does I/O: time is
 //! passed in, and outputs are returned, so the same input always yields the same bytes.
 
+pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod decode;
 pub mod emit;
 pub mod event;
 pub mod generate;
+pub mod metrics;
 pub mod offline;
 pub mod pipeline;
+pub mod quickstart;
+pub mod reload;
 pub mod sink;
 pub mod source;
 pub mod window;

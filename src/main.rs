@@ -5,15 +5,21 @@ use std::io::Write as _;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use clap::Parser;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{EnvFilter, reload};
 
-use flagtally::cli::{Cli, Command, GenArgs, RunArgs};
-use flagtally::config::Config;
+use flagtally::admin::{self, Admin, notify};
+use flagtally::cli::{Cli, Command, GenArgs, QuickstartArgs, RunArgs, ValidateArgs};
+use flagtally::config::{Config, LogFormat};
 use flagtally::emit::Emitter;
 use flagtally::offline;
 use flagtally::pipeline::Pipeline;
+use flagtally::reload::{Outcome, Reloader, SetLogLevel};
 use flagtally::window::Engine;
 
 /// Exit code after a second SIGTERM/SIGINT: stopped at once, without draining.
@@ -23,16 +29,8 @@ const EXIT_DEADLINE: i32 = 3;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             let _ = writeln!(std::io::stderr(), "flagtally: {e:#}");
             ExitCode::FAILURE
@@ -40,49 +38,145 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+/// The log filter: the configured level, else `RUST_LOG`, else `info`.
+fn filter(level: Option<&str>) -> Result<EnvFilter, String> {
+    match level {
+        Some(level) => EnvFilter::try_new(level).map_err(|e| format!("{level:?}: {e}")),
+        None => Ok(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"))),
+    }
+}
+
+/// Installs the global subscriber on stderr; returns the way to change its level.
+fn init_logging(level: Option<&str>, format: LogFormat) -> SetLogLevel {
+    let initial = filter(level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let (layer, handle) = reload::Layer::new(initial);
+    let registry = tracing_subscriber::registry().with(layer);
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => registry
+            .with(fmt.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())))
+            .init(),
+        LogFormat::Json => registry.with(fmt.json().with_ansi(false)).init(),
+    }
+    Box::new(move |level| {
+        let f = filter(level)?;
+        handle.reload(f).map_err(|e| e.to_string())
+    })
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Summarize(args) => {
-            let inputs = offline::open_inputs(&args.files)?;
-            let mut engine = Engine::new(args.engine_config())?;
-            let emitter = Emitter::new(args.emit_config());
-            let stdout = std::io::stdout();
-            let mut out = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
-            let mut diag = std::io::stderr().lock();
-            offline::summarize(
-                inputs,
-                &args.decoder(),
-                &mut engine,
-                &emitter,
-                &mut out,
-                &mut diag,
-            )?;
-            Ok(())
+        Command::Run(args) => run_daemon(&args).map(|()| ExitCode::SUCCESS),
+        Command::Validate(args) => Ok(validate(&args)),
+        command => {
+            let _ = init_logging(None, LogFormat::Human);
+            match command {
+                Command::Summarize(args) => {
+                    let inputs = offline::open_inputs(&args.files)?;
+                    let mut engine = Engine::new(args.engine_config())?;
+                    let emitter = Emitter::new(args.emit_config());
+                    let stdout = std::io::stdout();
+                    let mut out = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
+                    let mut diag = std::io::stderr().lock();
+                    offline::summarize(
+                        inputs,
+                        &args.decoder(),
+                        &mut engine,
+                        &emitter,
+                        &mut out,
+                        &mut diag,
+                    )?;
+                    Ok(ExitCode::SUCCESS)
+                }
+                Command::Quickstart(args) => quickstart(&args),
+                Command::Gen(args) => generate(&args).map(|()| ExitCode::SUCCESS),
+                Command::Run(_) | Command::Validate(_) => unreachable!("handled above"),
+            }
         }
-        Command::Run(args) => run_daemon(&args),
-        Command::Gen(args) => generate(&args),
+    }
+}
+
+fn validate(args: &ValidateArgs) -> ExitCode {
+    match Config::load(&args.config) {
+        Ok(config) => {
+            let topics: Vec<&str> = flagtally::emit::OutputKind::ALL
+                .iter()
+                .filter_map(|k| config.output.topics.topic(*k))
+                .collect();
+            println!(
+                "{}: valid\n  brokers {}, group {}, input {}\n  outputs {}, dead letters {}",
+                args.config.display(),
+                config.kafka.brokers,
+                config.kafka.group_id,
+                config.kafka.input_topics.join(", "),
+                topics.join(", "),
+                config.output.dead_letter_topic.as_deref().unwrap_or("-"),
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "{e}");
+            ExitCode::FAILURE
+        }
     }
 }
 
 fn run_daemon(args: &RunArgs) -> anyhow::Result<()> {
-    let config = Config::load(&args.config)?;
-    let deadline = config.processing.shutdown_deadline;
+    let (config, tree) = Config::load_with_env(&args.config, std::env::vars())?;
+    let set_log_level = init_logging(config.log.level.as_deref(), config.log.format);
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), config = %args.config.display(), "starting");
+
+    // Signals first: a reload or stop right after start must not kill the process.
     let stop = Arc::new(AtomicBool::new(false));
     let hard_stop = Arc::new(AtomicBool::new(false));
+    let reload = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         // A second signal while draining exits at once.
         signal_hook::flag::register_conditional_shutdown(sig, EXIT_HARD_STOP, Arc::clone(&stop))?;
         signal_hook::flag::register(sig, Arc::clone(&stop))?;
     }
-    let mut pipeline = Pipeline::new(config, Arc::clone(&hard_stop))?;
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&reload))?;
+
+    let admin = Arc::new(Admin::default());
+    admin.health.beat();
+    if let Some(addr) = config.admin.listen {
+        let bound = admin::serve(addr, Arc::clone(&admin))
+            .with_context(|| format!("admin.listen: cannot serve on {addr}"))?;
+        tracing::info!("admin: http://{bound}/metrics, /healthz, /readyz");
+    }
+    if let Some(interval) = notify::watchdog_interval() {
+        // Fed while the pipeline shows progress; a hung pipeline stops feeding it and
+        // systemd restarts the service.
+        let admin = Arc::clone(&admin);
+        std::thread::spawn(move || {
+            loop {
+                std::thread::sleep(interval);
+                if admin.health.since_beat() < interval * 2 {
+                    notify::watchdog();
+                } else {
+                    tracing::error!(
+                        since = ?admin.health.since_beat(),
+                        "the pipeline shows no progress; not feeding the watchdog"
+                    );
+                }
+            }
+        });
+    }
+    let deadline = config.processing.shutdown_deadline;
+    let mut pipeline = Pipeline::new(config, Arc::clone(&hard_stop), Arc::clone(&admin))?;
+    notify::ready("processing");
     {
-        // The drain must finish within the deadline, counted from the first signal.
+        // On the first signal: tell systemd and the health check; the drain must then
+        // finish within the deadline.
         let stop = Arc::clone(&stop);
         let hard_stop = Arc::clone(&hard_stop);
+        let admin = Arc::clone(&admin);
         std::thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_millis(50));
             }
+            admin.health.set_draining();
+            notify::stopping();
             std::thread::sleep(deadline);
             hard_stop.store(true, Ordering::Relaxed);
             std::thread::sleep(Duration::from_secs(1));
@@ -90,56 +184,140 @@ fn run_daemon(args: &RunArgs) -> anyhow::Result<()> {
             std::process::exit(EXIT_DEADLINE);
         });
     }
-    pipeline.run(&stop)?;
+    let mut reloader = Reloader::new(args.config.clone(), tree, set_log_level);
+    let mut last_status = Instant::now();
+    pipeline.run(&stop, &mut |p| {
+        if reload.swap(false, Ordering::Relaxed) {
+            notify::reloading();
+            let (outcome, apply) = reloader.reload(std::env::vars());
+            match &outcome {
+                Outcome::Rejected(e) => {
+                    tracing::error!("reload rejected; the running configuration stays: {e}");
+                }
+                Outcome::Unchanged => tracing::info!("reload: the file says what is running"),
+                Outcome::Changed { live, restart } => {
+                    if let Some(config) = apply
+                        && let Err(e) = p.apply_live(&config)
+                    {
+                        tracing::error!("reload: {e:#}");
+                    }
+                    if !live.is_empty() {
+                        tracing::info!(changed = ?live, "reload applied");
+                    }
+                    if !restart.is_empty() {
+                        tracing::warn!(changed = ?restart, "reload: these changes need a restart; the running values stay until then");
+                    }
+                }
+            }
+            admin
+                .metrics
+                .reloads
+                .get_or_create(&vec![("result", outcome.label().to_owned())])
+                .inc();
+            notify::ready("processing");
+        }
+        if last_status.elapsed() >= Duration::from_secs(5) {
+            last_status = Instant::now();
+            let s = p.stats();
+            notify::status(&format!(
+                "processing: {} records, {} dead letters, {} commits",
+                s.records, s.dead_letters, s.commits
+            ));
+        }
+    })?;
     tracing::info!(stats = ?pipeline.stats(), "stopped");
     Ok(())
 }
 
+fn quickstart(args: &QuickstartArgs) -> anyhow::Result<ExitCode> {
+    use flagtally::quickstart::{Options, run, stdout_is_terminal};
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register_conditional_shutdown(sig, EXIT_HARD_STOP, Arc::clone(&stop))?;
+        signal_hook::flag::register(sig, Arc::clone(&stop))?;
+    }
+    let opts = Options {
+        count: args.count,
+        rate: args.rate,
+        flags: args.flags,
+        malformed_one_in: args.malformed_one_in,
+        out_dir: args.out.clone(),
+        live: !args.plain && stdout_is_terminal(),
+        admin: args.admin,
+        seed: args.seed,
+    };
+    println!(
+        "flagtally quickstart: {} records (LaunchDarkly, go-feature-flag, FeatBit; 1 in {} malformed) \
+         through an in-process broker; 10 s windows. Ctrl-C stops.",
+        opts.count, opts.malformed_one_in
+    );
+    let report = run(&opts, &stop)?;
+    print!("{}", report.render(&opts.out_dir));
+    Ok(if report.exact {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
 fn generate(args: &GenArgs) -> anyhow::Result<()> {
     use flagtally::generate::{GenConfig, Generator};
+    use flagtally::quickstart::{Pace, counts_table};
     use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer as _, ThreadedProducer};
 
     let defaults = GenConfig::default();
     let mut g = Generator::new(GenConfig {
         dialect: args.dialect,
         flags: args.flags,
+        variations: args.variations,
         contexts: args.contexts,
         start_ms: args.start_ms.unwrap_or(defaults.start_ms),
         step_ms: args.step_ms,
+        skew_ms: args.skew_ms,
         malformed_one_in: args.malformed_one_in,
         tracked_one_in: args.tracked_one_in,
         seed: args.seed,
-        ..defaults
     });
-    let producer: ThreadedProducer<DefaultProducerContext> = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &args.brokers)
+    let mut cc = rdkafka::ClientConfig::new();
+    cc.set("bootstrap.servers", &args.brokers)
         .set("enable.idempotence", "true")
         .set("linger.ms", "20")
-        .set("batch.num.messages", "10000")
-        .create()?;
-    for _ in 0..args.count {
+        .set("batch.num.messages", "10000");
+    for (k, v) in &args.properties {
+        cc.set(k, v);
+    }
+    let producer: ThreadedProducer<DefaultProducerContext> = cc.create()?;
+    let bar = indicatif::ProgressBar::new(args.count);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:40} {pos}/{len} records  {per_sec}  eta {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let pace = Pace::new(args.rate);
+    for i in 0..args.count {
+        pace.wait(i);
         let value = g.next_record();
         let rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&args.topic).payload(&value);
         flagtally::sink::kafka::send_waiting(&producer, rec, &|| false)?;
+        if i % 1024 == 0 {
+            bar.set_position(i);
+        }
     }
     producer.flush(Duration::from_secs(60))?;
-    if args.tally {
-        let t = g.tally();
-        let counters: Vec<_> = t
-            .counters
-            .iter()
-            .map(|((flag, variation, version), n)| {
-                serde_json::json!({"flag": flag, "variation": variation, "version": version, "count": n})
-            })
-            .collect();
-        let report = serde_json::json!({
-            "records": t.records,
-            "malformed": t.malformed,
-            "tracked": t.tracked,
-            "evaluations": t.evaluations(),
-            "counters": counters,
-        });
-        println!("{report}");
+    bar.finish();
+    let t = g.tally();
+    if args.json {
+        println!("{}", t.to_json());
+    } else {
+        print!("{}", counts_table(&t.by_flag_variation(), None));
+        println!(
+            "records {}, malformed {}, evaluations {}, tracked (full-fidelity) {}",
+            t.records,
+            t.malformed,
+            t.evaluations(),
+            t.tracked
+        );
     }
     Ok(())
 }

@@ -2,13 +2,14 @@
 //! Rebalances are queued by the consumer's context and handled by the pipeline right
 //! after the poll that reported them, before any record of a new partition.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use rdkafka::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer as _, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
 
+use crate::admin::Admin;
 use crate::config::Config;
 use crate::window::PartitionId;
 
@@ -19,9 +20,10 @@ pub enum Assignment {
     Revoked(Vec<PartitionId>),
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct SourceContext {
     changes: Mutex<Vec<Assignment>>,
+    admin: Arc<Admin>,
 }
 
 impl SourceContext {
@@ -47,13 +49,20 @@ fn partitions(tpl: &rdkafka::TopicPartitionList) -> Vec<PartitionId> {
         .collect()
 }
 
-impl ClientContext for SourceContext {}
+impl ClientContext for SourceContext {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        self.admin.metrics.consumer_statistics(&statistics);
+    }
+}
 
 impl ConsumerContext for SourceContext {
     fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Revoke(tpl) => {
                 tracing::info!(partitions = tpl.count(), "partitions revoked");
+                for e in tpl.elements() {
+                    self.admin.metrics.forget_partition(e.topic(), e.partition());
+                }
                 self.push(Assignment::Revoked(partitions(tpl)));
             }
             Rebalance::Assign(_) => {}
@@ -72,9 +81,11 @@ impl ConsumerContext for SourceContext {
 pub type Source = BaseConsumer<SourceContext>;
 
 /// Creates the consumer and subscribes it to the input topics.
-pub fn consumer(config: &Config) -> Result<Source, KafkaError> {
+pub fn consumer(config: &Config, admin: Arc<Admin>) -> Result<Source, KafkaError> {
     let mut cc = ClientConfig::new();
     cc.set("bootstrap.servers", &config.kafka.brokers)
+        // Consumer lag for the metrics.
+        .set("statistics.interval.ms", "5000")
         .set("group.id", &config.kafka.group_id)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
@@ -84,7 +95,10 @@ pub fn consumer(config: &Config) -> Result<Source, KafkaError> {
     config
         .kafka
         .apply(&mut cc, &config.kafka.consumer_properties);
-    let consumer: Source = cc.create_with_context(SourceContext::default())?;
+    let consumer: Source = cc.create_with_context(SourceContext {
+        changes: Mutex::new(Vec::new()),
+        admin,
+    })?;
     let topics: Vec<&str> = config
         .kafka
         .input_topics

@@ -50,8 +50,9 @@ commit_interval = "200ms"
 /// Runs a pipeline on a thread until `stop`; returns its stats.
 fn spawn(config: Config, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Stats> {
     std::thread::spawn(move || {
-        let mut p = Pipeline::new(config, Arc::new(AtomicBool::new(false))).unwrap();
-        p.run(&stop).unwrap();
+        let admin = Arc::new(flagtally::admin::Admin::default());
+        let mut p = Pipeline::new(config, Arc::new(AtomicBool::new(false)), admin).unwrap();
+        p.run(&stop, &mut |_| {}).unwrap();
         p.stats().clone()
     })
 }

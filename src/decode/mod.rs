@@ -153,12 +153,16 @@ impl Default for Limits {
 pub struct Decoded {
     pub events: Vec<Event>,
     pub errors: Vec<DecodeError>,
+    /// The dialect the record was read as (detected under `auto`); `None` when it
+    /// could not be told.
+    pub dialect: Option<Dialect>,
 }
 
 impl Decoded {
     pub fn clear(&mut self) {
         self.events.clear();
         self.errors.clear();
+        self.dialect = None;
     }
 }
 
@@ -229,6 +233,9 @@ pub(crate) fn unrepresentable_number(bytes: &[u8]) -> Option<String> {
 }
 
 fn decode_as(dialect: Dialect, value: &[u8], limits: &Limits, out: &mut Decoded) {
+    if dialect != Dialect::Auto {
+        out.dialect = Some(dialect);
+    }
     match dialect {
         Dialect::Auto => match auto::detect(value) {
             Ok(found) => decode_as(found, value, limits, out),

@@ -23,12 +23,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
+use prometheus_client::metrics::counter::Counter;
 use rdkafka::consumer::{CommitMode, Consumer as _};
 use rdkafka::message::{BorrowedMessage, Headers as _};
 use rdkafka::{Message as _, Offset, TopicPartitionList};
 
+use crate::admin::Admin;
 use crate::config::Config;
-use crate::decode::{DecodeError, Decoded, Decoder};
+use crate::decode::{DecodeError, Decoded, Decoder, Dialect};
+use crate::metrics::Metrics;
 use crate::emit::{Emitter, OutputKind, dead_letter_id, header};
 use crate::sink::kafka::{Outgoing, Producer, headers};
 use crate::source::{Assignment, Source};
@@ -113,6 +116,60 @@ struct State {
     sent_since_commit: bool,
     stats: Stats,
     hard_stop: Arc<AtomicBool>,
+    admin: Arc<Admin>,
+    counters: Counters,
+}
+
+/// Metric handles looked up once: counting is an atomic add.
+#[derive(Debug)]
+struct Counters {
+    /// Per input topic: records, and events per dialect.
+    topics: Vec<(String, Counter, Vec<(Dialect, Counter)>)>,
+    outputs: Vec<Counter>,
+    /// Engine late counts already reported (correction, dead-letter, drop).
+    late_seen: [u64; 3],
+}
+
+impl Counters {
+    fn new(metrics: &Metrics) -> Self {
+        Self {
+            topics: Vec::new(),
+            outputs: OutputKind::ALL
+                .iter()
+                .map(|k| metrics.events_out.get_or_create(&Metrics::kind(k.name())).clone())
+                .collect(),
+            late_seen: [0; 3],
+        }
+    }
+
+    /// Counts one input record of `topic` and its events read as `dialect`.
+    fn record(&mut self, metrics: &Metrics, topic: &str, dialect: Option<Dialect>, events: u64) {
+        let i = match self.topics.iter().position(|(t, ..)| t == topic) {
+            Some(i) => i,
+            None => {
+                let counter = metrics.records_in.get_or_create(&Metrics::topic(topic)).clone();
+                self.topics.push((topic.to_owned(), counter, Vec::new()));
+                self.topics.len() - 1
+            }
+        };
+        let (_, records, dialects) = &mut self.topics[i];
+        records.inc();
+        let (Some(dialect), 1..) = (dialect, events) else {
+            return;
+        };
+        let j = match dialects.iter().position(|(d, _)| *d == dialect) {
+            Some(j) => j,
+            None => {
+                let labels = vec![
+                    ("topic", topic.to_owned()),
+                    ("dialect", dialect.name().to_owned()),
+                ];
+                dialects.push((dialect, metrics.events_in.get_or_create(&labels).clone()));
+                dialects.len() - 1
+            }
+        };
+        dialects[j].1.inc_by(events);
+    }
 }
 
 fn now_ms() -> i64 {
@@ -126,11 +183,21 @@ const KAFKA_TIMEOUT: Duration = Duration::from_secs(10);
 impl Pipeline {
     /// Connects to the broker (consumer subscribed, producer ready). `hard_stop` makes
     /// any wait for the broker give up (a second signal).
-    pub fn new(config: Config, hard_stop: Arc<AtomicBool>) -> anyhow::Result<Self> {
+    pub fn new(
+        config: Config,
+        hard_stop: Arc<AtomicBool>,
+        admin: Arc<Admin>,
+    ) -> anyhow::Result<Self> {
         let engine = Engine::new(Self::engine_config(&config))?;
-        let producer = Producer::new(&config).context("creating the producer")?;
+        let producer =
+            Producer::new(&config, Arc::clone(&admin)).context("creating the producer")?;
+        producer
+            .check_connection(KAFKA_TIMEOUT)
+            .with_context(|| format!("reaching the brokers {}", config.kafka.brokers))?;
         let store = checkpoint::Store::new(&config).context("opening the checkpoint topic")?;
-        let consumer = crate::source::consumer(&config).context("creating the consumer")?;
+        admin.health.set_outputs_connected(true);
+        let consumer = crate::source::consumer(&config, Arc::clone(&admin))
+            .context("creating the consumer")?;
         Ok(Self {
             consumer,
             state: State {
@@ -148,6 +215,8 @@ impl Pipeline {
                 sent_since_commit: false,
                 stats: Stats::default(),
                 hard_stop,
+                counters: Counters::new(&admin.metrics),
+                admin,
             },
         })
     }
@@ -173,11 +242,36 @@ impl Pipeline {
         &self.state.stats
     }
 
+    /// Applies the settings that can change while running (a reload): the
+    /// full-fidelity rules. Events from now on follow them (a replay after a restart
+    /// applies the rules of its own time).
+    pub fn apply_live(&mut self, config: &Config) -> anyhow::Result<()> {
+        let mut next = self.state.config.clone();
+        next.full_events = config.full_events.clone();
+        self.state
+            .engine
+            .set_gate(&Self::engine_config(&next).gate)
+            .context("full_events.overrides")?;
+        self.state.config = next;
+        Ok(())
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.state.config
+    }
+
     /// Runs until `stop` is set, then drains: everything read is delivered and
-    /// committed before this returns.
-    pub fn run(&mut self, stop: &AtomicBool) -> anyhow::Result<()> {
+    /// committed before this returns. `on_turn` runs between batches (reloads,
+    /// status reports); it may call [`Pipeline::apply_live`].
+    pub fn run(
+        &mut self,
+        stop: &AtomicBool,
+        on_turn: &mut dyn FnMut(&mut Pipeline),
+    ) -> anyhow::Result<()> {
         let mut last_report = Instant::now();
         while !stop.load(Ordering::Relaxed) {
+            self.state.admin.health.beat();
+            on_turn(self);
             // Up to a batch of records per turn; the first poll may wait.
             for i in 0..1024 {
                 let timeout = if i == 0 {
@@ -197,6 +291,7 @@ impl Pipeline {
                 }
             }
             self.state.commit_cycle_if_due(&self.consumer)?;
+            self.state.update_gauges();
             if last_report.elapsed() >= Duration::from_secs(10) {
                 last_report = Instant::now();
                 let s = &self.state.stats;
@@ -211,6 +306,7 @@ impl Pipeline {
                 );
             }
         }
+        self.state.admin.health.set_draining();
         tracing::info!("draining: stop fetching, deliver, commit");
         self.consumer
             .assignment()
@@ -218,6 +314,7 @@ impl Pipeline {
             .unwrap_or_else(|e| tracing::warn!("pausing the consumer: {e}"));
         self.state.handle_assignment_changes(&self.consumer)?;
         while !self.state.commit_cycle(&self.consumer, false)? {
+            self.state.admin.health.beat();
             if self.state.hard_stop.load(Ordering::Relaxed) {
                 anyhow::bail!("stopped before the final commit");
             }
@@ -228,6 +325,27 @@ impl Pipeline {
 }
 
 impl State {
+    /// Gauges and the engine's late counts, once per loop turn.
+    fn update_gauges(&mut self) {
+        let m = &self.admin.metrics;
+        m.open_windows
+            .set(i64::try_from(self.engine.open_windows()).unwrap_or(i64::MAX));
+        m.distinct_keys
+            .set(i64::try_from(self.engine.keys()).unwrap_or(i64::MAX));
+        m.assigned_partitions
+            .set(i64::try_from(self.parts.len()).unwrap_or(i64::MAX));
+        let c = self.engine.counts();
+        let late = [c.late_corrected, c.late_dead_lettered, c.late_dropped];
+        for (i, policy) in ["correction", "dead-letter", "drop"].iter().enumerate() {
+            if late[i] > self.counters.late_seen[i] {
+                m.late_events
+                    .get_or_create(&vec![("policy", (*policy).to_owned())])
+                    .inc_by(late[i] - self.counters.late_seen[i]);
+                self.counters.late_seen[i] = late[i];
+            }
+        }
+    }
+
     fn part_index(&self, topic: &str, partition: i32) -> Option<usize> {
         self.parts
             .iter()
@@ -242,6 +360,7 @@ impl State {
                         self.engine.revoke(pid);
                     }
                     self.parts.retain(|p| !pids.contains(&p.pid));
+                    self.admin.health.set_assigned(!self.parts.is_empty());
                 }
                 Assignment::Assigned(pids) => {
                     let fresh: Vec<PartitionId> = pids
@@ -249,6 +368,7 @@ impl State {
                         .filter(|pid| self.part_index(&pid.topic, pid.partition).is_none())
                         .collect();
                     self.restore(consumer, &fresh, false)?;
+                    self.admin.health.set_assigned(!self.parts.is_empty());
                 }
             }
         }
@@ -364,10 +484,29 @@ impl State {
         self.stats.records += 1;
         if replaying {
             self.stats.replayed_records += 1;
+            self.admin.metrics.replayed_records.inc();
         }
         self.decoded.clear();
         self.decoder
             .decode(m.payload().unwrap_or_default(), &mut self.decoded);
+        if !replaying {
+            self.counters.record(
+                &self.admin.metrics,
+                m.topic(),
+                self.decoded.dialect,
+                self.decoded.events.len() as u64,
+            );
+            for e in &self.decoded.errors {
+                self.admin
+                    .metrics
+                    .decode_errors
+                    .get_or_create(&vec![
+                        ("dialect", e.dialect.name().to_owned()),
+                        ("reason", e.reason.code().to_owned()),
+                    ])
+                    .inc();
+            }
+        }
         if !self.decoded.errors.is_empty() && !replaying {
             let errors = std::mem::take(&mut self.decoded.errors);
             self.dead_letter(m, &errors)?;
@@ -389,8 +528,13 @@ impl State {
         self.send_outputs(Some(m))
     }
 
+    /// For waits on the broker: whether to stop waiting (a second signal). Each call
+    /// is also a heartbeat: waiting on a slow broker is not a hang.
     fn give_up(&self) -> impl Fn() -> bool + '_ {
-        || self.hard_stop.load(Ordering::Relaxed)
+        || {
+            self.admin.health.beat();
+            self.hard_stop.load(Ordering::Relaxed)
+        }
     }
 
     /// Sends the engine's outputs; `source` is the record being processed (late
@@ -404,6 +548,7 @@ impl State {
             };
             let rec = self.emitter.emit(out)?;
             self.stats.outputs[kind as usize] += 1;
+            self.counters.outputs[kind as usize].inc();
             self.sent_since_commit = true;
             if let (Output::Late { pos, window, .. }, Some(m)) = (out, source) {
                 let index = pos.index.to_string();
@@ -451,6 +596,7 @@ impl State {
             return Ok(());
         };
         self.stats.dead_letters += 1;
+        self.admin.metrics.dead_letters.inc();
         let first = &errors[0];
         let text = errors
             .iter()
@@ -520,6 +666,18 @@ impl State {
 
     /// One commit cycle (see the module docs). Returns whether it committed.
     fn commit_cycle(&mut self, consumer: &Source, close_idle: bool) -> anyhow::Result<bool> {
+        let started = Instant::now();
+        let committed = self.commit_cycle_inner(consumer, close_idle)?;
+        if committed {
+            let m = &self.admin.metrics;
+            m.commit_seconds.observe(started.elapsed().as_secs_f64());
+            m.commits.inc();
+            self.admin.health.set_outputs_connected(true);
+        }
+        Ok(committed)
+    }
+
+    fn commit_cycle_inner(&mut self, consumer: &Source, close_idle: bool) -> anyhow::Result<bool> {
         self.last_commit = Instant::now();
         let now = now_ms();
         let idle = if close_idle {
@@ -537,6 +695,7 @@ impl State {
             self.failures_seen = failed;
             let last = self.producer.deliveries().last_error().unwrap_or_default();
             tracing::error!("{last}; rewinding every partition to its last commit");
+            self.admin.health.set_outputs_connected(false);
             if transactional {
                 self.producer
                     .abort_transaction(KAFKA_TIMEOUT)
@@ -598,6 +757,7 @@ impl State {
             // without knowing whether an idle checkpoint landed could let a replay
             // close windows this run did not.
             while let Err(e) = self.producer.flush(KAFKA_TIMEOUT) {
+                self.admin.health.beat();
                 tracing::warn!("checkpoints not yet acknowledged ({e}); waiting");
                 if self.hard_stop.load(Ordering::Relaxed) {
                     anyhow::bail!("stopped while checkpoints were in flight");
@@ -644,6 +804,7 @@ impl State {
     /// Forgets everything not committed and re-reads it.
     fn rewind(&mut self, consumer: &Source) -> anyhow::Result<()> {
         self.stats.rewinds += 1;
+        self.admin.metrics.rewinds.inc();
         self.sent_since_commit = false;
         let pids: Vec<PartitionId> = self.parts.iter().map(|p| p.pid.clone()).collect();
         self.restore(consumer, &pids, true)

@@ -5,9 +5,9 @@
 //! successful [`Producer::flush`] with no failure since the previous commit, so it
 //! never needs to know which record failed — any failure rewinds to the last commit.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use rdkafka::ClientContext;
 use rdkafka::TopicPartitionList;
@@ -19,14 +19,29 @@ use rdkafka::producer::{
     BaseRecord, DeliveryResult, Producer as _, ProducerContext, ThreadedProducer,
 };
 
+use crate::admin::Admin;
 use crate::config::Config;
+use crate::metrics::Metrics;
 
-/// Counts deliveries; remembers the last failure for the log.
-#[derive(Debug, Default)]
+/// Counts deliveries; remembers the last failure for the log; feeds the produce latency
+/// and error metrics.
+#[derive(Debug)]
 pub struct Deliveries {
     delivered: AtomicU64,
     failed: AtomicU64,
     last_error: Mutex<Option<String>>,
+    admin: Arc<Admin>,
+}
+
+/// Send times travel with each record as its delivery opaque: nanoseconds since this
+/// instant (no allocation per record).
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn nanos_since_epoch() -> usize {
+    usize::try_from(epoch().elapsed().as_nanos()).unwrap_or(usize::MAX)
 }
 
 impl Deliveries {
@@ -43,12 +58,21 @@ impl Deliveries {
     }
 }
 
-impl ClientContext for Deliveries {}
+impl ClientContext for Deliveries {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        self.admin.metrics.producer_statistics(&statistics);
+    }
+}
 
 impl ProducerContext for Deliveries {
-    type DeliveryOpaque = ();
+    type DeliveryOpaque = usize;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+    fn delivery(&self, result: &DeliveryResult<'_>, sent_at: usize) {
+        let now = nanos_since_epoch();
+        self.admin
+            .metrics
+            .produce_seconds
+            .observe(now.saturating_sub(sent_at) as f64 / 1e9);
         match result {
             Ok(_) => {
                 self.delivered.fetch_add(1, Ordering::Relaxed);
@@ -56,6 +80,11 @@ impl ProducerContext for Deliveries {
             Err((e, msg)) => {
                 use rdkafka::Message as _;
                 self.failed.fetch_add(1, Ordering::Relaxed);
+                self.admin
+                    .metrics
+                    .sink_errors
+                    .get_or_create(&Metrics::sink("kafka"))
+                    .inc();
                 let text = format!(
                     "delivery to {}/{} failed: {e}",
                     msg.topic(),
@@ -142,9 +171,10 @@ pub fn headers<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> Owne
 }
 
 impl Producer {
-    pub fn new(config: &Config) -> Result<Self, KafkaError> {
+    pub fn new(config: &Config, admin: Arc<Admin>) -> Result<Self, KafkaError> {
         let mut cc = ClientConfig::new();
         cc.set("bootstrap.servers", &config.kafka.brokers)
+            .set("statistics.interval.ms", "5000")
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", "5")
@@ -168,7 +198,12 @@ impl Producer {
         config
             .kafka
             .apply(&mut cc, &config.kafka.producer_properties);
-        let inner: ThreadedProducer<Deliveries> = cc.create_with_context(Deliveries::default())?;
+        let inner: ThreadedProducer<Deliveries> = cc.create_with_context(Deliveries {
+            delivered: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            last_error: Mutex::new(None),
+            admin,
+        })?;
         if transactional {
             inner.init_transactions(Duration::from_secs(30))?;
             inner.begin_transaction()?;
@@ -190,7 +225,8 @@ impl Producer {
     /// Queues one record. While librdkafka's queue is full, waits (backpressure) unless
     /// `give_up` says to stop.
     pub fn send(&self, rec: Outgoing<'_>, give_up: &dyn Fn() -> bool) -> Result<(), KafkaError> {
-        let mut record: BaseRecord<'_, [u8], [u8], ()> = BaseRecord::to(rec.topic)
+        let mut record: BaseRecord<'_, [u8], [u8], usize> =
+            BaseRecord::with_opaque_to(rec.topic, nanos_since_epoch())
             .payload(rec.value)
             .headers(rec.headers);
         if let Some(key) = rec.key {
@@ -200,6 +236,11 @@ impl Producer {
             record = record.timestamp(ts);
         }
         send_waiting(&self.inner, record, give_up)
+    }
+
+    /// Asks the broker for the cluster's metadata: is it reachable?
+    pub fn check_connection(&self, timeout: Duration) -> Result<(), KafkaError> {
+        self.inner.client().fetch_metadata(None, timeout).map(|_| ())
     }
 
     /// Waits until every queued record is delivered or failed.

@@ -1,0 +1,278 @@
+//! Prometheus metrics: one registry per process, served by the admin server
+//! ([`crate::admin`]) as text at `/metrics`.
+//!
+//! Hot-path counters are looked up once and cached by their users (a labelled counter
+//! is an `Arc` around an atomic), so counting an event is one atomic add.
+
+use std::fmt::Write as _;
+use std::sync::Mutex;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Label pairs; families are few and small, so plain vectors do.
+pub type Labels = Vec<(&'static str, String)>;
+
+/// Every metric flagtally exports. The names (without the registry's `flagtally_`
+/// prefix) are listed in the README.
+pub struct Metrics {
+    registry: Registry,
+    /// Input records read, per topic.
+    pub records_in: Family<Labels, Counter>,
+    /// Canonical events decoded, per topic and dialect.
+    pub events_in: Family<Labels, Counter>,
+    /// Decode errors, per dialect and reason code.
+    pub decode_errors: Family<Labels, Counter>,
+    /// Records written to the dead-letter topic.
+    pub dead_letters: Counter,
+    /// Output events written, per kind.
+    pub events_out: Family<Labels, Counter>,
+    /// Late events, per policy (`correction`, `dead-letter`, `drop`).
+    pub late_events: Family<Labels, Counter>,
+    /// Input records re-read to rebuild state after a restart, rebalance or rewind.
+    pub replayed_records: Counter,
+    pub open_windows: Gauge,
+    /// Distinct flag × variation × version counters in open windows.
+    pub distinct_keys: Gauge,
+    pub assigned_partitions: Gauge,
+    /// Records behind the partition's high watermark (from librdkafka's statistics).
+    pub consumer_lag: Family<Labels, Gauge>,
+    /// One commit cycle: flush, checkpoints, offset commit.
+    pub commit_seconds: Histogram,
+    /// From send to the broker's acknowledgement, per record.
+    pub produce_seconds: Histogram,
+    pub commits: Counter,
+    /// Rewinds to the last commit after a failed delivery or transaction.
+    pub rewinds: Counter,
+    /// Failed writes per sink (`kafka`: deliveries the broker refused).
+    pub sink_errors: Family<Labels, Counter>,
+    /// Retried writes per sink (`kafka`: librdkafka's request retries).
+    pub sink_retries: Family<Labels, Counter>,
+    /// SIGHUP reloads, per result (`applied`, `restart-needed`, `rejected`, `unchanged`).
+    pub reloads: Family<Labels, Counter>,
+    /// The last librdkafka retry total seen, to turn it into a counter.
+    retries_seen: Mutex<u64>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn seconds_buckets() -> impl Iterator<Item = f64> {
+    // 0.5 ms … ~65 s
+    exponential_buckets(0.0005, 2.0, 18)
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut metrics = Self {
+            registry: Registry::with_prefix("flagtally"),
+            records_in: Family::default(),
+            events_in: Family::default(),
+            decode_errors: Family::default(),
+            dead_letters: Counter::default(),
+            events_out: Family::default(),
+            late_events: Family::default(),
+            replayed_records: Counter::default(),
+            open_windows: Gauge::default(),
+            distinct_keys: Gauge::default(),
+            assigned_partitions: Gauge::default(),
+            consumer_lag: Family::default(),
+            commit_seconds: Histogram::new(seconds_buckets()),
+            produce_seconds: Histogram::new(seconds_buckets()),
+            commits: Counter::default(),
+            rewinds: Counter::default(),
+            sink_errors: Family::default(),
+            sink_retries: Family::default(),
+            reloads: Family::default(),
+            retries_seen: Mutex::new(0),
+        };
+        let r = &mut metrics.registry;
+        r.register(
+            "records_in",
+            "Input records read, per topic",
+            metrics.records_in.clone(),
+        );
+        r.register(
+            "events_in",
+            "Canonical events decoded, per topic and dialect",
+            metrics.events_in.clone(),
+        );
+        r.register(
+            "decode_errors",
+            "Decode errors, per dialect and reason",
+            metrics.decode_errors.clone(),
+        );
+        r.register(
+            "dead_letters",
+            "Records written to the dead-letter topic",
+            metrics.dead_letters.clone(),
+        );
+        r.register(
+            "events_out",
+            "Output events written, per kind",
+            metrics.events_out.clone(),
+        );
+        r.register(
+            "late_events",
+            "Events later than their window, per late policy",
+            metrics.late_events.clone(),
+        );
+        r.register(
+            "replayed_records",
+            "Input records re-read to rebuild open windows",
+            metrics.replayed_records.clone(),
+        );
+        r.register(
+            "open_windows",
+            "Summary windows open",
+            metrics.open_windows.clone(),
+        );
+        r.register(
+            "distinct_keys",
+            "Flag x variation x version counters in open windows",
+            metrics.distinct_keys.clone(),
+        );
+        r.register(
+            "assigned_partitions",
+            "Input partitions assigned to this instance",
+            metrics.assigned_partitions.clone(),
+        );
+        r.register(
+            "consumer_lag",
+            "Records behind the high watermark, per input partition",
+            metrics.consumer_lag.clone(),
+        );
+        r.register(
+            "commit_duration_seconds",
+            "Commit cycles: flush, checkpoints, offset commit",
+            metrics.commit_seconds.clone(),
+        );
+        r.register(
+            "produce_latency_seconds",
+            "From send to the broker's acknowledgement",
+            metrics.produce_seconds.clone(),
+        );
+        r.register("commits", "Commit cycles that committed", metrics.commits.clone());
+        r.register(
+            "rewinds",
+            "Rewinds to the last commit after a failure",
+            metrics.rewinds.clone(),
+        );
+        r.register(
+            "sink_errors",
+            "Failed writes, per sink",
+            metrics.sink_errors.clone(),
+        );
+        r.register(
+            "sink_retries",
+            "Retried writes, per sink",
+            metrics.sink_retries.clone(),
+        );
+        r.register(
+            "config_reloads",
+            "Configuration reloads, per result",
+            metrics.reloads.clone(),
+        );
+        let info: Family<Labels, Gauge> = Family::default();
+        info.get_or_create(&vec![("version", env!("CARGO_PKG_VERSION").to_owned())])
+            .set(1);
+        r.register("build_info", "flagtally's version", info);
+        metrics
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut text = String::new();
+        if encode(&mut text, &self.registry).is_err() {
+            let _ = writeln!(text, "# encoding failed");
+        }
+        text
+    }
+
+    pub fn topic(topic: &str) -> Labels {
+        vec![("topic", topic.to_owned())]
+    }
+
+    pub fn kind(kind: &str) -> Labels {
+        vec![("kind", kind.to_owned())]
+    }
+
+    pub fn sink(sink: &str) -> Labels {
+        vec![("sink", sink.to_owned())]
+    }
+
+    /// Takes librdkafka's consumer statistics: lag per assigned partition.
+    pub fn consumer_statistics(&self, stats: &rdkafka::Statistics) {
+        for (topic, t) in &stats.topics {
+            for (partition, p) in &t.partitions {
+                // -1 is librdkafka's "unassigned" bucket; lag is -1 until known.
+                if *partition < 0 || p.consumer_lag < 0 {
+                    continue;
+                }
+                self.consumer_lag
+                    .get_or_create(&vec![
+                        ("topic", topic.clone()),
+                        ("partition", partition.to_string()),
+                    ])
+                    .set(p.consumer_lag);
+            }
+        }
+    }
+
+    /// Takes librdkafka's producer statistics: request retries.
+    pub fn producer_statistics(&self, stats: &rdkafka::Statistics) {
+        let total: u64 = stats.brokers.values().map(|b| b.txretries).sum();
+        if let Ok(mut seen) = self.retries_seen.lock() {
+            if total > *seen {
+                self.sink_retries
+                    .get_or_create(&Self::sink("kafka"))
+                    .inc_by(total - *seen);
+            }
+            *seen = total;
+        }
+    }
+
+    /// Forgets a revoked partition's lag (another instance reports it now).
+    pub fn forget_partition(&self, topic: &str, partition: i32) {
+        self.consumer_lag.remove(&vec![
+            ("topic", topic.to_owned()),
+            ("partition", partition.to_string()),
+        ]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn render_names_every_family() {
+        let m = Metrics::new();
+        m.records_in.get_or_create(&Metrics::topic("in")).inc();
+        m.events_out.get_or_create(&Metrics::kind("summary")).inc_by(3);
+        m.produce_seconds.observe(0.002);
+        let text = m.render();
+        for name in [
+            "flagtally_records_in_total{topic=\"in\"} 1",
+            "flagtally_events_out_total{kind=\"summary\"} 3",
+            "flagtally_produce_latency_seconds_count 1",
+            "flagtally_open_windows 0",
+            "flagtally_build_info{version=",
+        ] {
+            assert!(text.contains(name), "{name} missing from\n{text}");
+        }
+    }
+}
