@@ -47,7 +47,9 @@ impl Health {
 
     /// Time since the last [`Health::beat`].
     pub fn since_beat(&self) -> Duration {
-        uptime().saturating_sub(Duration::from_millis(self.last_beat_ms.load(Ordering::Relaxed)))
+        uptime().saturating_sub(Duration::from_millis(
+            self.last_beat_ms.load(Ordering::Relaxed),
+        ))
     }
 
     pub fn set_assigned(&self, yes: bool) {

@@ -580,8 +580,18 @@ pub fn changed_paths(old: &Value, new: &Value) -> Vec<String> {
     fn walk(prefix: &str, old: Option<&Value>, new: Option<&Value>, out: &mut Vec<String>) {
         match (old, new) {
             // A table added or removed: compare its keys with an empty table's.
-            (Some(Value::Object(a)), None) => walk(prefix, Some(&Value::Object(a.clone())), Some(&Value::Object(serde_json::Map::new())), out),
-            (None, Some(Value::Object(b))) => walk(prefix, Some(&Value::Object(serde_json::Map::new())), Some(&Value::Object(b.clone())), out),
+            (Some(Value::Object(a)), None) => walk(
+                prefix,
+                Some(&Value::Object(a.clone())),
+                Some(&Value::Object(serde_json::Map::new())),
+                out,
+            ),
+            (None, Some(Value::Object(b))) => walk(
+                prefix,
+                Some(&Value::Object(serde_json::Map::new())),
+                Some(&Value::Object(b.clone())),
+                out,
+            ),
             (Some(Value::Object(a)), Some(Value::Object(b))) => {
                 let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
                 for k in keys {

@@ -69,7 +69,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(args) => run_daemon(&args).map(|()| ExitCode::SUCCESS),
         Command::Validate(args) => Ok(validate(&args)),
         command => {
-            let _ = init_logging(None, LogFormat::Human);
+            if matches!(command, Command::Quickstart(_)) && std::env::var_os("RUST_LOG").is_none() {
+                // Warnings only: info lines would break the live table.
+                let _ = init_logging(Some("warn"), LogFormat::Human);
+            } else {
+                let _ = init_logging(None, LogFormat::Human);
+            }
             match command {
                 Command::Summarize(args) => {
                     let inputs = offline::open_inputs(&args.files)?;

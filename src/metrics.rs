@@ -165,7 +165,11 @@ impl Metrics {
             "From send to the broker's acknowledgement",
             metrics.produce_seconds.clone(),
         );
-        r.register("commits", "Commit cycles that committed", metrics.commits.clone());
+        r.register(
+            "commits",
+            "Commit cycles that committed",
+            metrics.commits.clone(),
+        );
         r.register(
             "rewinds",
             "Rewinds to the last commit after a failure",
@@ -186,6 +190,19 @@ impl Metrics {
             "Configuration reloads, per result",
             metrics.reloads.clone(),
         );
+        // Known label sets start at zero, so dashboards and alerts see them at once.
+        for policy in ["correction", "dead-letter", "drop"] {
+            let _ = metrics
+                .late_events
+                .get_or_create(&vec![("policy", policy.to_owned())]);
+        }
+        let _ = metrics.sink_errors.get_or_create(&Self::sink("kafka"));
+        let _ = metrics.sink_retries.get_or_create(&Self::sink("kafka"));
+        for result in ["applied", "restart-needed", "rejected", "unchanged"] {
+            let _ = metrics
+                .reloads
+                .get_or_create(&vec![("result", result.to_owned())]);
+        }
         let info: Family<Labels, Gauge> = Family::default();
         info.get_or_create(&vec![("version", env!("CARGO_PKG_VERSION").to_owned())])
             .set(1);
@@ -262,7 +279,9 @@ mod tests {
     fn render_names_every_family() {
         let m = Metrics::new();
         m.records_in.get_or_create(&Metrics::topic("in")).inc();
-        m.events_out.get_or_create(&Metrics::kind("summary")).inc_by(3);
+        m.events_out
+            .get_or_create(&Metrics::kind("summary"))
+            .inc_by(3);
         m.produce_seconds.observe(0.002);
         let text = m.render();
         for name in [

@@ -182,7 +182,11 @@ pub fn run(opts: &Options, stop: &Arc<AtomicBool>) -> anyhow::Result<Report> {
     let started = Instant::now();
     let mut tally: Option<Tally> = None;
     let mut done_at: Option<Instant> = None;
-    let records_in = admin.metrics.records_in.get_or_create(&Metrics::topic(INPUT)).clone();
+    let records_in = admin
+        .metrics
+        .records_in
+        .get_or_create(&Metrics::topic(INPUT))
+        .clone();
     let mut last = (Instant::now(), 0u64);
     let mut rate = 0.0;
     loop {
@@ -237,7 +241,8 @@ pub fn run(opts: &Options, stop: &Arc<AtomicBool>) -> anyhow::Result<Report> {
     };
     let seen = lock(&seen);
     let counted = seen.summaries.by_flag_variation();
-    let exact = counted == generated.by_flag_variation() && seen.dead_letters == generated.malformed;
+    let exact =
+        counted == generated.by_flag_variation() && seen.dead_letters == generated.malformed;
     Ok(Report {
         generated,
         counted,

@@ -149,7 +149,8 @@ mod tests {
     }
 
     fn temp_dir(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("flagtally-reload-{name}-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("flagtally-reload-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         dir
     }
@@ -192,7 +193,11 @@ mod tests {
     fn an_invalid_file_is_rejected_and_the_running_config_stays() {
         let dir = temp_dir("invalid");
         let (mut r, levels) = setup(&dir, BASE);
-        std::fs::write(dir.join("flagtally.toml"), format!("{BASE}\n[window]\nsize = \"soon\"\n")).unwrap();
+        std::fs::write(
+            dir.join("flagtally.toml"),
+            format!("{BASE}\n[window]\nsize = \"soon\"\n"),
+        )
+        .unwrap();
         let (outcome, apply) = r.reload([]);
         let Outcome::Rejected(text) = &outcome else {
             panic!("{outcome:?}");

@@ -61,7 +61,9 @@ impl ConsumerContext for SourceContext {
             Rebalance::Revoke(tpl) => {
                 tracing::info!(partitions = tpl.count(), "partitions revoked");
                 for e in tpl.elements() {
-                    self.admin.metrics.forget_partition(e.topic(), e.partition());
+                    self.admin
+                        .metrics
+                        .forget_partition(e.topic(), e.partition());
                 }
                 self.push(Assignment::Revoked(partitions(tpl)));
             }

@@ -31,8 +31,8 @@ use rdkafka::{Message as _, Offset, TopicPartitionList};
 use crate::admin::Admin;
 use crate::config::Config;
 use crate::decode::{DecodeError, Decoded, Decoder, Dialect};
-use crate::metrics::Metrics;
 use crate::emit::{Emitter, OutputKind, dead_letter_id, header};
+use crate::metrics::Metrics;
 use crate::sink::kafka::{Outgoing, Producer, headers};
 use crate::source::{Assignment, Source};
 use crate::window::{Checkpoint, Engine, Output, PartitionId, SourcePos};
@@ -120,11 +120,18 @@ struct State {
     counters: Counters,
 }
 
+/// One input topic's counters: records, and events per dialect.
+#[derive(Debug)]
+struct TopicCounters {
+    topic: String,
+    records: Counter,
+    events: Vec<(Dialect, Counter)>,
+}
+
 /// Metric handles looked up once: counting is an atomic add.
 #[derive(Debug)]
 struct Counters {
-    /// Per input topic: records, and events per dialect.
-    topics: Vec<(String, Counter, Vec<(Dialect, Counter)>)>,
+    topics: Vec<TopicCounters>,
     outputs: Vec<Counter>,
     /// Engine late counts already reported (correction, dead-letter, drop).
     late_seen: [u64; 3],
@@ -136,7 +143,12 @@ impl Counters {
             topics: Vec::new(),
             outputs: OutputKind::ALL
                 .iter()
-                .map(|k| metrics.events_out.get_or_create(&Metrics::kind(k.name())).clone())
+                .map(|k| {
+                    metrics
+                        .events_out
+                        .get_or_create(&Metrics::kind(k.name()))
+                        .clone()
+                })
                 .collect(),
             late_seen: [0; 3],
         }
@@ -144,15 +156,26 @@ impl Counters {
 
     /// Counts one input record of `topic` and its events read as `dialect`.
     fn record(&mut self, metrics: &Metrics, topic: &str, dialect: Option<Dialect>, events: u64) {
-        let i = match self.topics.iter().position(|(t, ..)| t == topic) {
+        let i = match self.topics.iter().position(|t| t.topic == topic) {
             Some(i) => i,
             None => {
-                let counter = metrics.records_in.get_or_create(&Metrics::topic(topic)).clone();
-                self.topics.push((topic.to_owned(), counter, Vec::new()));
+                let records = metrics
+                    .records_in
+                    .get_or_create(&Metrics::topic(topic))
+                    .clone();
+                self.topics.push(TopicCounters {
+                    topic: topic.to_owned(),
+                    records,
+                    events: Vec::new(),
+                });
                 self.topics.len() - 1
             }
         };
-        let (_, records, dialects) = &mut self.topics[i];
+        let TopicCounters {
+            records,
+            events: dialects,
+            ..
+        } = &mut self.topics[i];
         records.inc();
         let (Some(dialect), 1..) = (dialect, events) else {
             return;

@@ -227,8 +227,8 @@ impl Producer {
     pub fn send(&self, rec: Outgoing<'_>, give_up: &dyn Fn() -> bool) -> Result<(), KafkaError> {
         let mut record: BaseRecord<'_, [u8], [u8], usize> =
             BaseRecord::with_opaque_to(rec.topic, nanos_since_epoch())
-            .payload(rec.value)
-            .headers(rec.headers);
+                .payload(rec.value)
+                .headers(rec.headers);
         if let Some(key) = rec.key {
             record = record.key(key);
         }
@@ -240,7 +240,10 @@ impl Producer {
 
     /// Asks the broker for the cluster's metadata: is it reachable?
     pub fn check_connection(&self, timeout: Duration) -> Result<(), KafkaError> {
-        self.inner.client().fetch_metadata(None, timeout).map(|_| ())
+        self.inner
+            .client()
+            .fetch_metadata(None, timeout)
+            .map(|_| ())
     }
 
     /// Waits until every queued record is delivered or failed.

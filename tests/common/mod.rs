@@ -207,10 +207,22 @@ pub struct Flagtally {
 }
 
 impl Flagtally {
+    /// Starts `flagtally run` with the admin server off (tests run side by side).
     pub fn start(config: &str, name: &str) -> Self {
+        Self::start_with_env(config, name, &[("FLAGTALLY__ADMIN__LISTEN", "off")])
+    }
+
+    /// The configuration file a process named `name` reads.
+    pub fn config_path(name: &str) -> PathBuf {
+        std::env::temp_dir()
+            .join("flagtally-tests")
+            .join(format!("{name}.toml"))
+    }
+
+    pub fn start_with_env(config: &str, name: &str, env: &[(&str, &str)]) -> Self {
         let dir = std::env::temp_dir().join("flagtally-tests");
         std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join(format!("{name}.toml"));
+        let path = Self::config_path(name);
         std::fs::write(&path, config).unwrap();
         let log = dir.join(format!("{name}.log"));
         let log_file = std::fs::OpenOptions::new()
@@ -222,6 +234,7 @@ impl Flagtally {
             .args(["run", "--config"])
             .arg(&path)
             .env("RUST_LOG", "info,librdkafka=warn,rdkafka=warn")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log_file)
@@ -482,4 +495,45 @@ pub fn report(line: &str) {
 
 pub fn assert_path_exists(p: &Path) {
     assert!(p.exists(), "{} missing", p.display());
+}
+
+/// A port free on 127.0.0.1 right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A plain HTTP/1.1 GET: (status, body); `None` when nothing answers.
+pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let status = text.split(' ').nth(1)?.parse().ok()?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_owned();
+    Some((status, body))
+}
+
+/// Polls `f` every 100 ms until it is true or `timeout` passes.
+pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
 }
