@@ -4,6 +4,8 @@
 #
 #   format   cargo fmt --check
 #   lint     cargo clippy --all-targets -- -D warnings
+#   packaging  Dockerfile, docker-compose.yml and the systemd unit, checked as far as a
+#            machine without a Docker engine allows (scripts/check-packaging.sh)
 #   infra    the Kafka-compatible broker tansu (built once, 12–15 min) on 127.0.0.1 and
 #            a Python venv with confluent-kafka (the independent reader); stopped at exit
 #   tests    unit, property, vector, end-to-end and broker tests (cargo test)
@@ -29,6 +31,9 @@ cargo fmt --check
 
 step "lint"
 cargo clippy --all-targets --quiet -- -D warnings
+
+step "packaging"
+bash scripts/check-packaging.sh >/dev/null
 
 step "infra"
 bash scripts/infra.sh python >/dev/null

@@ -535,6 +535,10 @@ impl Report {
         let expected = self.generated.by_flag_variation();
         let _ = writeln!(s);
         s.push_str(&counts_table(&self.counted, Some(&expected)));
+        let _ = writeln!(
+            s,
+            "(LaunchDarkly counters name variations by index, go-feature-flag and FeatBit by name)"
+        );
         let counted: u64 = self.counted.values().sum();
         let _ = writeln!(
             s,
