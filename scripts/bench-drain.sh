@@ -27,7 +27,7 @@ for t, f in a.create_topics([NewTopic(f"{id}-in", parts, 1), NewTopic(f"{id}-sum
     f.result(30)
 PY
 echo "preloading $N LaunchDarkly events into $id-in ($PARTS partitions)…"
-$BIN gen --brokers "$B" --topic "$id-in" --count "$N" --dialect launchdarkly --tracked-one-in 10 2>/dev/null
+$BIN gen --brokers "$B" --topic "$id-in" --count "$N" --dialect launchdarkly --tracked-one-in 10 >/dev/null 2>&1
 feature_line=""
 if [ "${FULL:-0}" = 1 ]; then feature_line="topics.feature = \"$id-feature\""; fi
 cat >"/tmp/$id.toml" <<TOML
@@ -51,7 +51,7 @@ cpu_of() { # utime+stime of a pid, in seconds
 
 # flagtally: runs until its committed offsets reach the end of every partition.
 start=$(date +%s.%N)
-RUST_LOG=warn $BIN run --config "/tmp/$id.toml" &
+FLAGTALLY__ADMIN__LISTEN=off RUST_LOG=warn $BIN run --config "/tmp/$id.toml" &
 ft=$!
 "$PY" - "$B" "$id" "$N" <<'PY'
 import sys, time

@@ -423,6 +423,7 @@ impl State {
             match loaded {
                 Ok(v) => break v,
                 Err(e) if !self.hard_stop.load(Ordering::Relaxed) => {
+                    self.admin.health.beat();
                     tracing::warn!("reading checkpoints: {e}; retrying");
                     std::thread::sleep(Duration::from_secs(1));
                 }
