@@ -156,8 +156,39 @@ stop() {
   fi
 }
 
+# PostgreSQL for the warehouse-sink tests: the machine's server on 127.0.0.1:5432 when it
+# answers; else start Debian's cluster (installing the packages if missing). Prints
+# `export FLAGTALLY_TEST_POSTGRES=<url>`. A preset FLAGTALLY_TEST_POSTGRES is kept.
+postgres() {
+  if [ -n "${FLAGTALLY_TEST_POSTGRES:-}" ]; then
+    echo "export FLAGTALLY_TEST_POSTGRES=$FLAGTALLY_TEST_POSTGRES"
+    return
+  fi
+  if ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
+    if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then
+      say "installing PostgreSQL (Debian packages, once)"
+      (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql) >&2
+    fi
+    say "starting PostgreSQL"
+    local v
+    v=$(ls /usr/lib/postgresql | sort -n | tail -1)
+    if ! pg_lsclusters -h 2>/dev/null | grep -q "^$v main"; then
+      pg_createcluster "$v" main >&2
+    fi
+    pg_ctlcluster "$v" main start >&2 || service postgresql start >&2 || true
+    for _ in $(seq 60); do
+      pg_isready -q -h 127.0.0.1 -p 5432 && break
+      sleep 0.5
+    done
+    pg_isready -q -h 127.0.0.1 -p 5432 || { say "PostgreSQL did not start"; exit 1; }
+  fi
+  # Trust or peer auth for postgres on this machine kind; tests create their own schemas.
+  echo "export FLAGTALLY_TEST_POSTGRES=postgresql://postgres@127.0.0.1:5432/postgres"
+}
+
 case "$cmd" in
   install) install_tansu ;;
+  postgres) postgres ;;
   start) start ;;
   stop) stop ;;
   python) python_env ;;
@@ -169,5 +200,5 @@ case "$cmd" in
       echo "stopped"
     fi
     ;;
-  *) say "usage: infra.sh install|start|stop|status|python|smoke [NAME]"; exit 2 ;;
+  *) say "usage: infra.sh install|start|stop|status|python|smoke|postgres [NAME]"; exit 2 ;;
 esac

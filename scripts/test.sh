@@ -6,8 +6,9 @@
 #   lint     cargo clippy --all-targets -- -D warnings
 #   packaging  Dockerfile, docker-compose.yml and the systemd unit, checked as far as a
 #            machine without a Docker engine allows (scripts/check-packaging.sh)
-#   infra    the Kafka-compatible broker tansu (built once, 12–15 min) on 127.0.0.1 and
-#            a Python venv with confluent-kafka (the independent reader); stopped at exit
+#   infra    the Kafka-compatible broker tansu (built once, 12–15 min) on 127.0.0.1,
+#            PostgreSQL (the machine's, started if down) and a Python venv with
+#            confluent-kafka (the independent reader); the broker is stopped at exit
 #   tests    unit, property, vector, end-to-end and broker tests (cargo test)
 #   docs     cargo doc, warnings denied
 #   fuzz     builds every fuzz target (cargo fuzz; not run here, see README)
@@ -38,7 +39,8 @@ bash scripts/check-packaging.sh >/dev/null
 step "infra"
 bash scripts/infra.sh python >/dev/null
 eval "$(bash scripts/infra.sh start ci)"
-export FLAGTALLY_TEST_BROKER
+eval "$(bash scripts/infra.sh postgres)"
+export FLAGTALLY_TEST_BROKER FLAGTALLY_TEST_POSTGRES
 trap 'bash scripts/infra.sh stop ci' EXIT
 
 step "tests"

@@ -4,10 +4,11 @@
 //! The pipeline is synchronous; the server runs on its own thread with a one-thread
 //! tokio runtime, so a slow scrape never touches the hot path.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -30,6 +31,8 @@ pub struct Health {
     /// When the pipeline last showed progress (a loop turn, or a wait on the broker),
     /// in ms since [`uptime`]'s start; the systemd watchdog is fed only while recent.
     last_beat_ms: AtomicU64,
+    /// Each sink's problem (`None`: delivering).
+    sinks: Mutex<BTreeMap<String, Option<String>>>,
 }
 
 /// Time since the first call (process start, in practice).
@@ -60,6 +63,21 @@ impl Health {
         self.outputs_connected.store(yes, Ordering::Relaxed);
     }
 
+    /// A sink's state: `None` when it delivers, else what is wrong.
+    pub fn set_sink(&self, name: &str, problem: Option<String>) {
+        if let Ok(mut sinks) = self.sinks.lock() {
+            sinks.insert(name.to_owned(), problem);
+        }
+    }
+
+    /// The first sink problem, if any.
+    fn sink_problem(&self) -> Option<String> {
+        let sinks = self.sinks.lock().ok()?;
+        sinks
+            .iter()
+            .find_map(|(name, p)| p.as_ref().map(|p| format!("sink {name}: {p}")))
+    }
+
     pub fn set_draining(&self) {
         self.draining.store(true, Ordering::Relaxed);
     }
@@ -68,23 +86,24 @@ impl Health {
         self.draining.load(Ordering::Relaxed)
     }
 
-    /// Ready: partitions assigned, outputs connected, not draining.
+    /// Ready: partitions assigned, outputs connected, every sink delivering, not
+    /// draining.
     pub fn is_ready(&self) -> bool {
-        self.assigned.load(Ordering::Relaxed)
-            && self.outputs_connected.load(Ordering::Relaxed)
-            && !self.is_draining()
+        self.readiness() == "ready"
     }
 
     /// Why the process is not ready, for `/readyz`'s body.
-    pub fn readiness(&self) -> &'static str {
+    pub fn readiness(&self) -> String {
         if self.is_draining() {
-            "draining"
+            "draining".to_owned()
         } else if !self.outputs_connected.load(Ordering::Relaxed) {
-            "outputs not connected"
+            "outputs not connected".to_owned()
         } else if !self.assigned.load(Ordering::Relaxed) {
-            "no partitions assigned"
+            "no partitions assigned".to_owned()
+        } else if let Some(p) = self.sink_problem() {
+            p
         } else {
-            "ready"
+            "ready".to_owned()
         }
     }
 }

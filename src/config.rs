@@ -51,6 +51,94 @@ pub struct Config {
     pub log: LogSection,
     #[serde(default)]
     pub admin: AdminSection,
+    /// Warehouse sinks, each its own consumer group over output topics.
+    #[serde(default)]
+    pub sinks: Vec<SinkConfig>,
+}
+
+/// The kinds of sink.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SinkKind {
+    /// Exactly once into PostgreSQL (`schemas/postgres.sql`).
+    Postgres,
+}
+
+/// One `[[sinks]]` entry.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SinkConfig {
+    /// Unique; names the sink's consumer group, metrics and stored positions.
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: SinkKind,
+    /// Output topics to deliver (JSON format).
+    pub topics: Vec<String>,
+    /// The consumer group; default `flagtally-sink-<name>`.
+    #[serde(default)]
+    pub group_id: Option<String>,
+    /// Records per write, at most.
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    /// A batch is written when this old, full or not.
+    #[serde(
+        default = "default_batch_timeout",
+        deserialize_with = "positive_duration"
+    )]
+    pub batch_timeout: Duration,
+    /// Backoff while the destination fails: the first wait, doubling up to `retry_max`
+    /// (with jitter).
+    #[serde(
+        default = "default_retry_initial",
+        deserialize_with = "positive_duration"
+    )]
+    pub retry_initial: Duration,
+    #[serde(default = "default_retry_max", deserialize_with = "positive_duration")]
+    pub retry_max: Duration,
+    /// postgres: a libpq connection string or URL.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// postgres: the schema holding the tables.
+    #[serde(default = "default_schema")]
+    pub schema: String,
+    /// postgres: create the schema and tables when missing.
+    #[serde(default = "yes")]
+    pub create_tables: bool,
+}
+
+fn default_batch_size() -> usize {
+    5000
+}
+fn default_batch_timeout() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_retry_initial() -> Duration {
+    Duration::from_millis(500)
+}
+fn default_retry_max() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_schema() -> String {
+    "flagtally".to_owned()
+}
+fn yes() -> bool {
+    true
+}
+
+impl SinkConfig {
+    pub fn group(&self) -> String {
+        self.group_id
+            .clone()
+            .unwrap_or_else(|| format!("flagtally-sink-{}", self.name))
+    }
+
+    pub fn postgres_settings(&self) -> crate::sink::postgres::PostgresSettings {
+        crate::sink::postgres::PostgresSettings {
+            url: self.url.clone().unwrap_or_default(),
+            schema: self.schema.clone(),
+            create_tables: self.create_tables,
+        }
+    }
 }
 
 /// The broker, the consumer group and librdkafka pass-through properties.
@@ -433,6 +521,38 @@ impl Config {
         }
         if let Err(e) = crate::window::Engine::new(self.engine_config()) {
             problems.push(format!("full_events.overrides: {e}"));
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for (i, sink) in self.sinks.iter().enumerate() {
+            let at = format!("sinks[{i}]");
+            if sink.name.is_empty() || !names.insert(sink.name.as_str()) {
+                problems.push(format!("{at}.name: must be set and unique"));
+            }
+            if sink.topics.is_empty() {
+                problems.push(format!("{at}.topics: at least one topic is needed"));
+            }
+            if sink.batch_size == 0 {
+                problems.push(format!("{at}.batch_size: must be more than zero"));
+            }
+            match sink.kind {
+                SinkKind::Postgres => {
+                    if sink.url.as_deref().is_none_or(str::is_empty) {
+                        problems.push(format!("{at}.url: a postgres sink needs a connection URL"));
+                    } else if let Err(e) = sink
+                        .url
+                        .as_deref()
+                        .unwrap_or_default()
+                        .parse::<postgres::Config>()
+                    {
+                        problems.push(format!("{at}.url: {e}"));
+                    }
+                    if self.output.format != crate::emit::Format::Json {
+                        problems.push(format!(
+                            "{at}: a postgres sink reads JSON outputs (output.format = \"json\")"
+                        ));
+                    }
+                }
+            }
         }
         if let Some(level) = &self.log.level
             && let Err(e) = tracing_subscriber::EnvFilter::try_new(level)

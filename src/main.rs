@@ -168,6 +168,9 @@ fn run_daemon(args: &RunArgs) -> anyhow::Result<()> {
         });
     }
     let deadline = config.processing.shutdown_deadline;
+    // Sinks stop after the pipeline's drain, so they deliver what it wrote last.
+    let sinks_stop = Arc::new(AtomicBool::new(false));
+    let sinks = flagtally::sink::worker::spawn_all(&config, &admin, &sinks_stop)?;
     let mut pipeline = Pipeline::new(config, Arc::clone(&hard_stop), Arc::clone(&admin))?;
     notify::ready("processing");
     {
@@ -231,6 +234,10 @@ fn run_daemon(args: &RunArgs) -> anyhow::Result<()> {
         }
     })?;
     tracing::info!(stats = ?pipeline.stats(), "stopped");
+    sinks_stop.store(true, Ordering::Relaxed);
+    for sink in sinks {
+        let _ = sink.join();
+    }
     Ok(())
 }
 

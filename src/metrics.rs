@@ -48,6 +48,8 @@ pub struct Metrics {
     pub commits: Counter,
     /// Rewinds to the last commit after a failed delivery or transaction.
     pub rewinds: Counter,
+    /// Records delivered per sink.
+    pub sink_records: Family<Labels, Counter>,
     /// Failed writes per sink (`kafka`: deliveries the broker refused).
     pub sink_errors: Family<Labels, Counter>,
     /// Retried writes per sink (`kafka`: librdkafka's request retries).
@@ -94,6 +96,7 @@ impl Metrics {
             produce_seconds: Histogram::new(seconds_buckets()),
             commits: Counter::default(),
             rewinds: Counter::default(),
+            sink_records: Family::default(),
             sink_errors: Family::default(),
             sink_retries: Family::default(),
             reloads: Family::default(),
@@ -174,6 +177,11 @@ impl Metrics {
             "rewinds",
             "Rewinds to the last commit after a failure",
             metrics.rewinds.clone(),
+        );
+        r.register(
+            "sink_records",
+            "Records delivered, per sink",
+            metrics.sink_records.clone(),
         );
         r.register(
             "sink_errors",

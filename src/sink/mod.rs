@@ -3,3 +3,5 @@
 //! consumer groups.
 
 pub mod kafka;
+pub mod postgres;
+pub mod worker;

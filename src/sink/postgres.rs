@@ -1,0 +1,270 @@
+//! The PostgreSQL warehouse sink: exactly once into PostgreSQL.
+//!
+//! Each batch of output records is, in one transaction:
+//! 1. copied (binary COPY) into a session-local staging table, raw: kind, id, the JSON
+//!    event and the headers that matter;
+//! 2. inserted into the target tables (`schemas/postgres.sql`) by SQL that unpacks the
+//!    JSON — summaries into one row per counter — ignoring ids already present;
+//! 3. recorded in `flagtally_sink_offsets`: the next offset per topic partition.
+//!
+//! The rows and the position commit together, so after a crash the sink resumes exactly
+//! where the data ends; the id check also absorbs identical records the processor
+//! re-emitted upstream.
+
+use std::collections::BTreeMap;
+
+use anyhow::Context as _;
+use postgres::binary_copy::BinaryCopyInWriter;
+use postgres::types::Type;
+use postgres::{Client, NoTls};
+
+use crate::sink::worker::{Destination, SinkRecord};
+
+/// The DDL, created in the sink's schema when `create_tables` is on.
+pub const SCHEMA_SQL: &str = include_str!("../../schemas/postgres.sql");
+
+const STAGING: &str = "CREATE TEMP TABLE IF NOT EXISTS flagtally_staging (
+    kind text NOT NULL, id text NOT NULL, body text NOT NULL,
+    window_start bigint, window_end bigint, late boolean NOT NULL, source text,
+    kafka_topic text NOT NULL, kafka_partition integer NOT NULL, kafka_offset bigint NOT NULL
+) ON COMMIT DELETE ROWS";
+
+const STAGING_TYPES: [Type; 10] = [
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::INT8,
+    Type::INT8,
+    Type::BOOL,
+    Type::TEXT,
+    Type::TEXT,
+    Type::INT4,
+    Type::INT8,
+];
+
+/// The staged event, unwrapped from a Data Export envelope when there is one.
+const EVENT: &str =
+    "(CASE WHEN s.body::jsonb ? 'kind' THEN s.body::jsonb ELSE s.body::jsonb -> 'event' END)";
+
+fn ms(expr: &str) -> String {
+    format!("to_timestamp(({expr})::double precision / 1000.0)")
+}
+
+fn inserts() -> [String; 4] {
+    let created = ms("e.e ->> 'creationDate'");
+    [
+        format!(
+            "INSERT INTO flagtally_summary_counters (id, summary_id, flag_key, variation, version,
+                unknown, value, \"default\", context_kinds, count, start_date, end_date,
+                window_start, window_end, late, source, kafka_topic, kafka_partition, kafka_offset)
+             SELECT s.id || '/' || f.key || '/' || (c.ord - 1), s.id, f.key,
+                COALESCE(c.v -> 'variation', c.v -> 'variationName'), c.v -> 'version',
+                COALESCE((c.v ->> 'unknown')::boolean, false), c.v -> 'value', f.value -> 'default',
+                ARRAY(SELECT jsonb_array_elements_text(COALESCE(f.value -> 'contextKinds', '[]'::jsonb))),
+                (c.v ->> 'count')::bigint, {start}, {end},
+                {wstart}, {wend}, s.late, s.source, s.kafka_topic, s.kafka_partition, s.kafka_offset
+             FROM flagtally_staging s
+             CROSS JOIN LATERAL (SELECT {EVENT} AS e) e
+             CROSS JOIN LATERAL jsonb_each(e.e -> 'features') f(key, value)
+             CROSS JOIN LATERAL jsonb_array_elements(f.value -> 'counters') WITH ORDINALITY c(v, ord)
+             WHERE s.kind = 'summary'
+             ON CONFLICT (id) DO NOTHING",
+            start = ms("e.e ->> 'startDate'"),
+            end = ms("e.e ->> 'endDate'"),
+            wstart = ms("s.window_start"),
+            wend = ms("s.window_end"),
+        ),
+        format!(
+            "INSERT INTO flagtally_feature_events (id, kind, creation_date, flag_key, version,
+                variation, value, \"default\", reason, context, prereq_of, event,
+                kafka_topic, kafka_partition, kafka_offset)
+             SELECT s.id, e.e ->> 'kind', {created}, e.e ->> 'key', e.e -> 'version',
+                COALESCE(e.e -> 'variation', e.e -> 'variationName'), e.e -> 'value',
+                e.e -> 'default', e.e -> 'reason', COALESCE(e.e -> 'context', e.e -> 'contextKeys'),
+                e.e ->> 'prereqOf', e.e, s.kafka_topic, s.kafka_partition, s.kafka_offset
+             FROM flagtally_staging s CROSS JOIN LATERAL (SELECT {EVENT} AS e) e
+             WHERE s.kind IN ('feature', 'debug')
+             ON CONFLICT (id) DO NOTHING"
+        ),
+        format!(
+            "INSERT INTO flagtally_context_events (id, kind, creation_date, context, event,
+                kafka_topic, kafka_partition, kafka_offset)
+             SELECT s.id, e.e ->> 'kind', {created}, e.e -> 'context', e.e,
+                s.kafka_topic, s.kafka_partition, s.kafka_offset
+             FROM flagtally_staging s CROSS JOIN LATERAL (SELECT {EVENT} AS e) e
+             WHERE s.kind IN ('index', 'identify')
+             ON CONFLICT (id) DO NOTHING"
+        ),
+        format!(
+            "INSERT INTO flagtally_custom_events (id, creation_date, event_key, context, data,
+                metric_value, event, kafka_topic, kafka_partition, kafka_offset)
+             SELECT s.id, {created}, e.e ->> 'key', COALESCE(e.e -> 'context', e.e -> 'contextKeys'),
+                e.e -> 'data', (e.e ->> 'metricValue')::double precision, e.e,
+                s.kafka_topic, s.kafka_partition, s.kafka_offset
+             FROM flagtally_staging s CROSS JOIN LATERAL (SELECT {EVENT} AS e) e
+             WHERE s.kind = 'custom'
+             ON CONFLICT (id) DO NOTHING"
+        ),
+    ]
+}
+
+/// Settings of a postgres sink.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PostgresSettings {
+    /// A libpq connection string or URL.
+    pub url: String,
+    /// The schema holding the tables (created when missing).
+    pub schema: String,
+    pub create_tables: bool,
+}
+
+/// A connection and the statements it needs.
+pub struct Postgres {
+    settings: PostgresSettings,
+    sink: String,
+    client: Option<Client>,
+    inserts: [String; 4],
+}
+
+impl std::fmt::Debug for Postgres {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Postgres")
+            .field("sink", &self.sink)
+            .field("schema", &self.settings.schema)
+            .field("connected", &self.client.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+impl Postgres {
+    pub fn new(sink: &str, settings: PostgresSettings) -> Self {
+        Self {
+            settings,
+            sink: sink.to_owned(),
+            client: None,
+            inserts: inserts(),
+        }
+    }
+
+    /// The connection, opened (schema, tables, staging table) when there is none.
+    fn client(&mut self) -> anyhow::Result<&mut Client> {
+        if self.client.is_none() {
+            let mut client =
+                Client::connect(&self.settings.url, NoTls).context("connecting to PostgreSQL")?;
+            let schema = quote_ident(&self.settings.schema);
+            if self.settings.create_tables {
+                client
+                    .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
+                    .with_context(|| format!("creating schema {schema}"))?;
+            }
+            client
+                .batch_execute(&format!("SET search_path TO {schema}"))
+                .context("setting the search path")?;
+            if self.settings.create_tables {
+                client
+                    .batch_execute(SCHEMA_SQL)
+                    .context("creating the tables (schemas/postgres.sql)")?;
+            }
+            client
+                .batch_execute(STAGING)
+                .context("creating the staging table")?;
+            self.client = Some(client);
+        }
+        self.client.as_mut().context("no PostgreSQL connection")
+    }
+
+    fn write_inner(
+        &mut self,
+        batch: &[SinkRecord],
+        positions: &BTreeMap<(String, i32), i64>,
+    ) -> anyhow::Result<()> {
+        let sink = self.sink.clone();
+        let inserts = self.inserts.clone();
+        let client = self.client()?;
+        let mut tx = client.transaction()?;
+        {
+            let copy = tx.copy_in(
+                "COPY flagtally_staging (kind, id, body, window_start, window_end, late, source,
+                    kafka_topic, kafka_partition, kafka_offset) FROM STDIN (FORMAT binary)",
+            )?;
+            let mut w = BinaryCopyInWriter::new(copy, &STAGING_TYPES);
+            for r in batch {
+                let body = std::str::from_utf8(&r.value).with_context(|| {
+                    format!(
+                        "{}/{}/{}: the record is not UTF-8 JSON (output.format must be json)",
+                        r.topic, r.partition, r.offset
+                    )
+                })?;
+                w.write(&[
+                    &r.kind,
+                    &r.id,
+                    &body,
+                    &r.window_start,
+                    &r.window_end,
+                    &r.late,
+                    &r.source,
+                    &r.topic,
+                    &r.partition,
+                    &r.offset,
+                ])?;
+            }
+            w.finish()?;
+        }
+        for sql in &inserts {
+            tx.execute(sql.as_str(), &[])?;
+        }
+        for ((topic, partition), next) in positions {
+            tx.execute(
+                "INSERT INTO flagtally_sink_offsets (sink, topic, partition, next_offset)
+                 VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (sink, topic, partition)
+                 DO UPDATE SET next_offset = EXCLUDED.next_offset, updated_at = now()",
+                &[&sink, topic, partition, next],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+}
+
+impl Destination for Postgres {
+    fn connect(&mut self) -> anyhow::Result<()> {
+        self.client().map(|_| ())
+    }
+
+    fn stored_offsets(&mut self, topic: &str) -> anyhow::Result<BTreeMap<i32, i64>> {
+        let sink = self.sink.clone();
+        let rows = self
+            .client()?
+            .query(
+                "SELECT partition, next_offset FROM flagtally_sink_offsets
+                 WHERE sink = $1 AND topic = $2",
+                &[&sink, &topic],
+            )
+            .inspect_err(|_| self.client = None)?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get::<_, i32>(0), r.get::<_, i64>(1)))
+            .collect())
+    }
+
+    fn write(
+        &mut self,
+        batch: &[SinkRecord],
+        positions: &BTreeMap<(String, i32), i64>,
+    ) -> anyhow::Result<()> {
+        let result = self.write_inner(batch, positions);
+        if result.is_err() {
+            // A broken connection is reopened on the next try; a transaction that
+            // failed was rolled back when it was dropped.
+            if self.client.as_ref().is_some_and(Client::is_closed) {
+                self.client = None;
+            }
+        }
+        result
+    }
+}

@@ -1,0 +1,233 @@
+//! The PostgreSQL sink against a real PostgreSQL (the machine's, started by
+//! `scripts/infra.sh postgres` if down), fed by the flagtally binary over librdkafka's
+//! mock cluster. Each test writes into a schema of its own; the rows are read back with
+//! SQL and compared with the generator's tally.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use common::*;
+use flagtally::generate::{GenConfig, GenDialect, Generator, Tally};
+use rdkafka::mocking::MockCluster;
+
+fn postgres_url() -> String {
+    if let Ok(url) = std::env::var("FLAGTALLY_TEST_POSTGRES") {
+        return url;
+    }
+    let out = std::process::Command::new("bash")
+        .arg(repo().join("scripts/infra.sh"))
+        .arg("postgres")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .trim()
+        .trim_start_matches("export FLAGTALLY_TEST_POSTGRES=")
+        .to_owned()
+}
+
+fn sql(url: &str) -> postgres::Client {
+    postgres::Client::connect(url, postgres::NoTls).unwrap()
+}
+
+/// Counters per (flag, variation, version) as the tally names them.
+fn counted(db: &mut postgres::Client, schema: &str) -> BTreeMap<(String, String, String), u64> {
+    let rows = db
+        .query(
+            &format!(
+                "SELECT flag_key, COALESCE(variation::text, ''),
+                        CASE WHEN unknown THEN 'unknown' ELSE COALESCE(version::text, '') END,
+                        sum(count)::bigint
+                 FROM \"{schema}\".flagtally_summary_counters GROUP BY 1, 2, 3"
+            ),
+            &[],
+        )
+        .unwrap_or_default();
+    rows.iter()
+        .map(|r| {
+            (
+                (r.get(0), r.get(1), r.get(2)),
+                u64::try_from(r.get::<_, i64>(3)).unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn count(db: &mut postgres::Client, schema: &str, table: &str) -> u64 {
+    db.query_one(&format!("SELECT count(*) FROM \"{schema}\".{table}"), &[])
+        .map(|r| u64::try_from(r.get::<_, i64>(0)).unwrap())
+        .unwrap_or(0)
+}
+
+fn setup(
+    n: usize,
+) -> (
+    MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    String,
+    Topics,
+    Vec<Vec<u8>>,
+    Tally,
+) {
+    let mock = MockCluster::new(1).unwrap();
+    let broker = mock.bootstrap_servers();
+    let t = Topics::named();
+    for (name, partitions) in t.all(2) {
+        mock.create_topic(&name, partitions, 1).unwrap();
+    }
+    let mut g = Generator::new(GenConfig {
+        dialect: GenDialect::Mixed,
+        flags: 6,
+        malformed_one_in: 100,
+        tracked_one_in: 10,
+        ..GenConfig::default()
+    });
+    let records: Vec<Vec<u8>> = (0..n).map(|_| g.next_record()).collect();
+    (mock, broker, t, records, g.into_tally())
+}
+
+fn config(t: &Topics, broker: &str, url: &str, schema: &str) -> String {
+    format!(
+        r#"{base}
+[[sinks]]
+name = "{schema}"
+type = "postgres"
+topics = ["{summary}", "{feature}", "{index}"]
+url = "{url}"
+schema = "{schema}"
+batch_size = 500
+batch_timeout = "200ms"
+retry_initial = "100ms"
+retry_max = "1s"
+"#,
+        base = t.config(broker, "size = \"10s\"\nidle_timeout = \"1s\""),
+        summary = t.summary,
+        feature = t.feature,
+        index = t.index,
+    )
+}
+
+fn wait_exact(db: &mut postgres::Client, schema: &str, tally: &Tally, d: &Flagtally) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while Instant::now() < deadline {
+        if counted(db, schema).values().sum::<u64>() >= tally.evaluations() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    // A little longer: anything written twice would show now.
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        counted(db, schema),
+        tally.counters,
+        "summary counters in PostgreSQL differ from the tally; log:\n{}",
+        d.log_text()
+    );
+}
+
+#[test]
+fn rows_equal_the_tally() {
+    let url = postgres_url();
+    let (_mock, broker, t, records, tally) = setup(20_000);
+    let schema = unique("ft_pg").replace('-', "_");
+    produce(&broker, &t.input, 2, &records);
+    let name = unique("pg");
+    let d = Flagtally::start(&config(&t, &broker, &url, &schema), &name);
+    let mut db = sql(&url);
+    wait_exact(&mut db, &schema, &tally, &d);
+    // One row per tracked evaluation; index events present; positions stored.
+    assert!(eventually(Duration::from_secs(20), || {
+        count(&mut db, &schema, "flagtally_feature_events") == tally.tracked
+    }));
+    assert!(count(&mut db, &schema, "flagtally_context_events") > 0);
+    let stored: i64 = db
+        .query_one(
+            &format!(
+                "SELECT COALESCE(sum(next_offset), 0)::bigint FROM \"{schema}\".flagtally_sink_offsets WHERE topic = $1"
+            ),
+            &[&t.feature],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(u64::try_from(stored).unwrap(), tally.tracked);
+    // Context kinds and window bounds come through.
+    let row = db
+        .query_one(
+            &format!(
+                "SELECT context_kinds, window_end - window_start, late
+                 FROM \"{schema}\".flagtally_summary_counters LIMIT 1"
+            ),
+            &[],
+        )
+        .unwrap();
+    assert_eq!(row.get::<_, Vec<String>>(0), ["user"]);
+    assert!(!row.get::<_, bool>(2));
+    assert!(d.stop(Duration::from_secs(20)).success());
+}
+
+#[test]
+fn crashes_during_writes_lose_and_double_nothing() {
+    let url = postgres_url();
+    let (_mock, broker, t, records, tally) = setup(20_000);
+    let schema = unique("ft_pgcrash").replace('-', "_");
+    let name = unique("pgcrash");
+    let cfg = config(&t, &broker, &url, &schema);
+    // Input arrives while the daemon is killed three times mid-stream.
+    let producer = {
+        let (broker, topic) = (broker.clone(), t.input.clone());
+        std::thread::spawn(move || {
+            for chunk in records.chunks(1000) {
+                produce(&broker, &topic, 2, chunk);
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        })
+    };
+    for i in 0..3 {
+        let d = Flagtally::start(&cfg, &format!("{name}-{i}"));
+        std::thread::sleep(Duration::from_millis(2500 + 700 * i));
+        d.crash();
+    }
+    producer.join().unwrap();
+    let d = Flagtally::start(&cfg, &format!("{name}-final"));
+    let mut db = sql(&url);
+    wait_exact(&mut db, &schema, &tally, &d);
+    assert!(eventually(Duration::from_secs(20), || {
+        count(&mut db, &schema, "flagtally_feature_events") == tally.tracked
+    }));
+    assert!(d.stop(Duration::from_secs(20)).success());
+}
+
+#[test]
+fn an_unreachable_database_is_reported_not_fatal() {
+    let (_mock, broker, t, _, _) = setup(0);
+    let port = free_port();
+    let admin = format!("127.0.0.1:{}", free_port());
+    let cfg = config(
+        &t,
+        &broker,
+        &format!("postgresql://postgres@127.0.0.1:{port}/postgres"),
+        "unreachable",
+    );
+    let d = Flagtally::start_with_env(
+        &cfg,
+        &unique("pgdown"),
+        &[("FLAGTALLY__ADMIN__LISTEN", &admin)],
+    );
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            http_get(&admin, "/readyz").is_some_and(|(s, body)| {
+                s == 503
+                    && body.contains("sink unreachable")
+                    && body.contains("connecting to PostgreSQL")
+            })
+        }),
+        "{}",
+        d.log_text()
+    );
+    assert!(d.log_text().contains("cannot reach the destination"));
+    assert_eq!(http_get(&admin, "/healthz").unwrap().0, 200);
+    assert!(d.stop(Duration::from_secs(20)).success());
+}
