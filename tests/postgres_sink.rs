@@ -200,6 +200,56 @@ fn crashes_during_writes_lose_and_double_nothing() {
     assert!(d.stop(Duration::from_secs(20)).success());
 }
 
+/// PostgreSQL unreachable for 20 s mid-stream (a proxy between the sink and the server
+/// cuts every connection and refuses new ones): the sink retries, the processor keeps
+/// processing, and the final rows are exact.
+#[test]
+fn a_database_outage_delays_but_loses_and_doubles_nothing() {
+    let url = postgres_url();
+    let pg: postgres::Config = url.parse().unwrap();
+    let (host, port) = match (&pg.get_hosts()[0], pg.get_ports()[0]) {
+        (postgres::config::Host::Tcp(h), p) => (h.clone(), p),
+        _ => panic!("FLAGTALLY_TEST_POSTGRES must be a TCP address"),
+    };
+    let proxy = CutProxy::start(&format!("{host}:{port}"));
+    let proxied = format!(
+        "postgresql://{}@{}/{}",
+        pg.get_user().unwrap_or("postgres"),
+        proxy.addr,
+        pg.get_dbname().unwrap_or("postgres")
+    );
+    let (_mock, broker, t, records, tally) = setup(20_000);
+    let schema = unique("ft_pgout").replace('-', "_");
+    let d = Flagtally::start(&config(&t, &broker, &proxied, &schema), &unique("pgout"));
+    let (first, rest) = records.split_at(5000);
+    produce(&broker, &t.input, 2, first);
+    let mut db = sql(&url);
+    assert!(eventually(Duration::from_secs(60), || {
+        counted(&mut db, &schema).values().sum::<u64>() > 0
+    }));
+    proxy.cut();
+    produce(&broker, &t.input, 2, rest);
+    std::thread::sleep(Duration::from_secs(20));
+    // The processor kept going meanwhile: every summary is already on its topic.
+    let mut n = 0;
+    read_until(
+        &broker,
+        &t.summary,
+        Duration::from_secs(30),
+        summed_counters(tally.evaluations()),
+    )
+    .iter()
+    .for_each(|_| n += 1);
+    assert!(n > 0);
+    assert!(d.log_text().contains("write failed"), "{}", d.log_text());
+    proxy.restore();
+    wait_exact(&mut db, &schema, &tally, &d);
+    assert!(eventually(Duration::from_secs(20), || {
+        count(&mut db, &schema, "flagtally_feature_events") == tally.tracked
+    }));
+    assert!(d.stop(Duration::from_secs(20)).success());
+}
+
 #[test]
 fn an_unreachable_database_is_reported_not_fatal() {
     let (_mock, broker, t, _, _) = setup(0);

@@ -537,3 +537,61 @@ pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     }
     false
 }
+
+/// A TCP proxy to `target` that can be cut: while down, every open connection is closed
+/// and new ones are refused (accepted and dropped). Stands in for a destination outage.
+pub struct CutProxy {
+    pub addr: String,
+    down: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl CutProxy {
+    pub fn start(target: &str) -> Self {
+        use std::sync::atomic::AtomicBool;
+        use std::sync::{Arc, Mutex};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let down = Arc::new(AtomicBool::new(false));
+        let conns: Arc<Mutex<Vec<std::net::TcpStream>>> = Arc::new(Mutex::new(Vec::new()));
+        let (d, c, target) = (Arc::clone(&down), Arc::clone(&conns), target.to_owned());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                if d.load(Ordering::Relaxed) {
+                    drop(client);
+                    continue;
+                }
+                let Ok(server) = std::net::TcpStream::connect(&target) else {
+                    continue;
+                };
+                let mut guard = c.lock().unwrap();
+                guard.push(client.try_clone().unwrap());
+                guard.push(server.try_clone().unwrap());
+                drop(guard);
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Self { addr, down, conns }
+    }
+
+    /// Cuts every connection and refuses new ones until [`CutProxy::restore`].
+    pub fn cut(&self) {
+        self.down.store(true, Ordering::Relaxed);
+        for s in self.conns.lock().unwrap().drain(..) {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    pub fn restore(&self) {
+        self.down.store(false, Ordering::Relaxed);
+    }
+}
