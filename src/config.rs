@@ -12,7 +12,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::num::NonZeroUsize;
+use std::num::{NonZeroU32, NonZeroUsize};
 use std::path::Path;
 use std::time::Duration;
 
@@ -62,6 +62,10 @@ pub struct Config {
 pub enum SinkKind {
     /// Exactly once into PostgreSQL (`schemas/postgres.sql`).
     Postgres,
+    /// go-feature-flag-compatible webhook (`{"meta":…,"events":[…]}`, HMAC-signed).
+    Webhook,
+    /// Segment's batch API.
+    Segment,
 }
 
 /// One `[[sinks]]` entry.
@@ -95,9 +99,34 @@ pub struct SinkConfig {
     pub retry_initial: Duration,
     #[serde(default = "default_retry_max", deserialize_with = "positive_duration")]
     pub retry_max: Duration,
-    /// postgres: a libpq connection string or URL.
+    /// postgres: a libpq connection string or URL; webhook, segment: the endpoint
+    /// (segment default `https://api.segment.io/v1/batch`).
     #[serde(default)]
     pub url: Option<String>,
+    /// webhook, segment: extra request headers.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// webhook: the HMAC-SHA256 secret for `X-Hub-Signature-256`.
+    #[serde(default)]
+    pub secret: Option<String>,
+    /// webhook: the `meta` object of each request.
+    #[serde(default)]
+    pub meta: BTreeMap<String, String>,
+    /// segment: the source's write key.
+    #[serde(default)]
+    pub write_key: Option<String>,
+    /// webhook, segment: events per request, at most.
+    #[serde(default = "default_max_events")]
+    pub max_events: usize,
+    /// webhook, segment: requests per second, at most (evenly spaced).
+    #[serde(default)]
+    pub rate_limit: Option<u32>,
+    /// webhook, segment: the whole request's timeout.
+    #[serde(
+        default = "default_http_timeout",
+        deserialize_with = "positive_duration"
+    )]
+    pub timeout: Duration,
     /// postgres: the schema holding the tables.
     #[serde(default = "default_schema")]
     pub schema: String,
@@ -118,6 +147,12 @@ fn default_retry_initial() -> Duration {
 fn default_retry_max() -> Duration {
     Duration::from_secs(30)
 }
+fn default_max_events() -> usize {
+    500
+}
+fn default_http_timeout() -> Duration {
+    Duration::from_secs(10)
+}
 fn default_schema() -> String {
     "flagtally".to_owned()
 }
@@ -130,6 +165,25 @@ impl SinkConfig {
         self.group_id
             .clone()
             .unwrap_or_else(|| format!("flagtally-sink-{}", self.name))
+    }
+
+    pub fn http_settings(&self) -> crate::sink::http::HttpSettings {
+        use crate::sink::http::{HttpFormat, HttpSettings};
+        let (format, default_url) = match self.kind {
+            SinkKind::Segment => (HttpFormat::Segment, "https://api.segment.io/v1/batch"),
+            _ => (HttpFormat::Webhook, ""),
+        };
+        HttpSettings {
+            format,
+            url: self.url.clone().unwrap_or_else(|| default_url.to_owned()),
+            headers: self.headers.clone(),
+            secret: self.secret.clone(),
+            meta: self.meta.clone(),
+            write_key: self.write_key.clone(),
+            max_events: self.max_events,
+            rate_limit: self.rate_limit.and_then(NonZeroU32::new),
+            timeout: self.timeout,
+        }
     }
 
     pub fn postgres_settings(&self) -> crate::sink::postgres::PostgresSettings {
@@ -546,12 +600,34 @@ impl Config {
                     {
                         problems.push(format!("{at}.url: {e}"));
                     }
-                    if self.output.format != crate::emit::Format::Json {
+                }
+                SinkKind::Webhook | SinkKind::Segment => {
+                    if sink.kind == SinkKind::Webhook
+                        && sink.url.as_deref().is_none_or(str::is_empty)
+                    {
+                        problems.push(format!("{at}.url: a webhook sink needs the endpoint URL"));
+                    }
+                    if sink.kind == SinkKind::Segment
+                        && sink.write_key.as_deref().is_none_or(str::is_empty)
+                    {
                         problems.push(format!(
-                            "{at}: a postgres sink reads JSON outputs (output.format = \"json\")"
+                            "{at}.write_key: a segment sink needs the source's write key"
                         ));
                     }
+                    if sink.rate_limit == Some(0) {
+                        problems.push(format!(
+                            "{at}.rate_limit: must be more than zero (or left out)"
+                        ));
+                    }
+                    if sink.max_events == 0 {
+                        problems.push(format!("{at}.max_events: must be more than zero"));
+                    }
                 }
+            }
+            if self.output.format != crate::emit::Format::Json {
+                problems.push(format!(
+                    "{at}: sinks read JSON outputs (output.format = \"json\")"
+                ));
             }
         }
         if let Some(level) = &self.log.level

@@ -53,6 +53,12 @@ pub trait Destination: Send {
     fn connect(&mut self) -> anyhow::Result<()>;
     /// The next offset per partition of `topic` the destination holds data up to.
     fn stored_offsets(&mut self, topic: &str) -> anyhow::Result<BTreeMap<i32, i64>>;
+    /// Whether [`Destination::write`] stores the positions with the data (exactly
+    /// once); else the group offsets are the position, committed synchronously after
+    /// each write (at least once, repeats keyed by record id).
+    fn stores_positions(&self) -> bool {
+        true
+    }
     /// Writes `batch` and records `positions` (next offset per topic partition), all or
     /// nothing.
     fn write(
@@ -348,8 +354,13 @@ impl Worker {
                 for ((topic, partition), next) in &positions {
                     tpl.add_partition_offset(topic, *partition, Offset::Offset(*next))?;
                 }
-                if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
-                    tracing::debug!(sink = %self.name, "group offset commit: {e}");
+                let mode = if self.destination.stores_positions() {
+                    CommitMode::Async
+                } else {
+                    CommitMode::Sync
+                };
+                if let Err(e) = self.consumer.commit(&tpl, mode) {
+                    tracing::warn!(sink = %self.name, "group offset commit: {e}");
                 }
             }
             batch.clear();
@@ -372,6 +383,9 @@ pub fn spawn_all(
                 &sink.name,
                 sink.postgres_settings(),
             )),
+            crate::config::SinkKind::Webhook | crate::config::SinkKind::Segment => {
+                Box::new(crate::sink::http::Http::new(sink.http_settings()))
+            }
         };
         let mut worker = Worker::new(&config.kafka, sink.clone(), destination, Arc::clone(admin))?;
         let stop = Arc::clone(stop);

@@ -1,0 +1,263 @@
+//! The HTTP sinks against a local receiver (a plain TCP server in this test process)
+//! that records every request, verifies the webhook's HMAC independently, and can answer
+//! 503 to play an outage. The flagtally binary runs over librdkafka's mock cluster.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use flagtally::generate::{GenConfig, GenDialect, Generator, Tally};
+use hmac::Mac as _;
+use rdkafka::mocking::MockCluster;
+
+#[derive(Clone, Debug)]
+struct Request {
+    at: Instant,
+    headers: BTreeMap<String, String>,
+    body: Vec<u8>,
+}
+
+/// Records requests; answers 503 while `down`.
+struct Receiver {
+    addr: String,
+    requests: Arc<Mutex<Vec<Request>>>,
+    down: Arc<AtomicBool>,
+}
+
+impl Receiver {
+    fn start() -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let down = Arc::new(AtomicBool::new(false));
+        let (r, d) = (Arc::clone(&requests), Arc::clone(&down));
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                let (r, d) = (Arc::clone(&r), Arc::clone(&d));
+                std::thread::spawn(move || {
+                    let mut reader = BufReader::new(stream.try_clone().unwrap());
+                    let mut headers = BTreeMap::new();
+                    let mut line = String::new();
+                    reader.read_line(&mut line).unwrap();
+                    loop {
+                        line.clear();
+                        reader.read_line(&mut line).unwrap();
+                        let l = line.trim_end();
+                        if l.is_empty() {
+                            break;
+                        }
+                        if let Some((k, v)) = l.split_once(':') {
+                            headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_owned());
+                        }
+                    }
+                    let n: usize = headers
+                        .get("content-length")
+                        .map_or(0, |v| v.parse().unwrap());
+                    let mut body = vec![0; n];
+                    reader.read_exact(&mut body).unwrap();
+                    let status = if d.load(Ordering::Relaxed) {
+                        "503 Service Unavailable"
+                    } else {
+                        r.lock().unwrap().push(Request {
+                            at: Instant::now(),
+                            headers,
+                            body,
+                        });
+                        "200 OK"
+                    };
+                    let mut s = stream;
+                    let _ = write!(
+                        s,
+                        "HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    );
+                });
+            }
+        });
+        Self {
+            addr,
+            requests,
+            down,
+        }
+    }
+
+    fn requests(&self) -> Vec<Request> {
+        self.requests.lock().unwrap().clone()
+    }
+}
+
+fn setup(
+    n: usize,
+) -> (
+    MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    String,
+    Topics,
+    Tally,
+) {
+    let mock = MockCluster::new(1).unwrap();
+    let broker = mock.bootstrap_servers();
+    let t = Topics::named();
+    for (name, partitions) in t.all(2) {
+        mock.create_topic(&name, partitions, 1).unwrap();
+    }
+    let mut g = Generator::new(GenConfig {
+        dialect: GenDialect::Mixed,
+        flags: 5,
+        contexts: 200,
+        tracked_one_in: 5,
+        ..GenConfig::default()
+    });
+    let records: Vec<Vec<u8>> = (0..n).map(|_| g.next_record()).collect();
+    produce(&broker, &t.input, 2, &records);
+    (mock, broker, t, g.into_tally())
+}
+
+#[test]
+fn webhook_delivers_signed_batches_through_an_outage() {
+    let (_mock, broker, t, tally) = setup(5000);
+    let rx = Receiver::start();
+    let cfg = format!(
+        r#"{base}
+[[sinks]]
+name = "hook"
+type = "webhook"
+topics = ["{feature}"]
+url = "http://{addr}/events"
+secret = "s3cret"
+meta = {{ source = "flagtally-test" }}
+headers = {{ "X-Team" = "analytics" }}
+max_events = 100
+batch_size = 300
+batch_timeout = "200ms"
+retry_initial = "100ms"
+retry_max = "1s"
+"#,
+        base = t.config(&broker, "size = \"10s\"\nidle_timeout = \"1s\""),
+        feature = t.feature,
+        addr = rx.addr,
+    );
+    let d = Flagtally::start(&cfg, &unique("hook"));
+    // An outage as soon as the first request lands.
+    assert!(eventually(Duration::from_secs(30), || !rx
+        .requests()
+        .is_empty()));
+    rx.down.store(true, Ordering::Relaxed);
+    std::thread::sleep(Duration::from_secs(5));
+    rx.down.store(false, Ordering::Relaxed);
+    let events_by_key = || {
+        let mut by_key: BTreeMap<String, usize> = BTreeMap::new();
+        for r in rx.requests() {
+            let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+            by_key.insert(
+                r.headers["idempotency-key"].clone(),
+                v["events"].as_array().unwrap().len(),
+            );
+        }
+        by_key.values().sum::<usize>() as u64
+    };
+    assert!(
+        eventually(Duration::from_secs(60), || events_by_key() >= tally.tracked),
+        "{} of {} events; log:\n{}",
+        events_by_key(),
+        tally.tracked,
+        d.log_text()
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(events_by_key(), tally.tracked);
+    assert!(d.log_text().contains("HTTP 503"), "{}", d.log_text());
+    for r in rx.requests() {
+        // The receiver's own HMAC check.
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(b"s3cret").unwrap();
+        mac.update(&r.body);
+        let expected = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+        assert_eq!(r.headers["x-hub-signature-256"], expected);
+        assert_eq!(r.headers["x-team"], "analytics");
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(v["meta"]["source"], "flagtally-test");
+        assert!(v["events"].as_array().unwrap().len() <= 100);
+        assert!(v["events"][0]["kind"] == "feature");
+    }
+    assert!(d.stop(Duration::from_secs(20)).success());
+}
+
+#[test]
+fn segment_messages_respect_the_rate_limit() {
+    let (_mock, broker, t, tally) = setup(3000);
+    let rx = Receiver::start();
+    let rate = 4;
+    let cfg = format!(
+        r#"{base}
+[[sinks]]
+name = "segment"
+type = "segment"
+topics = ["{feature}", "{index}"]
+url = "http://{addr}/v1/batch"
+write_key = "wk-123"
+max_events = 40
+rate_limit = {rate}
+batch_size = 200
+batch_timeout = "200ms"
+"#,
+        base = t.config(&broker, "size = \"10s\"\nidle_timeout = \"1s\""),
+        feature = t.feature,
+        index = t.index,
+        addr = rx.addr,
+    );
+    let d = Flagtally::start(&cfg, &unique("segment"));
+    let tracks = || {
+        let mut ids = BTreeSet::new();
+        for r in rx.requests() {
+            let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+            for m in v["batch"].as_array().unwrap() {
+                if m["type"] == "track" {
+                    ids.insert(m["messageId"].as_str().unwrap().to_owned());
+                }
+            }
+        }
+        ids.len() as u64
+    };
+    assert!(
+        eventually(Duration::from_secs(120), || tracks() >= tally.tracked),
+        "{} of {}; log:\n{}",
+        tracks(),
+        tally.tracked,
+        d.log_text()
+    );
+    assert_eq!(tracks(), tally.tracked);
+    let mut requests = rx.requests();
+    requests.sort_by_key(|r| r.at);
+    assert!(requests.len() >= 10, "{} requests", requests.len());
+    // Never more than `rate` requests within any second, as the receiver saw them.
+    for (i, r) in requests.iter().enumerate() {
+        let within = requests[i..]
+            .iter()
+            .take_while(|x| x.at.duration_since(r.at) < Duration::from_secs(1))
+            .count();
+        assert!(within <= rate, "{within} requests within 1 s");
+    }
+    let auth = format!("Basic {}", {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode("wk-123:")
+    });
+    let mut identifies = 0;
+    for r in &requests {
+        assert_eq!(r.headers["authorization"], auth);
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        for m in v["batch"].as_array().unwrap() {
+            assert!(m["userId"].as_str().unwrap().starts_with("user-"), "{m}");
+            match m["type"].as_str().unwrap() {
+                "track" => assert_eq!(m["event"], "Feature Flag Evaluated"),
+                "identify" => identifies += 1,
+                other => panic!("unexpected message type {other}"),
+            }
+        }
+    }
+    assert!(identifies > 0);
+    assert!(d.stop(Duration::from_secs(20)).success());
+}
