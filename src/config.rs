@@ -66,6 +66,8 @@ pub enum SinkKind {
     Webhook,
     /// Segment's batch API.
     Segment,
+    /// NDJSON, CSV or Avro files in a local directory.
+    File,
 }
 
 /// One `[[sinks]]` entry.
@@ -81,9 +83,12 @@ pub struct SinkConfig {
     /// The consumer group; default `flagtally-sink-<name>`.
     #[serde(default)]
     pub group_id: Option<String>,
-    /// Records per write, at most.
+    /// Records per write, at most (files: per file, the roll by count).
     #[serde(default = "default_batch_size")]
     pub batch_size: usize,
+    /// Bytes per write, about (files: the roll by size).
+    #[serde(default = "default_batch_bytes", deserialize_with = "size")]
+    pub batch_bytes: usize,
     /// A batch is written when this old, full or not.
     #[serde(
         default = "default_batch_timeout",
@@ -103,6 +108,24 @@ pub struct SinkConfig {
     /// (segment default `https://api.segment.io/v1/batch`).
     #[serde(default)]
     pub url: Option<String>,
+    /// file: the directory.
+    #[serde(default)]
+    pub path: Option<std::path::PathBuf>,
+    /// file: ndjson | csv | avro.
+    #[serde(default = "default_file_format")]
+    pub format: crate::sink::file::FileFormat,
+    /// file (csv): a go-feature-flag row template instead of the header and columns.
+    #[serde(default)]
+    pub csv_template: Option<String>,
+    /// file: the file name template; must contain `{{ .Offset}}`.
+    #[serde(default = "default_file_name")]
+    pub file_name: String,
+    /// file: `kind=…/dt=…/hour=…/` directories by event time.
+    #[serde(default = "yes")]
+    pub partition_by_time: bool,
+    /// file (avro): `null` or `deflate`.
+    #[serde(default = "default_codec")]
+    pub codec: String,
     /// webhook, segment: extra request headers.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
@@ -147,6 +170,18 @@ fn default_retry_initial() -> Duration {
 fn default_retry_max() -> Duration {
     Duration::from_secs(30)
 }
+fn default_batch_bytes() -> usize {
+    64 << 20
+}
+fn default_file_format() -> crate::sink::file::FileFormat {
+    crate::sink::file::FileFormat::Ndjson
+}
+fn default_file_name() -> String {
+    crate::sink::file::DEFAULT_NAME.to_owned()
+}
+fn default_codec() -> String {
+    "null".to_owned()
+}
 fn default_max_events() -> usize {
     500
 }
@@ -165,6 +200,17 @@ impl SinkConfig {
         self.group_id
             .clone()
             .unwrap_or_else(|| format!("flagtally-sink-{}", self.name))
+    }
+
+    pub fn file_settings(&self) -> crate::sink::file::FileSettings {
+        crate::sink::file::FileSettings {
+            dir: self.path.clone().unwrap_or_default(),
+            format: self.format,
+            csv_template: self.csv_template.clone(),
+            name_template: self.file_name.clone(),
+            partition_by_time: self.partition_by_time,
+            avro_deflate: self.codec == "deflate",
+        }
     }
 
     pub fn http_settings(&self) -> crate::sink::http::HttpSettings {
@@ -599,6 +645,22 @@ impl Config {
                         .parse::<postgres::Config>()
                     {
                         problems.push(format!("{at}.url: {e}"));
+                    }
+                }
+                SinkKind::File => {
+                    if sink.path.is_none() {
+                        problems.push(format!("{at}.path: a file sink needs a directory"));
+                    }
+                    if !["{{ .Offset}}", "{{ .Offset }}", "{{.Offset}}"]
+                        .iter()
+                        .any(|p| sink.file_name.contains(p))
+                    {
+                        problems.push(format!(
+                            "{at}.file_name: must contain {{{{ .Offset}}}} (a retried batch then replaces its files instead of adding new ones)"
+                        ));
+                    }
+                    if !["null", "deflate"].contains(&sink.codec.as_str()) {
+                        problems.push(format!("{at}.codec: {:?}: null or deflate", sink.codec));
                     }
                 }
                 SinkKind::Webhook | SinkKind::Segment => {

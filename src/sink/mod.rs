@@ -2,6 +2,7 @@
 //! sinks (files, object storage, PostgreSQL, HTTP) read those topics as their own
 //! consumer groups.
 
+pub mod file;
 pub mod http;
 pub mod kafka;
 pub mod postgres;

@@ -321,7 +321,8 @@ impl Worker {
                 });
                 positions.insert((m.topic().to_owned(), m.partition()), offset + 1);
             }
-            let full = batch.len() >= self.config.batch_size;
+            let full = batch.len() >= self.config.batch_size
+                || batch.iter().map(|r| r.value.len()).sum::<usize>() >= self.config.batch_bytes;
             let due = !batch.is_empty() && started.elapsed() >= self.config.batch_timeout;
             if !(full || due) {
                 continue;
@@ -383,6 +384,9 @@ pub fn spawn_all(
                 &sink.name,
                 sink.postgres_settings(),
             )),
+            crate::config::SinkKind::File => {
+                Box::new(crate::sink::file::Files::new(sink.file_settings())?)
+            }
             crate::config::SinkKind::Webhook | crate::config::SinkKind::Segment => {
                 Box::new(crate::sink::http::Http::new(sink.http_settings()))
             }

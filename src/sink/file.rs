@@ -1,0 +1,565 @@
+//! The file sink: NDJSON, CSV or Avro object container files in a local directory,
+//! partitioned by kind and event time (`kind=…/dt=YYYY-MM-DD/hour=HH/`).
+//!
+//! One batch writes one file per (directory, topic partition), named from the topic,
+//! the partition and the file's first offset: a batch re-read after a crash (its offsets
+//! were not committed yet) starts at the same offset and writes the same names again,
+//! replacing the first attempt's files instead of adding to them. A file is written
+//! under a temporary name, synced, and renamed into place, so readers never see a part.
+//! Batches close by count (`batch_size`), size (`batch_bytes`) or age
+//! (`batch_timeout`): those are the rolling rules.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use apache_avro::Schema;
+use apache_avro::types::{Record, Value as AvroValue};
+use serde_json::Value;
+
+use crate::sink::worker::{Destination, SinkRecord};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FileFormat {
+    /// One JSON event per line, as on the topic.
+    Ndjson,
+    /// A header and one row per event (one per counter for summaries), RFC 4180
+    /// quoting; or a go-feature-flag template per row.
+    Csv,
+    /// An Avro object container file (`schemas/file-record.avsc`).
+    Avro,
+}
+
+impl FileFormat {
+    pub fn extension(self) -> &'static str {
+        match self {
+            Self::Ndjson => "ndjson",
+            Self::Csv => "csv",
+            Self::Avro => "avro",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileSettings {
+    pub dir: PathBuf,
+    pub format: FileFormat,
+    /// A go-feature-flag CSV template (`{{ .Kind}};{{ .Key}};…`): rows rendered with
+    /// it, no header.
+    pub csv_template: Option<String>,
+    /// The file name: `{{ .Topic}}`, `{{ .Partition}}`, `{{ .Offset}}` (required),
+    /// `{{ .Kind}}`, `{{ .Format}}`, `{{ .Hostname}}`, `{{ .Timestamp}}` (the first
+    /// event's time, Unix seconds: deterministic, unlike go-feature-flag's flush time).
+    pub name_template: String,
+    /// `kind=…/dt=…/hour=…/` directories (else all files in `dir`).
+    pub partition_by_time: bool,
+    /// Avro: `null` or `deflate`.
+    pub avro_deflate: bool,
+}
+
+/// The default name: go-feature-flag's, made deterministic.
+pub const DEFAULT_NAME: &str =
+    "flag-variation-{{ .Topic}}-{{ .Partition}}-{{ .Offset}}.{{ .Format}}";
+
+/// The Avro schema of file records: the event's main fields typed, the event whole as
+/// JSON text.
+pub const AVRO_SCHEMA: &str = include_str!("../../schemas/file-record.avsc");
+
+const CSV_HEADER: [&str; 14] = [
+    "id",
+    "kind",
+    "creation_date",
+    "flag_key",
+    "context_kind",
+    "context_key",
+    "variation",
+    "version",
+    "value",
+    "default",
+    "count",
+    "start_date",
+    "end_date",
+    "late",
+];
+
+pub struct Files {
+    settings: FileSettings,
+    schema: Schema,
+    hostname: String,
+}
+
+impl std::fmt::Debug for Files {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Files")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The event inside a record (unwrapped from a Data Export envelope).
+fn event(r: &SinkRecord) -> anyhow::Result<Value> {
+    let v: Value = serde_json::from_slice(&r.value).with_context(|| {
+        format!(
+            "{}/{}/{}: not JSON (output.format must be json)",
+            r.topic, r.partition, r.offset
+        )
+    })?;
+    Ok(match v.get("event") {
+        Some(inner) if v.get("kind").is_none() => inner.clone(),
+        _ => v,
+    })
+}
+
+/// The event time that places a record: the window start for summaries, else the
+/// creation date.
+fn event_time(r: &SinkRecord, e: &Value) -> i64 {
+    r.window_start
+        .or_else(|| e.get("startDate").and_then(Value::as_i64))
+        .or_else(|| e.get("creationDate").and_then(Value::as_i64))
+        .unwrap_or(0)
+}
+
+/// `(YYYY-MM-DD, HH)` in UTC.
+fn date_hour(ms: i64) -> (String, String) {
+    let t = UNIX_EPOCH + Duration::from_millis(ms.max(0).unsigned_abs());
+    let s = humantime::format_rfc3339_seconds(t).to_string();
+    (s[..10].to_owned(), s[11..13].to_owned())
+}
+
+fn context(e: &Value) -> (String, String) {
+    let c = e.get("context");
+    let kind = c
+        .and_then(|c| c.get("kind"))
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    let key = c
+        .and_then(|c| c.get("key"))
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .or_else(|| {
+            e.get("contextKeys")
+                .and_then(Value::as_object)
+                .and_then(|m| m.values().next())
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        })
+        .unwrap_or_default();
+    (kind, key)
+}
+
+fn text(v: Option<&Value>) -> String {
+    match v {
+        None | Some(Value::Null) => String::new(),
+        Some(Value::String(s)) => s.clone(),
+        Some(other) => other.to_string(),
+    }
+}
+
+/// CSV rows of one event: one per counter for summaries.
+fn csv_rows(r: &SinkRecord, e: &Value) -> Vec<[String; 14]> {
+    let kind = text(e.get("kind"));
+    let (ckind, ckey) = context(e);
+    let late = r.late.to_string();
+    if kind == "summary" {
+        let mut rows = Vec::new();
+        let features = e.get("features").and_then(Value::as_object);
+        for (flag, body) in features.into_iter().flatten() {
+            let counters = body.get("counters").and_then(Value::as_array);
+            for c in counters.into_iter().flatten() {
+                rows.push([
+                    r.id.clone(),
+                    kind.clone(),
+                    String::new(),
+                    flag.clone(),
+                    text(body.get("contextKinds")),
+                    String::new(),
+                    text(c.get("variation").or_else(|| c.get("variationName"))),
+                    if c.get("unknown") == Some(&Value::Bool(true)) {
+                        "unknown".to_owned()
+                    } else {
+                        text(c.get("version"))
+                    },
+                    text(c.get("value")),
+                    text(body.get("default")),
+                    text(c.get("count")),
+                    text(e.get("startDate")),
+                    text(e.get("endDate")),
+                    late.clone(),
+                ]);
+            }
+        }
+        return rows;
+    }
+    vec![[
+        r.id.clone(),
+        kind,
+        text(e.get("creationDate")),
+        text(e.get("key")),
+        ckind,
+        ckey,
+        text(e.get("variation").or_else(|| e.get("variationName"))),
+        text(e.get("version")),
+        text(e.get("value")),
+        text(e.get("default")),
+        String::new(),
+        String::new(),
+        String::new(),
+        late,
+    ]]
+}
+
+/// A go-feature-flag template row. `{{ .CreationDate}}` is in seconds, as there.
+fn template_row(template: &str, e: &Value) -> String {
+    let (ckind, ckey) = context(e);
+    let fields = [
+        ("Kind", text(e.get("kind"))),
+        ("ContextKind", ckind),
+        ("UserKey", ckey),
+        (
+            "CreationDate",
+            e.get("creationDate")
+                .and_then(Value::as_i64)
+                .map_or(String::new(), |ms| (ms / 1000).to_string()),
+        ),
+        ("Key", text(e.get("key"))),
+        (
+            "Variation",
+            text(e.get("variationName").or_else(|| e.get("variation"))),
+        ),
+        ("Value", text(e.get("value"))),
+        ("Default", text(e.get("default"))),
+        ("Version", text(e.get("version"))),
+        ("Source", "SERVER".to_owned()),
+    ];
+    let mut out = render(template, &fields);
+    if !out.ends_with('\n') {
+        out.push('\n');
+    }
+    out
+}
+
+/// Replaces `{{ .Name}}` / `{{ .Name }}` / `{{.Name}}` with the field's value.
+pub fn render(template: &str, fields: &[(&str, String)]) -> String {
+    let mut out = template.replace("\\n", "\n");
+    for (name, value) in fields {
+        for pattern in [
+            format!("{{{{ .{name}}}}}"),
+            format!("{{{{ .{name} }}}}"),
+            format!("{{{{.{name}}}}}"),
+        ] {
+            out = out.replace(&pattern, value);
+        }
+    }
+    out
+}
+
+/// The records of one file.
+struct Group<'a> {
+    dir: PathBuf,
+    kind: String,
+    first_time: i64,
+    records: Vec<(&'a SinkRecord, Value)>,
+}
+
+impl Files {
+    pub fn new(settings: FileSettings) -> anyhow::Result<Self> {
+        let schema = Schema::parse_str(AVRO_SCHEMA).context("the file-record Avro schema")?;
+        let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .or_else(|_| std::env::var("HOSTNAME"))
+            .unwrap_or_else(|_| "localhost".to_owned());
+        Ok(Self {
+            settings,
+            schema,
+            hostname,
+        })
+    }
+
+    fn name(&self, topic: &str, partition: i32, first: i64, g: &Group<'_>) -> String {
+        render(
+            &self.settings.name_template,
+            &[
+                ("Topic", topic.to_owned()),
+                ("Partition", partition.to_string()),
+                ("Offset", format!("{first:020}")),
+                ("Kind", g.kind.clone()),
+                ("Format", self.settings.format.extension().to_owned()),
+                ("Hostname", self.hostname.clone()),
+                ("Timestamp", (g.first_time / 1000).to_string()),
+            ],
+        )
+    }
+
+    fn content(&self, records: &[(&SinkRecord, Value)]) -> anyhow::Result<Vec<u8>> {
+        match self.settings.format {
+            FileFormat::Ndjson => {
+                let mut out = Vec::new();
+                for (r, _) in records {
+                    out.extend_from_slice(&r.value);
+                    out.push(b'\n');
+                }
+                Ok(out)
+            }
+            FileFormat::Csv => {
+                if let Some(t) = &self.settings.csv_template {
+                    return Ok(records
+                        .iter()
+                        .map(|(_, e)| template_row(t, e))
+                        .collect::<String>()
+                        .into_bytes());
+                }
+                let mut w = csv::Writer::from_writer(Vec::new());
+                w.write_record(CSV_HEADER)?;
+                for (r, e) in records {
+                    for row in csv_rows(r, e) {
+                        w.write_record(&row)?;
+                    }
+                }
+                w.into_inner().map_err(|e| anyhow::anyhow!("csv: {e}"))
+            }
+            FileFormat::Avro => {
+                let codec = if self.settings.avro_deflate {
+                    apache_avro::Codec::Deflate(apache_avro::DeflateSettings::default())
+                } else {
+                    apache_avro::Codec::Null
+                };
+                let mut w = apache_avro::Writer::with_codec(&self.schema, Vec::new(), codec)?;
+                for (r, e) in records {
+                    let mut rec =
+                        Record::new(w.schema()).context("the file-record schema is a record")?;
+                    let (_, ckey) = context(e);
+                    let opt = |s: String| {
+                        if s.is_empty() {
+                            AvroValue::Union(0, Box::new(AvroValue::Null))
+                        } else {
+                            AvroValue::Union(1, Box::new(AvroValue::String(s)))
+                        }
+                    };
+                    rec.put("id", r.id.clone());
+                    rec.put("kind", text(e.get("kind")));
+                    rec.put(
+                        "creation_date",
+                        match e.get("creationDate").and_then(Value::as_i64) {
+                            Some(ms) => AvroValue::Union(1, Box::new(AvroValue::Long(ms))),
+                            None => AvroValue::Union(0, Box::new(AvroValue::Null)),
+                        },
+                    );
+                    rec.put("flag_key", opt(text(e.get("key"))));
+                    rec.put("context_key", opt(ckey));
+                    rec.put("topic", r.topic.clone());
+                    rec.put("partition", r.partition);
+                    rec.put("offset", r.offset);
+                    rec.put("event", String::from_utf8_lossy(&r.value).into_owned());
+                    w.append_value(rec)?;
+                }
+                Ok(w.into_inner()?)
+            }
+        }
+    }
+}
+
+/// Writes `bytes` to `path` atomically: a temporary name, synced, then renamed.
+fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let dir = path.parent().context("a file path has a directory")?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .context("a file name")?;
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let mut f = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming into {}", path.display()))?;
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+impl Destination for Files {
+    fn connect(&mut self) -> anyhow::Result<()> {
+        std::fs::create_dir_all(&self.settings.dir)
+            .with_context(|| format!("creating {}", self.settings.dir.display()))?;
+        // Writable?
+        let probe = self.settings.dir.join(".flagtally-probe");
+        std::fs::write(&probe, b"")
+            .with_context(|| format!("writing in {}", self.settings.dir.display()))?;
+        let _ = std::fs::remove_file(probe);
+        Ok(())
+    }
+
+    fn stored_offsets(&mut self, _topic: &str) -> anyhow::Result<BTreeMap<i32, i64>> {
+        Ok(BTreeMap::new())
+    }
+
+    fn stores_positions(&self) -> bool {
+        false
+    }
+
+    fn write(
+        &mut self,
+        batch: &[SinkRecord],
+        _positions: &BTreeMap<(String, i32), i64>,
+    ) -> anyhow::Result<()> {
+        // (topic, partition) → directory → the file's records, in offset order.
+        let mut files: BTreeMap<(String, i32), BTreeMap<PathBuf, Group<'_>>> = BTreeMap::new();
+        for r in batch {
+            let e = event(r)?;
+            let kind = if r.kind.is_empty() {
+                text(e.get("kind"))
+            } else {
+                r.kind.clone()
+            };
+            let time = event_time(r, &e);
+            let dir = if self.settings.partition_by_time {
+                let (date, hour) = date_hour(time);
+                self.settings
+                    .dir
+                    .join(format!("kind={kind}"))
+                    .join(format!("dt={date}"))
+                    .join(format!("hour={hour}"))
+            } else {
+                self.settings.dir.clone()
+            };
+            files
+                .entry((r.topic.clone(), r.partition))
+                .or_default()
+                .entry(dir.clone())
+                .or_insert_with(|| Group {
+                    dir,
+                    kind,
+                    first_time: time,
+                    records: Vec::new(),
+                })
+                .records
+                .push((r, e));
+        }
+        for ((topic, partition), groups) in &files {
+            for g in groups.values() {
+                let first = g.records.first().map_or(0, |(r, _)| r.offset);
+                let path = g.dir.join(self.name(topic, *partition, first, g));
+                let bytes = self.content(&g.records)?;
+                write_atomically(&path, &bytes)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(offset: i64, kind: &str, value: &str) -> SinkRecord {
+        SinkRecord {
+            topic: "t".into(),
+            partition: 0,
+            offset,
+            kind: kind.into(),
+            id: format!("id-{offset}"),
+            value: value.as_bytes().to_vec(),
+            window_start: None,
+            window_end: None,
+            late: false,
+            source: None,
+        }
+    }
+
+    #[test]
+    fn names_and_templates() {
+        let fields = [("Kind", "feature".to_owned()), ("Key", "f".to_owned())];
+        assert_eq!(
+            render("{{ .Kind}};{{ .Key }};{{.Kind}}\\n", &fields),
+            "feature;f;feature\n"
+        );
+        assert_eq!(
+            date_hour(1_767_225_600_000 + 3_600_000 * 5),
+            ("2026-01-01".into(), "05".into())
+        );
+    }
+
+    #[test]
+    fn csv_quotes_and_expands_summaries() {
+        let s = rec(
+            1,
+            "summary",
+            r#"{"kind":"summary","startDate":1,"endDate":2,"features":{"f":{"default":"a,b","contextKinds":["user"],"counters":[{"variation":0,"version":3,"value":"x\"y","count":4},{"unknown":true,"value":null,"count":1}]}}}"#,
+        );
+        let e = event(&s).unwrap();
+        let rows = csv_rows(&s, &e);
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[1][7], "unknown");
+        let files = Files::new(FileSettings {
+            dir: PathBuf::from("/nonexistent"),
+            format: FileFormat::Csv,
+            csv_template: None,
+            name_template: DEFAULT_NAME.into(),
+            partition_by_time: true,
+            avro_deflate: false,
+        })
+        .unwrap();
+        let text = String::from_utf8(files.content(&[(&s, e)]).unwrap()).unwrap();
+        assert!(text.starts_with("id,kind,creation_date,"), "{text}");
+        assert!(text.contains(r#","x""y","a,b",4,"#), "{text}");
+    }
+
+    #[test]
+    fn a_retried_batch_replaces_its_files() {
+        let dir = std::env::temp_dir().join(format!("flagtally-file-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut files = Files::new(FileSettings {
+            dir: dir.clone(),
+            format: FileFormat::Ndjson,
+            csv_template: None,
+            name_template: DEFAULT_NAME.into(),
+            partition_by_time: true,
+            avro_deflate: false,
+        })
+        .unwrap();
+        files.connect().unwrap();
+        let f = |o: i64| {
+            rec(
+                o,
+                "feature",
+                &format!(
+                    r#"{{"kind":"feature","creationDate":{},"key":"f"}}"#,
+                    1_767_225_600_000 + o
+                ),
+            )
+        };
+        let none = BTreeMap::new();
+        files.write(&[f(10), f(11), f(12)], &none).unwrap();
+        // The same batch start, fewer records (a crash before the commit): same name.
+        files.write(&[f(10), f(11)], &none).unwrap();
+        files.write(&[f(12), f(13)], &none).unwrap();
+        let hour = dir.join("kind=feature/dt=2026-01-01/hour=00");
+        let mut names: Vec<String> = std::fs::read_dir(&hour)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "flag-variation-t-0-00000000000000000010.ndjson",
+                "flag-variation-t-0-00000000000000000012.ndjson"
+            ]
+        );
+        let lines: usize = names
+            .iter()
+            .map(|n| {
+                std::fs::read_to_string(hour.join(n))
+                    .unwrap()
+                    .lines()
+                    .count()
+            })
+            .sum();
+        assert_eq!(lines, 4);
+    }
+}

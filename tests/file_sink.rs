@@ -1,0 +1,206 @@
+//! The file sink: three sinks (NDJSON, CSV, Avro with deflate) over the summary and
+//! feature topics, fed by the flagtally binary over librdkafka's mock cluster. The files
+//! are read back by Python's `csv` module and `fastavro` (`tests/python/read_files.py`).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+use flagtally::generate::{GenConfig, GenDialect, Generator, Tally};
+use rdkafka::mocking::MockCluster;
+
+fn python() -> String {
+    let out = std::process::Command::new("bash")
+        .arg(repo().join("scripts/infra.sh"))
+        .arg("python")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+fn read_files(dir: &Path) -> serde_json::Value {
+    let out = std::process::Command::new(python())
+        .arg(repo().join("tests/python/read_files.py"))
+        .arg(dir.join("csv"))
+        .arg(dir.join("avro"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Evaluations in the NDJSON summaries.
+fn ndjson_total(dir: &Path) -> u64 {
+    let mut tally = Tally::default();
+    let mut stack = vec![dir.join("ndjson")];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "ndjson") {
+                for line in std::fs::read_to_string(&p).unwrap().lines() {
+                    tally.add_summary_json(line).unwrap();
+                }
+            }
+        }
+    }
+    tally.evaluations()
+}
+
+fn config(t: &Topics, broker: &str, dir: &Path) -> String {
+    let mut cfg = t.config(broker, "size = \"10s\"\nidle_timeout = \"1s\"");
+    for (format, extra) in [
+        ("ndjson", ""),
+        ("csv", ""),
+        ("avro", "codec = \"deflate\"\n"),
+    ] {
+        cfg.push_str(&format!(
+            r#"
+[[sinks]]
+name = "files-{format}"
+type = "file"
+topics = ["{summary}", "{feature}"]
+path = "{dir}/{format}"
+format = "{format}"
+batch_size = 2000
+batch_timeout = "300ms"
+{extra}"#,
+            summary = t.summary,
+            feature = t.feature,
+            dir = dir.display(),
+        ));
+    }
+    cfg
+}
+
+fn setup(
+    n: usize,
+) -> (
+    MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    String,
+    Topics,
+    Vec<Vec<u8>>,
+    Tally,
+) {
+    let mock = MockCluster::new(1).unwrap();
+    let broker = mock.bootstrap_servers();
+    let t = Topics::named();
+    for (name, partitions) in t.all(2) {
+        mock.create_topic(&name, partitions, 1).unwrap();
+    }
+    let mut g = Generator::new(GenConfig {
+        dialect: GenDialect::Mixed,
+        flags: 6,
+        tracked_one_in: 10,
+        ..GenConfig::default()
+    });
+    let records: Vec<Vec<u8>> = (0..n).map(|_| g.next_record()).collect();
+    (mock, broker, t, records, g.into_tally())
+}
+
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir()
+        .join("flagtally-tests")
+        .join(unique(name));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn files_hold_exactly_the_outputs() {
+    let (_mock, broker, t, records, tally) = setup(20_000);
+    let dir = temp_dir("files");
+    produce(&broker, &t.input, 2, &records);
+    let d = Flagtally::start(&config(&t, &broker, &dir), &unique("files"));
+    assert!(
+        eventually(Duration::from_secs(90), || {
+            let v = read_files(&dir);
+            ndjson_total(&dir) >= tally.evaluations()
+                && v["csv_summary_total"].as_u64() >= Some(tally.evaluations())
+                && v["avro_summary_total"].as_u64() >= Some(tally.evaluations())
+                && v["avro_feature_ids"].as_u64() >= Some(tally.tracked)
+        }),
+        "{} of {}: {}\n{}",
+        ndjson_total(&dir),
+        tally.evaluations(),
+        read_files(&dir),
+        d.log_text()
+    );
+    assert!(d.stop(Duration::from_secs(20)).success());
+    let v = read_files(&dir);
+    assert_eq!(ndjson_total(&dir), tally.evaluations());
+    assert_eq!(v["csv_summary_total"], tally.evaluations());
+    assert_eq!(v["csv_feature_rows"], tally.tracked);
+    assert_eq!(v["avro_summary_total"], tally.evaluations());
+    assert_eq!(v["avro_feature_ids"], tally.tracked);
+    // Every topic record once: as many distinct positions as records.
+    assert_eq!(v["avro_positions"], v["avro_records"]);
+    assert_eq!(v["temp_files"], 0);
+    // Partitioned by kind and event time.
+    assert!(
+        dir.join("ndjson/kind=summary/dt=2026-01-01/hour=00")
+            .is_dir()
+    );
+    assert!(dir.join("avro/kind=feature/dt=2026-01-01/hour=00").is_dir());
+}
+
+#[test]
+fn crashes_leave_no_duplicate_records() {
+    let (_mock, broker, t, records, tally) = setup(20_000);
+    let dir = temp_dir("filescrash");
+    let cfg = config(&t, &broker, &dir);
+    let name = unique("filescrash");
+    let producer = {
+        let (broker, topic) = (broker.clone(), t.input.clone());
+        std::thread::spawn(move || {
+            for chunk in records.chunks(1000) {
+                produce(&broker, &topic, 2, chunk);
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        })
+    };
+    for i in 0..3 {
+        let d = Flagtally::start(&cfg, &format!("{name}-{i}"));
+        std::thread::sleep(Duration::from_millis(2500 + 700 * i));
+        d.crash();
+    }
+    producer.join().unwrap();
+    let d = Flagtally::start(&cfg, &format!("{name}-final"));
+    assert!(
+        eventually(Duration::from_secs(90), || {
+            let v = read_files(&dir);
+            v["avro_summary_total"].as_u64() >= Some(tally.evaluations())
+                && v["avro_feature_ids"].as_u64() >= Some(tally.tracked)
+        }),
+        "{}\n{}",
+        read_files(&dir),
+        d.log_text()
+    );
+    assert!(d.stop(Duration::from_secs(20)).success());
+    let v = read_files(&dir);
+    // Deduplicated by record id (the processor may re-emit identical records after a
+    // crash), the counts are exact; and no topic record is in the files twice.
+    assert_eq!(v["avro_summary_total"], tally.evaluations());
+    assert_eq!(v["avro_feature_ids"], tally.tracked);
+    assert_eq!(v["avro_positions"], v["avro_records"]);
+    let mut n = 0;
+    let topic_records = read_until(&broker, &t.summary, Duration::from_secs(10), |_| false).len()
+        + read_until(&broker, &t.feature, Duration::from_secs(10), |_| {
+            n += 1;
+            false
+        })
+        .len();
+    assert_eq!(v["avro_records"].as_u64().unwrap(), topic_records as u64);
+}
