@@ -1152,12 +1152,18 @@ mod documented {
             .map(|l| {
                 let t = l.trim_start();
                 match t.strip_prefix("# ") {
-                    Some(rest) if rest.contains(" = ") && !rest.starts_with(' ') => rest,
+                    Some(rest)
+                        if (rest.contains(" = ") && !rest.starts_with(' '))
+                            || rest.starts_with("[[") =>
+                    {
+                        rest
+                    }
                     _ => l,
                 }
             })
             .map(|l| format!("{l}\n"))
             .collect();
-        Config::parse(&uncommented).unwrap();
+        let c = Config::parse(&uncommented).unwrap();
+        assert_eq!(c.sinks.len(), 4, "every documented sink type");
     }
 }
