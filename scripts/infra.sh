@@ -33,8 +33,8 @@ python_env() {
     say "creating the test venv (once)"
     python3 -m venv "$VENV"
   fi
-  if ! "$VENV/bin/python" -c "import confluent_kafka, fastavro" 2>/dev/null; then
-    "$VENV/bin/pip" install --quiet confluent-kafka fastavro
+  if ! "$VENV/bin/python" -c "import confluent_kafka, fastavro, pyarrow" 2>/dev/null; then
+    "$VENV/bin/pip" install --quiet confluent-kafka fastavro pyarrow
   fi
   echo "$VENV/bin/python"
 }

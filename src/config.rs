@@ -123,8 +123,9 @@ pub struct SinkConfig {
     /// file: `kind=…/dt=…/hour=…/` directories by event time.
     #[serde(default = "yes")]
     pub partition_by_time: bool,
-    /// file (avro): `null` or `deflate`.
-    #[serde(default = "default_codec")]
+    /// file: avro `null` | `deflate`; parquet `none` | `snappy` | `zstd` (default:
+    /// `null` for avro, `zstd` for parquet).
+    #[serde(default)]
     pub codec: String,
     /// webhook, segment: extra request headers.
     #[serde(default)]
@@ -179,9 +180,6 @@ fn default_file_format() -> crate::sink::file::FileFormat {
 fn default_file_name() -> String {
     crate::sink::file::DEFAULT_NAME.to_owned()
 }
-fn default_codec() -> String {
-    "null".to_owned()
-}
 fn default_max_events() -> usize {
     500
 }
@@ -202,6 +200,15 @@ impl SinkConfig {
             .unwrap_or_else(|| format!("flagtally-sink-{}", self.name))
     }
 
+    /// The file sink's codec, defaulted per format.
+    fn file_codec(&self) -> String {
+        match (self.codec.as_str(), self.format) {
+            ("", crate::sink::file::FileFormat::Parquet) => "zstd".to_owned(),
+            ("", _) => "null".to_owned(),
+            (c, _) => c.to_owned(),
+        }
+    }
+
     pub fn file_settings(&self) -> crate::sink::file::FileSettings {
         crate::sink::file::FileSettings {
             dir: self.path.clone().unwrap_or_default(),
@@ -209,7 +216,7 @@ impl SinkConfig {
             csv_template: self.csv_template.clone(),
             name_template: self.file_name.clone(),
             partition_by_time: self.partition_by_time,
-            avro_deflate: self.codec == "deflate",
+            codec: self.file_codec(),
         }
     }
 
@@ -659,8 +666,17 @@ impl Config {
                             "{at}.file_name: must contain {{{{ .Offset}}}} (a retried batch then replaces its files instead of adding new ones)"
                         ));
                     }
-                    if !["null", "deflate"].contains(&sink.codec.as_str()) {
-                        problems.push(format!("{at}.codec: {:?}: null or deflate", sink.codec));
+                    let codecs: &[&str] = match sink.format {
+                        crate::sink::file::FileFormat::Avro => &["null", "deflate"],
+                        crate::sink::file::FileFormat::Parquet => &["none", "snappy", "zstd"],
+                        _ => &[],
+                    };
+                    if !codecs.is_empty() && !codecs.contains(&sink.file_codec().as_str()) {
+                        problems.push(format!(
+                            "{at}.codec: {:?}: one of {}",
+                            sink.codec,
+                            codecs.join(", ")
+                        ));
                     }
                 }
                 SinkKind::Webhook | SinkKind::Segment => {

@@ -1,6 +1,7 @@
-//! The file sink: three sinks (NDJSON, CSV, Avro with deflate) over the summary and
-//! feature topics, fed by the flagtally binary over librdkafka's mock cluster. The files
-//! are read back by Python's `csv` module and `fastavro` (`tests/python/read_files.py`).
+//! The file sink: four sinks (NDJSON, CSV, Avro with deflate, Parquet with zstd) over the
+//! summary and feature topics, fed by the flagtally binary over librdkafka's mock
+//! cluster. The files are read back by Python's `csv` module, `fastavro` and `pyarrow`
+//! (`tests/python/read_files.py`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -27,6 +28,7 @@ fn read_files(dir: &Path) -> serde_json::Value {
         .arg(repo().join("tests/python/read_files.py"))
         .arg(dir.join("csv"))
         .arg(dir.join("avro"))
+        .arg(dir.join("parquet"))
         .output()
         .unwrap();
     assert!(
@@ -65,6 +67,7 @@ fn config(t: &Topics, broker: &str, dir: &Path) -> String {
         ("ndjson", ""),
         ("csv", ""),
         ("avro", "codec = \"deflate\"\n"),
+        ("parquet", "codec = \"zstd\"\n"),
     ] {
         cfg.push_str(&format!(
             r#"
@@ -131,6 +134,7 @@ fn files_hold_exactly_the_outputs() {
                 && v["csv_summary_total"].as_u64() >= Some(tally.evaluations())
                 && v["avro_summary_total"].as_u64() >= Some(tally.evaluations())
                 && v["avro_feature_ids"].as_u64() >= Some(tally.tracked)
+                && v["parquet_summary_total"].as_u64() >= Some(tally.evaluations())
         }),
         "{} of {}: {}\n{}",
         ndjson_total(&dir),
@@ -148,6 +152,14 @@ fn files_hold_exactly_the_outputs() {
     // Every topic record once: as many distinct positions as records.
     assert_eq!(v["avro_positions"], v["avro_records"]);
     assert_eq!(v["temp_files"], 0);
+    // Parquet, read by pyarrow: typed columns, exact counts.
+    assert_eq!(v["parquet_summary_total"], tally.evaluations());
+    assert_eq!(v["parquet_feature_rows"], tally.tracked);
+    let types = &v["parquet_types"];
+    assert_eq!(types["count"], "int64");
+    assert_eq!(types["creation_date"], "timestamp[ms, tz=UTC]");
+    assert_eq!(types["late"], "bool");
+    assert_eq!(types["partition"], "int32");
     // Partitioned by kind and event time.
     assert!(
         dir.join("ndjson/kind=summary/dt=2026-01-01/hour=00")

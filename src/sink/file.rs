@@ -32,6 +32,8 @@ pub enum FileFormat {
     Csv,
     /// An Avro object container file (`schemas/file-record.avsc`).
     Avro,
+    /// Parquet with typed columns (one row per event, one per counter for summaries).
+    Parquet,
 }
 
 impl FileFormat {
@@ -40,6 +42,7 @@ impl FileFormat {
             Self::Ndjson => "ndjson",
             Self::Csv => "csv",
             Self::Avro => "avro",
+            Self::Parquet => "parquet",
         }
     }
 }
@@ -57,8 +60,9 @@ pub struct FileSettings {
     pub name_template: String,
     /// `kind=…/dt=…/hour=…/` directories (else all files in `dir`).
     pub partition_by_time: bool,
-    /// Avro: `null` or `deflate`.
-    pub avro_deflate: bool,
+    /// The compression codec: Avro `null` | `deflate`; Parquet `none` | `snappy` |
+    /// `zstd`.
+    pub codec: String,
 }
 
 /// The default name: go-feature-flag's, made deterministic.
@@ -160,57 +164,114 @@ fn text(v: Option<&Value>) -> String {
     }
 }
 
-/// CSV rows of one event: one per counter for summaries.
-fn csv_rows(r: &SinkRecord, e: &Value) -> Vec<[String; 14]> {
+/// One row of the tabular formats (CSV, Parquet): an event, or one counter of a
+/// summary.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Row {
+    id: String,
+    kind: String,
+    creation_date: Option<i64>,
+    flag_key: String,
+    context_kind: String,
+    context_key: String,
+    /// The variation index or name, as JSON text (`0`, `"on"`); empty for none.
+    variation: String,
+    /// The version as JSON text; `unknown` for an unknown flag.
+    version: String,
+    /// JSON text.
+    value: String,
+    default: String,
+    count: Option<i64>,
+    start_date: Option<i64>,
+    end_date: Option<i64>,
+    late: bool,
+}
+
+fn json_text(v: Option<&Value>) -> String {
+    match v {
+        None | Some(Value::Null) => String::new(),
+        Some(other) => other.to_string(),
+    }
+}
+
+/// The rows of one event: one per counter for summaries.
+fn rows(r: &SinkRecord, e: &Value) -> Vec<Row> {
     let kind = text(e.get("kind"));
-    let (ckind, ckey) = context(e);
-    let late = r.late.to_string();
     if kind == "summary" {
         let mut rows = Vec::new();
         let features = e.get("features").and_then(Value::as_object);
         for (flag, body) in features.into_iter().flatten() {
             let counters = body.get("counters").and_then(Value::as_array);
             for c in counters.into_iter().flatten() {
-                rows.push([
-                    r.id.clone(),
-                    kind.clone(),
-                    String::new(),
-                    flag.clone(),
-                    text(body.get("contextKinds")),
-                    String::new(),
-                    text(c.get("variation").or_else(|| c.get("variationName"))),
-                    if c.get("unknown") == Some(&Value::Bool(true)) {
+                rows.push(Row {
+                    id: r.id.clone(),
+                    kind: kind.clone(),
+                    flag_key: flag.clone(),
+                    context_kind: body
+                        .get("contextKinds")
+                        .and_then(Value::as_array)
+                        .map(|a| {
+                            a.iter()
+                                .map(|k| text(Some(k)))
+                                .collect::<Vec<_>>()
+                                .join(" ")
+                        })
+                        .unwrap_or_default(),
+                    variation: json_text(c.get("variation").or_else(|| c.get("variationName"))),
+                    version: if c.get("unknown") == Some(&Value::Bool(true)) {
                         "unknown".to_owned()
                     } else {
-                        text(c.get("version"))
+                        json_text(c.get("version"))
                     },
-                    text(c.get("value")),
-                    text(body.get("default")),
-                    text(c.get("count")),
-                    text(e.get("startDate")),
-                    text(e.get("endDate")),
-                    late.clone(),
-                ]);
+                    value: json_text(c.get("value")),
+                    default: json_text(body.get("default")),
+                    count: c.get("count").and_then(Value::as_i64),
+                    start_date: e.get("startDate").and_then(Value::as_i64),
+                    end_date: e.get("endDate").and_then(Value::as_i64),
+                    late: r.late,
+                    ..Row::default()
+                });
             }
         }
         return rows;
     }
-    vec![[
-        r.id.clone(),
+    let (context_kind, context_key) = context(e);
+    vec![Row {
+        id: r.id.clone(),
         kind,
-        text(e.get("creationDate")),
-        text(e.get("key")),
-        ckind,
-        ckey,
-        text(e.get("variation").or_else(|| e.get("variationName"))),
-        text(e.get("version")),
-        text(e.get("value")),
-        text(e.get("default")),
-        String::new(),
-        String::new(),
-        String::new(),
-        late,
-    ]]
+        creation_date: e.get("creationDate").and_then(Value::as_i64),
+        flag_key: text(e.get("key")),
+        context_kind,
+        context_key,
+        variation: json_text(e.get("variation").or_else(|| e.get("variationName"))),
+        version: json_text(e.get("version")),
+        value: json_text(e.get("value")),
+        default: json_text(e.get("default")),
+        late: r.late,
+        ..Row::default()
+    }]
+}
+
+impl Row {
+    fn csv(&self) -> [String; 14] {
+        let n = |v: Option<i64>| v.map_or(String::new(), |v| v.to_string());
+        [
+            self.id.clone(),
+            self.kind.clone(),
+            n(self.creation_date),
+            self.flag_key.clone(),
+            self.context_kind.clone(),
+            self.context_key.clone(),
+            self.variation.clone(),
+            self.version.clone(),
+            self.value.clone(),
+            self.default.clone(),
+            n(self.count),
+            n(self.start_date),
+            n(self.end_date),
+            self.late.to_string(),
+        ]
+    }
 }
 
 /// A go-feature-flag template row. `{{ .CreationDate}}` is in seconds, as there.
@@ -316,14 +377,15 @@ impl Files {
                 let mut w = csv::Writer::from_writer(Vec::new());
                 w.write_record(CSV_HEADER)?;
                 for (r, e) in records {
-                    for row in csv_rows(r, e) {
-                        w.write_record(&row)?;
+                    for row in rows(r, e) {
+                        w.write_record(row.csv())?;
                     }
                 }
                 w.into_inner().map_err(|e| anyhow::anyhow!("csv: {e}"))
             }
+            FileFormat::Parquet => parquet_file(records, &self.settings.codec),
             FileFormat::Avro => {
-                let codec = if self.settings.avro_deflate {
+                let codec = if self.settings.codec == "deflate" {
                     apache_avro::Codec::Deflate(apache_avro::DeflateSettings::default())
                 } else {
                     apache_avro::Codec::Null
@@ -361,6 +423,120 @@ impl Files {
             }
         }
     }
+}
+
+/// A Parquet file of the rows of `records`, with typed columns: timestamps in ms (UTC),
+/// counts as integers, JSON values as text.
+fn parquet_file(records: &[(&SinkRecord, Value)], codec: &str) -> anyhow::Result<Vec<u8>> {
+    use std::sync::Arc;
+
+    use arrow_array::builder::{
+        BooleanBuilder, Int32Builder, Int64Builder, StringBuilder, TimestampMillisecondBuilder,
+    };
+    use arrow_array::{ArrayRef, RecordBatch};
+    use arrow_schema::{DataType, Field, Schema as ArrowSchema, TimeUnit};
+    use parquet::arrow::ArrowWriter;
+    use parquet::basic::{Compression, ZstdLevel};
+    use parquet::file::properties::WriterProperties;
+
+    let ts = || DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()));
+    let schema = Arc::new(ArrowSchema::new(vec![
+        Field::new("id", DataType::Utf8, false),
+        Field::new("kind", DataType::Utf8, false),
+        Field::new("creation_date", ts(), true),
+        Field::new("flag_key", DataType::Utf8, true),
+        Field::new("context_kind", DataType::Utf8, true),
+        Field::new("context_key", DataType::Utf8, true),
+        Field::new("variation", DataType::Utf8, true),
+        Field::new("version", DataType::Utf8, true),
+        Field::new("value", DataType::Utf8, true),
+        Field::new("default", DataType::Utf8, true),
+        Field::new("count", DataType::Int64, true),
+        Field::new("start_date", ts(), true),
+        Field::new("end_date", ts(), true),
+        Field::new("late", DataType::Boolean, false),
+        Field::new("topic", DataType::Utf8, false),
+        Field::new("partition", DataType::Int32, false),
+        Field::new("offset", DataType::Int64, false),
+    ]));
+    let mut strings: Vec<StringBuilder> = (0..10).map(|_| StringBuilder::new()).collect();
+    let mut times: Vec<TimestampMillisecondBuilder> = (0..3)
+        .map(|_| TimestampMillisecondBuilder::new().with_timezone("UTC"))
+        .collect();
+    let mut count = Int64Builder::new();
+    let mut late = BooleanBuilder::new();
+    let mut partition = Int32Builder::new();
+    let mut offset = Int64Builder::new();
+    let opt = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+    for (r, e) in records {
+        for row in rows(r, e) {
+            let texts = [
+                Some(row.id.clone()),
+                Some(row.kind.clone()),
+                opt(&row.flag_key),
+                opt(&row.context_kind),
+                opt(&row.context_key),
+                opt(&row.variation),
+                opt(&row.version),
+                opt(&row.value),
+                opt(&row.default),
+                Some(r.topic.clone()),
+            ];
+            for (b, v) in strings.iter_mut().zip(texts) {
+                b.append_option(v);
+            }
+            for (b, v) in times
+                .iter_mut()
+                .zip([row.creation_date, row.start_date, row.end_date])
+            {
+                b.append_option(v);
+            }
+            count.append_option(row.count);
+            late.append_value(row.late);
+            partition.append_value(r.partition);
+            offset.append_value(r.offset);
+        }
+    }
+    let mut s: Vec<ArrayRef> = strings
+        .iter_mut()
+        .map(|b| Arc::new(b.finish()) as ArrayRef)
+        .collect();
+    let mut t: Vec<ArrayRef> = times
+        .iter_mut()
+        .map(|b| Arc::new(b.finish()) as ArrayRef)
+        .collect();
+    let topic = s.pop().context("the topic column")?;
+    let columns: Vec<ArrayRef> = vec![
+        s.remove(0),
+        s.remove(0),
+        t.remove(0),
+        s.remove(0),
+        s.remove(0),
+        s.remove(0),
+        s.remove(0),
+        s.remove(0),
+        s.remove(0),
+        s.remove(0),
+        Arc::new(count.finish()),
+        t.remove(0),
+        t.remove(0),
+        Arc::new(late.finish()),
+        topic,
+        Arc::new(partition.finish()),
+        Arc::new(offset.finish()),
+    ];
+    let batch = RecordBatch::try_new(Arc::clone(&schema), columns)?;
+    let compression = match codec {
+        "snappy" => Compression::SNAPPY,
+        "zstd" => Compression::ZSTD(ZstdLevel::default()),
+        _ => Compression::UNCOMPRESSED,
+    };
+    let props = WriterProperties::builder()
+        .set_compression(compression)
+        .build();
+    let mut w = ArrowWriter::try_new(Vec::new(), schema, Some(props))?;
+    w.write(&batch)?;
+    Ok(w.into_inner()?)
 }
 
 /// Writes `bytes` to `path` atomically: a temporary name, synced, then renamed.
@@ -492,21 +668,21 @@ mod tests {
             r#"{"kind":"summary","startDate":1,"endDate":2,"features":{"f":{"default":"a,b","contextKinds":["user"],"counters":[{"variation":0,"version":3,"value":"x\"y","count":4},{"unknown":true,"value":null,"count":1}]}}}"#,
         );
         let e = event(&s).unwrap();
-        let rows = csv_rows(&s, &e);
+        let rows = rows(&s, &e);
         assert_eq!(rows.len(), 2);
-        assert_eq!(rows[1][7], "unknown");
+        assert_eq!(rows[1].version, "unknown");
         let files = Files::new(FileSettings {
             dir: PathBuf::from("/nonexistent"),
             format: FileFormat::Csv,
             csv_template: None,
             name_template: DEFAULT_NAME.into(),
             partition_by_time: true,
-            avro_deflate: false,
+            codec: "null".into(),
         })
         .unwrap();
         let text = String::from_utf8(files.content(&[(&s, e)]).unwrap()).unwrap();
         assert!(text.starts_with("id,kind,creation_date,"), "{text}");
-        assert!(text.contains(r#","x""y","a,b",4,"#), "{text}");
+        assert!(text.contains(r#","""x\""y""","""a,b""",4,"#), "{text}");
     }
 
     #[test]
@@ -519,7 +695,7 @@ mod tests {
             csv_template: None,
             name_template: DEFAULT_NAME.into(),
             partition_by_time: true,
-            avro_deflate: false,
+            codec: "null".into(),
         })
         .unwrap();
         files.connect().unwrap();
