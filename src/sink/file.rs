@@ -321,7 +321,6 @@ pub fn render(template: &str, fields: &[(&str, String)]) -> String {
 
 /// The records of one file.
 struct Group<'a> {
-    dir: PathBuf,
     kind: String,
     first_time: i64,
     records: Vec<(&'a SinkRecord, Value)>,
@@ -583,8 +582,19 @@ impl Destination for Files {
         batch: &[SinkRecord],
         _positions: &BTreeMap<(String, i32), i64>,
     ) -> anyhow::Result<()> {
+        for (path, bytes) in self.render(batch)? {
+            write_atomically(&self.settings.dir.join(path), &bytes)?;
+        }
+        Ok(())
+    }
+}
+
+impl Files {
+    /// The files of one batch: (path relative to the sink's root, content). One per
+    /// directory and topic partition, named from its first offset.
+    pub fn render(&self, batch: &[SinkRecord]) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
         // (topic, partition) → directory → the file's records, in offset order.
-        let mut files: BTreeMap<(String, i32), BTreeMap<PathBuf, Group<'_>>> = BTreeMap::new();
+        let mut files: BTreeMap<(String, i32), BTreeMap<String, Group<'_>>> = BTreeMap::new();
         for r in batch {
             let e = event(r)?;
             let kind = if r.kind.is_empty() {
@@ -595,20 +605,15 @@ impl Destination for Files {
             let time = event_time(r, &e);
             let dir = if self.settings.partition_by_time {
                 let (date, hour) = date_hour(time);
-                self.settings
-                    .dir
-                    .join(format!("kind={kind}"))
-                    .join(format!("dt={date}"))
-                    .join(format!("hour={hour}"))
+                format!("kind={kind}/dt={date}/hour={hour}/")
             } else {
-                self.settings.dir.clone()
+                String::new()
             };
             files
                 .entry((r.topic.clone(), r.partition))
                 .or_default()
-                .entry(dir.clone())
+                .entry(dir)
                 .or_insert_with(|| Group {
-                    dir,
                     kind,
                     first_time: time,
                     records: Vec::new(),
@@ -616,15 +621,15 @@ impl Destination for Files {
                 .records
                 .push((r, e));
         }
+        let mut out = Vec::new();
         for ((topic, partition), groups) in &files {
-            for g in groups.values() {
+            for (dir, g) in groups {
                 let first = g.records.first().map_or(0, |(r, _)| r.offset);
-                let path = g.dir.join(self.name(topic, *partition, first, g));
-                let bytes = self.content(&g.records)?;
-                write_atomically(&path, &bytes)?;
+                let name = self.name(topic, *partition, first, g);
+                out.push((format!("{dir}{name}"), self.content(&g.records)?));
             }
         }
-        Ok(())
+        Ok(out)
     }
 }
 

@@ -387,6 +387,10 @@ pub fn spawn_all(
             crate::config::SinkKind::File => {
                 Box::new(crate::sink::file::Files::new(sink.file_settings())?)
             }
+            crate::config::SinkKind::S3 => Box::new(crate::sink::s3::S3::new(
+                sink.s3_settings(),
+                sink.file_settings(),
+            )?),
             crate::config::SinkKind::Webhook | crate::config::SinkKind::Segment => {
                 Box::new(crate::sink::http::Http::new(sink.http_settings()))
             }
