@@ -70,6 +70,13 @@ impl Health {
         }
     }
 
+    /// Forgets every sink (before the sinks restart on a reload).
+    pub fn clear_sinks(&self) {
+        if let Ok(mut sinks) = self.sinks.lock() {
+            sinks.clear();
+        }
+    }
+
     /// The first sink problem, if any.
     fn sink_problem(&self) -> Option<String> {
         let sinks = self.sinks.lock().ok()?;

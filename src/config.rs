@@ -1228,6 +1228,6 @@ mod documented {
             .map(|l| format!("{l}\n"))
             .collect();
         let c = Config::parse(&uncommented).unwrap();
-        assert_eq!(c.sinks.len(), 4, "every documented sink type");
+        assert_eq!(c.sinks.len(), 5, "every documented sink type");
     }
 }

@@ -169,8 +169,8 @@ fn run_daemon(args: &RunArgs) -> anyhow::Result<()> {
     }
     let deadline = config.processing.shutdown_deadline;
     // Sinks stop after the pipeline's drain, so they deliver what it wrote last.
-    let sinks_stop = Arc::new(AtomicBool::new(false));
-    let sinks = flagtally::sink::worker::spawn_all(&config, &admin, &sinks_stop)?;
+    let mut sinks_stop = Arc::new(AtomicBool::new(false));
+    let mut sinks = flagtally::sink::worker::spawn_all(&config, &admin, &sinks_stop)?;
     let mut pipeline = Pipeline::new(config, Arc::clone(&hard_stop), Arc::clone(&admin))?;
     notify::ready("processing");
     {
@@ -204,10 +204,26 @@ fn run_daemon(args: &RunArgs) -> anyhow::Result<()> {
                 }
                 Outcome::Unchanged => tracing::info!("reload: the file says what is running"),
                 Outcome::Changed { live, restart } => {
-                    if let Some(config) = apply
-                        && let Err(e) = p.apply_live(&config)
-                    {
-                        tracing::error!("reload: {e:#}");
+                    if let Some(config) = apply {
+                        if let Err(e) = p.apply_live(&config) {
+                            tracing::error!("reload: {e:#}");
+                        }
+                        if live.iter().any(|k| k == "sinks" || k.starts_with("sinks.")) {
+                            // The sinks restart with the new entries; each resumes from
+                            // its own durable position.
+                            sinks_stop.store(true, Ordering::Relaxed);
+                            for sink in sinks.drain(..) {
+                                let _ = sink.join();
+                            }
+                            admin.health.clear_sinks();
+                            sinks_stop = Arc::new(AtomicBool::new(false));
+                            let mut next = p.config().clone();
+                            next.sinks = config.sinks.clone();
+                            match flagtally::sink::worker::spawn_all(&next, &admin, &sinks_stop) {
+                                Ok(started) => sinks = started,
+                                Err(e) => tracing::error!("reload: starting the sinks: {e:#}"),
+                            }
+                        }
                     }
                     if !live.is_empty() {
                         tracing::info!(changed = ?live, "reload applied");

@@ -1,6 +1,8 @@
 //! SIGHUP: re-read the configuration file and apply what can change while running.
 //!
-//! Live: `log.level` and `[full_events]`. Any other change is reported as needing a
+//! Live: `log.level`, `[full_events]` and `[[sinks]]` (the sinks restart with the new
+//! entries — credentials, rate limits, destinations — and resume from their own
+//! positions). Any other change is reported as needing a
 //! restart and not applied (the running value stays, and keeps being reported until
 //! the file matches it again or the process restarts). A file that does not load or
 //! check is rejected whole: the running configuration stays.
@@ -13,7 +15,11 @@ use crate::config::{Config, changed_paths};
 
 /// Whether a changed key (a dotted path) applies without a restart.
 pub fn is_live(path: &str) -> bool {
-    path == "log.level" || path == "full_events" || path.starts_with("full_events.")
+    path == "log.level"
+        || path == "full_events"
+        || path.starts_with("full_events.")
+        || path == "sinks"
+        || path.starts_with("sinks.")
 }
 
 /// What a reload did.
@@ -104,10 +110,12 @@ impl Reloader {
         let Value::Object(running) = &mut self.running else {
             return;
         };
-        match tree.get("full_events") {
-            Some(v) => running.insert("full_events".to_owned(), v.clone()),
-            None => running.remove("full_events"),
-        };
+        for section in ["full_events", "sinks"] {
+            match tree.get(section) {
+                Some(v) => running.insert(section.to_owned(), v.clone()),
+                None => running.remove(section),
+            };
+        }
         let level = tree.get("log").and_then(|l| l.get("level")).cloned();
         let log = running
             .entry("log")
