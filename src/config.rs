@@ -179,6 +179,10 @@ pub struct SinkConfig {
     /// postgres: create the schema and tables when missing.
     #[serde(default = "yes")]
     pub create_tables: bool,
+    /// postgres: also fill FeatBit's `events` table (`FlagValue` rows from feature
+    /// events), with this environment id.
+    #[serde(default)]
+    pub featbit_env_id: Option<String>,
 }
 
 fn default_batch_size() -> usize {
@@ -288,6 +292,7 @@ impl SinkConfig {
             url: self.url.clone().unwrap_or_default(),
             schema: self.schema.clone(),
             create_tables: self.create_tables,
+            featbit_env_id: self.featbit_env_id.clone(),
         }
     }
 }

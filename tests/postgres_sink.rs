@@ -98,6 +98,7 @@ type = "postgres"
 topics = ["{summary}", "{feature}", "{index}"]
 url = "{url}"
 schema = "{schema}"
+featbit_env_id = "env-1"
 batch_size = 500
 batch_timeout = "200ms"
 retry_initial = "100ms"
@@ -143,6 +144,26 @@ fn rows_equal_the_tally() {
         count(&mut db, &schema, "flagtally_feature_events") == tally.tracked
     }));
     assert!(count(&mut db, &schema, "flagtally_context_events") > 0);
+    // FeatBit's events table: one FlagValue row per feature event.
+    assert_eq!(count(&mut db, &schema, "events"), tally.tracked);
+    let row = db
+        .query_one(
+            &format!(
+                "SELECT distinct_id, env_id, event, properties ->> 'featureFlagKey',
+                        properties ->> 'userKeyId', properties ->> 'tag_1'
+                 FROM \"{schema}\".events LIMIT 1"
+            ),
+            &[],
+        )
+        .unwrap();
+    let flag: String = row.get(3);
+    assert_eq!(row.get::<_, String>(0), format!("env-1-{flag}"));
+    assert_eq!(
+        (row.get::<_, String>(1), row.get::<_, String>(2)),
+        ("env-1".to_owned(), "FlagValue".to_owned())
+    );
+    assert!(row.get::<_, String>(4).starts_with("user-"));
+    assert!(!row.get::<_, String>(5).is_empty());
     let stored: i64 = db
         .query_one(
             &format!(

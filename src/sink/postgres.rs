@@ -42,12 +42,49 @@ const STAGING_TYPES: [Type; 10] = [
     Type::INT8,
 ];
 
+/// FeatBit's `events` table (as its ClickHouse insights table, in PostgreSQL), filled
+/// from full-fidelity feature events when `featbit_env_id` is set.
+pub const FEATBIT_SQL: &str = "CREATE TABLE IF NOT EXISTS events (
+    uuid        uuid PRIMARY KEY,
+    distinct_id text NOT NULL,
+    env_id      text NOT NULL,
+    event       text NOT NULL,
+    properties  jsonb NOT NULL,
+    timestamp   timestamp(6) without time zone NOT NULL
+)";
+
 /// The staged event, unwrapped from a Data Export envelope when there is one.
 const EVENT: &str =
     "(CASE WHEN s.body::jsonb ? 'kind' THEN s.body::jsonb ELSE s.body::jsonb -> 'event' END)";
 
 fn ms(expr: &str) -> String {
     format!("to_timestamp(({expr})::double precision / 1000.0)")
+}
+
+/// One FeatBit `FlagValue` row per feature event; `$1` is the environment id.
+fn featbit_insert() -> String {
+    let created = ms("e.e ->> 'creationDate'");
+    format!(
+        "INSERT INTO events (uuid, distinct_id, env_id, event, properties, timestamp)
+         SELECT CASE WHEN s.id ~ '^[0-9a-fA-F-]{{36}}$' THEN s.id::uuid ELSE md5(s.id)::uuid END,
+            $1 || '-' || (e.e ->> 'key'), $1, 'FlagValue',
+            jsonb_build_object(
+                'route', 'flagtally', 'flagId', $1 || '-' || (e.e ->> 'key'), 'envId', $1::text,
+                'accountId', '', 'projectId', '', 'featureFlagKey', e.e ->> 'key',
+                'sendToExperiment', false, 'userKeyId', u.key, 'userName', u.name,
+                'variationId', v.id, 'tag_0', u.key, 'tag_1', v.id, 'tag_2', 'false',
+                'tag_3', u.name),
+            {created} AT TIME ZONE 'UTC'
+         FROM flagtally_staging s
+         CROSS JOIN LATERAL (SELECT {EVENT} AS e) e
+         CROSS JOIN LATERAL (SELECT
+            COALESCE(e.e -> 'context' ->> 'key',
+                     (SELECT value FROM jsonb_each_text(e.e -> 'contextKeys') LIMIT 1)) AS key,
+            e.e -> 'context' ->> 'name' AS name) u
+         CROSS JOIN LATERAL (SELECT COALESCE(e.e ->> 'variationName', e.e ->> 'variation') AS id) v
+         WHERE s.kind = 'feature'
+         ON CONFLICT (uuid) DO NOTHING"
+    )
 }
 
 fn inserts() -> [String; 4] {
@@ -116,6 +153,8 @@ pub struct PostgresSettings {
     /// The schema holding the tables (created when missing).
     pub schema: String,
     pub create_tables: bool,
+    /// Also fill FeatBit's `events` table, with this environment id.
+    pub featbit_env_id: Option<String>,
 }
 
 /// A connection and the statements it needs.
@@ -168,6 +207,11 @@ impl Postgres {
                 client
                     .batch_execute(SCHEMA_SQL)
                     .context("creating the tables (schemas/postgres.sql)")?;
+                if self.settings.featbit_env_id.is_some() {
+                    client
+                        .batch_execute(FEATBIT_SQL)
+                        .context("creating FeatBit's events table")?;
+                }
             }
             client
                 .batch_execute(STAGING)
@@ -184,6 +228,7 @@ impl Postgres {
     ) -> anyhow::Result<()> {
         let sink = self.sink.clone();
         let inserts = self.inserts.clone();
+        let featbit = self.settings.featbit_env_id.clone();
         let client = self.client()?;
         let mut tx = client.transaction()?;
         {
@@ -216,6 +261,9 @@ impl Postgres {
         }
         for sql in &inserts {
             tx.execute(sql.as_str(), &[])?;
+        }
+        if let Some(env) = &featbit {
+            tx.execute(featbit_insert().as_str(), &[env])?;
         }
         for ((topic, partition), next) in positions {
             tx.execute(
