@@ -528,6 +528,12 @@ if isinstance(doc, dict) and isinstance(doc.get("services"), dict):
             check(isinstance(t, str) or (isinstance(t, list) and t and t[0] in
                   ("CMD", "CMD-SHELL", "NONE")), sec, "healthcheck test form is valid")
 
+    # kafka: the version the tests run (scripts/infra.sh KAFKA_VERSION).
+    infra = (ROOT / "scripts" / "infra.sh").read_text()
+    tested = re.search(r"^KAFKA_VERSION=(\S+)", infra, re.M).group(1)
+    for svc in ("kafka", "kafka-init"):
+        check(services.get(svc, {}).get("image") == f"apache/kafka:{tested}", f"compose:{svc}",
+              f"image apache/kafka:{tested}, the version the tests run")
     # kafka: one node, broker + controller, an advertised listener for kafka:9092.
     kafka = services.get("kafka", {})
     kenv = env_of(kafka)

@@ -1,13 +1,21 @@
 #!/usr/bin/env bash
-# Test infrastructure for the broker-backed tests: installs (once, then reuses) and
-# runs the Kafka-compatible broker tansu on 127.0.0.1.
+# Test infrastructure: installs (once, then reuses) and runs the servers the tests need on
+# 127.0.0.1 — Apache Kafka, PostgreSQL, SeaweedFS — and the Python venv of independent
+# clients.
 #
-#   bash scripts/infra.sh install        build tansu 0.6.0 into the cache (12–15 min once)
-#   bash scripts/infra.sh start [NAME]   start a broker; prints `export FLAGTALLY_TEST_BROKER=…`
-#   bash scripts/infra.sh stop [NAME]    stop it
+#   bash scripts/infra.sh install        fetch Apache Kafka $KAFKA_VERSION from Maven Central into
+#                                        the cache (once; about 10 s and 80 MiB)
+#   bash scripts/infra.sh start [NAME]   start a single-node KRaft broker (combined
+#                                        broker + controller); prints
+#                                        `export FLAGTALLY_TEST_BROKER=…`. A stopped broker
+#                                        restarts on the same log directory and port.
+#   bash scripts/infra.sh stop [NAME]    stop it cleanly (SIGTERM, waits)
+#   bash scripts/infra.sh kill [NAME]    kill -9 it (the broker-restart test)
+#   bash scripts/infra.sh reset [NAME]   stop it and delete its log directory
 #   bash scripts/infra.sh status [NAME]
 #   bash scripts/infra.sh python         a venv with the independent clients tests use
-#                                        (confluent-kafka); prints its python path
+#                                        (confluent-kafka, fastavro, pyarrow); prints its
+#                                        python path
 #   bash scripts/infra.sh smoke          start a broker, produce and consume one record
 #                                        with confluent-kafka, stop it
 #   bash scripts/infra.sh postgres       PostgreSQL on 127.0.0.1:5432 (started if down);
@@ -17,15 +25,19 @@
 #                                        prints `export FLAGTALLY_TEST_S3=…`
 #   bash scripts/infra.sh s3-stop [NAME]
 #
-# NAME (default "test") keeps several brokers apart. STORAGE=sqlite keeps data on disk so
-# a broker survives restarts (the broker-restart test needs that); the default is memory.
-# Everything lives under $FLAGTALLY_INFRA (default ~/.cache/flagtally), outside the
-# repository, so a fresh clone on the same machine reuses the build.
+# NAME (default "test") keeps several brokers apart. Everything lives under
+# $FLAGTALLY_INFRA (default ~/.cache/flagtally), outside the repository, so a fresh clone
+# on the same machine reuses the jars.
 set -euo pipefail
 
 INFRA="${FLAGTALLY_INFRA:-${XDG_CACHE_HOME:-$HOME/.cache}/flagtally}"
-TANSU_VERSION=0.6.0
-TANSU="$INFRA/tansu-$TANSU_VERSION/bin/tansu"
+# Pinned: the broker, its SLF4J binding (the published POM brings none; same version as
+# the log4j-core Kafka pulls in) and the Maven plugin that copies the jars.
+KAFKA_VERSION=4.1.1
+LOG4J_VERSION=2.24.3
+SLF4J_VERSION=2.0.17
+DEPENDENCY_PLUGIN_VERSION=3.8.1
+KAFKA_HOME="$INFRA/kafka-$KAFKA_VERSION"
 cmd="${1:-status}"
 name="${2:-test}"
 run="$INFRA/run/$name"
@@ -77,17 +89,51 @@ PY
   stop
 }
 
-install_tansu() {
-  if [ -x "$TANSU" ]; then
+install_kafka() {
+  if [ -f "$KAFKA_HOME/libs/.complete" ]; then
     return
   fi
-  say "building tansu $TANSU_VERSION (once; 12–15 minutes on 2 cores)"
-  mkdir -p "$INFRA"
-  # The default features include no storage engine: name the ones we use.
-  cargo install tansu --version "$TANSU_VERSION" --locked \
-    --features dynostore,libsql --root "$INFRA/tansu-$TANSU_VERSION" --quiet
+  command -v java >/dev/null || { say "java not found: Apache Kafka needs a JRE (17+)"; exit 1; }
+  command -v mvn >/dev/null || { say "mvn not found: Apache Kafka is fetched from Maven Central with Maven"; exit 1; }
+  say "fetching Apache Kafka $KAFKA_VERSION from Maven Central (once)"
+  mkdir -p "$KAFKA_HOME"
+  cat >"$KAFKA_HOME/pom.xml" <<POM
+<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>dev.flagtally</groupId>
+  <artifactId>kafka-test-broker</artifactId>
+  <version>1</version>
+  <packaging>pom</packaging>
+  <dependencies>
+    <dependency><groupId>org.apache.kafka</groupId><artifactId>kafka_2.13</artifactId><version>$KAFKA_VERSION</version></dependency>
+    <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>log4j-slf4j2-impl</artifactId><version>$LOG4J_VERSION</version></dependency>
+    <dependency><groupId>org.slf4j</groupId><artifactId>slf4j-api</artifactId><version>$SLF4J_VERSION</version></dependency>
+  </dependencies>
+  <build><plugins><plugin>
+    <groupId>org.apache.maven.plugins</groupId><artifactId>maven-dependency-plugin</artifactId><version>$DEPENDENCY_PLUGIN_VERSION</version>
+  </plugin></plugins></build>
+</project>
+POM
+  if ! mvn -q -B -f "$KAFKA_HOME/pom.xml" dependency:copy-dependencies \
+      -DoutputDirectory="$KAFKA_HOME/libs" -DincludeScope=runtime >"$KAFKA_HOME/fetch.log" 2>&1; then
+    say "fetching Apache Kafka $KAFKA_VERSION from Maven Central failed (mvn dependency:copy-dependencies); its output:"
+    tail -30 "$KAFKA_HOME/fetch.log" >&2
+    exit 1
+  fi
+  ls "$KAFKA_HOME/libs/kafka_2.13-$KAFKA_VERSION.jar" >/dev/null
+  touch "$KAFKA_HOME/libs/.complete"
 }
 
+# The JVM's options: a modest heap (the machine has 2 cores shared with the tests).
+java_opts() {
+  echo -Xms256m -Xmx768m -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -Djava.awt.headless=true \
+    -Dkafka.logs.dir="$run" -Dlog4j2.configurationFile="$run/log4j2.properties"
+}
+
+java_kafka() {
+  # shellcheck disable=SC2046
+  java $(java_opts) -cp "$KAFKA_HOME/libs/*" "$@"
+}
 # A free port below 50000 whose +10000 neighbour (SeaweedFS's gRPC port) is free too.
 low_port() {
   python3 -c '
@@ -106,14 +152,19 @@ while True:
         print(p); break'
 }
 
+port_free() {
+  python3 -c 'import socket,sys; s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(("127.0.0.1", int(sys.argv[1])))' "$1" 2>/dev/null
+}
+
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
 }
 
-# Waits until the broker accepts TCP connections and answers an ApiVersions request.
+# Waits until the broker answers an ApiVersions request on its client port.
 wait_ready() {
-  local port=$1 deadline=$((SECONDS + 60))
+  local port=$1 pid=$2 deadline=$((SECONDS + 90))
   while [ $SECONDS -lt $deadline ]; do
+    kill -0 "$pid" 2>/dev/null || return 1
     if python3 - "$port" <<'PY' 2>/dev/null; then
 import socket, struct, sys
 port = int(sys.argv[1])
@@ -132,51 +183,127 @@ PY
   return 1
 }
 
+running() {
+  [ -f "$run/pid" ] && kill -0 "$(cat "$run/pid")" 2>/dev/null
+}
+
+# The node's configuration: test-friendly settings on top of Kafka's defaults.
+write_config() {
+  local port=$1 controller=$2
+  cat >"$run/server.properties" <<PROPS
+process.roles=broker,controller
+node.id=1
+listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$controller
+advertised.listeners=PLAINTEXT://127.0.0.1:$port
+controller.listener.names=CONTROLLER
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+inter.broker.listener.name=PLAINTEXT
+controller.quorum.bootstrap.servers=127.0.0.1:$controller
+log.dirs=$run/data
+# One node: internal topics with one replica, few partitions (they are created on first use).
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=4
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+transaction.state.log.num.partitions=4
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+default.replication.factor=1
+min.insync.replicas=1
+num.partitions=1
+auto.create.topics.enable=false
+# Tests wait for assignment; no reason to wait longer.
+group.initial.rebalance.delay.ms=0
+# Takeover tests set a short session timeout.
+group.min.session.timeout.ms=1000
+group.consumer.min.session.timeout.ms=1000
+group.consumer.min.heartbeat.interval.ms=500
+# The compacted checkpoint topics are cleaned soon, as in production, only faster.
+log.cleaner.backoff.ms=1000
+num.io.threads=4
+num.network.threads=2
+num.recovery.threads.per.data.dir=1
+log.flush.interval.messages=9223372036854775807
+PROPS
+  cat >"$run/log4j2.properties" <<'LOG'
+status = warn
+appender.file.type = File
+appender.file.name = file
+appender.file.fileName = ${sys:kafka.logs.dir}/server.log
+appender.file.layout.type = PatternLayout
+appender.file.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = INFO
+rootLogger.appenderRef.file.ref = file
+logger.kafka.name = kafka
+logger.kafka.level = INFO
+logger.state.name = state.change.logger
+logger.state.level = WARN
+logger.request.name = kafka.request.logger
+logger.request.level = WARN
+logger.cleaner.name = kafka.log.LogCleaner
+logger.cleaner.level = WARN
+LOG
+}
+
 start() {
-  install_tansu
+  install_kafka
   mkdir -p "$run"
-  if [ -f "$run/pid" ] && kill -0 "$(cat "$run/pid")" 2>/dev/null; then
+  if running; then
     say "broker '$name' already running on $(cat "$run/port")"
   else
-    local port storage
-    # A named broker restarts on its previous port when that port is free (clients
-    # reconnect to the address they know: the broker-restart test relies on it).
+    local port controller
+    # A broker restarts on its previous ports and log directory when it has them
+    # (clients reconnect to the address they know: the broker-restart test relies on it).
     port=""
-    if [ -f "$run/port" ] && python3 -c 'import socket,sys; s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(("127.0.0.1", int(sys.argv[1])))' "$(cat "$run/port")" 2>/dev/null; then
+    if [ -f "$run/port" ] && [ -f "$run/controller-port" ] && [ -d "$run/data" ] \
+        && port_free "$(cat "$run/port")" && port_free "$(cat "$run/controller-port")"; then
       port=$(cat "$run/port")
+      controller=$(cat "$run/controller-port")
+    else
+      rm -rf "$run/data"
+      port=$(free_port)
+      controller=$(free_port)
+      while [ "$controller" = "$port" ]; do controller=$(free_port); done
     fi
-    [ -n "$port" ] || port=$(free_port)
-    case "${STORAGE:-memory}" in
-      memory) storage="memory://tansu/" ;;
-      # tansu resolves the path against its working directory: start it in $run.
-      sqlite) storage="sqlite://tansu.db" ;;
-      *) say "STORAGE must be memory or sqlite"; exit 2 ;;
-    esac
+    write_config "$port" "$controller"
+    if [ ! -f "$run/data/meta.properties" ]; then
+      local cluster
+      cluster=$(java_kafka kafka.tools.StorageTool random-uuid 2>/dev/null | tail -1)
+      java_kafka kafka.tools.StorageTool format --standalone -t "$cluster" \
+        -c "$run/server.properties" >"$run/format.log" 2>&1 \
+        || { say "formatting the log directory failed:"; cat "$run/format.log" >&2; exit 1; }
+    fi
     # Started directly (no subshell around it), every stream redirected: nothing may
     # hold the caller's stdout open, or `$(infra.sh start)` would never return.
-    cd "$run"
-    nohup "$TANSU" broker \
-      --listener-url "tcp://127.0.0.1:$port" \
-      --advertised-listener-url "tcp://127.0.0.1:$port" \
-      --storage-engine "$storage" </dev/null >"$run/broker.log" 2>&1 &
+    # shellcheck disable=SC2046
+    nohup java $(java_opts) -cp "$KAFKA_HOME/libs/*" kafka.Kafka "$run/server.properties" </dev/null >"$run/broker.out" 2>&1 &
     echo $! >"$run/pid"
-    cd - >/dev/null
     echo "$port" >"$run/port"
-    if ! wait_ready "$port"; then
-      say "broker did not answer within 60 s; log: $run/broker.log"
-      tail -20 "$run/broker.log" >&2 || true
+    echo "$controller" >"$run/controller-port"
+    if ! wait_ready "$port" "$(cat "$run/pid")"; then
+      say "Apache Kafka did not answer within 90 s; logs: $run/server.log, $run/broker.out"
+      tail -20 "$run/broker.out" >&2 || true
+      tail -20 "$run/server.log" >&2 || true
       exit 1
     fi
-    say "broker '$name' ready on 127.0.0.1:$port (pid $(cat "$run/pid"))"
+    say "Apache Kafka $KAFKA_VERSION '$name' ready on 127.0.0.1:$port (pid $(cat "$run/pid"))"
   fi
   echo "export FLAGTALLY_TEST_BROKER=127.0.0.1:$(cat "$run/port")"
 }
 
+# Stops the broker: SIGTERM and a wait for a clean shutdown (kill -9 after 60 s), or
+# kill -9 at once with `kill`.
 stop() {
+  local sig=${1:-TERM}
   if [ -f "$run/pid" ]; then
-    kill "$(cat "$run/pid")" 2>/dev/null || true
+    local pid
+    pid=$(cat "$run/pid")
+    kill "-$sig" "$pid" 2>/dev/null || true
+    for _ in $(seq 240); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
+    kill -9 "$pid" 2>/dev/null || true
+    while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
     rm -f "$run/pid"
-    say "broker '$name' stopped"
+    say "broker '$name' stopped ($sig)"
   fi
 }
 
@@ -265,20 +392,22 @@ s3_stop() {
 }
 
 case "$cmd" in
-  install) install_tansu ;;
+  install) install_kafka ;;
   s3) s3 ;;
   s3-stop) s3_stop ;;
   postgres) postgres ;;
   start) start ;;
-  stop) stop ;;
+  stop) stop TERM ;;
+  kill) stop KILL ;;
+  reset) stop TERM; rm -rf "$run" ;;
   python) python_env ;;
   smoke) smoke ;;
   status)
-    if [ -f "$run/pid" ] && kill -0 "$(cat "$run/pid")" 2>/dev/null; then
+    if running; then
       echo "running on 127.0.0.1:$(cat "$run/port")"
     else
       echo "stopped"
     fi
     ;;
-  *) say "usage: infra.sh install|start|stop|status|python|smoke|postgres|s3|s3-stop [NAME]"; exit 2 ;;
+  *) say "usage: infra.sh install|start|stop|kill|reset|status|python|smoke|postgres|s3|s3-stop [NAME]"; exit 2 ;;
 esac

@@ -304,6 +304,10 @@ pub struct KafkaConfig {
     /// `bootstrap.servers`.
     pub brokers: String,
     pub group_id: String,
+    /// Static group membership (KIP-345, `group.instance.id`): a stable name per
+    /// instance. A restarted instance gets its partitions back at once, without a
+    /// rebalance, when it returns within the session timeout; unique per instance.
+    pub instance_id: Option<String>,
     pub input_topics: Vec<String>,
     /// Any librdkafka property, for consumer and producer alike (security.protocol,
     /// sasl.*, ssl.*, …).
@@ -320,6 +324,7 @@ impl Default for KafkaConfig {
         Self {
             brokers: "127.0.0.1:9092".to_owned(),
             group_id: "flagtally".to_owned(),
+            instance_id: None,
             input_topics: Vec::new(),
             properties: BTreeMap::new(),
             consumer_properties: BTreeMap::new(),

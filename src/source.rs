@@ -94,6 +94,9 @@ pub fn consumer(config: &Config, admin: Arc<Admin>) -> Result<Source, KafkaError
         .set("auto.offset.reset", "earliest")
         // In exactly-once mode, never read another producer's aborted records.
         .set("isolation.level", "read_committed");
+    if let Some(id) = &config.kafka.instance_id {
+        cc.set("group.instance.id", id);
+    }
     config
         .kafka
         .apply(&mut cc, &config.kafka.consumer_properties);

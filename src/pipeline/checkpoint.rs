@@ -4,11 +4,19 @@
 //! `<group>/<topic>/<partition>`, latest record wins; compacted when the topic is
 //! created by flagtally).
 //!
-//! Why a topic and not commit metadata: the test broker (tansu 0.6) accepts commit
-//! metadata but does not store it, and Kafka limits it to 4 KiB. A checkpoint record is
-//! written (and acknowledged) before the group offset is committed, so the committed
-//! offset — kept for lag monitoring and as the fetch start — is never past the replay
-//! start of the latest checkpoint; re-reading a little more than needed is harmless.
+//! Why a topic and not commit metadata: Kafka limits commit metadata to 4 KiB
+//! (`offset.metadata.max.bytes`), and some Kafka-protocol brokers accept it without
+//! storing it. A checkpoint record is written (and acknowledged) before the group offset
+//! is committed, so the committed offset — kept for lag monitoring and as the fetch
+//! start — is never past the replay start of the latest checkpoint; re-reading a little
+//! more than needed is harmless.
+//!
+//! A lookup must find the *latest* checkpoint: an older one lacks the idle closes
+//! decided after it, and a replay from it would emit different summaries under the
+//! same ids. So it reads to the end of everything written, transactions included: in
+//! exactly-once mode another instance's checkpoints sit in transactions, and a
+//! `read_committed` reader sees nothing past the first open one (the last stable
+//! offset). The lookup waits until every transaction open at its start has ended.
 //!
 //! `ft1;n=1200;t=1700000059000;w=1700000049000;i=0;a=1700000040000/o/0/1150.0,…;p=…`
 //! - `n` the checkpoint's next offset (everything before it was processed and its
@@ -35,10 +43,13 @@ use crate::window::{AccMark, Checkpoint, PartitionId};
 
 /// Reads checkpoints back from the checkpoint topic.
 pub struct Store {
-    /// Each lookup reads with a new consumer made from this: a reused one can hold a
-    /// stale end-of-partition event or error from an earlier read, which once ended a
-    /// read early and restored an old checkpoint.
+    /// Each lookup reads with a new consumer made from this (`read_committed`): a
+    /// reused one can hold a stale end-of-partition event or error from an earlier
+    /// read, which once ended a read early and restored an old checkpoint.
     reader: ClientConfig,
+    /// The same, `read_uncommitted`: its high watermark counts records of open
+    /// transactions too.
+    peek: ClientConfig,
     topic: String,
     group: String,
 }
@@ -52,6 +63,11 @@ impl std::fmt::Debug for Store {
 }
 
 const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a lookup waits for open transactions on the checkpoint topic to end before
+/// it fails (the caller retries). A live instance commits every `commit_interval`; a
+/// dead one's transaction is aborted by the broker after `transaction.timeout.ms`.
+const STABLE_WAIT: Duration = Duration::from_secs(15);
 
 /// How many records back from the end a lookup reads first; each further attempt
 /// reads ten times more. Every commit cycle rewrites the checkpoints of all assigned
@@ -103,8 +119,13 @@ impl Store {
             .set("isolation.level", "read_committed")
             .set("enable.partition.eof", "true")
             .clone();
+        let peek = reader
+            .clone()
+            .set("isolation.level", "read_uncommitted")
+            .clone();
         Ok(Self {
             reader,
+            peek,
             topic,
             group: config.kafka.group_id.clone(),
         })
@@ -126,6 +147,7 @@ impl Store {
         let wanted: HashMap<String, &PartitionId> = pids.iter().map(|p| (self.key(p), p)).collect();
         let mut found: HashMap<PartitionId, Checkpoint> = HashMap::new();
         let reader: BaseConsumer = self.reader.create()?;
+        let peek: BaseConsumer = self.peek.create()?;
         let meta = reader.fetch_metadata(Some(&self.topic), TIMEOUT)?;
         let partitions: Vec<i32> = meta
             .topics()
@@ -133,7 +155,8 @@ impl Store {
             .flat_map(|t| t.partitions().iter().map(|p| p.id()))
             .collect();
         for partition in partitions {
-            let (low, high) = reader.fetch_watermarks(&self.topic, partition, TIMEOUT)?;
+            let (low, high) = peek.fetch_watermarks(&self.topic, partition, TIMEOUT)?;
+            self.wait_stable(&reader, partition, high)?;
             let mut lookback = FIRST_LOOKBACK;
             let mut end = high;
             while end > low && wanted.len() > found.len() {
@@ -165,6 +188,33 @@ impl Store {
             "checkpoints loaded"
         );
         Ok(found)
+    }
+
+    /// Waits until a `read_committed` reader can read up to `high`: every transaction
+    /// open below it has committed or aborted. (For such a reader the broker's "latest
+    /// offset" is the last stable offset.)
+    fn wait_stable(
+        &self,
+        reader: &BaseConsumer,
+        partition: i32,
+        high: i64,
+    ) -> Result<(), KafkaError> {
+        let deadline = std::time::Instant::now() + STABLE_WAIT;
+        let mut logged = false;
+        loop {
+            let (_, stable) = reader.fetch_watermarks(&self.topic, partition, TIMEOUT)?;
+            if stable >= high {
+                return Ok(());
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(KafkaError::Global(RDKafkaErrorCode::OperationTimedOut));
+            }
+            if !logged {
+                tracing::info!(topic = %self.topic, partition, stable, high, "waiting for open transactions on the checkpoint topic to end");
+                logged = true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// Reads records `[start, end)` of one partition, calling `each(key, value)`.

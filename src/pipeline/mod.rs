@@ -384,6 +384,17 @@ impl State {
                     }
                     self.parts.retain(|p| !pids.contains(&p.pid));
                     self.admin.health.set_assigned(!self.parts.is_empty());
+                    if self.producer.is_transactional() && self.sent_since_commit {
+                        // The open transaction holds outputs of the revoked partitions,
+                        // whose new owner re-reads them from the last commit:
+                        // committing it later would show them twice. Abort it and
+                        // re-read what this instance keeps.
+                        tracing::info!("partitions revoked mid-transaction: aborting it and re-reading the partitions kept");
+                        self.producer
+                            .abort_transaction(KAFKA_TIMEOUT)
+                            .context("aborting the transaction on revocation")?;
+                        self.rewind(consumer)?;
+                    }
                 }
                 Assignment::Assigned(pids) => {
                     let fresh: Vec<PartitionId> = pids

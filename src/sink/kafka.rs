@@ -190,8 +190,13 @@ impl Producer {
                 .transactional_id
                 .clone()
                 .unwrap_or_else(|| {
-                    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".to_owned());
-                    format!("flagtally-{}-{host}", config.kafka.group_id)
+                    // Stable across restarts of this instance, distinct between
+                    // instances: a restart fences (and aborts) its predecessor's
+                    // transaction at once.
+                    let me = config.kafka.instance_id.clone().unwrap_or_else(|| {
+                        std::env::var("HOSTNAME").unwrap_or_else(|_| "local".to_owned())
+                    });
+                    format!("flagtally-{}-{me}", config.kafka.group_id)
                 });
             cc.set("transactional.id", id);
         }
