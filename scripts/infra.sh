@@ -218,6 +218,12 @@ group.initial.rebalance.delay.ms=0
 group.min.session.timeout.ms=1000
 group.consumer.min.session.timeout.ms=1000
 group.consumer.min.heartbeat.interval.ms=500
+# Keep records whatever their timestamps. flagtally stamps its outputs with event time
+# (a summary with its window's end), and the tests' generated events start on
+# 2026-01-01: under the default 7-day retention the broker deletes such records within
+# minutes (its retention check runs every 5), in the middle of a test. Production
+# topics that take backfills need the same thought (README, "Output topics").
+log.retention.ms=-1
 # The compacted checkpoint topics are cleaned soon, as in production, only faster.
 log.cleaner.backoff.ms=1000
 num.io.threads=4
@@ -333,8 +339,13 @@ postgres() {
     done
     pg_isready -q -h 127.0.0.1 -p 5432 || { say "PostgreSQL did not start"; exit 1; }
   fi
-  # Trust or peer auth for postgres on this machine kind; tests create their own schemas.
-  echo "export FLAGTALLY_TEST_POSTGRES=postgresql://postgres@127.0.0.1:5432/postgres"
+  # Debian's cluster asks TCP clients for a password (scram-sha-256): give the postgres
+  # role a known one over the Unix socket (peer auth). Tests create their own schemas.
+  if command -v runuser >/dev/null && id postgres >/dev/null 2>&1; then
+    runuser -u postgres -- psql -qX -c "ALTER ROLE postgres PASSWORD 'flagtally'" >/dev/null 2>&1 \
+      || say "could not set the postgres role's password (not a local Debian cluster?)"
+  fi
+  echo "export FLAGTALLY_TEST_POSTGRES=postgresql://postgres:flagtally@127.0.0.1:5432/postgres"
 }
 
 # SeaweedFS for the S3 sink tests: `weed mini` (master, volume, filer, S3) on free

@@ -59,6 +59,10 @@ impl Health {
         self.assigned.store(yes, Ordering::Relaxed);
     }
 
+    pub fn outputs_connected(&self) -> bool {
+        self.outputs_connected.load(Ordering::Relaxed)
+    }
+
     pub fn set_outputs_connected(&self, yes: bool) {
         self.outputs_connected.store(yes, Ordering::Relaxed);
     }

@@ -1,4 +1,4 @@
-//! The admin endpoints over a pipeline run in this process (mock cluster): `/readyz`
+//! The admin endpoints over a pipeline run in this process (Apache Kafka): `/readyz`
 //! flips to 200 once partitions are assigned and outputs are connected, `/metrics`
 //! names every documented metric with the run's numbers, `/healthz` answers 503 once
 //! the pipeline drains.
@@ -15,7 +15,6 @@ use flagtally::admin::{self, Admin};
 use flagtally::config::Config;
 use flagtally::generate::{GenConfig, GenDialect, Generator};
 use flagtally::pipeline::Pipeline;
-use rdkafka::mocking::MockCluster;
 
 /// Every metric the README documents (Prometheus names, counters with `_total`).
 const DOCUMENTED: &[&str] = &[
@@ -42,12 +41,8 @@ const DOCUMENTED: &[&str] = &[
 
 #[test]
 fn endpoints_follow_the_pipeline() {
-    let mock = MockCluster::new(1).unwrap();
-    let broker = mock.bootstrap_servers();
-    let t = Topics::named();
-    for (name, partitions) in t.all(2) {
-        mock.create_topic(&name, partitions, 1).unwrap();
-    }
+    let broker = broker().to_owned();
+    let t = Topics::create(&broker, 2);
     let mut g = Generator::new(GenConfig {
         dialect: GenDialect::Mixed,
         flags: 4,

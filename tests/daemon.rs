@@ -1,6 +1,6 @@
 //! The daemon as operators run it: `validate`, `quickstart`, `gen`, systemd's notify
 //! protocol, SIGHUP reloads and the admin endpoints. Every test runs the real binary;
-//! the broker is librdkafka's mock cluster, served from this test process over TCP.
+//! the broker is the test Apache Kafka (quickstart runs its own in-process mock cluster).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -13,8 +13,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use flagtally::decode::{Decoded, Decoder, Dialect, Limits};
 use flagtally::event::Event;
-use rdkafka::mocking::MockCluster;
-use rdkafka::producer::DefaultProducerContext;
 
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_flagtally"))
@@ -26,18 +24,6 @@ fn temp(name: &str) -> std::path::PathBuf {
         .join(unique(name));
     std::fs::create_dir_all(&dir).unwrap();
     dir
-}
-
-type Mock = MockCluster<'static, DefaultProducerContext>;
-
-/// A mock broker with the topics of `t` (and its checkpoint topic).
-fn mock_with(t: &Topics) -> (Mock, String) {
-    let mock = MockCluster::new(1).unwrap();
-    for (name, partitions) in t.all(2) {
-        mock.create_topic(&name, partitions, 1).unwrap();
-    }
-    let broker = mock.bootstrap_servers();
-    (mock, broker)
 }
 
 #[test]
@@ -189,8 +175,8 @@ fn notified(sock: &UnixDatagram, want: &str, seen: &mut Vec<String>) {
 
 #[test]
 fn systemd_notify_ready_watchdog_reloading_stopping() {
-    let t = Topics::named();
-    let (_mock, broker) = mock_with(&t);
+    let broker = broker().to_owned();
+    let t = Topics::create(&broker, 2);
     let dir = temp("notify");
     let socket = dir.join("notify.sock");
     let sock = UnixDatagram::bind(&socket).unwrap();
@@ -223,8 +209,8 @@ fn systemd_notify_ready_watchdog_reloading_stopping() {
 
 #[test]
 fn reload_applies_a_valid_change_and_keeps_running_on_an_invalid_one() {
-    let t = Topics::named();
-    let (_mock, broker) = mock_with(&t);
+    let broker = broker().to_owned();
+    let t = Topics::create(&broker, 2);
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
     let name = unique("reload");
@@ -302,8 +288,8 @@ fn reload_applies_a_valid_change_and_keeps_running_on_an_invalid_one() {
 
 #[test]
 fn gen_prints_the_tally_a_reader_finds_in_the_topic() {
-    let t = Topics::named();
-    let (_mock, broker) = mock_with(&t);
+    let broker = broker().to_owned();
+    let t = Topics::create(&broker, 2);
     let run = bin()
         .args(["gen", "--brokers", &broker, "--topic", &t.input])
         .args([

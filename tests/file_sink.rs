@@ -1,6 +1,6 @@
 //! The file sink: four sinks (NDJSON, CSV, Avro with deflate, Parquet with zstd) over the
-//! summary and feature topics, fed by the flagtally binary over librdkafka's mock
-//! cluster. The files are read back by Python's `csv` module, `fastavro` and `pyarrow`
+//! summary and feature topics, fed by the flagtally binary over Apache Kafka.
+//! The files are read back by Python's `csv` module, `fastavro` and `pyarrow`
 //! (`tests/python/read_files.py`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -11,17 +11,6 @@ use std::time::Duration;
 
 use common::*;
 use flagtally::generate::{GenConfig, GenDialect, Generator, Tally};
-use rdkafka::mocking::MockCluster;
-
-fn python() -> String {
-    let out = std::process::Command::new("bash")
-        .arg(repo().join("scripts/infra.sh"))
-        .arg("python")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
 
 fn read_files(dir: &Path) -> serde_json::Value {
     let out = std::process::Command::new(python())
@@ -91,18 +80,13 @@ batch_timeout = "300ms"
 fn setup(
     n: usize,
 ) -> (
-    MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
     String,
     Topics,
     Vec<Vec<u8>>,
     Tally,
 ) {
-    let mock = MockCluster::new(1).unwrap();
-    let broker = mock.bootstrap_servers();
-    let t = Topics::named();
-    for (name, partitions) in t.all(2) {
-        mock.create_topic(&name, partitions, 1).unwrap();
-    }
+    let broker = broker().to_owned();
+    let t = Topics::create(&broker, 2);
     let mut g = Generator::new(GenConfig {
         dialect: GenDialect::Mixed,
         flags: 6,
@@ -110,7 +94,7 @@ fn setup(
         ..GenConfig::default()
     });
     let records: Vec<Vec<u8>> = (0..n).map(|_| g.next_record()).collect();
-    (mock, broker, t, records, g.into_tally())
+    (broker, t, records, g.into_tally())
 }
 
 fn temp_dir(name: &str) -> std::path::PathBuf {
@@ -123,7 +107,7 @@ fn temp_dir(name: &str) -> std::path::PathBuf {
 
 #[test]
 fn files_hold_exactly_the_outputs() {
-    let (_mock, broker, t, records, tally) = setup(20_000);
+    let (broker, t, records, tally) = setup(20_000);
     let dir = temp_dir("files");
     produce(&broker, &t.input, 2, &records);
     let d = Flagtally::start(&config(&t, &broker, &dir), &unique("files"));
@@ -170,7 +154,7 @@ fn files_hold_exactly_the_outputs() {
 
 #[test]
 fn crashes_leave_no_duplicate_records() {
-    let (_mock, broker, t, records, tally) = setup(20_000);
+    let (broker, t, records, tally) = setup(20_000);
     let dir = temp_dir("filescrash");
     let cfg = config(&t, &broker, &dir);
     let name = unique("filescrash");

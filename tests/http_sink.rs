@@ -1,6 +1,6 @@
 //! The HTTP sinks against a local receiver (a plain TCP server in this test process)
 //! that records every request, verifies the webhook's HMAC independently, and can answer
-//! 503 to play an outage. The flagtally binary runs over librdkafka's mock cluster.
+//! 503 to play an outage. The flagtally binary runs over Apache Kafka.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use flagtally::generate::{GenConfig, GenDialect, Generator, Tally};
 use hmac::Mac as _;
-use rdkafka::mocking::MockCluster;
 
 #[derive(Clone, Debug)]
 struct Request {
@@ -95,17 +94,12 @@ impl Receiver {
 fn setup(
     n: usize,
 ) -> (
-    MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
     String,
     Topics,
     Tally,
 ) {
-    let mock = MockCluster::new(1).unwrap();
-    let broker = mock.bootstrap_servers();
-    let t = Topics::named();
-    for (name, partitions) in t.all(2) {
-        mock.create_topic(&name, partitions, 1).unwrap();
-    }
+    let broker = broker().to_owned();
+    let t = Topics::create(&broker, 2);
     let mut g = Generator::new(GenConfig {
         dialect: GenDialect::Mixed,
         flags: 5,
@@ -115,12 +109,12 @@ fn setup(
     });
     let records: Vec<Vec<u8>> = (0..n).map(|_| g.next_record()).collect();
     produce(&broker, &t.input, 2, &records);
-    (mock, broker, t, g.into_tally())
+    (broker, t, g.into_tally())
 }
 
 #[test]
 fn webhook_delivers_signed_batches_through_an_outage() {
-    let (_mock, broker, t, tally) = setup(5000);
+    let (broker, t, tally) = setup(5000);
     let rx = Receiver::start();
     let cfg = format!(
         r#"{base}
@@ -188,7 +182,7 @@ retry_max = "1s"
 
 #[test]
 fn segment_messages_respect_the_rate_limit() {
-    let (_mock, broker, t, tally) = setup(3000);
+    let (broker, t, tally) = setup(3000);
     let rx = Receiver::start();
     let rate = 4;
     let cfg = format!(
@@ -266,7 +260,7 @@ batch_timeout = "200ms"
 /// it are signed with the new secret, and nothing is lost or sent twice meanwhile.
 #[test]
 fn a_reload_applies_new_sink_credentials() {
-    let (_mock, broker, t, tally) = setup(2000);
+    let (broker, t, tally) = setup(2000);
     let rx = Receiver::start();
     let sink = |secret: &str| {
         format!(

@@ -1,61 +1,15 @@
 //! The PostgreSQL sink against a real PostgreSQL (the machine's, started by
-//! `scripts/infra.sh postgres` if down), fed by the flagtally binary over librdkafka's
-//! mock cluster. Each test writes into a schema of its own; the rows are read back with
+//! `scripts/infra.sh postgres` if down), fed by the flagtally binary over Apache
+//! Kafka. Each test writes into a schema of its own; the rows are read back with
 //! SQL and compared with the generator's tally.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use common::*;
 use flagtally::generate::{GenConfig, GenDialect, Generator, Tally};
-use rdkafka::mocking::MockCluster;
-
-fn postgres_url() -> String {
-    if let Ok(url) = std::env::var("FLAGTALLY_TEST_POSTGRES") {
-        return url;
-    }
-    let out = std::process::Command::new("bash")
-        .arg(repo().join("scripts/infra.sh"))
-        .arg("postgres")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .trim()
-        .trim_start_matches("export FLAGTALLY_TEST_POSTGRES=")
-        .to_owned()
-}
-
-fn sql(url: &str) -> postgres::Client {
-    postgres::Client::connect(url, postgres::NoTls).unwrap()
-}
-
-/// Counters per (flag, variation, version) as the tally names them.
-fn counted(db: &mut postgres::Client, schema: &str) -> BTreeMap<(String, String, String), u64> {
-    let rows = db
-        .query(
-            &format!(
-                "SELECT flag_key, COALESCE(variation::text, ''),
-                        CASE WHEN unknown THEN 'unknown' ELSE COALESCE(version::text, '') END,
-                        sum(count)::bigint
-                 FROM \"{schema}\".flagtally_summary_counters GROUP BY 1, 2, 3"
-            ),
-            &[],
-        )
-        .unwrap_or_default();
-    rows.iter()
-        .map(|r| {
-            (
-                (r.get(0), r.get(1), r.get(2)),
-                u64::try_from(r.get::<_, i64>(3)).unwrap(),
-            )
-        })
-        .collect()
-}
 
 fn count(db: &mut postgres::Client, schema: &str, table: &str) -> u64 {
     db.query_one(&format!("SELECT count(*) FROM \"{schema}\".{table}"), &[])
@@ -66,18 +20,13 @@ fn count(db: &mut postgres::Client, schema: &str, table: &str) -> u64 {
 fn setup(
     n: usize,
 ) -> (
-    MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
     String,
     Topics,
     Vec<Vec<u8>>,
     Tally,
 ) {
-    let mock = MockCluster::new(1).unwrap();
-    let broker = mock.bootstrap_servers();
-    let t = Topics::named();
-    for (name, partitions) in t.all(2) {
-        mock.create_topic(&name, partitions, 1).unwrap();
-    }
+    let broker = broker().to_owned();
+    let t = Topics::create(&broker, 2);
     let mut g = Generator::new(GenConfig {
         dialect: GenDialect::Mixed,
         flags: 6,
@@ -86,7 +35,7 @@ fn setup(
         ..GenConfig::default()
     });
     let records: Vec<Vec<u8>> = (0..n).map(|_| g.next_record()).collect();
-    (mock, broker, t, records, g.into_tally())
+    (broker, t, records, g.into_tally())
 }
 
 fn config(t: &Topics, broker: &str, url: &str, schema: &str) -> String {
@@ -132,7 +81,7 @@ fn wait_exact(db: &mut postgres::Client, schema: &str, tally: &Tally, d: &Flagta
 #[test]
 fn rows_equal_the_tally() {
     let url = postgres_url();
-    let (_mock, broker, t, records, tally) = setup(20_000);
+    let (broker, t, records, tally) = setup(20_000);
     let schema = unique("ft_pg").replace('-', "_");
     produce(&broker, &t.input, 2, &records);
     let name = unique("pg");
@@ -192,7 +141,7 @@ fn rows_equal_the_tally() {
 #[test]
 fn crashes_during_writes_lose_and_double_nothing() {
     let url = postgres_url();
-    let (_mock, broker, t, records, tally) = setup(20_000);
+    let (broker, t, records, tally) = setup(20_000);
     let schema = unique("ft_pgcrash").replace('-', "_");
     let name = unique("pgcrash");
     let cfg = config(&t, &broker, &url, &schema);
@@ -233,13 +182,17 @@ fn a_database_outage_delays_but_loses_and_doubles_nothing() {
         _ => panic!("FLAGTALLY_TEST_POSTGRES must be a TCP address"),
     };
     let proxy = CutProxy::start(&format!("{host}:{port}"));
+    let password = pg
+        .get_password()
+        .map(|p| format!(":{}", String::from_utf8_lossy(p)))
+        .unwrap_or_default();
     let proxied = format!(
-        "postgresql://{}@{}/{}",
+        "postgresql://{}{password}@{}/{}",
         pg.get_user().unwrap_or("postgres"),
         proxy.addr,
         pg.get_dbname().unwrap_or("postgres")
     );
-    let (_mock, broker, t, records, tally) = setup(20_000);
+    let (broker, t, records, tally) = setup(20_000);
     let schema = unique("ft_pgout").replace('-', "_");
     let d = Flagtally::start(&config(&t, &broker, &proxied, &schema), &unique("pgout"));
     let (first, rest) = records.split_at(5000);
@@ -273,7 +226,7 @@ fn a_database_outage_delays_but_loses_and_doubles_nothing() {
 
 #[test]
 fn an_unreachable_database_is_reported_not_fatal() {
-    let (_mock, broker, t, _, _) = setup(0);
+    let (broker, t, _, _) = setup(0);
     let port = free_port();
     let admin = format!("127.0.0.1:{}", free_port());
     let cfg = config(

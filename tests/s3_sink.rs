@@ -1,5 +1,5 @@
 //! The S3 sink against SeaweedFS (`weed mini`, started by `scripts/infra.sh s3`, with
-//! credentials enforced), fed by the flagtally binary over librdkafka's mock cluster.
+//! credentials enforced), fed by the flagtally binary over Apache Kafka.
 //! Objects are listed and read back by pyarrow's own S3 client
 //! (`tests/python/s3_files.py`). Each test has its own bucket.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use common::*;
 use flagtally::generate::{GenConfig, GenDialect, Generator, Tally};
-use rdkafka::mocking::MockCluster;
 
 fn infra(args: &[&str]) -> String {
     let out = std::process::Command::new("bash")
@@ -51,18 +50,13 @@ fn s3py(endpoint: &str, bucket: &str, args: &[&str]) -> serde_json::Value {
 fn setup(
     n: usize,
 ) -> (
-    MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
     String,
     Topics,
     Vec<Vec<u8>>,
     Tally,
 ) {
-    let mock = MockCluster::new(1).unwrap();
-    let broker = mock.bootstrap_servers();
-    let t = Topics::named();
-    for (name, partitions) in t.all(2) {
-        mock.create_topic(&name, partitions, 1).unwrap();
-    }
+    let broker = broker().to_owned();
+    let t = Topics::create(&broker, 2);
     let mut g = Generator::new(GenConfig {
         dialect: GenDialect::Mixed,
         flags: 6,
@@ -70,7 +64,7 @@ fn setup(
         ..GenConfig::default()
     });
     let records: Vec<Vec<u8>> = (0..n).map(|_| g.next_record()).collect();
-    (mock, broker, t, records, g.into_tally())
+    (broker, t, records, g.into_tally())
 }
 
 fn bucket() -> String {
@@ -115,7 +109,7 @@ fn objects_hold_exactly_the_outputs() {
     let endpoint = endpoint();
     let bucket = bucket();
     s3py(&endpoint, &bucket, &["create"]);
-    let (_mock, broker, t, records, tally) = setup(20_000);
+    let (broker, t, records, tally) = setup(20_000);
     produce(&broker, &t.input, 2, &records);
     let d = Flagtally::start(
         &config(&t, &broker, &endpoint, &bucket, "flagtally-secret"),
@@ -144,7 +138,7 @@ fn an_object_store_outage_loses_and_doubles_nothing() {
     let bucket = bucket();
     s3py(&endpoint, &bucket, &["create"]);
     let proxy = CutProxy::start(endpoint.trim_start_matches("http://"));
-    let (_mock, broker, t, records, tally) = setup(20_000);
+    let (broker, t, records, tally) = setup(20_000);
     let d = Flagtally::start(
         &config(
             &t,
@@ -183,7 +177,7 @@ fn an_object_store_outage_loses_and_doubles_nothing() {
 #[test]
 fn wrong_credentials_and_a_missing_bucket_are_reported() {
     let endpoint = endpoint();
-    let (_mock, broker, t, _, _) = setup(0);
+    let (broker, t, _, _) = setup(0);
     let admin = format!("127.0.0.1:{}", free_port());
     let bucket = bucket();
     s3py(&endpoint, &bucket, &["create"]);

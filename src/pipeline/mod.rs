@@ -702,12 +702,17 @@ impl State {
     /// One commit cycle (see the module docs). Returns whether it committed.
     fn commit_cycle(&mut self, consumer: &Source, close_idle: bool) -> anyhow::Result<bool> {
         let started = Instant::now();
+        let before = self.stats.commits;
         let committed = self.commit_cycle_inner(consumer, close_idle)?;
-        if committed {
+        if self.stats.commits > before {
             let m = &self.admin.metrics;
             m.commit_seconds.observe(started.elapsed().as_secs_f64());
             m.commits.inc();
             self.admin.health.set_outputs_connected(true);
+        } else if committed && !self.admin.health.outputs_connected() {
+            // Nothing to commit: ask the broker whether it is back.
+            let back = self.producer.check_connection(Duration::from_secs(1)).is_ok();
+            self.admin.health.set_outputs_connected(back);
         }
         Ok(committed)
     }
@@ -723,6 +728,7 @@ impl State {
         let transactional = self.producer.is_transactional();
         if !transactional && let Err(e) = self.producer.flush(KAFKA_TIMEOUT) {
             tracing::warn!("outputs not yet acknowledged ({e}); commit postponed");
+            self.admin.health.set_outputs_connected(false);
             return Ok(false);
         }
         let failed = self.producer.deliveries().failed();
@@ -793,6 +799,7 @@ impl State {
             // close windows this run did not.
             while let Err(e) = self.producer.flush(KAFKA_TIMEOUT) {
                 self.admin.health.beat();
+                self.admin.health.set_outputs_connected(false);
                 tracing::warn!("checkpoints not yet acknowledged ({e}); waiting");
                 if self.hard_stop.load(Ordering::Relaxed) {
                     anyhow::bail!("stopped while checkpoints were in flight");

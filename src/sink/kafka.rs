@@ -62,6 +62,17 @@ impl ClientContext for Deliveries {
     fn stats(&self, statistics: rdkafka::Statistics) {
         self.admin.metrics.producer_statistics(&statistics);
     }
+
+    /// librdkafka's global errors. Losing every broker makes the instance not ready
+    /// until the next successful commit cycle (which sets it ready again).
+    fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
+            self.admin.health.set_outputs_connected(false);
+            tracing::warn!("the producer lost every broker: {reason}");
+        } else {
+            tracing::error!("librdkafka error: {error}: {reason}");
+        }
+    }
 }
 
 impl ProducerContext for Deliveries {

@@ -1,4 +1,4 @@
-//! Harness for tests against a real broker (tansu, started by `scripts/infra.sh`): unique
+//! Harness for tests against a real broker (Apache Kafka, started by `scripts/infra.sh`): unique
 //! names, topic creation, producing generated input, running the flagtally binary as a
 //! child process, reading output topics, and the tallies the outputs must match.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
@@ -27,12 +27,12 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Runs `scripts/infra.sh start NAME` and returns the broker address.
-pub fn start_broker(name: &str, storage: &str) -> String {
+/// Runs `scripts/infra.sh start NAME` and returns the broker address. A broker of that
+/// name that was stopped or killed restarts on its log directory and port.
+pub fn start_broker(name: &str) -> String {
     let out = Command::new("bash")
         .arg(repo().join("scripts/infra.sh"))
         .args(["start", name])
-        .env("STORAGE", storage)
         .stderr(Stdio::inherit())
         .output()
         .expect("running scripts/infra.sh");
@@ -44,13 +44,15 @@ pub fn start_broker(name: &str, storage: &str) -> String {
         .to_owned()
 }
 
-pub fn stop_broker(name: &str) {
+/// `scripts/infra.sh ACTION NAME`: `stop` (clean), `kill` (kill -9) or `reset` (stop
+/// and delete its data).
+pub fn broker_do(action: &str, name: &str) {
     let status = Command::new("bash")
         .arg(repo().join("scripts/infra.sh"))
-        .args(["stop", name])
+        .args([action, name])
         .status()
         .unwrap();
-    assert!(status.success());
+    assert!(status.success(), "infra.sh {action} {name}");
 }
 
 /// The shared test broker: `FLAGTALLY_TEST_BROKER` when the test command started one,
@@ -59,7 +61,7 @@ pub fn broker() -> &'static str {
     static BROKER: OnceLock<String> = OnceLock::new();
     BROKER.get_or_init(|| match std::env::var("FLAGTALLY_TEST_BROKER") {
         Ok(b) if !b.is_empty() => b,
-        _ => start_broker("cargo-test", "memory"),
+        _ => start_broker("cargo-test"),
     })
 }
 
@@ -91,6 +93,31 @@ pub fn create_topics(broker: &str, topics: &[(&str, i32)]) {
     for r in results {
         r.unwrap_or_else(|(t, e)| panic!("creating topic {t}: {e}"));
     }
+}
+
+/// A topic's configuration value, as the broker describes it.
+pub fn topic_config(broker: &str, topic: &str, name: &str) -> Option<String> {
+    use rdkafka::admin::ResourceSpecifier;
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", broker)
+        .create()
+        .unwrap();
+    let results = block_on(admin.describe_configs(
+        &[ResourceSpecifier::Topic(topic)],
+        &AdminOptions::new(),
+    ))
+    .unwrap();
+    let resource = results.into_iter().next()?.ok()?;
+    resource.get(name).and_then(|e| e.value.clone())
+}
+
+/// The high watermark of partition 0 of `topic`.
+pub fn high_watermark(broker: &str, topic: &str) -> i64 {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker)
+        .create()
+        .unwrap();
+    c.fetch_watermarks(topic, 0, Duration::from_secs(10)).unwrap().1
 }
 
 pub fn producer(broker: &str) -> ThreadedProducer<DefaultProducerContext> {
@@ -478,6 +505,64 @@ pub fn expected_windows(records: &[Vec<u8>], window_ms: i64) -> WindowTally {
         })
         .collect();
     window_tally(&recs)
+}
+
+/// The Python of the test venv (`scripts/infra.sh python`: confluent-kafka, fastavro,
+/// pyarrow), for the independent readers in `tests/python/`.
+pub fn python() -> String {
+    let out = Command::new("bash")
+        .arg(repo().join("scripts/infra.sh"))
+        .arg("python")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// The test PostgreSQL: `FLAGTALLY_TEST_POSTGRES`, else `scripts/infra.sh postgres`.
+pub fn postgres_url() -> String {
+    if let Ok(url) = std::env::var("FLAGTALLY_TEST_POSTGRES") {
+        return url;
+    }
+    let out = std::process::Command::new("bash")
+        .arg(repo().join("scripts/infra.sh"))
+        .arg("postgres")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .trim()
+        .trim_start_matches("export FLAGTALLY_TEST_POSTGRES=")
+        .to_owned()
+}
+
+pub fn sql(url: &str) -> postgres::Client {
+    postgres::Client::connect(url, postgres::NoTls).unwrap()
+}
+
+/// Summary counters per (flag, variation, version) in a PostgreSQL sink's schema, as the
+/// tally names them.
+pub fn counted(db: &mut postgres::Client, schema: &str) -> BTreeMap<(String, String, String), u64> {
+    let rows = db
+        .query(
+            &format!(
+                "SELECT flag_key, COALESCE(variation::text, ''),
+                        CASE WHEN unknown THEN 'unknown' ELSE COALESCE(version::text, '') END,
+                        sum(count)::bigint
+                 FROM \"{schema}\".flagtally_summary_counters GROUP BY 1, 2, 3"
+            ),
+            &[],
+        )
+        .unwrap_or_default();
+    rows.iter()
+        .map(|r| {
+            (
+                (r.get(0), r.get(1), r.get(2)),
+                u64::try_from(r.get::<_, i64>(3)).unwrap(),
+            )
+        })
+        .collect()
 }
 
 /// Appends a line to the test's report (`target/test-report.txt`), for numbers worth

@@ -1,0 +1,196 @@
+//! Scaling a consumer group of flagtally instances on Apache Kafka, under load: instances
+//! joining and leaving with cooperative-sticky assignment, and static membership
+//! (KIP-345), where a restarted instance gets its partitions back without a rebalance.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use common::*;
+use flagtally::generate::{GenConfig, GenDialect, Generator, Tally};
+
+const WINDOW_MS: i64 = 10_000;
+const WINDOW: &str = "size = \"10s\"\nlateness = \"2s\"\nidle_timeout = \"2s\"";
+
+fn generated(n: usize, seed: u64) -> (Vec<Vec<u8>>, Tally) {
+    let mut g = Generator::new(GenConfig {
+        dialect: GenDialect::Mixed,
+        flags: 8,
+        contexts: 500,
+        tracked_one_in: 50,
+        seed,
+        ..GenConfig::default()
+    });
+    let records = (0..n).map(|_| g.next_record()).collect();
+    (records, g.into_tally())
+}
+
+/// Produces `records` over `partitions` partitions in `chunks` slices `pause` apart, on a
+/// thread; the flag turns true when all are acknowledged.
+fn feed(
+    broker: &str,
+    topic: &str,
+    records: Arc<Vec<Vec<u8>>>,
+    partitions: usize,
+    chunks: usize,
+    pause: Duration,
+) -> (std::thread::JoinHandle<()>, Arc<AtomicBool>) {
+    let done = Arc::new(AtomicBool::new(false));
+    let (broker, topic, flag) = (broker.to_owned(), topic.to_owned(), Arc::clone(&done));
+    let h = std::thread::spawn(move || {
+        let p = producer(&broker);
+        let per = records.len().div_ceil(chunks);
+        for (c, chunk) in records.chunks(per).enumerate() {
+            for (i, v) in chunk.iter().enumerate() {
+                send(&p, &topic, ((c * per + i) % partitions) as i32, v);
+            }
+            rdkafka::producer::Producer::flush(&p, Duration::from_secs(60)).unwrap();
+            std::thread::sleep(pause);
+        }
+        flag.store(true, Ordering::Relaxed);
+    });
+    (h, done)
+}
+
+/// Summaries deduplicated by id (repeats byte-identical) equal the input, per window
+/// and per counter; feature events one to one.
+fn assert_exact(broker: &str, t: &Topics, records: &[Vec<u8>], tally: &Tally) -> usize {
+    let recs = read_until(
+        broker,
+        &t.summary,
+        Duration::from_secs(180),
+        summed_counters(tally.evaluations()),
+    );
+    let unique_recs = dedupe(&recs);
+    let got = window_tally(unique_recs.values());
+    assert_eq!(total(&got), tally.evaluations(), "summed counters");
+    assert_eq!(got, expected_windows(records, WINDOW_MS), "per window");
+    let features = read_until(
+        broker,
+        &t.feature,
+        Duration::from_secs(120),
+        distinct_ids(tally.tracked),
+    );
+    assert_eq!(dedupe(&features).len() as u64, tally.tracked, "features");
+    recs.len() - unique_recs.len()
+}
+
+/// Records re-read to rebuild state, per restore, from an instance's log lines
+/// `restored … from=F replay_until=U`.
+fn replayed_per_restore(log: &str) -> Vec<i64> {
+    log.lines()
+        .filter(|l| l.contains(" restored"))
+        .filter_map(|l| {
+            let field = |name: &str| -> Option<i64> {
+                let at = l.find(&format!("{name}="))? + name.len() + 1;
+                l[at..].split(|c: char| !c.is_ascii_digit() && c != '-').next()?.parse().ok()
+            };
+            Some((field("replay_until")? - field("from")?).max(0))
+        })
+        .collect()
+}
+
+/// Waits until `f`'s log has `n` lines containing `needle`.
+fn wait_count(f: &Flagtally, needle: &str, n: usize, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f.log_text().matches(needle).count() >= n {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("{n} × {needle:?} not logged within {timeout:?}; log:\n{}", f.log_text());
+}
+
+/// Three instances join one at a time while input flows, then two leave (SIGTERM);
+/// cooperative-sticky assignment moves only the partitions that change hands. Exact.
+#[test]
+fn scale_out_and_in_under_load_is_exact() {
+    let broker = broker();
+    let t = Topics::create(broker, 6);
+    let (records, tally) = generated(90_000, 31);
+    let records = Arc::new(records);
+    let config = t.config(broker, WINDOW).replace(
+        "consumer_properties = {",
+        "consumer_properties = { \"partition.assignment.strategy\" = \"cooperative-sticky\",",
+    );
+    let (h, done) = feed(broker, &t.input, Arc::clone(&records), 6, 30, Duration::from_millis(400));
+    let a = Flagtally::start(&config, &format!("{}-a", t.group));
+    wait_count(&a, "partitions assigned", 1, Duration::from_secs(60));
+    std::thread::sleep(Duration::from_secs(2));
+    let b = Flagtally::start(&config, &format!("{}-b", t.group));
+    wait_count(&b, "partitions assigned", 1, Duration::from_secs(60));
+    std::thread::sleep(Duration::from_secs(2));
+    let c = Flagtally::start(&config, &format!("{}-c", t.group));
+    wait_count(&c, "partitions assigned", 1, Duration::from_secs(60));
+    std::thread::sleep(Duration::from_secs(2));
+    let logs_b_c = (b.log.clone(), c.log.clone());
+    assert!(b.stop(Duration::from_secs(25)).success());
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(c.stop(Duration::from_secs(25)).success());
+    h.join().unwrap();
+    assert!(done.load(Ordering::Relaxed));
+    let dups = assert_exact(broker, &t, &records, &tally);
+    let mut replayed = BTreeMap::new();
+    replayed.insert("a", replayed_per_restore(&a.log_text()));
+    for (name, path) in [("b", &logs_b_c.0), ("c", &logs_b_c.1)] {
+        replayed.insert(name, replayed_per_restore(&std::fs::read_to_string(path).unwrap()));
+    }
+    report(&format!(
+        "scale out/in (6 partitions, 3 joins, 2 leaves): {dups} identical repeats; records replayed per partition restore: {replayed:?}"
+    ));
+    assert!(a.stop(Duration::from_secs(25)).success());
+}
+
+/// Static membership: two instances with `kafka.instance_id`. One is SIGKILLed and
+/// restarted at once: it gets its partitions back before the (30 s) session timeout,
+/// and the other instance sees no rebalance at all. Exact.
+#[test]
+fn a_static_member_restarts_without_a_rebalance() {
+    let broker = broker();
+    let t = Topics::create(broker, 4);
+    let (records, tally) = generated(40_000, 37);
+    let records = Arc::new(records);
+    let config = t.config(broker, WINDOW).replace(
+        "\"session.timeout.ms\" = \"6000\"",
+        "\"session.timeout.ms\" = \"30000\"",
+    );
+    let with_id = |id: &str| {
+        config.replace(
+            &format!("group_id = \"{}\"", t.group),
+            &format!("group_id = \"{}\"\ninstance_id = \"{id}\"", t.group),
+        )
+    };
+    let a = Flagtally::start(&with_id("a"), &format!("{}-a", t.group));
+    wait_count(&a, "partitions assigned", 1, Duration::from_secs(60));
+    let b = Flagtally::start(&with_id("b"), &format!("{}-b", t.group));
+    wait_count(&b, "partitions assigned", 1, Duration::from_secs(60));
+    // Both hold partitions once a's share moved to b.
+    assert!(eventually(Duration::from_secs(60), || {
+        a.log_text().matches("partitions revoked").count() >= 1
+            && a.log_text().matches("partitions assigned").count() >= 2
+    }), "a gave b its share; log a:\n{}", a.log_text());
+    let b_rebalances = |b: &Flagtally| {
+        let log = b.log_text();
+        log.matches("partitions assigned").count() + log.matches("partitions revoked").count()
+    };
+    let settled = b_rebalances(&b);
+    let (h, _) = feed(broker, &t.input, Arc::clone(&records), 4, 10, Duration::from_millis(400));
+    std::thread::sleep(Duration::from_secs(2));
+    a.crash();
+    let restarted = Instant::now();
+    let a = Flagtally::start(&with_id("a"), &format!("{}-a2", t.group));
+    wait_count(&a, "partitions assigned", 1, Duration::from_secs(60));
+    let back = restarted.elapsed();
+    assert!(back < Duration::from_secs(25), "partitions back after {back:?}, before the session timeout");
+    h.join().unwrap();
+    assert_exact(broker, &t, &records, &tally);
+    assert_eq!(b_rebalances(&b), settled, "b saw no rebalance; log b:\n{}", b.log_text());
+    report(&format!("static membership: a restarted member had its partitions back after {back:?}"));
+    assert!(a.stop(Duration::from_secs(25)).success());
+    assert!(b.stop(Duration::from_secs(25)).success());
+}
