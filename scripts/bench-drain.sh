@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # End-to-end drain benchmark (a script, not a test): preload N events into a topic on a
-# local tansu broker, let flagtally drain them (summary-only output), and in the same
+# local Apache Kafka broker (scripts/infra.sh start bench), let flagtally drain them (summary-only output), and in the same
 # run let a no-op librdkafka consumer drain the same topic. Prints wall-clock events/s
 # and events per CPU-second of each process, and the ratio (target: flagtally ≥ 0.5 ×
 # the no-op consumer, summary-only; ≥ 0.35 × with full-fidelity output: FULL=1).
@@ -87,4 +87,4 @@ print(f"flagtally: {n/fw:,.0f} events/s wall, {fc:.2f} CPU-s, {f_rate:,.0f} even
 print(f"no-op consumer: {n/nw:,.0f} records/s wall, {nc:.2f} CPU-s, {n_rate:,.0f} records/CPU-s")
 print(f"ratio (events per CPU-s): {f_rate/n_rate:.2f} (target ≥ {target})")
 PY
-bash scripts/infra.sh stop bench
+bash scripts/infra.sh reset bench
