@@ -183,6 +183,11 @@ pub struct SinkConfig {
     /// events), with this environment id.
     #[serde(default)]
     pub featbit_env_id: Option<String>,
+    /// Where records the destination refuses for good (HTTP 4xx, constraint
+    /// violations, unencodable values) go, with the reason; default: the processor's
+    /// `output.dead_letter_topic`.
+    #[serde(default)]
+    pub dead_letter_topic: Option<String>,
 }
 
 fn default_batch_size() -> usize {
@@ -352,6 +357,30 @@ pub struct InputConfig {
     pub max_record_bytes: usize,
     #[serde(deserialize_with = "size")]
     pub max_key_bytes: usize,
+    /// Deepest JSON nesting accepted.
+    pub max_depth: usize,
+    /// Longest JSON string value accepted (bytes, or a size string).
+    #[serde(deserialize_with = "size")]
+    pub max_string_bytes: usize,
+    /// Most events in one record.
+    pub max_events_per_record: usize,
+    /// How far an event's time may be past its Kafka record's timestamp (a client
+    /// with a wrong clock); beyond it, `future_policy` applies.
+    #[serde(deserialize_with = "any_duration")]
+    pub max_future_skew: Duration,
+    pub future_policy: FuturePolicy,
+}
+
+/// What happens to an event dated more than `input.max_future_skew` past its record's
+/// timestamp.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FuturePolicy {
+    /// Counted at its record's timestamp.
+    #[default]
+    Clamp,
+    /// Not counted: its record goes to the dead-letter topic (reason `future_time`).
+    DeadLetter,
 }
 
 impl Default for InputConfig {
@@ -361,6 +390,11 @@ impl Default for InputConfig {
             dialect: Dialect::Auto,
             max_record_bytes: limits.max_record_bytes,
             max_key_bytes: limits.max_key_bytes,
+            max_depth: limits.max_depth,
+            max_string_bytes: limits.max_string_bytes,
+            max_events_per_record: limits.max_events,
+            max_future_skew: Duration::from_secs(3600),
+            future_policy: FuturePolicy::Clamp,
         }
     }
 }
@@ -439,7 +473,7 @@ impl Default for FullEventsSection {
 }
 
 /// Output topics per kind; a kind without a topic is not written.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OutputSection {
     pub format: Format,
@@ -448,6 +482,24 @@ pub struct OutputSection {
     pub topics: TopicsSection,
     /// Undecodable input records, with reason headers.
     pub dead_letter_topic: Option<String>,
+    /// Largest dead letter (key, value and headers): what the dead-letter topic accepts
+    /// (Kafka's default `max.message.bytes` is 1 048 588). Longer payloads are cut,
+    /// with a `flagtally-truncated` header giving the original length.
+    #[serde(deserialize_with = "size")]
+    pub max_dead_letter_bytes: usize,
+}
+
+impl Default for OutputSection {
+    fn default() -> Self {
+        Self {
+            format: Format::default(),
+            feature_key: FeatureKey::default(),
+            envelope: Envelope::default(),
+            topics: TopicsSection::default(),
+            dead_letter_topic: None,
+            max_dead_letter_bytes: 1_000_000,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -656,6 +708,26 @@ impl Config {
         if self.kafka.input_topics.is_empty() {
             problems.push("kafka.input_topics: at least one topic is needed".to_owned());
         }
+        for (key, value) in [
+            ("input.max_record_bytes", self.input.max_record_bytes),
+            ("input.max_key_bytes", self.input.max_key_bytes),
+            ("input.max_depth", self.input.max_depth),
+            ("input.max_string_bytes", self.input.max_string_bytes),
+            (
+                "input.max_events_per_record",
+                self.input.max_events_per_record,
+            ),
+        ] {
+            if value == 0 {
+                problems.push(format!("{key}: must be at least 1"));
+            }
+        }
+        if self.kafka.instance_id.as_deref() == Some("") {
+            problems.push(
+                "kafka.instance_id: must not be empty (leave it out for a dynamic member)"
+                    .to_owned(),
+            );
+        }
         if self.kafka.group_id.is_empty() {
             problems.push("kafka.group_id: must not be empty".to_owned());
         }
@@ -669,6 +741,11 @@ impl Config {
         if self.window.late_policy == LatePolicy::DeadLetter && t.late.is_none() {
             problems.push(
                 "output.topics.late: the dead-letter late policy needs a late topic".to_owned(),
+            );
+        }
+        if self.output.max_dead_letter_bytes < 4096 {
+            problems.push(
+                "output.max_dead_letter_bytes: at least 4096 (room for the headers)".to_owned(),
             );
         }
         if self.output.dead_letter_topic.is_none() {
@@ -780,6 +857,9 @@ impl Config {
             Limits {
                 max_record_bytes: self.input.max_record_bytes,
                 max_key_bytes: self.input.max_key_bytes,
+                max_depth: self.input.max_depth,
+                max_string_bytes: self.input.max_string_bytes,
+                max_events: self.input.max_events_per_record,
             },
         )
     }

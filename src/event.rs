@@ -574,6 +574,30 @@ impl Event {
         }
     }
 
+    /// Moves an event time later than `bound` back to `bound` (a summary's end date; its
+    /// start date too when past it). Returns whether it moved.
+    pub fn clamp_time(&mut self, bound: EventTime) -> bool {
+        let t = match self {
+            Self::Evaluation(e) => &mut e.creation_date,
+            Self::Custom(e) => &mut e.creation_date,
+            Self::Identify(e) | Self::Index(e) => &mut e.creation_date,
+            Self::Summary(e) => {
+                e.start_date = e.start_date.min(bound);
+                &mut e.end_date
+            }
+            Self::PassThrough(e) => match &mut e.creation_date {
+                Some(t) => t,
+                None => return false,
+            },
+        };
+        if *t > bound {
+            *t = bound;
+            true
+        } else {
+            false
+        }
+    }
+
     /// A short name of the variant, for metrics and logs.
     pub fn kind_name(&self) -> &'static str {
         match self {

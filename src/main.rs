@@ -169,8 +169,7 @@ fn run_daemon(args: &RunArgs) -> anyhow::Result<()> {
     }
     let deadline = config.processing.shutdown_deadline;
     // Sinks stop after the pipeline's drain, so they deliver what it wrote last.
-    let mut sinks_stop = Arc::new(AtomicBool::new(false));
-    let mut sinks = flagtally::sink::worker::spawn_all(&config, &admin, &sinks_stop)?;
+    let sinks = flagtally::sink::worker::Sinks::start(config.clone(), Arc::clone(&admin))?;
     let mut pipeline = Pipeline::new(config, Arc::clone(&hard_stop), Arc::clone(&admin))?;
     notify::ready("processing");
     {
@@ -209,20 +208,12 @@ fn run_daemon(args: &RunArgs) -> anyhow::Result<()> {
                             tracing::error!("reload: {e:#}");
                         }
                         if live.iter().any(|k| k == "sinks" || k.starts_with("sinks.")) {
-                            // The sinks restart with the new entries; each resumes from
+                            // The sinks restart with the new entries, on their own
+                            // thread (the pipeline does not wait); each resumes from
                             // its own durable position.
-                            sinks_stop.store(true, Ordering::Relaxed);
-                            for sink in sinks.drain(..) {
-                                let _ = sink.join();
-                            }
-                            admin.health.clear_sinks();
-                            sinks_stop = Arc::new(AtomicBool::new(false));
                             let mut next = p.config().clone();
                             next.sinks = config.sinks.clone();
-                            match flagtally::sink::worker::spawn_all(&next, &admin, &sinks_stop) {
-                                Ok(started) => sinks = started,
-                                Err(e) => tracing::error!("reload: starting the sinks: {e:#}"),
-                            }
+                            sinks.replace(next);
                         }
                     }
                     if !live.is_empty() {
@@ -250,10 +241,7 @@ fn run_daemon(args: &RunArgs) -> anyhow::Result<()> {
         }
     })?;
     tracing::info!(stats = ?pipeline.stats(), "stopped");
-    sinks_stop.store(true, Ordering::Relaxed);
-    for sink in sinks {
-        let _ = sink.join();
-    }
+    sinks.stop();
     Ok(())
 }
 

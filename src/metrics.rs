@@ -33,6 +33,8 @@ pub struct Metrics {
     pub events_out: Family<Labels, Counter>,
     /// Late events, per policy (`correction`, `dead-letter`, `drop`).
     pub late_events: Family<Labels, Counter>,
+    /// Events dated too far past their record's timestamp, per policy.
+    pub future_events: Family<Labels, Counter>,
     /// Input records re-read to rebuild state after a restart, rebalance or rewind.
     pub replayed_records: Counter,
     pub open_windows: Gauge,
@@ -54,6 +56,10 @@ pub struct Metrics {
     pub sink_errors: Family<Labels, Counter>,
     /// Retried writes per sink (`kafka`: librdkafka's request retries).
     pub sink_retries: Family<Labels, Counter>,
+    /// Records a sink's destination refused for good (set aside as dead letters).
+    pub sink_rejected: Family<Labels, Counter>,
+    /// Panics caught in sinks (each restarted the sink).
+    pub sink_panics: Family<Labels, Counter>,
     /// SIGHUP reloads, per result (`applied`, `restart-needed`, `rejected`, `unchanged`).
     pub reloads: Family<Labels, Counter>,
     /// The last librdkafka retry total seen, to turn it into a counter.
@@ -87,6 +93,7 @@ impl Metrics {
             dead_letters: Counter::default(),
             events_out: Family::default(),
             late_events: Family::default(),
+            future_events: Family::default(),
             replayed_records: Counter::default(),
             open_windows: Gauge::default(),
             distinct_keys: Gauge::default(),
@@ -99,6 +106,8 @@ impl Metrics {
             sink_records: Family::default(),
             sink_errors: Family::default(),
             sink_retries: Family::default(),
+            sink_rejected: Family::default(),
+            sink_panics: Family::default(),
             reloads: Family::default(),
             retries_seen: Mutex::new(0),
         };
@@ -132,6 +141,11 @@ impl Metrics {
             "late_events",
             "Events later than their window, per late policy",
             metrics.late_events.clone(),
+        );
+        r.register(
+            "future_events",
+            "Events dated more than input.max_future_skew past their record's timestamp, per policy",
+            metrics.future_events.clone(),
         );
         r.register(
             "replayed_records",
@@ -194,6 +208,16 @@ impl Metrics {
             metrics.sink_retries.clone(),
         );
         r.register(
+            "sink_rejected",
+            "Records a sink's destination refused for good (set aside as dead letters), per sink",
+            metrics.sink_rejected.clone(),
+        );
+        r.register(
+            "sink_panics",
+            "Panics caught in a sink (each restarts the sink), per sink",
+            metrics.sink_panics.clone(),
+        );
+        r.register(
             "config_reloads",
             "Configuration reloads, per result",
             metrics.reloads.clone(),
@@ -202,6 +226,11 @@ impl Metrics {
         for policy in ["correction", "dead-letter", "drop"] {
             let _ = metrics
                 .late_events
+                .get_or_create(&vec![("policy", policy.to_owned())]);
+        }
+        for policy in ["clamp", "dead-letter"] {
+            let _ = metrics
+                .future_events
                 .get_or_create(&vec![("policy", policy.to_owned())]);
         }
         let _ = metrics.sink_errors.get_or_create(&Self::sink("kafka"));

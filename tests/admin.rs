@@ -110,7 +110,8 @@ fn endpoints_follow_the_pipeline() {
     assert!(metric("flagtally_commits_total") >= 1.0);
     // Consumer lag comes from librdkafka's statistics, every 5 s.
     assert!(eventually(Duration::from_secs(15), || {
-        http_get(&addr, "/metrics").is_some_and(|(_, b)| b.contains("# TYPE flagtally_consumer_lag"))
+        http_get(&addr, "/metrics")
+            .is_some_and(|(_, b)| b.contains("# TYPE flagtally_consumer_lag"))
     }));
     let (_, body) = http_get(&addr, "/metrics").unwrap();
     for name in DOCUMENTED {

@@ -137,14 +137,17 @@ fn a_failed_transaction_is_aborted_and_rewound() {
 /// The exactly-once configuration of the binary tests: every output kind, dead letters,
 /// a fixed transactional id.
 fn eos_config(broker: &str, t: &Topics) -> String {
-    t.config(broker, "size = \"10s\"\nlateness = \"2s\"\nidle_timeout = \"2s\"")
-        .replace(
-            "[processing]\n",
-            &format!(
-                "[processing]\nexactly_once = true\ntransactional_id = \"{}-tx\"\n",
-                t.group
-            ),
-        )
+    t.config(
+        broker,
+        "size = \"10s\"\nlateness = \"2s\"\nidle_timeout = \"2s\"",
+    )
+    .replace(
+        "[processing]\n",
+        &format!(
+            "[processing]\nexactly_once = true\ntransactional_id = \"{}-tx\"\n",
+            t.group
+        ),
+    )
 }
 
 fn eos_input(n: usize, seed: u64) -> (Vec<Vec<u8>>, flagtally::generate::Tally) {
@@ -195,7 +198,12 @@ fn assert_exactly_once(broker: &str, t: &Topics, tally: &flagtally::generate::Ta
         Duration::from_secs(180),
         summed_counters(tally.evaluations()),
     );
-    read_until(broker, &t.feature, Duration::from_secs(60), distinct_ids(tally.tracked));
+    read_until(
+        broker,
+        &t.feature,
+        Duration::from_secs(60),
+        distinct_ids(tally.tracked),
+    );
     read_until(
         broker,
         &t.dead_letter,
@@ -205,9 +213,21 @@ fn assert_exactly_once(broker: &str, t: &Topics, tally: &flagtally::generate::Ta
     let seen = read_exactly_once(broker, &[&t.summary, &t.feature, &t.dead_letter]);
     let (s, f, d) = (&seen[&t.summary], &seen[&t.feature], &seen[&t.dead_letter]);
     assert_eq!(s.repeats, 0, "no summary twice: {seen:?}");
-    assert_eq!(s.evaluations, tally.evaluations(), "every counter once: {seen:?}");
-    assert_eq!((f.repeats, f.distinct), (0, tally.tracked), "features: {seen:?}");
-    assert_eq!((d.repeats, d.distinct), (0, tally.malformed), "dead letters: {seen:?}");
+    assert_eq!(
+        s.evaluations,
+        tally.evaluations(),
+        "every counter once: {seen:?}"
+    );
+    assert_eq!(
+        (f.repeats, f.distinct),
+        (0, tally.tracked),
+        "features: {seen:?}"
+    );
+    assert_eq!(
+        (d.repeats, d.distinct),
+        (0, tally.malformed),
+        "dead letters: {seen:?}"
+    );
     format!(
         "summaries {} committed / {} in the log, features {} / {}, dead letters {} / {}",
         s.committed, s.uncommitted, f.committed, f.uncommitted, d.committed, d.uncommitted
@@ -237,12 +257,16 @@ fn sigkill_mid_transaction_three_times_everything_exactly_once_on_kafka() {
     for round in 0..3u64 {
         let f = Flagtally::start(&config, &format!("{}-{round}", t.group));
         assert!(
-            eventually(Duration::from_secs(60), || f.log_text().contains("restored")),
+            eventually(Duration::from_secs(60), || f
+                .log_text()
+                .contains("restored")),
             "{}",
             f.log_text()
         );
         // Between commits (every 500 ms): a transaction is open when the kill lands.
-        std::thread::sleep(Duration::from_millis(2_000 + 700 * round + 130 * round * round));
+        std::thread::sleep(Duration::from_millis(
+            2_000 + 700 * round + 130 * round * round,
+        ));
         f.crash();
     }
     let f = Flagtally::start(&config, &format!("{}-final", t.group));
@@ -269,7 +293,9 @@ fn a_second_instance_with_the_same_transactional_id_fences_the_first() {
     a.signal("STOP");
     let b = Flagtally::start(&config, &format!("{}-b", t.group));
     assert!(
-        eventually(Duration::from_secs(60), || b.log_text().contains("restored")),
+        eventually(Duration::from_secs(60), || b
+            .log_text()
+            .contains("restored")),
         "b took over once a's session timed out; log b:\n{}",
         b.log_text()
     );

@@ -77,14 +77,7 @@ batch_timeout = "300ms"
     cfg
 }
 
-fn setup(
-    n: usize,
-) -> (
-    String,
-    Topics,
-    Vec<Vec<u8>>,
-    Tally,
-) {
+fn setup(n: usize) -> (String, Topics, Vec<Vec<u8>>, Tally) {
     let broker = broker().to_owned();
     let t = Topics::create(&broker, 2);
     let mut g = Generator::new(GenConfig {

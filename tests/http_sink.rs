@@ -91,13 +91,7 @@ impl Receiver {
     }
 }
 
-fn setup(
-    n: usize,
-) -> (
-    String,
-    Topics,
-    Tally,
-) {
+fn setup(n: usize) -> (String, Topics, Tally) {
     let broker = broker().to_owned();
     let t = Topics::create(&broker, 2);
     let mut g = Generator::new(GenConfig {

@@ -331,7 +331,10 @@ fn flagtally_rides_out_a_broker_restart() {
     );
     let addr = admin.as_str();
     let ready = |code: u16| move || http_get(addr, "/readyz").is_some_and(|(c, _)| c == code);
-    assert!(eventually(Duration::from_secs(60), ready(200)), "ready before the crash");
+    assert!(
+        eventually(Duration::from_secs(60), ready(200)),
+        "ready before the crash"
+    );
     let some = read_until(&broker, &t.summary, Duration::from_secs(60), |_| true);
     assert!(!some.is_empty(), "summaries before the restart");
     assert_eq!(
@@ -360,7 +363,9 @@ fn flagtally_rides_out_a_broker_restart() {
     // same partition replaced it).
     let after = latest_by_key(&broker, &checkpoints);
     for (key, (offset, value)) in &before {
-        let (o, v) = after.get(key).expect("a checkpoint key lost in the restart");
+        let (o, v) = after
+            .get(key)
+            .expect("a checkpoint key lost in the restart");
         assert!(
             o > offset || v == value,
             "checkpoint {key} at {offset} survived the restart"
@@ -376,7 +381,9 @@ fn flagtally_rides_out_a_broker_restart() {
 /// The latest (offset, value) per key of a topic read to its end.
 fn latest_by_key(broker: &str, topic: &str) -> BTreeMap<String, (i64, Vec<u8>)> {
     let end = high_watermark(broker, topic);
-    let recs = read_until(broker, topic, Duration::from_secs(60), |r| r.offset + 1 >= end);
+    let recs = read_until(broker, topic, Duration::from_secs(60), |r| {
+        r.offset + 1 >= end
+    });
     let mut out = BTreeMap::new();
     for r in recs {
         let key = String::from_utf8(r.key.clone().unwrap_or_default()).unwrap();

@@ -17,14 +17,7 @@ fn count(db: &mut postgres::Client, schema: &str, table: &str) -> u64 {
         .unwrap_or(0)
 }
 
-fn setup(
-    n: usize,
-) -> (
-    String,
-    Topics,
-    Vec<Vec<u8>>,
-    Tally,
-) {
+fn setup(n: usize) -> (String, Topics, Vec<Vec<u8>>, Tally) {
     let broker = broker().to_owned();
     let t = Topics::create(&broker, 2);
     let mut g = Generator::new(GenConfig {

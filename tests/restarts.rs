@@ -62,7 +62,11 @@ retry_max = "1s"
 }
 
 /// Eight chunks, three seconds apart (longer than the 2 s idle timeout).
-fn produce_in_chunks(broker: &str, topic: &str, records: Arc<Vec<Vec<u8>>>) -> std::thread::JoinHandle<()> {
+fn produce_in_chunks(
+    broker: &str,
+    topic: &str,
+    records: Arc<Vec<Vec<u8>>>,
+) -> std::thread::JoinHandle<()> {
     let (broker, topic) = (broker.to_owned(), topic.to_owned());
     std::thread::spawn(move || {
         let p = producer(&broker);
@@ -116,8 +120,15 @@ fn restarts(signal: &str) {
     if total(&got) != expected {
         let want = expected_windows(&records, WINDOW_MS);
         let mut diff = String::new();
-        for k in got.keys().chain(want.keys()).collect::<std::collections::BTreeSet<_>>() {
-            let (g, w) = (got.get(k).copied().unwrap_or(0), want.get(k).copied().unwrap_or(0));
+        for k in got
+            .keys()
+            .chain(want.keys())
+            .collect::<std::collections::BTreeSet<_>>()
+        {
+            let (g, w) = (
+                got.get(k).copied().unwrap_or(0),
+                want.get(k).copied().unwrap_or(0),
+            );
             if g != w {
                 diff += &format!("{k:?}: got {g}, want {w}\n");
                 for r in unique_recs.values() {
@@ -135,7 +146,10 @@ fn restarts(signal: &str) {
                 }
             }
         }
-        panic!("summed counters {} != {expected} after dedupe by id:\n{diff}", total(&got));
+        panic!(
+            "summed counters {} != {expected} after dedupe by id:\n{diff}",
+            total(&got)
+        );
     }
     assert_eq!(
         got,
@@ -146,14 +160,21 @@ fn restarts(signal: &str) {
         .values()
         .filter(|r| r.header("flagtally-late") == Some("true"))
         .count();
-    assert!(late > 0, "the input has late events: corrections were emitted");
+    assert!(
+        late > 0,
+        "the input has late events: corrections were emitted"
+    );
     let features = read_until(
         broker,
         &t.feature,
         Duration::from_secs(120),
         distinct_ids(tally.tracked),
     );
-    assert_eq!(dedupe(&features).len() as u64, tally.tracked, "feature events one to one");
+    assert_eq!(
+        dedupe(&features).len() as u64,
+        tally.tracked,
+        "feature events one to one"
+    );
 
     // PostgreSQL: exact counters.
     let mut db = sql(&url);

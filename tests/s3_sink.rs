@@ -47,14 +47,7 @@ fn s3py(endpoint: &str, bucket: &str, args: &[&str]) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-fn setup(
-    n: usize,
-) -> (
-    String,
-    Topics,
-    Vec<Vec<u8>>,
-    Tally,
-) {
+fn setup(n: usize) -> (String, Topics, Vec<Vec<u8>>, Tally) {
     let broker = broker().to_owned();
     let t = Topics::create(&broker, 2);
     let mut g = Generator::new(GenConfig {

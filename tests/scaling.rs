@@ -87,7 +87,11 @@ fn replayed_per_restore(log: &str) -> Vec<i64> {
         .filter_map(|l| {
             let field = |name: &str| -> Option<i64> {
                 let at = l.find(&format!("{name}="))? + name.len() + 1;
-                l[at..].split(|c: char| !c.is_ascii_digit() && c != '-').next()?.parse().ok()
+                l[at..]
+                    .split(|c: char| !c.is_ascii_digit() && c != '-')
+                    .next()?
+                    .parse()
+                    .ok()
             };
             Some((field("replay_until")? - field("from")?).max(0))
         })
@@ -103,7 +107,10 @@ fn wait_count(f: &Flagtally, needle: &str, n: usize, timeout: Duration) {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    panic!("{n} × {needle:?} not logged within {timeout:?}; log:\n{}", f.log_text());
+    panic!(
+        "{n} × {needle:?} not logged within {timeout:?}; log:\n{}",
+        f.log_text()
+    );
 }
 
 /// Three instances join one at a time while input flows, then two leave (SIGTERM);
@@ -118,7 +125,14 @@ fn scale_out_and_in_under_load_is_exact() {
         "consumer_properties = {",
         "consumer_properties = { \"partition.assignment.strategy\" = \"cooperative-sticky\",",
     );
-    let (h, done) = feed(broker, &t.input, Arc::clone(&records), 6, 30, Duration::from_millis(400));
+    let (h, done) = feed(
+        broker,
+        &t.input,
+        Arc::clone(&records),
+        6,
+        30,
+        Duration::from_millis(400),
+    );
     let a = Flagtally::start(&config, &format!("{}-a", t.group));
     wait_count(&a, "partitions assigned", 1, Duration::from_secs(60));
     std::thread::sleep(Duration::from_secs(2));
@@ -138,7 +152,10 @@ fn scale_out_and_in_under_load_is_exact() {
     let mut replayed = BTreeMap::new();
     replayed.insert("a", replayed_per_restore(&a.log_text()));
     for (name, path) in [("b", &logs_b_c.0), ("c", &logs_b_c.1)] {
-        replayed.insert(name, replayed_per_restore(&std::fs::read_to_string(path).unwrap()));
+        replayed.insert(
+            name,
+            replayed_per_restore(&std::fs::read_to_string(path).unwrap()),
+        );
     }
     report(&format!(
         "scale out/in (6 partitions, 3 joins, 2 leaves): {dups} identical repeats; records replayed per partition restore: {replayed:?}"
@@ -170,27 +187,48 @@ fn a_static_member_restarts_without_a_rebalance() {
     let b = Flagtally::start(&with_id("b"), &format!("{}-b", t.group));
     wait_count(&b, "partitions assigned", 1, Duration::from_secs(60));
     // Both hold partitions once a's share moved to b.
-    assert!(eventually(Duration::from_secs(60), || {
-        a.log_text().matches("partitions revoked").count() >= 1
-            && a.log_text().matches("partitions assigned").count() >= 2
-    }), "a gave b its share; log a:\n{}", a.log_text());
+    assert!(
+        eventually(Duration::from_secs(60), || {
+            a.log_text().matches("partitions revoked").count() >= 1
+                && a.log_text().matches("partitions assigned").count() >= 2
+        }),
+        "a gave b its share; log a:\n{}",
+        a.log_text()
+    );
     let b_rebalances = |b: &Flagtally| {
         let log = b.log_text();
         log.matches("partitions assigned").count() + log.matches("partitions revoked").count()
     };
     let settled = b_rebalances(&b);
-    let (h, _) = feed(broker, &t.input, Arc::clone(&records), 4, 10, Duration::from_millis(400));
+    let (h, _) = feed(
+        broker,
+        &t.input,
+        Arc::clone(&records),
+        4,
+        10,
+        Duration::from_millis(400),
+    );
     std::thread::sleep(Duration::from_secs(2));
     a.crash();
     let restarted = Instant::now();
     let a = Flagtally::start(&with_id("a"), &format!("{}-a2", t.group));
     wait_count(&a, "partitions assigned", 1, Duration::from_secs(60));
     let back = restarted.elapsed();
-    assert!(back < Duration::from_secs(25), "partitions back after {back:?}, before the session timeout");
+    assert!(
+        back < Duration::from_secs(25),
+        "partitions back after {back:?}, before the session timeout"
+    );
     h.join().unwrap();
     assert_exact(broker, &t, &records, &tally);
-    assert_eq!(b_rebalances(&b), settled, "b saw no rebalance; log b:\n{}", b.log_text());
-    report(&format!("static membership: a restarted member had its partitions back after {back:?}"));
+    assert_eq!(
+        b_rebalances(&b),
+        settled,
+        "b saw no rebalance; log b:\n{}",
+        b.log_text()
+    );
+    report(&format!(
+        "static membership: a restarted member had its partitions back after {back:?}"
+    ));
     assert!(a.stop(Duration::from_secs(25)).success());
     assert!(b.stop(Duration::from_secs(25)).success());
 }

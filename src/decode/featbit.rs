@@ -184,6 +184,9 @@ fn message(bytes: &[u8], limits: &Limits) -> Result<Event, DecodeError> {
         return Err(DecodeError::new(D, "properties", Reason::Missing));
     };
     refuse_array(text.as_bytes(), || "properties".into())?;
+    // A JSON document inside a string: the record's own check could not see into it.
+    super::limits::check(text.as_bytes(), limits)
+        .map_err(|reason| DecodeError::new(D, "properties", reason))?;
     let props: Properties<'_> = util::parse(D, "properties", text.as_bytes())?;
     let env = match util::opt_key(D, || "env_id".into(), msg.env_id.as_deref(), limits)? {
         Some(env) => Some(env),
@@ -962,7 +965,9 @@ mod tests {
         );
         let props =
             format!(r#"{{"featureFlagKey":"f","variationId":"v","userKeyId":"u","x":{deep}}}"#);
-        assert_eq!(run(&message("FlagValue", &props)).events.len(), 1);
+        // A JSON document inside the `properties` string is held to the same limits
+        // as the record (the record's own check cannot see into a string).
+        only_error(message("FlagValue", &props).as_bytes(), "properties", "too_deep");
         let input = format!(
             r#"[{{"user":{{"keyId":"u","customizedProperties":[{{"name":"n","value":{deep}}}]}},"variations":[{deep}]}}]"#
         );

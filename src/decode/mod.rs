@@ -10,6 +10,7 @@ mod auto;
 pub mod featbit;
 pub mod goff;
 pub mod launchdarkly;
+mod limits;
 pub mod native;
 #[cfg(test)]
 mod testing;
@@ -82,6 +83,16 @@ pub enum Reason {
     Invalid(String),
     #[error("string of {len} bytes is over the limit of {limit}")]
     StringTooLong { len: usize, limit: usize },
+    #[error("member name of {len} bytes at byte {at} is over the limit of {limit}")]
+    NameTooLong { len: usize, limit: usize, at: usize },
+    #[error("nested deeper than {limit} levels (at byte {at})")]
+    TooDeep { limit: usize, at: usize },
+    #[error("more than {limit} events in one record")]
+    TooManyEvents { limit: usize },
+    #[error("an envelope inside an envelope (one level at most)")]
+    NestedEnvelope,
+    #[error("dated {ahead_ms} ms past its record's timestamp, more than the {limit_ms} ms allowed")]
+    FutureTime { ahead_ms: i64, limit_ms: i64 },
     #[error("unknown event kind {0:?}")]
     UnknownKind(String),
     #[error("no dialect recognises this record: {0}")]
@@ -102,6 +113,11 @@ impl Reason {
             Self::WrongType { .. } => "wrong_type",
             Self::Invalid(_) => "invalid_value",
             Self::StringTooLong { .. } => "string_too_long",
+            Self::NameTooLong { .. } => "name_too_long",
+            Self::TooDeep { .. } => "too_deep",
+            Self::TooManyEvents { .. } => "too_many_events",
+            Self::NestedEnvelope => "nested_envelope",
+            Self::FutureTime { .. } => "future_time",
             Self::UnknownKind(_) => "unknown_kind",
             Self::Undetected(_) => "undetected",
             Self::Avro(_) => "avro",
@@ -130,20 +146,32 @@ impl DecodeError {
     }
 }
 
-/// Bounds on what one record may contain: input is untrusted.
+/// Bounds on what one record may contain: input is untrusted. Each is checked in time
+/// linear in the record, and each has its own dead-letter reason.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
     /// Largest record value accepted, in bytes.
     pub max_record_bytes: usize,
-    /// Longest flag key, context kind or context key, event key, environment id.
+    /// Longest flag key, context kind or context key, event key, environment id, and
+    /// JSON member name.
     pub max_key_bytes: usize,
+    /// Deepest nesting of JSON arrays and objects.
+    pub max_depth: usize,
+    /// Longest JSON string value, in bytes as written (escapes included).
+    pub max_string_bytes: usize,
+    /// Most events in one record (elements of a batch array at the top level or one
+    /// level down).
+    pub max_events: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Self {
-            max_record_bytes: 4 << 20,
+            max_record_bytes: 1 << 20,
             max_key_bytes: 1024,
+            max_depth: 64,
+            max_string_bytes: 256 << 10,
+            max_events: 10_000,
         }
     }
 }
@@ -198,6 +226,15 @@ impl Decoder {
                     limit: self.limits.max_record_bytes,
                 },
             ));
+            return;
+        }
+        // JSON (every dialect but native Avro, whose records never start so): the
+        // structural limits, before any reader recurses into it.
+        if self.dialect != Dialect::NativeAvro
+            && matches!(launchdarkly::first_byte(value), Some(b'{' | b'['))
+            && let Err(reason) = limits::check(value, &self.limits)
+        {
+            out.errors.push(DecodeError::new(self.dialect, "", reason));
             return;
         }
         decode_as(self.dialect, value, &self.limits, out);
@@ -260,6 +297,62 @@ fn decode_as(dialect: Dialect, value: &[u8], limits: &Limits, out: &mut Decoded)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every JSON dialect, through the decode stage: structural limits are checked
+    /// before any dialect reads the record, each with its own reason.
+    #[test]
+    fn every_dialect_refuses_records_past_the_structural_limits() {
+        let deep = format!("{}1{}", "[".repeat(100_000), "]".repeat(100_000));
+        let cases = [
+            (
+                format!(r#"{{"kind":"feature","value":{deep}}}"#),
+                "too_deep",
+            ),
+            (
+                format!(r#"[{}]"#, vec!["{}"; 10_001].join(",")),
+                "too_many_events",
+            ),
+            (
+                format!(r#"{{"events":[{}]}}"#, vec!["1"; 10_001].join(",")),
+                "too_many_events",
+            ),
+            (
+                format!(r#"{{"v":"{}"}}"#, "x".repeat(300 << 10)),
+                "string_too_long",
+            ),
+            (format!(r#"{{"{}":1}}"#, "k".repeat(2000)), "name_too_long"),
+        ];
+        for dialect in [
+            Dialect::Auto,
+            Dialect::Launchdarkly,
+            Dialect::Goff,
+            Dialect::Featbit,
+            Dialect::Native,
+        ] {
+            let decoder = Decoder::new(dialect, Limits::default());
+            for (input, code) in &cases {
+                let mut out = Decoded::default();
+                decoder.decode(input.as_bytes(), &mut out);
+                assert!(out.events.is_empty(), "{dialect}: {code}");
+                assert_eq!(out.errors.len(), 1, "{dialect}: {code}");
+                assert_eq!(out.errors[0].reason.code(), *code, "{dialect}");
+            }
+        }
+        // Just under every limit, a record still decodes.
+        let ok = format!(
+            r#"{{"kind":"feature","creationDate":1,"key":"f","userKey":"u","value":{}1{}}}"#,
+            "[".repeat(63),
+            "]".repeat(63)
+        );
+        let mut out = Decoded::default();
+        Decoder::new(Dialect::Launchdarkly, Limits::default()).decode(ok.as_bytes(), &mut out);
+        assert_eq!(
+            (out.events.len(), out.errors.len()),
+            (1, 0),
+            "{:?}",
+            out.errors
+        );
+    }
 
     #[test]
     fn numbers_no_reader_can_hold_are_refused() {

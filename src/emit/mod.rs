@@ -346,6 +346,18 @@ pub fn record_id(out: &Output) -> Uuid {
     Uuid::new_v8(h.digest128().to_be_bytes())
 }
 
+/// The id of the dead letter standing in for an output the broker refused (too large,
+/// invalid, not authorized): derived from the refused record's own id, so a replay
+/// sets the same record aside under the same id.
+pub fn refused_id(output_id: &str) -> Uuid {
+    let mut h = Xxh3::new();
+    for bytes in [b"flagtally/1".as_slice(), b"refused", output_id.as_bytes()] {
+        h.update(&(bytes.len() as u64).to_le_bytes());
+        h.update(bytes);
+    }
+    Uuid::new_v8(h.digest128().to_be_bytes())
+}
+
 /// The deterministic id of a dead letter: the input record it carries.
 pub fn dead_letter_id(topic: &str, partition: i32, offset: i64) -> Uuid {
     let mut h = Xxh3::new();

@@ -17,6 +17,7 @@
 //! run's, with the same ids.
 
 pub mod checkpoint;
+pub(crate) mod fit;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,15 +26,17 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::Context as _;
 use prometheus_client::metrics::counter::Counter;
 use rdkafka::consumer::{CommitMode, Consumer as _};
+use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Headers as _};
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Message as _, Offset, TopicPartitionList};
 
 use crate::admin::Admin;
-use crate::config::Config;
-use crate::decode::{DecodeError, Decoded, Decoder, Dialect};
-use crate::emit::{Emitter, OutputKind, dead_letter_id, header};
+use crate::config::{Config, FuturePolicy};
+use crate::decode::{DecodeError, Decoded, Decoder, Dialect, Reason};
+use crate::emit::{Emitter, OutputKind, dead_letter_id, header, refused_id};
 use crate::metrics::Metrics;
-use crate::sink::kafka::{Outgoing, Producer, headers};
+use crate::sink::kafka::{Outgoing, Producer, Refused, headers};
 use crate::source::{Assignment, Source};
 use crate::window::{Checkpoint, Engine, Output, PartitionId, SourcePos};
 
@@ -53,7 +56,16 @@ pub mod dead_letter_header {
     pub const SOURCE_OFFSET: &str = "flagtally-source-offset";
     /// For a late event: its index within the record.
     pub const EVENT_INDEX: &str = "flagtally-event-index";
+    /// Present when the payload was cut to fit: the original payload's length.
+    pub const TRUNCATED: &str = "flagtally-truncated";
+    /// For an output the broker refused: the kind it had.
+    pub const REFUSED_KIND: &str = "flagtally-refused-kind";
+    /// For a record a warehouse sink's destination refused: the sink's name.
+    pub const SINK: &str = "flagtally-sink";
 }
+
+/// Most output ids remembered as refused (they are set aside again on a replay).
+const MAX_DIVERTED: usize = 100_000;
 
 /// Totals of one run, for logs and tests.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -114,6 +126,10 @@ struct State {
     last_commit: Instant,
     failures_seen: u64,
     sent_since_commit: bool,
+    /// Ids of outputs the broker refused for good: a replay sets them aside at once (in
+    /// exactly-once mode a refusal aborts the transaction, and the re-read must not
+    /// send the record again).
+    diverted: std::collections::HashSet<String>,
     stats: Stats,
     hard_stop: Arc<AtomicBool>,
     admin: Arc<Admin>,
@@ -236,6 +252,7 @@ impl Pipeline {
                 last_commit: Instant::now(),
                 failures_seen: 0,
                 sent_since_commit: false,
+                diverted: std::collections::HashSet::new(),
                 stats: Stats::default(),
                 hard_stop,
                 counters: Counters::new(&admin.metrics),
@@ -389,7 +406,9 @@ impl State {
                         // whose new owner re-reads them from the last commit:
                         // committing it later would show them twice. Abort it and
                         // re-read what this instance keeps.
-                        tracing::info!("partitions revoked mid-transaction: aborting it and re-reading the partitions kept");
+                        tracing::info!(
+                            "partitions revoked mid-transaction: aborting it and re-reading the partitions kept"
+                        );
                         self.producer
                             .abort_transaction(KAFKA_TIMEOUT)
                             .context("aborting the transaction on revocation")?;
@@ -524,6 +543,7 @@ impl State {
         self.decoded.clear();
         self.decoder
             .decode(m.payload().unwrap_or_default(), &mut self.decoded);
+        self.bound_event_times(m.timestamp().to_millis(), replaying);
         if !replaying {
             self.counters.record(
                 &self.admin.metrics,
@@ -561,6 +581,75 @@ impl State {
         }
         self.parts[i].next_offset = Some(offset + 1);
         self.send_outputs(Some(m))
+    }
+
+    /// Event time is bounded by the record's timestamp: an event dated more than
+    /// `input.max_future_skew` past it (a client with a wrong clock) is clamped to the
+    /// record's timestamp or dead-lettered, so it cannot drag the watermark ahead and
+    /// make every later event of its partition late. The timestamp is part of the log,
+    /// so a replay decides the same.
+    fn bound_event_times(&mut self, record_ms: Option<i64>, replaying: bool) {
+        let Some(ts) = record_ms else {
+            return;
+        };
+        let limit_ms =
+            i64::try_from(self.config.input.max_future_skew.as_millis()).unwrap_or(i64::MAX);
+        let bound = crate::event::EventTime::from_millis(ts.saturating_add(limit_ms));
+        if !self
+            .decoded
+            .events
+            .iter()
+            .any(|e| e.time().is_some_and(|t| t > bound))
+        {
+            return;
+        }
+        let policy = self.config.input.future_policy;
+        let mut moved = 0u64;
+        match policy {
+            FuturePolicy::Clamp => {
+                let to = crate::event::EventTime::from_millis(ts);
+                for e in &mut self.decoded.events {
+                    if e.time().is_some_and(|t| t > bound) {
+                        e.clamp_time(to);
+                        moved += 1;
+                    }
+                }
+            }
+            FuturePolicy::DeadLetter => {
+                let dialect = self.decoded.dialect.unwrap_or(self.decoder.dialect());
+                let mut index = 0usize;
+                let errors = &mut self.decoded.errors;
+                self.decoded.events.retain(|e| {
+                    index += 1;
+                    match e.time() {
+                        Some(t) if t > bound => {
+                            errors.push(DecodeError::new(
+                                dialect,
+                                format!("event {}", index - 1),
+                                Reason::FutureTime {
+                                    ahead_ms: t.as_millis().saturating_sub(ts),
+                                    limit_ms,
+                                },
+                            ));
+                            moved += 1;
+                            false
+                        }
+                        _ => true,
+                    }
+                });
+            }
+        }
+        if !replaying {
+            let label = match policy {
+                FuturePolicy::Clamp => "clamp",
+                FuturePolicy::DeadLetter => "dead-letter",
+            };
+            self.admin
+                .metrics
+                .future_events
+                .get_or_create(&vec![("policy", label.to_owned())])
+                .inc_by(moved);
+        }
     }
 
     /// For waits on the broker: whether to stop waiting (a second signal). Each call
@@ -604,18 +693,46 @@ impl State {
                 continue;
             }
             let hs = headers(rec.headers.iter().map(|(k, v)| (*k, v.as_slice())));
-            self.producer
-                .send(
-                    Outgoing {
+            let outgoing = Outgoing {
+                topic,
+                key: rec.key.as_deref(),
+                value: &rec.value,
+                headers: hs,
+                timestamp_ms: Some(rec.timestamp_ms),
+            };
+            let diverted = rec
+                .headers
+                .iter()
+                .find(|(k, _)| *k == header::ID)
+                .is_some_and(|(_, id)| {
+                    std::str::from_utf8(id).is_ok_and(|id| self.diverted.contains(id))
+                });
+            if diverted {
+                let why = KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge);
+                let mut refused = Refused::of(&outgoing, &why);
+                drop(outgoing);
+                refused.error = "refused by the broker before (a replay)".to_owned();
+                self.set_aside(refused)?;
+                continue;
+            }
+            let sent = self.producer.send(outgoing, &self.give_up());
+            match sent {
+                Ok(()) => {}
+                Err(e) if e.rdkafka_error_code().is_some_and(fit::is_permanent) => {
+                    let hs = headers(rec.headers.iter().map(|(k, v)| (*k, v.as_slice())));
+                    let again = Outgoing {
                         topic,
                         key: rec.key.as_deref(),
                         value: &rec.value,
                         headers: hs,
                         timestamp_ms: Some(rec.timestamp_ms),
-                    },
-                    &self.give_up(),
-                )
-                .with_context(|| format!("producing to {topic}"))?;
+                    };
+                    let refused = Refused::of(&again, &e);
+                    drop(again);
+                    self.set_aside(refused)?;
+                }
+                Err(e) => return Err(e).with_context(|| format!("producing to {topic}")),
+            }
         }
         self.outputs = outputs;
         self.outputs.clear();
@@ -633,11 +750,8 @@ impl State {
         self.stats.dead_letters += 1;
         self.admin.metrics.dead_letters.inc();
         let first = &errors[0];
-        let text = errors
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join("; ");
+        let text = fit::error_text(errors);
+        let path = fit::cap(&first.path, fit::MAX_PATH_BYTES);
         let id = dead_letter_id(m.topic(), m.partition(), m.offset())
             .hyphenated()
             .to_string();
@@ -648,7 +762,7 @@ impl State {
             (dead_letter_header::ERROR, text.as_bytes()),
             (dead_letter_header::REASON, first.reason.code().as_bytes()),
             (dead_letter_header::DIALECT, first.dialect.name().as_bytes()),
-            (dead_letter_header::PATH, first.path.as_bytes()),
+            (dead_letter_header::PATH, path.as_bytes()),
         ];
         let mut extra = extra.to_vec();
         extra.push((dead_letter_header::COUNT, count.as_bytes()));
@@ -656,8 +770,10 @@ impl State {
         self.forward(m, &topic, &extra)
     }
 
-    /// Writes an input record unchanged (key, value, headers, timestamp) to `topic`,
-    /// with `extra` headers and its source position.
+    /// Writes an input record (key, value, headers, timestamp) to `topic`, with `extra`
+    /// headers and its source position. Input headers named `flagtally-*` are renamed
+    /// ([`fit::forwarded_name`]); the payload is cut to what the dead-letter topic
+    /// accepts, flagged by [`dead_letter_header::TRUNCATED`].
     fn forward(
         &self,
         m: &BorrowedMessage<'_>,
@@ -666,28 +782,121 @@ impl State {
     ) -> anyhow::Result<()> {
         let partition = m.partition().to_string();
         let offset = m.offset().to_string();
-        let mut pairs: Vec<(&str, &[u8])> = Vec::new();
-        if let Some(hs) = m.headers() {
-            for h in hs.iter() {
-                pairs.push((h.key, h.value.unwrap_or_default()));
-            }
-        }
+        let input: Vec<(std::borrow::Cow<'_, str>, &[u8])> = m
+            .headers()
+            .map(|hs| {
+                hs.iter()
+                    .map(|h| (fit::forwarded_name(h.key), h.value.unwrap_or_default()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut pairs: Vec<(&str, &[u8])> = input.iter().map(|(k, v)| (k.as_ref(), *v)).collect();
         pairs.extend_from_slice(extra);
         pairs.push((dead_letter_header::SOURCE_TOPIC, m.topic().as_bytes()));
         pairs.push((dead_letter_header::SOURCE_PARTITION, partition.as_bytes()));
         pairs.push((dead_letter_header::SOURCE_OFFSET, offset.as_bytes()));
-        self.producer
-            .send(
-                Outgoing {
-                    topic,
-                    key: m.key(),
-                    value: m.payload().unwrap_or_default(),
-                    headers: headers(pairs),
-                    timestamp_ms: m.timestamp().to_millis(),
-                },
-                &self.give_up(),
-            )
-            .with_context(|| format!("producing to {topic}"))
+        self.send_fitted(
+            topic,
+            m.key(),
+            m.payload().unwrap_or_default(),
+            pairs,
+            m.timestamp().to_millis(),
+        )
+    }
+
+    /// Sends a dead letter (or late event) cut to fit `output.max_dead_letter_bytes`. A
+    /// refusal of the dead letter itself is counted and logged: nothing else can take it.
+    fn send_fitted(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        value: &[u8],
+        pairs: Vec<(&str, &[u8])>,
+        timestamp_ms: Option<i64>,
+    ) -> anyhow::Result<()> {
+        let overhead = key.map_or(0, <[u8]>::len)
+            + pairs
+                .iter()
+                .map(|(k, v)| k.len() + v.len() + 8)
+                .sum::<usize>();
+        let (value, truncated) =
+            fit::fit_payload(value, overhead, self.config.output.max_dead_letter_bytes);
+        let original = truncated.map(|n| n.to_string());
+        let truncation = original
+            .as_deref()
+            .map(|n| (dead_letter_header::TRUNCATED, n.as_bytes()));
+        let outgoing = Outgoing {
+            topic,
+            key,
+            value,
+            headers: headers(pairs.into_iter().chain(truncation)),
+            timestamp_ms,
+        };
+        let sent = self.producer.send(outgoing, &self.give_up());
+        match sent {
+            Ok(()) => Ok(()),
+            Err(e) if e.rdkafka_error_code().is_some_and(fit::is_permanent) => {
+                self.dead_letter_refused(topic, &e.to_string());
+                Ok(())
+            }
+            Err(e) => Err(e).with_context(|| format!("producing to {topic}")),
+        }
+    }
+
+    /// The dead-letter topic itself refused a record: it is lost to Kafka, so it is at
+    /// least counted and logged.
+    fn dead_letter_refused(&self, topic: &str, error: &str) {
+        self.admin
+            .metrics
+            .decode_errors
+            .get_or_create(&vec![
+                ("dialect", "-".to_owned()),
+                ("reason", "dead_letter_refused".to_owned()),
+            ])
+            .inc();
+        tracing::error!(topic, "the broker refused a dead letter: {error}");
+    }
+
+    /// An output the broker refused for good goes to the dead-letter topic instead,
+    /// with the reason; its id is remembered so a replay sets it aside again.
+    fn set_aside(&mut self, r: Refused) -> anyhow::Result<()> {
+        let dlq = self.config.output.dead_letter_topic.clone();
+        let is_dead_letter =
+            r.kind.as_deref() == Some("dead-letter") || dlq.as_deref() == Some(r.topic.as_str());
+        if let Some(id) = &r.id {
+            if self.diverted.len() >= MAX_DIVERTED {
+                self.diverted.clear();
+            }
+            self.diverted.insert(id.clone());
+        }
+        let Some(dlq) = dlq.filter(|_| !is_dead_letter) else {
+            self.dead_letter_refused(&r.topic, &r.error);
+            return Ok(());
+        };
+        tracing::warn!(topic = %r.topic, id = ?r.id, "the broker refused an output ({}); it goes to the dead-letter topic", r.error);
+        self.stats.dead_letters += 1;
+        self.admin.metrics.dead_letters.inc();
+        let id = refused_id(r.id.as_deref().unwrap_or_default())
+            .hyphenated()
+            .to_string();
+        let error = fit::cap(&r.error, fit::MAX_ERROR_BYTES).into_owned();
+        let original = r.value_len.to_string();
+        let mut pairs: Vec<(&str, &[u8])> = vec![
+            (header::ID, id.as_bytes()),
+            (header::KIND, b"dead-letter"),
+            (dead_letter_header::ERROR, error.as_bytes()),
+            (dead_letter_header::REASON, b"refused"),
+            (dead_letter_header::SOURCE_TOPIC, r.topic.as_bytes()),
+            (
+                dead_letter_header::REFUSED_KIND,
+                r.kind.as_deref().unwrap_or_default().as_bytes(),
+            ),
+        ];
+        if r.value.len() < r.value_len {
+            pairs.push((dead_letter_header::TRUNCATED, original.as_bytes()));
+        }
+        self.sent_since_commit = true;
+        self.send_fitted(&dlq, r.key.as_deref(), &r.value, pairs, None)
     }
 
     fn commit_cycle_if_due(&mut self, consumer: &Source) -> anyhow::Result<()> {
@@ -711,7 +920,10 @@ impl State {
             self.admin.health.set_outputs_connected(true);
         } else if committed && !self.admin.health.outputs_connected() {
             // Nothing to commit: ask the broker whether it is back.
-            let back = self.producer.check_connection(Duration::from_secs(1)).is_ok();
+            let back = self
+                .producer
+                .check_connection(Duration::from_secs(1))
+                .is_ok();
             self.admin.health.set_outputs_connected(back);
         }
         Ok(committed)
@@ -729,6 +941,32 @@ impl State {
         if !transactional && let Err(e) = self.producer.flush(KAFKA_TIMEOUT) {
             tracing::warn!("outputs not yet acknowledged ({e}); commit postponed");
             self.admin.health.set_outputs_connected(false);
+            return Ok(false);
+        }
+        let refused = self.producer.deliveries().take_refused();
+        if !refused.is_empty() {
+            if transactional {
+                // A refused record leaves the transaction abortable: abort, and let the
+                // re-read set those records aside before they are sent.
+                for r in &refused {
+                    if let Some(id) = &r.id {
+                        self.diverted.insert(id.clone());
+                    }
+                }
+                tracing::warn!(
+                    refused = refused.len(),
+                    "the broker refused outputs; aborting the transaction to set them aside"
+                );
+                self.producer
+                    .abort_transaction(KAFKA_TIMEOUT)
+                    .context("aborting the transaction")?;
+                self.rewind(consumer)?;
+                return Ok(false);
+            }
+            for r in refused {
+                self.set_aside(r)?;
+            }
+            // Their dead letters are acknowledged in the next cycle, before any commit.
             return Ok(false);
         }
         let failed = self.producer.deliveries().failed();

@@ -13,7 +13,6 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use apache_avro::Schema;
@@ -129,8 +128,7 @@ fn event_time(r: &SinkRecord, e: &Value) -> i64 {
 
 /// `(YYYY-MM-DD, HH)` in UTC.
 fn date_hour(ms: i64) -> (String, String) {
-    let t = UNIX_EPOCH + Duration::from_millis(ms.max(0).unsigned_abs());
-    let s = humantime::format_rfc3339_seconds(t).to_string();
+    let s = humantime::format_rfc3339_seconds(super::bounded_time(ms)).to_string();
     (s[..10].to_owned(), s[11..13].to_owned())
 }
 
@@ -597,11 +595,12 @@ impl Files {
         let mut files: BTreeMap<(String, i32), BTreeMap<String, Group<'_>>> = BTreeMap::new();
         for r in batch {
             let e = event(r)?;
-            let kind = if r.kind.is_empty() {
+            // Data names a directory and a file here: never a path outside the sink's.
+            let kind = super::path_component(&if r.kind.is_empty() {
                 text(e.get("kind"))
             } else {
                 r.kind.clone()
-            };
+            });
             let time = event_time(r, &e);
             let dir = if self.settings.partition_by_time {
                 let (date, hour) = date_hour(time);

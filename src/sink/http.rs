@@ -151,10 +151,15 @@ impl Http {
             .send(body)
             .with_context(|| format!("POST {}", self.settings.url))?;
         let status = resp.status().as_u16();
-        if (200..300).contains(&status) {
-            Ok(())
-        } else {
-            anyhow::bail!("POST {}: HTTP {status}", self.settings.url)
+        match status {
+            200..=299 => Ok(()),
+            // The request itself is refused: a retry would be refused again.
+            400..=499 if status != 408 && status != 429 => Err(super::worker::Rejected(format!(
+                "POST {}: HTTP {status}",
+                self.settings.url
+            ))
+            .into()),
+            _ => anyhow::bail!("POST {}: HTTP {status}", self.settings.url),
         }
     }
 }
@@ -195,8 +200,7 @@ fn iso_time(ms: Option<i64>) -> String {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(0))
     });
-    let t = UNIX_EPOCH + Duration::from_millis(ms.max(0).unsigned_abs());
-    humantime::format_rfc3339_millis(t).to_string()
+    humantime::format_rfc3339_millis(super::bounded_time(ms)).to_string()
 }
 
 /// One Segment message per event: feature/debug → `track "Feature Flag Evaluated"`,

@@ -1,9 +1,12 @@
 //! The processor's producer: idempotent (or transactional in exactly-once mode), one
 //! per process, writing every output kind and the dead letters.
 //!
-//! Delivery is tracked by counters only: the pipeline commits offsets after a
-//! successful [`Producer::flush`] with no failure since the previous commit, so it
-//! never needs to know which record failed — any failure rewinds to the last commit.
+//! Delivery is tracked by counters: the pipeline commits offsets after a successful
+//! [`Producer::flush`] with no failure since the previous commit, so it never needs to
+//! know which record failed — a transient failure rewinds to the last commit. A
+//! permanent one (the broker refuses the record itself: too large, invalid, not
+//! authorized) would fail again on every retry: such records are kept aside as
+//! [`Refused`] for the pipeline to dead-letter, and do not count as failures.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -30,7 +33,48 @@ pub struct Deliveries {
     delivered: AtomicU64,
     failed: AtomicU64,
     last_error: Mutex<Option<String>>,
+    refused: Mutex<Vec<Refused>>,
     admin: Arc<Admin>,
+}
+
+/// A record the broker refused for good.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refused {
+    pub topic: String,
+    pub key: Option<Vec<u8>>,
+    /// The payload, up to [`Refused::KEPT`] bytes (a dead letter carries no more).
+    pub value: Vec<u8>,
+    /// The payload's full length.
+    pub value_len: usize,
+    /// Its `flagtally-id` and `flagtally-kind` headers.
+    pub id: Option<String>,
+    pub kind: Option<String>,
+    pub error: String,
+}
+
+impl Refused {
+    pub const KEPT: usize = 1 << 20;
+
+    /// From a record that was never sent (the producer refused it locally).
+    pub fn of(rec: &Outgoing<'_>, error: &KafkaError) -> Self {
+        use rdkafka::message::Headers as _;
+        let header = |name: &str| {
+            rec.headers
+                .iter()
+                .find(|h| h.key == name)
+                .and_then(|h| h.value)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+        };
+        Self {
+            topic: rec.topic.to_owned(),
+            key: rec.key.map(<[u8]>::to_vec),
+            value: rec.value[..rec.value.len().min(Self::KEPT)].to_vec(),
+            value_len: rec.value.len(),
+            id: header(crate::emit::header::ID),
+            kind: header(crate::emit::header::KIND),
+            error: error.to_string(),
+        }
+    }
 }
 
 /// Send times travel with each record as its delivery opaque: nanoseconds since this
@@ -55,6 +99,14 @@ impl Deliveries {
 
     pub fn last_error(&self) -> Option<String> {
         self.last_error.lock().ok().and_then(|e| e.clone())
+    }
+
+    /// The records refused for good since the last call.
+    pub fn take_refused(&self) -> Vec<Refused> {
+        self.refused
+            .lock()
+            .map(|mut r| std::mem::take(&mut *r))
+            .unwrap_or_default()
     }
 }
 
@@ -87,6 +139,37 @@ impl ProducerContext for Deliveries {
         match result {
             Ok(_) => {
                 self.delivered.fetch_add(1, Ordering::Relaxed);
+            }
+            Err((e, msg))
+                if e.rdkafka_error_code()
+                    .is_some_and(crate::pipeline::fit::is_permanent) =>
+            {
+                use rdkafka::Message as _;
+                use rdkafka::message::Headers as _;
+                let header = |name: &str| {
+                    msg.headers()
+                        .and_then(|hs| hs.iter().find(|h| h.key == name))
+                        .and_then(|h| h.value)
+                        .map(|v| String::from_utf8_lossy(v).into_owned())
+                };
+                let value = msg.payload().unwrap_or_default();
+                let refused = Refused {
+                    topic: msg.topic().to_owned(),
+                    key: msg.key().map(<[u8]>::to_vec),
+                    value: value[..value.len().min(Refused::KEPT)].to_vec(),
+                    value_len: value.len(),
+                    id: header(crate::emit::header::ID),
+                    kind: header(crate::emit::header::KIND),
+                    error: e.to_string(),
+                };
+                self.admin
+                    .metrics
+                    .sink_errors
+                    .get_or_create(&Metrics::sink("kafka"))
+                    .inc();
+                if let Ok(mut r) = self.refused.lock() {
+                    r.push(refused);
+                }
             }
             Err((e, msg)) => {
                 use rdkafka::Message as _;
@@ -193,7 +276,16 @@ impl Producer {
             // (backpressure) instead of failing records.
             .set("message.timeout.ms", "0")
             // Keyed records land where Java clients would put them.
-            .set("partitioner", "murmur2_random");
+            .set("partitioner", "murmur2_random")
+            // Room for an output as large as the largest input record plus headers; the
+            // broker's own limit (max.message.bytes) may still refuse it, and then
+            // the record is set aside as a dead letter (`Refused`).
+            .set(
+                "message.max.bytes",
+                (config.input.max_record_bytes + (64 << 10))
+                    .max(1_000_000)
+                    .to_string(),
+            );
         let transactional = config.processing.exactly_once;
         if transactional {
             let id = config
@@ -218,6 +310,7 @@ impl Producer {
             delivered: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             last_error: Mutex::new(None),
+            refused: Mutex::new(Vec::new()),
             admin,
         })?;
         if transactional {

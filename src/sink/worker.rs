@@ -7,8 +7,13 @@
 //!   destination's own position ([`Destination::stored_offsets`], written with the
 //!   data) are skipped: the destination's position is the truth.
 //! - A batch (up to `batch_size` records or `batch_timeout`) is written whole or not at
-//!   all. While the destination fails, the worker stops reading and retries with
-//!   exponential backoff and jitter; nothing is skipped.
+//!   all. While the destination fails transiently (unreachable, timeouts, HTTP 5xx, 408,
+//!   429, serialization failures), the worker stops reading and retries with capped
+//!   exponential backoff and jitter; nothing is skipped. A permanent refusal
+//!   ([`is_permanent`]: HTTP 4xx, constraint violations, data the destination cannot
+//!   encode) is bisected down to the records refused, which go to the sink's
+//!   dead-letter topic with the reason; the rest is written and the sink moves on.
+//! - A panic in a sink is caught: the sink is reported not ready and restarted.
 //! - Group offsets are committed after the destination acknowledged (for lag
 //!   monitoring; resuming uses the destination's position).
 //! - A rebalance drops the batch being gathered and re-reads the destination's
@@ -45,6 +50,32 @@ pub struct SinkRecord {
     pub window_end: Option<i64>,
     pub late: bool,
     pub source: Option<String>,
+}
+
+/// A destination's refusal that no retry can change (HTTP 4xx, a value it cannot
+/// take). Destinations return it (inside `anyhow::Error`) for such answers.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Rejected(pub String);
+
+/// Whether a write error is permanent: a [`Rejected`], a PostgreSQL data exception
+/// (SQLSTATE class 22) or integrity violation (23), or a record that is not valid JSON
+/// (serde_json) or that Avro or Parquet cannot encode. Everything else (I/O,
+/// connections, timeouts, serialization failures 40001, 5xx) is transient.
+pub fn is_permanent(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.is::<Rejected>()
+            || c.is::<serde_json::Error>()
+            || c.is::<apache_avro::Error>()
+            || c.is::<parquet::errors::ParquetError>()
+            || c.is::<arrow_schema::ArrowError>()
+            || c.downcast_ref::<postgres::Error>()
+                .and_then(postgres::Error::code)
+                .is_some_and(|code| {
+                    let class = &code.code()[..2];
+                    class == "22" || class == "23"
+                })
+    })
 }
 
 /// Where a sink delivers.
@@ -126,6 +157,23 @@ pub struct Worker {
     admin: Arc<Admin>,
     /// Per topic partition: the destination holds everything before this offset.
     floor: BTreeMap<(String, i32), i64>,
+    /// Records the destination refuses for good go here, with the reason.
+    dead_letters: Option<(String, DeadLetterProducer)>,
+}
+
+type DeadLetterProducer =
+    rdkafka::producer::ThreadedProducer<rdkafka::producer::DefaultProducerContext>;
+
+/// The next offset per topic partition after the records of `slice`.
+fn positions_of(slice: &[SinkRecord]) -> BTreeMap<(String, i32), i64> {
+    let mut out = BTreeMap::new();
+    for r in slice {
+        let next = out
+            .entry((r.topic.clone(), r.partition))
+            .or_insert(r.offset + 1);
+        *next = (*next).max(r.offset + 1);
+    }
+    out
 }
 
 impl std::fmt::Debug for Worker {
@@ -150,6 +198,20 @@ impl Worker {
         destination: Box<dyn Destination>,
         admin: Arc<Admin>,
     ) -> anyhow::Result<Self> {
+        let dead_letters = match &config.dead_letter_topic {
+            Some(topic) => {
+                let mut pc = ClientConfig::new();
+                pc.set("bootstrap.servers", &kafka.brokers)
+                    .set("enable.idempotence", "true")
+                    .set("acks", "all");
+                kafka.apply(&mut pc, &kafka.producer_properties);
+                let producer: DeadLetterProducer = pc.create().with_context(|| {
+                    format!("sink {}: creating its dead-letter producer", config.name)
+                })?;
+                Some((topic.clone(), producer))
+            }
+            None => None,
+        };
         let mut cc = ClientConfig::new();
         cc.set("bootstrap.servers", &kafka.brokers)
             .set("group.id", config.group())
@@ -173,7 +235,106 @@ impl Worker {
             destination,
             admin,
             floor: BTreeMap::new(),
+            dead_letters,
         })
+    }
+
+    /// Writes `slice`, retrying transient errors with backoff; a permanent refusal is
+    /// bisected down to the refused records, which are set aside. False when stopped.
+    fn deliver(
+        &mut self,
+        slice: &[SinkRecord],
+        positions: &BTreeMap<(String, i32), i64>,
+        stop: &AtomicBool,
+    ) -> anyhow::Result<bool> {
+        let mut backoff = Backoff::new(self.config.retry_initial, self.config.retry_max);
+        loop {
+            let e = match self.destination.write(slice, positions) {
+                Ok(()) => return Ok(true),
+                Err(e) => e,
+            };
+            self.counter(|m| &m.sink_errors).inc();
+            let text = format!("{e:#}");
+            if is_permanent(&e) {
+                if let [poison] = slice {
+                    self.set_aside(poison, &text)?;
+                    if self.destination.stores_positions() {
+                        // The destination's position moves past it, with no data.
+                        return self.deliver(&[], positions, stop);
+                    }
+                    return Ok(true);
+                }
+                if slice.is_empty() {
+                    tracing::error!(sink = %self.name, "the destination refused a position update: {text}");
+                    return Ok(true);
+                }
+                tracing::warn!(sink = %self.name, records = slice.len(), "the destination refused the batch ({text}); bisecting to the refused records");
+                let (a, b) = slice.split_at(slice.len() / 2);
+                return Ok(self.deliver(a, &positions_of(a), stop)?
+                    && self.deliver(b, &positions_of(b), stop)?);
+            }
+            tracing::error!(sink = %self.name, records = slice.len(), "write failed: {text}; retrying");
+            self.set_health(Some(text));
+            if !self.sleep(backoff.next_delay(), stop) {
+                // Stopped: nothing was written; a restart resumes from the
+                // destination's position.
+                return Ok(false);
+            }
+            self.counter(|m| &m.sink_retries).inc();
+        }
+    }
+
+    fn counter(
+        &self,
+        family: impl Fn(
+            &Metrics,
+        ) -> &prometheus_client::metrics::family::Family<
+            crate::metrics::Labels,
+            prometheus_client::metrics::counter::Counter,
+        >,
+    ) -> prometheus_client::metrics::counter::Counter {
+        family(&self.admin.metrics)
+            .get_or_create(&Metrics::sink(&self.name))
+            .clone()
+    }
+
+    /// A record the destination refuses for good: to the sink's dead-letter topic (and
+    /// acknowledged) with the reason, or, without one, logged and counted.
+    fn set_aside(&self, r: &SinkRecord, error: &str) -> anyhow::Result<()> {
+        use crate::pipeline::dead_letter_header as dl;
+        self.counter(|m| &m.sink_rejected).inc();
+        let Some((topic, producer)) = &self.dead_letters else {
+            tracing::error!(sink = %self.name, id = %r.id, "the destination refused a record for good ({error}); no dead-letter topic: dropped");
+            return Ok(());
+        };
+        tracing::warn!(sink = %self.name, id = %r.id, topic, "the destination refused a record for good ({error}); it goes to the dead-letter topic");
+        let id = crate::emit::refused_id(&format!("{}/{}", self.name, r.id))
+            .hyphenated()
+            .to_string();
+        let error = crate::pipeline::fit::cap(error, crate::pipeline::fit::MAX_ERROR_BYTES);
+        let (partition, offset) = (r.partition.to_string(), r.offset.to_string());
+        let hs = crate::sink::kafka::headers([
+            (header::ID, id.as_bytes()),
+            (header::KIND, b"dead-letter".as_slice()),
+            (dl::ERROR, error.as_bytes()),
+            (dl::REASON, b"sink_rejected".as_slice()),
+            (dl::SINK, self.name.as_bytes()),
+            (dl::REFUSED_KIND, r.kind.as_bytes()),
+            (dl::SOURCE_TOPIC, r.topic.as_bytes()),
+            (dl::SOURCE_PARTITION, partition.as_bytes()),
+            (dl::SOURCE_OFFSET, offset.as_bytes()),
+        ]);
+        let (value, _) = crate::pipeline::fit::fit_payload(&r.value, 4096, 1_000_000);
+        let record: rdkafka::producer::BaseRecord<'_, [u8], [u8]> =
+            rdkafka::producer::BaseRecord::to(topic)
+                .key(r.id.as_bytes())
+                .payload(value)
+                .headers(hs);
+        crate::sink::kafka::send_waiting(producer, record, &|| false)
+            .with_context(|| format!("sink {}: writing a dead letter", self.name))?;
+        rdkafka::producer::Producer::flush(producer, Duration::from_secs(60))
+            .with_context(|| format!("sink {}: writing a dead letter", self.name))?;
+        Ok(())
     }
 
     fn set_health(&self, problem: Option<String>) {
@@ -256,18 +417,6 @@ impl Worker {
             .sink_records
             .get_or_create(&Metrics::sink(&self.name))
             .clone();
-        let errors = self
-            .admin
-            .metrics
-            .sink_errors
-            .get_or_create(&Metrics::sink(&self.name))
-            .clone();
-        let retries = self
-            .admin
-            .metrics
-            .sink_retries
-            .get_or_create(&Metrics::sink(&self.name))
-            .clone();
         let mut batch: Vec<SinkRecord> = Vec::new();
         let mut positions: BTreeMap<(String, i32), i64> = BTreeMap::new();
         let mut started = Instant::now();
@@ -327,29 +476,13 @@ impl Worker {
             if !(full || due) {
                 continue;
             }
-            // Deliver, retrying until the destination takes it.
-            let mut backoff = Backoff::new(self.config.retry_initial, self.config.retry_max);
-            loop {
-                match self.destination.write(&batch, &positions) {
-                    Ok(()) => {
-                        written.inc_by(batch.len() as u64);
-                        self.set_health(None);
-                        break;
-                    }
-                    Err(e) => {
-                        errors.inc();
-                        let text = format!("{e:#}");
-                        tracing::error!(sink = %self.name, records = batch.len(), "write failed: {text}; retrying");
-                        self.set_health(Some(text));
-                        if !self.sleep(backoff.next_delay(), stop) {
-                            // Stopped: nothing was written; a restart resumes from
-                            // the destination's position.
-                            return Ok(());
-                        }
-                        retries.inc();
-                    }
-                }
+            // Deliver, retrying until the destination takes it (or sets aside what
+            // it refuses for good).
+            if !self.deliver(&batch, &positions, stop)? {
+                return Ok(());
             }
+            written.inc_by(batch.len() as u64);
+            self.set_health(None);
             {
                 let mut tpl = TopicPartitionList::new();
                 for ((topic, partition), next) in &positions {
@@ -371,6 +504,26 @@ impl Worker {
     }
 }
 
+/// The destination a sink's configuration names.
+fn destination_of(sink: &SinkConfig) -> anyhow::Result<Box<dyn Destination>> {
+    Ok(match &sink.kind {
+        crate::config::SinkKind::Postgres => Box::new(crate::sink::postgres::Postgres::new(
+            &sink.name,
+            sink.postgres_settings(),
+        )),
+        crate::config::SinkKind::File => {
+            Box::new(crate::sink::file::Files::new(sink.file_settings())?)
+        }
+        crate::config::SinkKind::S3 => Box::new(crate::sink::s3::S3::new(
+            sink.s3_settings(),
+            sink.file_settings(),
+        )?),
+        crate::config::SinkKind::Webhook | crate::config::SinkKind::Segment => {
+            Box::new(crate::sink::http::Http::new(sink.http_settings()))
+        }
+    })
+}
+
 /// Starts every configured sink on its own thread. They stop when `stop` is set.
 pub fn spawn_all(
     config: &crate::config::Config,
@@ -379,41 +532,175 @@ pub fn spawn_all(
 ) -> anyhow::Result<Vec<std::thread::JoinHandle<()>>> {
     let mut handles = Vec::new();
     for sink in &config.sinks {
-        let destination: Box<dyn Destination> = match &sink.kind {
-            crate::config::SinkKind::Postgres => Box::new(crate::sink::postgres::Postgres::new(
-                &sink.name,
-                sink.postgres_settings(),
-            )),
-            crate::config::SinkKind::File => {
-                Box::new(crate::sink::file::Files::new(sink.file_settings())?)
-            }
-            crate::config::SinkKind::S3 => Box::new(crate::sink::s3::S3::new(
-                sink.s3_settings(),
-                sink.file_settings(),
-            )?),
-            crate::config::SinkKind::Webhook | crate::config::SinkKind::Segment => {
-                Box::new(crate::sink::http::Http::new(sink.http_settings()))
-            }
-        };
-        let mut worker = Worker::new(&config.kafka, sink.clone(), destination, Arc::clone(admin))?;
+        let destination = destination_of(sink)?;
+        let mut sink = sink.clone();
+        if sink.dead_letter_topic.is_none() {
+            sink.dead_letter_topic
+                .clone_from(&config.output.dead_letter_topic);
+        }
+        let worker = Worker::new(&config.kafka, sink.clone(), destination, Arc::clone(admin))?;
         let stop = Arc::clone(stop);
         let admin = Arc::clone(admin);
+        let kafka = config.kafka.clone();
         let name = sink.name.clone();
         handles.push(
             std::thread::Builder::new()
                 .name(format!("sink-{name}"))
-                .spawn(move || {
-                    if let Err(e) = worker.run(&stop) {
-                        tracing::error!(sink = %name, "stopped: {e:#}");
-                        admin
-                            .health
-                            .set_sink(&name, Some(format!("stopped: {e:#}")));
-                    }
-                })?,
+                .spawn(move || supervise(worker, &kafka, &sink, &admin, &stop))?,
         );
     }
     Ok(handles)
 }
 
+/// Runs a sink until `stop`; a panic inside it is caught, reported (not ready, a
+/// metric, one log line) and the sink started again after a backoff, from its
+/// destination's position.
+fn supervise(
+    mut worker: Worker,
+    kafka: &KafkaConfig,
+    sink: &SinkConfig,
+    admin: &Arc<Admin>,
+    stop: &AtomicBool,
+) {
+    let name = &sink.name;
+    let mut backoff = Backoff::new(sink.retry_initial, sink.retry_max);
+    loop {
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| worker.run(stop)));
+        let problem = match outcome {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => format!("stopped: {e:#}"),
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic".to_owned());
+                admin
+                    .metrics
+                    .sink_panics
+                    .get_or_create(&Metrics::sink(name))
+                    .inc();
+                format!("panicked: {what}")
+            }
+        };
+        tracing::error!(sink = %name, "{problem}; restarting");
+        admin.health.set_sink(name, Some(problem));
+        let until = Instant::now() + backoff.next_delay();
+        while Instant::now() < until {
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        match destination_of(sink)
+            .and_then(|d| Worker::new(kafka, sink.clone(), d, Arc::clone(admin)))
+        {
+            Ok(w) => worker = w,
+            Err(e) => tracing::error!(sink = %name, "restarting: {e:#}"),
+        }
+    }
+}
+
 /// The problems of sinks, by name, for `/readyz` (`None`: healthy).
 pub type SinkHealth = Mutex<BTreeMap<String, Option<String>>>;
+
+/// What the sinks' supervisor is asked to do.
+enum Command {
+    /// Run these sinks instead (a reload): the old ones stop, the new ones start.
+    Replace(Box<crate::config::Config>),
+    Stop,
+}
+
+/// The warehouse sinks, run by a supervisor thread of their own: a reload hands it the
+/// new configuration and returns at once (stopping the old sinks can take as long as
+/// their writes in flight; the pipeline never waits for it), and a failed start is
+/// retried with backoff until it succeeds or the configuration changes.
+pub struct Sinks {
+    commands: std::sync::mpsc::Sender<Command>,
+    supervisor: Option<std::thread::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Sinks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sinks").finish_non_exhaustive()
+    }
+}
+
+/// The `/readyz` entry of a failed start.
+const START: &str = "(sinks starting)";
+
+impl Sinks {
+    pub fn start(config: crate::config::Config, admin: Arc<Admin>) -> std::io::Result<Self> {
+        let (commands, inbox) = std::sync::mpsc::channel();
+        let supervisor = std::thread::Builder::new()
+            .name("sinks".to_owned())
+            .spawn(move || supervise_all(config, &admin, &inbox))?;
+        Ok(Self {
+            commands,
+            supervisor: Some(supervisor),
+        })
+    }
+
+    /// Restarts the sinks with `config`'s `[[sinks]]`; returns at once.
+    pub fn replace(&self, config: crate::config::Config) {
+        let _ = self.commands.send(Command::Replace(Box::new(config)));
+    }
+
+    /// Stops every sink (each finishes the batch in flight) and waits for them.
+    pub fn stop(mut self) {
+        let _ = self.commands.send(Command::Stop);
+        if let Some(s) = self.supervisor.take() {
+            let _ = s.join();
+        }
+    }
+}
+
+fn supervise_all(
+    mut config: crate::config::Config,
+    admin: &Arc<Admin>,
+    inbox: &std::sync::mpsc::Receiver<Command>,
+) {
+    let stop_all = |running: &mut Option<(Arc<AtomicBool>, Vec<std::thread::JoinHandle<()>>)>| {
+        if let Some((stop, handles)) = running.take() {
+            stop.store(true, Ordering::Relaxed);
+            for h in handles {
+                let _ = h.join();
+            }
+        }
+    };
+    let mut running = None;
+    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+    let mut retry_at = Instant::now();
+    loop {
+        if running.is_none() && Instant::now() >= retry_at {
+            let stop = Arc::new(AtomicBool::new(false));
+            match spawn_all(&config, admin, &stop) {
+                Ok(handles) => {
+                    admin.health.set_sink(START, None);
+                    backoff.reset();
+                    running = Some((stop, handles));
+                }
+                Err(e) => {
+                    let text = format!("{e:#}");
+                    tracing::error!("starting the sinks: {text}; retrying");
+                    admin.health.set_sink(START, Some(text));
+                    retry_at = Instant::now() + backoff.next_delay();
+                }
+            }
+        }
+        match inbox.recv_timeout(Duration::from_millis(250)) {
+            Ok(Command::Replace(next)) => {
+                stop_all(&mut running);
+                admin.health.clear_sinks();
+                config = *next;
+                backoff.reset();
+                retry_at = Instant::now();
+            }
+            Ok(Command::Stop) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                stop_all(&mut running);
+                return;
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+        }
+    }
+}

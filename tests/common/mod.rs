@@ -102,11 +102,9 @@ pub fn topic_config(broker: &str, topic: &str, name: &str) -> Option<String> {
         .set("bootstrap.servers", broker)
         .create()
         .unwrap();
-    let results = block_on(admin.describe_configs(
-        &[ResourceSpecifier::Topic(topic)],
-        &AdminOptions::new(),
-    ))
-    .unwrap();
+    let results =
+        block_on(admin.describe_configs(&[ResourceSpecifier::Topic(topic)], &AdminOptions::new()))
+            .unwrap();
     let resource = results.into_iter().next()?.ok()?;
     resource.get(name).and_then(|e| e.value.clone())
 }
@@ -117,7 +115,9 @@ pub fn high_watermark(broker: &str, topic: &str) -> i64 {
         .set("bootstrap.servers", broker)
         .create()
         .unwrap();
-    c.fetch_watermarks(topic, 0, Duration::from_secs(10)).unwrap().1
+    c.fetch_watermarks(topic, 0, Duration::from_secs(10))
+        .unwrap()
+        .1
 }
 
 pub fn producer(broker: &str) -> ThreadedProducer<DefaultProducerContext> {

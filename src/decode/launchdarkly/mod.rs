@@ -134,6 +134,18 @@ pub(crate) fn first_byte(value: &[u8]) -> Option<u8> {
 }
 
 fn one(bytes: &[u8], path: &str, limits: &Limits, scope: &Scope) -> Result<Event, DecodeError> {
+    one_in(bytes, path, limits, scope, false)
+}
+
+/// One event; `in_envelope`: read from a Data Export envelope's `event`, where another
+/// envelope is refused (one level at most: no recursion driven by the input).
+fn one_in(
+    bytes: &[u8],
+    path: &str,
+    limits: &Limits,
+    scope: &Scope,
+    in_envelope: bool,
+) -> Result<Event, DecodeError> {
     if first_byte(bytes) != Some(b'{') {
         // Let serde name what it found.
         util::parse::<util::RawObject<'_>>(D, path, bytes)?;
@@ -156,6 +168,9 @@ fn one(bytes: &[u8], path: &str, limits: &Limits, scope: &Scope) -> Result<Event
     };
     let Some(kind) = raw.kind.as_deref() else {
         if let Some(inner) = raw.event {
+            if in_envelope {
+                return Err(DecodeError::new(D, path.to_owned(), Reason::NestedEnvelope));
+            }
             return envelope(&raw, inner, path, limits);
         }
         return Err(DecodeError::new(D, at(path, "kind"), Reason::Missing));
@@ -223,7 +238,7 @@ fn envelope(
         )?,
     };
     let inner_path = at(path, "event");
-    one(inner.get().as_bytes(), &inner_path, limits, &scope)
+    one_in(inner.get().as_bytes(), &inner_path, limits, &scope, true)
 }
 
 fn creation(raw: &Raw<'_>, path: &str) -> Result<EventTime, DecodeError> {
@@ -737,6 +752,19 @@ mod tests {
                 "{input}: {e}"
             );
         }
+    }
+
+    #[test]
+    fn an_envelope_inside_an_envelope_is_refused() {
+        let inner = r#"{"kind":"feature","creationDate":1,"key":"f","userKey":"u","value":1}"#;
+        let once = format!(r#"{{"project":"p","environment":"e","event":{inner}}}"#);
+        assert_eq!(dec(&once).events.len(), 1);
+        let twice = format!(r#"{{"project":"p","environment":"e","event":{once}}}"#);
+        let e = err(&twice);
+        assert_eq!(
+            (e.path.as_str(), e.reason.code()),
+            ("event", "nested_envelope")
+        );
     }
 
     #[test]

@@ -1,0 +1,151 @@
+//! Making every record flagtally writes fit, whatever the input: error texts and paths
+//! capped, dead-letter payloads truncated to what the dead-letter topic accepts, input
+//! headers that claim to be flagtally's renamed, and produce errors told apart into
+//! transient (retry by rewinding) and permanent (set the record aside).
+
+use std::borrow::Cow;
+
+use rdkafka::types::RDKafkaErrorCode;
+
+use crate::decode::DecodeError;
+
+/// Longest error text of one decode error in a dead letter's header.
+pub const MAX_ERROR_BYTES: usize = 512;
+/// Most errors listed in one dead letter (the count header has them all).
+pub const MAX_ERRORS_LISTED: usize = 8;
+/// Longest JSON path in a dead letter's header.
+pub const MAX_PATH_BYTES: usize = 256;
+
+/// Input headers named with this prefix are flagtally's own on output; on input they
+/// are somebody else's and are forwarded under [`FORWARDED_PREFIX`].
+pub const OWN_PREFIX: &str = "flagtally-";
+pub const FORWARDED_PREFIX: &str = "original-";
+
+/// `text` cut to at most `max` bytes on a character boundary, with `…` when cut.
+pub fn cap(text: &str, max: usize) -> Cow<'_, str> {
+    if text.len() <= max {
+        return Cow::Borrowed(text);
+    }
+    let mut end = max.saturating_sub('…'.len_utf8());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    Cow::Owned(format!("{}…", &text[..end]))
+}
+
+/// The `flagtally-error` header: each error capped, at most [`MAX_ERRORS_LISTED`].
+pub fn error_text(errors: &[DecodeError]) -> String {
+    let mut text = String::new();
+    for (i, e) in errors.iter().take(MAX_ERRORS_LISTED).enumerate() {
+        if i > 0 {
+            text.push_str("; ");
+        }
+        text.push_str(&cap(&e.to_string(), MAX_ERROR_BYTES));
+    }
+    if errors.len() > MAX_ERRORS_LISTED {
+        text.push_str(&format!(
+            "; … and {} more",
+            errors.len() - MAX_ERRORS_LISTED
+        ));
+    }
+    text
+}
+
+/// The name an input header is forwarded under: `flagtally-*` names are renamed, so no
+/// reader of an output topic can mistake them for flagtally's own.
+pub fn forwarded_name(name: &str) -> Cow<'_, str> {
+    if name
+        .get(..OWN_PREFIX.len())
+        .is_some_and(|p| p.eq_ignore_ascii_case(OWN_PREFIX))
+    {
+        Cow::Owned(format!("{FORWARDED_PREFIX}{name}"))
+    } else {
+        Cow::Borrowed(name)
+    }
+}
+
+/// How much of a payload fits in `max` bytes beside `overhead` bytes of key and
+/// headers: the whole of it, or a prefix (then `Some(original length)`).
+pub fn fit_payload(value: &[u8], overhead: usize, max: usize) -> (&[u8], Option<usize>) {
+    // Room for the truncation header itself.
+    const TRUNCATION_HEADER: usize = 64;
+    if overhead + value.len() <= max {
+        return (value, None);
+    }
+    let room = max.saturating_sub(overhead + TRUNCATION_HEADER);
+    (&value[..room.min(value.len())], Some(value.len()))
+}
+
+/// Produce errors that a retry cannot cure: the record itself, or the permission to
+/// write it, is refused. Rewinding on one would loop forever.
+pub fn is_permanent(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::MessageSizeTooLarge
+            | RDKafkaErrorCode::InvalidMessageSize
+            | RDKafkaErrorCode::InvalidRecord
+            | RDKafkaErrorCode::InvalidMessage
+            | RDKafkaErrorCode::TopicAuthorizationFailed
+            | RDKafkaErrorCode::ClusterAuthorizationFailed
+            | RDKafkaErrorCode::InvalidTimestamp
+            | RDKafkaErrorCode::InvalidArgument
+            | RDKafkaErrorCode::InvalidRequiredAcks
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::{Dialect, Reason};
+
+    #[test]
+    fn caps_on_char_boundaries() {
+        assert_eq!(cap("short", 10), "short");
+        let long = "é".repeat(100);
+        let c = cap(&long, 11);
+        assert!(c.len() <= 11 && c.ends_with('…'), "{c}");
+    }
+
+    #[test]
+    fn error_text_is_bounded_whatever_the_errors() {
+        let huge = DecodeError::new(Dialect::Goff, "x", Reason::Invalid("y".repeat(1 << 20)));
+        let errors = vec![huge; 1000];
+        let text = error_text(&errors);
+        assert!(
+            text.len() <= MAX_ERRORS_LISTED * (MAX_ERROR_BYTES + 2) + 40,
+            "{}",
+            text.len()
+        );
+        assert!(
+            text.ends_with("and 992 more"),
+            "{}",
+            &text[text.len() - 40..]
+        );
+    }
+
+    #[test]
+    fn own_headers_are_renamed_others_kept() {
+        assert_eq!(forwarded_name("flagtally-id"), "original-flagtally-id");
+        assert_eq!(forwarded_name("FlagTally-Kind"), "original-FlagTally-Kind");
+        assert_eq!(forwarded_name("traceparent"), "traceparent");
+        assert_eq!(forwarded_name("é"), "é");
+    }
+
+    #[test]
+    fn payloads_fit_with_room_for_the_header() {
+        let v = vec![b'x'; 1000];
+        assert_eq!(fit_payload(&v, 100, 2000), (&v[..], None));
+        let (cut, original) = fit_payload(&v, 100, 600);
+        assert_eq!(original, Some(1000));
+        assert!(cut.len() + 100 + 64 <= 600);
+        assert_eq!(fit_payload(&v, 700, 600).0.len(), 0);
+    }
+
+    #[test]
+    fn size_and_authorization_errors_are_permanent_timeouts_not() {
+        assert!(is_permanent(RDKafkaErrorCode::MessageSizeTooLarge));
+        assert!(is_permanent(RDKafkaErrorCode::TopicAuthorizationFailed));
+        assert!(!is_permanent(RDKafkaErrorCode::RequestTimedOut));
+        assert!(!is_permanent(RDKafkaErrorCode::NotEnoughReplicas));
+    }
+}
