@@ -743,6 +743,16 @@ impl Config {
                 "output.topics.late: the dead-letter late policy needs a late topic".to_owned(),
             );
         }
+        for sink in &self.sinks {
+            if let Some(t) = &sink.dead_letter_topic
+                && sink.topics.contains(t)
+            {
+                problems.push(format!(
+                    "sinks.{}.dead_letter_topic: {t:?} is one of the sink's own topics (its refusals would come back to it)",
+                    sink.name
+                ));
+            }
+        }
         if self.output.max_dead_letter_bytes < 4096 {
             problems.push(
                 "output.max_dead_letter_bytes: at least 4096 (room for the headers)".to_owned(),

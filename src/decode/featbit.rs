@@ -967,7 +967,11 @@ mod tests {
             format!(r#"{{"featureFlagKey":"f","variationId":"v","userKeyId":"u","x":{deep}}}"#);
         // A JSON document inside the `properties` string is held to the same limits
         // as the record (the record's own check cannot see into a string).
-        only_error(message("FlagValue", &props).as_bytes(), "properties", "too_deep");
+        only_error(
+            message("FlagValue", &props).as_bytes(),
+            "properties",
+            "too_deep",
+        );
         let input = format!(
             r#"[{{"user":{{"keyId":"u","customizedProperties":[{{"name":"n","value":{deep}}}]}},"variations":[{deep}]}}]"#
         );

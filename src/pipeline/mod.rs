@@ -700,18 +700,31 @@ impl State {
                 headers: hs,
                 timestamp_ms: Some(rec.timestamp_ms),
             };
-            let diverted = rec
-                .headers
-                .iter()
-                .find(|(k, _)| *k == header::ID)
-                .is_some_and(|(_, id)| {
-                    std::str::from_utf8(id).is_ok_and(|id| self.diverted.contains(id))
-                });
+            let size = rec.key.as_ref().map_or(0, Vec::len)
+                + rec.value.len()
+                + rec
+                    .headers
+                    .iter()
+                    .map(|(k, v)| k.len() + v.len())
+                    .sum::<usize>();
+            let too_large = !self.producer.fits(topic, size);
+            let diverted = too_large
+                || rec
+                    .headers
+                    .iter()
+                    .find(|(k, _)| *k == header::ID)
+                    .is_some_and(|(_, id)| {
+                        std::str::from_utf8(id).is_ok_and(|id| self.diverted.contains(id))
+                    });
             if diverted {
                 let why = KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge);
                 let mut refused = Refused::of(&outgoing, &why);
                 drop(outgoing);
-                refused.error = "refused by the broker before (a replay)".to_owned();
+                refused.error = if too_large {
+                    format!("{size} bytes, over the topic's max.message.bytes")
+                } else {
+                    "refused by the broker before (a replay)".to_owned()
+                };
                 self.set_aside(refused)?;
                 continue;
             }

@@ -206,6 +206,58 @@ pub struct Outgoing<'a> {
 pub struct Producer {
     inner: ThreadedProducer<Deliveries>,
     transactional: bool,
+    /// Each output topic's `max.message.bytes`, as the broker described it.
+    limits: std::collections::HashMap<String, usize>,
+}
+
+/// Kafka's default `max.message.bytes` (1 MiB + 12), assumed for a topic the broker
+/// would not describe.
+pub const DEFAULT_TOPIC_LIMIT: usize = 1_048_588;
+
+/// The `max.message.bytes` of every output topic (and the dead-letter topic). The limit
+/// applies to a whole record batch: a batch over it fails every record in it, small
+/// ones included, so the producer's `batch.size` is kept under the smallest limit, and
+/// an output over its topic's limit is set aside before it is sent.
+fn topic_limits(config: &Config) -> std::collections::HashMap<String, usize> {
+    use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
+    let topics: Vec<&str> = crate::emit::OutputKind::ALL
+        .iter()
+        .filter_map(|k| config.output.topics.topic(*k))
+        .chain(config.output.dead_letter_topic.as_deref())
+        .collect();
+    let mut limits: std::collections::HashMap<String, usize> = topics
+        .iter()
+        .map(|t| ((*t).to_owned(), DEFAULT_TOPIC_LIMIT))
+        .collect();
+    let mut cc = ClientConfig::new();
+    cc.set("bootstrap.servers", &config.kafka.brokers);
+    config.kafka.apply(&mut cc, &Default::default());
+    let Ok(admin) = cc.create::<AdminClient<rdkafka::client::DefaultClientContext>>() else {
+        return limits;
+    };
+    let specs: Vec<ResourceSpecifier<'_>> =
+        topics.iter().map(|t| ResourceSpecifier::Topic(t)).collect();
+    let options = AdminOptions::new().request_timeout(Some(Duration::from_secs(10)));
+    match block_on(admin.describe_configs(&specs, &options)) {
+        Ok(results) => {
+            for resource in results.into_iter().flatten() {
+                let (rdkafka::admin::OwnedResourceSpecifier::Topic(topic), Some(limit)) = (
+                    &resource.specifier,
+                    resource
+                        .get("max.message.bytes")
+                        .and_then(|e| e.value.as_deref())
+                        .and_then(|v| v.parse().ok()),
+                ) else {
+                    continue;
+                };
+                limits.insert(topic.clone(), limit);
+            }
+        }
+        Err(e) => {
+            tracing::warn!("describing the output topics ({e}); assuming Kafka's default limit")
+        }
+    }
+    limits
 }
 
 impl std::fmt::Debug for Producer {
@@ -286,6 +338,21 @@ impl Producer {
                     .max(1_000_000)
                     .to_string(),
             );
+        let limits = topic_limits(config);
+        // A batch never larger than the smallest topic limit (less the batch's own
+        // overhead), so no small record fails with a large neighbour.
+        let smallest = limits
+            .values()
+            .copied()
+            .min()
+            .unwrap_or(DEFAULT_TOPIC_LIMIT);
+        cc.set(
+            "batch.size",
+            smallest
+                .saturating_sub(1024)
+                .clamp(1024, 1_000_000)
+                .to_string(),
+        );
         let transactional = config.processing.exactly_once;
         if transactional {
             let id = config
@@ -320,7 +387,19 @@ impl Producer {
         Ok(Self {
             inner,
             transactional,
+            limits,
         })
+    }
+
+    /// Whether a record of about `bytes` (key, value and headers) fits `topic`'s
+    /// `max.message.bytes` (with room for the batch's own overhead).
+    pub fn fits(&self, topic: &str, bytes: usize) -> bool {
+        let limit = self
+            .limits
+            .get(topic)
+            .copied()
+            .unwrap_or(DEFAULT_TOPIC_LIMIT);
+        bytes + 256 <= limit
     }
 
     pub fn deliveries(&self) -> &Deliveries {

@@ -535,8 +535,12 @@ pub fn spawn_all(
         let destination = destination_of(sink)?;
         let mut sink = sink.clone();
         if sink.dead_letter_topic.is_none() {
-            sink.dead_letter_topic
-                .clone_from(&config.output.dead_letter_topic);
+            // Not a topic the sink reads itself: its refusals would come back to it.
+            sink.dead_letter_topic = config
+                .output
+                .dead_letter_topic
+                .clone()
+                .filter(|t| !sink.topics.contains(t));
         }
         let worker = Worker::new(&config.kafka, sink.clone(), destination, Arc::clone(admin))?;
         let stop = Arc::clone(stop);

@@ -1,0 +1,490 @@
+//! Hostile input on Apache Kafka: records built to crash, stall or loop the daemon,
+//! mixed into 100 000 good ones. The daemon must never exit; every good evaluation is
+//! counted exactly; every bad record becomes exactly one dead letter with the right
+//! reason; forged `flagtally-*` headers are never taken for flagtally's own; outputs the
+//! broker refuses become dead letters instead of a rewind loop; and a file sink writes
+//! nowhere outside its directory.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use common::*;
+use flagtally::decode::{Decoded, Decoder, Dialect, Limits};
+use flagtally::generate::{GenConfig, GenDialect, Generator};
+use flagtally::sink::kafka::block_on;
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, Producer as _};
+
+const WINDOW_MS: i64 = 10_000;
+
+fn now_ms() -> i64 {
+    i64::try_from(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap()
+}
+
+fn feature(t: i64, key: &str, user: &str) -> String {
+    format!(
+        r#"{{"kind":"feature","creationDate":{t},"key":"{key}","version":1,"userKey":"{user}","variation":0,"value":true,"default":false}}"#
+    )
+}
+
+/// One bad (or borderline) record, the reason its dead letter must carry (`None`: the
+/// decoder's own verdict, computed below), and headers to send with it.
+struct Case {
+    value: Vec<u8>,
+    reason: Option<&'static str>,
+    headers: Vec<(&'static str, &'static str)>,
+}
+
+fn case(value: impl Into<Vec<u8>>, reason: Option<&'static str>) -> Case {
+    Case {
+        value: value.into(),
+        reason,
+        headers: Vec::new(),
+    }
+}
+
+fn corpus(t: i64) -> Vec<Case> {
+    let deep = |n: usize| format!("{}1{}", "[".repeat(n), "]".repeat(n));
+    let mut envelope = String::new();
+    for _ in 0..20_000 {
+        envelope.push_str(r#"{"project":"p","environment":"e","event":"#);
+    }
+    envelope.push_str(&feature(t, "f", "u"));
+    envelope.push_str(&"}".repeat(20_000));
+    let batch = |n: usize| {
+        let one = format!(
+            r#"{{"kind":"feature","creationDate":{t},"key":"fl","userKey":"u","value":1}}"#
+        );
+        format!("[{}]", vec![one; n].join(","))
+    };
+    let with_value = |v: &str| {
+        format!(
+            r#"{{"kind":"feature","creationDate":{t},"key":"fv","version":1,"userKey":"u","variation":0,"value":{v}}}"#
+        )
+    };
+    let mut invalid_utf8 = feature(t, "f", "u").into_bytes();
+    invalid_utf8[60] = 0xff;
+    let mut cases = vec![
+        case(
+            format!(r#"{{"kind":"feature","value":{}}}"#, deep(100_000)),
+            Some("too_deep"),
+        ),
+        case(envelope, Some("too_deep")),
+        case(with_value(&deep(63)), None),
+        case(
+            with_value(&format!("\"{}\"", "x".repeat(300 << 10))),
+            Some("string_too_long"),
+        ),
+        case(
+            with_value(&format!("\"{}\"", "x".repeat((256 << 10) - 10))),
+            None,
+        ),
+        case(batch(10_000), None),
+        case(batch(10_001), Some("too_many_events")),
+        case(
+            with_value(&format!(r#"{{"{}":1}}"#, "k".repeat(1025))),
+            Some("name_too_long"),
+        ),
+        case(with_value("1e999"), Some("invalid_value")),
+        case(with_value(&"9".repeat(400)), Some("invalid_value")),
+        case(
+            format!(
+                r#"{{"kind":"feature","creationDate":1e30,"key":"f","userKey":"u","value":1}}"#
+            ),
+            None,
+        ),
+        case(invalid_utf8, None),
+        case(
+            [
+                b"\xef\xbb\xbf".as_slice(),
+                feature(t, "bom", "u").as_bytes(),
+            ]
+            .concat(),
+            None,
+        ),
+        case(
+            format!(
+                r#"{{"kind":"feature","kind":"custom","creationDate":{t},"key":"f","userKey":"u","value":1}}"#
+            ),
+            None,
+        ),
+        case(
+            vec![b'{'; 1 << 20]
+                .into_iter()
+                .chain(*b"}")
+                .collect::<Vec<u8>>(),
+            Some("too_large"),
+        ),
+        case(b"\0\0\0\0".to_vec(), None),
+        case(b"".to_vec(), Some("empty")),
+        // Far in the future (a phone a year ahead) and far in the past.
+        case(
+            feature(t + 366 * 86_400_000, "future", "u"),
+            Some("future_time"),
+        ),
+        case(feature(1, "past", "u"), None),
+        case(feature(-5, "negative", "u"), None),
+    ];
+    // Forged headers on a bad record: its dead letter must carry them renamed.
+    cases.push(Case {
+        value: b"not json".to_vec(),
+        reason: None,
+        headers: vec![
+            ("flagtally-id", "forged-id"),
+            ("flagtally-kind", "x/../../../escaped"),
+            ("flagtally-error-reason", "forged"),
+        ],
+    });
+    cases
+}
+
+#[test]
+fn hostile_records_never_stop_the_daemon_and_each_is_one_dead_letter() {
+    let broker = broker();
+    let t = Topics::named();
+    // Input topics take records up to 2 MiB (over the default limit, to carry the
+    // oversize case); the feature topic refuses records over 4 KiB, so outputs with a
+    // large context are refused by the broker.
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", broker)
+        .create()
+        .unwrap();
+    let topics = t.all(2);
+    let new: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|(name, parts)| {
+            let topic = NewTopic::new(name, *parts, TopicReplication::Fixed(1));
+            if *name == t.input {
+                topic.set("max.message.bytes", "3145728")
+            } else if *name == t.feature {
+                topic.set("max.message.bytes", "4096")
+            } else {
+                topic
+            }
+        })
+        .collect();
+    for r in block_on(admin.create_topics(&new, &AdminOptions::new())).unwrap() {
+        r.unwrap();
+    }
+
+    let start = now_ms() - 3_600_000;
+    let mut g = Generator::new(GenConfig {
+        dialect: GenDialect::Mixed,
+        flags: 8,
+        contexts: 500,
+        tracked_one_in: 50,
+        start_ms: start,
+        step_ms: 20,
+        seed: 53,
+        ..GenConfig::default()
+    });
+    let good: Vec<Vec<u8>> = (0..100_000).map(|_| g.next_record()).collect();
+    let mid = start + 1_000_000;
+    let cases = corpus(mid);
+    // Tracked evaluations with a 6 KB context attribute: their feature events are over
+    // the feature topic's 4 KiB limit.
+    let big_context = format!("\"{}\"", "a".repeat(6000));
+    let refused: Vec<Vec<u8>> = (0..5)
+        .map(|i| {
+            format!(
+                r#"{{"kind":"feature","creationDate":{mid},"key":"big","version":1,"context":{{"kind":"user","key":"big-{i}","blob":{big_context}}},"variation":0,"value":true,"trackEvents":true}}"#
+            )
+            .into_bytes()
+        })
+        .collect();
+
+    // Interleave: a bad record every 3 000 good ones.
+    let mut records: Vec<(Vec<u8>, Vec<(&str, &str)>)> = Vec::new();
+    let mut bad_at: HashMap<usize, usize> = HashMap::new();
+    let mut extra = cases.iter().enumerate().peekable();
+    let mut big = refused.iter();
+    for (i, r) in good.iter().enumerate() {
+        if i % 3_000 == 1 {
+            if let Some((k, c)) = extra.next() {
+                bad_at.insert(records.len(), k);
+                records.push((c.value.clone(), c.headers.clone()));
+            } else if let Some(b) = big.next() {
+                records.push((b.clone(), Vec::new()));
+            }
+        }
+        records.push((r.clone(), Vec::new()));
+    }
+    assert!(
+        extra.peek().is_none() && big.next().is_none(),
+        "every case placed"
+    );
+
+    // The oracle: what the decode stage says of each record (default limits).
+    let decoder = Decoder::new(Dialect::Auto, Limits::default());
+    let mut expected_reason: BTreeMap<usize, String> = BTreeMap::new();
+    let mut counted: Vec<Vec<u8>> = Vec::new();
+    for (i, (v, _)) in records.iter().enumerate() {
+        let mut out = Decoded::default();
+        decoder.decode(v, &mut out);
+        let declared = bad_at.get(&i).and_then(|k| cases[*k].reason);
+        if declared == Some("future_time") {
+            expected_reason.insert(i, "future_time".to_owned());
+            continue;
+        }
+        if let Some(e) = out.errors.first() {
+            if let Some(want) = declared {
+                assert_eq!(e.reason.code(), want, "case {:?}", bad_at.get(&i));
+            }
+            expected_reason.insert(i, e.reason.code().to_owned());
+        } else {
+            assert!(
+                declared.is_none(),
+                "case {:?} decoded cleanly",
+                bad_at.get(&i)
+            );
+        }
+        counted.push(v.clone());
+    }
+    let want = expected_windows(&counted, WINDOW_MS);
+
+    let p: rdkafka::producer::ThreadedProducer<rdkafka::producer::DefaultProducerContext> =
+        ClientConfig::new()
+            .set("bootstrap.servers", broker)
+            .set("enable.idempotence", "true")
+            .set("message.max.bytes", "4000000")
+            .set("linger.ms", "10")
+            .create()
+            .unwrap();
+    for (i, (v, hs)) in records.iter().enumerate() {
+        let mut headers = OwnedHeaders::new();
+        for (k, val) in hs {
+            headers = headers.insert(Header {
+                key: k,
+                value: Some(*val),
+            });
+        }
+        let rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&t.input)
+            .partition((i % 2) as i32)
+            .payload(v.as_slice())
+            .headers(headers);
+        flagtally::sink::kafka::send_waiting(&p, rec, &|| false).unwrap();
+    }
+    p.flush(Duration::from_secs(120)).unwrap();
+
+    let dir = std::env::temp_dir()
+        .join("flagtally-tests")
+        .join(unique("hostile-files"));
+    let sink_dir = dir.join("sink");
+    std::fs::create_dir_all(&sink_dir).unwrap();
+    let config = format!(
+        r#"{base}
+[[sinks]]
+name = "hostile-files"
+type = "file"
+topics = ["{summary}", "{feature}"]
+path = "{sink}"
+format = "ndjson"
+batch_timeout = "300ms"
+"#,
+        base = t
+            .config(
+                broker,
+                "size = \"10s\"\nlateness = \"2s\"\nidle_timeout = \"2s\""
+            )
+            .replace(
+                "[window]\n",
+                "[input]\nfuture_policy = \"dead-letter\"\n\n[window]\n"
+            ),
+        summary = t.summary,
+        feature = t.feature,
+        sink = sink_dir.display(),
+    );
+    let mut f = Flagtally::start(&config, &t.group);
+
+    // Every good evaluation, exactly, per window.
+    let expected_total = total(&want);
+    let recs = read_until(
+        broker,
+        &t.summary,
+        Duration::from_secs(240),
+        summed_counters(expected_total),
+    );
+    let got = window_tally(dedupe(&recs).values());
+    assert_eq!(
+        total(&got),
+        expected_total,
+        "evaluations counted; log:\n{}",
+        f.log_text()
+    );
+    assert_eq!(got, want, "per window");
+
+    // Every bad record: one dead letter with the right reason; plus one per refused
+    // output.
+    let n_dead = expected_reason.len() + refused.len();
+    let dlq = read_until(
+        broker,
+        &t.dead_letter,
+        Duration::from_secs(120),
+        distinct_ids(n_dead as u64),
+    );
+    let dead = dedupe(&dlq);
+    assert_eq!(dead.len(), n_dead, "dead letters; log:\n{}", f.log_text());
+    let mut seen_refused = 0;
+    for r in dead.values() {
+        assert_eq!(r.header("flagtally-kind"), Some("dead-letter"));
+        let reason = r.header("flagtally-error-reason").unwrap();
+        if reason == "refused" {
+            assert_eq!(r.header("flagtally-refused-kind"), Some("feature"));
+            seen_refused += 1;
+            continue;
+        }
+        let partition: usize = r
+            .header("flagtally-source-partition")
+            .unwrap()
+            .parse()
+            .unwrap();
+        let offset: usize = r
+            .header("flagtally-source-offset")
+            .unwrap()
+            .parse()
+            .unwrap();
+        let i = offset * 2 + partition;
+        assert_eq!(
+            Some(reason),
+            expected_reason.get(&i).map(String::as_str),
+            "record {i} (case {:?})",
+            bad_at.get(&i)
+        );
+        let original = &records[i].0;
+        match r.header("flagtally-truncated") {
+            Some(n) => {
+                assert_eq!(n.parse::<usize>().unwrap(), original.len());
+                assert!(r.value.len() < original.len() && original.starts_with(&r.value));
+            }
+            None => assert_eq!(&r.value, original, "the original bytes"),
+        }
+        if original.as_slice() == b"not json" {
+            // Forged headers travel renamed; flagtally's own are the only ones named so.
+            assert_eq!(r.header("original-flagtally-id"), Some("forged-id"));
+            assert_eq!(
+                r.header("original-flagtally-kind"),
+                Some("x/../../../escaped")
+            );
+            assert_eq!(r.header("original-flagtally-error-reason"), Some("forged"));
+            assert_ne!(r.header("flagtally-id"), Some("forged-id"));
+        }
+    }
+    assert_eq!(
+        seen_refused,
+        refused.len(),
+        "every refused output set aside"
+    );
+
+    // The daemon is still running, and the file sink wrote only inside its directory.
+    assert!(
+        f.child.try_wait().unwrap().is_none(),
+        "the daemon exited; log:\n{}",
+        f.log_text()
+    );
+    assert!(eventually(Duration::from_secs(30), || {
+        walk(&sink_dir)
+            .iter()
+            .any(|p| p.extension().is_some_and(|e| e == "ndjson"))
+    }));
+    let outside: Vec<_> = walk(&dir)
+        .into_iter()
+        .filter(|p| !p.starts_with(&sink_dir))
+        .collect();
+    assert!(
+        outside.is_empty(),
+        "files outside the sink's directory: {outside:?}"
+    );
+    assert!(f.stop(Duration::from_secs(25)).success());
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// One event dated a year ahead among 100 000 (a phone with a wrong clock), under the
+/// default clamp policy: it is counted at its record's timestamp, the watermark does
+/// not jump, and no later event becomes late.
+#[test]
+fn a_clock_a_year_ahead_causes_no_late_corrections() {
+    let broker = broker();
+    let t = Topics::create(broker, 1);
+    let start = now_ms() - 600_000;
+    let mut g = Generator::new(GenConfig {
+        dialect: GenDialect::Launchdarkly,
+        flags: 5,
+        start_ms: start,
+        step_ms: 5,
+        seed: 59,
+        ..GenConfig::default()
+    });
+    let mut records: Vec<Vec<u8>> = (0..100_000).map(|_| g.next_record()).collect();
+    let mut tally = g.into_tally();
+    records.insert(
+        1_000,
+        feature(now_ms() + 366 * 86_400_000, "wrong-clock", "phone").into_bytes(),
+    );
+    *tally
+        .counters
+        .entry(("wrong-clock".to_owned(), "0".to_owned(), "1".to_owned()))
+        .or_default() += 1;
+    // Each record is stamped as an SDK would send it: at (about) its events' time; the
+    // wrong clock's record at its neighbours'.
+    let p = producer(broker);
+    for (i, v) in records.iter().enumerate() {
+        let ts = start + 5 * (i as i64);
+        let rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&t.input)
+            .partition(0)
+            .payload(v.as_slice())
+            .timestamp(ts);
+        flagtally::sink::kafka::send_waiting(&p, rec, &|| false).unwrap();
+    }
+    p.flush(Duration::from_secs(60)).unwrap();
+    let f = Flagtally::start(
+        &t.config(
+            broker,
+            "size = \"10s\"\nlateness = \"2s\"\nidle_timeout = \"2s\"",
+        ),
+        &t.group,
+    );
+    let recs = read_until(
+        broker,
+        &t.summary,
+        Duration::from_secs(180),
+        summed_counters(tally.evaluations()),
+    );
+    let unique_recs = dedupe(&recs);
+    let late = unique_recs
+        .values()
+        .filter(|r| r.header("flagtally-late") == Some("true"))
+        .count();
+    assert_eq!(late, 0, "no late corrections");
+    let mut per_key: BTreeMap<(String, String, String), u64> = BTreeMap::new();
+    for ((fl, v, ver, _), n) in window_tally(unique_recs.values()) {
+        *per_key.entry((fl, v, ver)).or_default() += n;
+    }
+    assert_eq!(per_key, tally.counters, "every evaluation counted once");
+    assert!(f.stop(Duration::from_secs(25)).success());
+}
