@@ -23,6 +23,9 @@ use rdkafka::producer::{BaseRecord, Producer as _};
 
 const WINDOW_MS: i64 = 10_000;
 
+/// Header name/value pairs to send with a record.
+type Headers = Vec<(&'static str, &'static str)>;
+
 fn now_ms() -> i64 {
     i64::try_from(
         SystemTime::now()
@@ -44,7 +47,7 @@ fn feature(t: i64, key: &str, user: &str) -> String {
 struct Case {
     value: Vec<u8>,
     reason: Option<&'static str>,
-    headers: Vec<(&'static str, &'static str)>,
+    headers: Headers,
 }
 
 fn case(value: impl Into<Vec<u8>>, reason: Option<&'static str>) -> Case {
@@ -100,9 +103,8 @@ fn corpus(t: i64) -> Vec<Case> {
         case(with_value("1e999"), Some("invalid_value")),
         case(with_value(&"9".repeat(400)), Some("invalid_value")),
         case(
-            format!(
-                r#"{{"kind":"feature","creationDate":1e30,"key":"f","userKey":"u","value":1}}"#
-            ),
+            r#"{"kind":"feature","creationDate":1e30,"key":"f","userKey":"u","value":1}"#
+                .to_owned(),
             None,
         ),
         case(invalid_utf8, None),
@@ -206,7 +208,7 @@ fn hostile_records_never_stop_the_daemon_and_each_is_one_dead_letter() {
         .collect();
 
     // Interleave: a bad record every 3 000 good ones.
-    let mut records: Vec<(Vec<u8>, Vec<(&str, &str)>)> = Vec::new();
+    let mut records: Vec<(Vec<u8>, Headers)> = Vec::new();
     let mut bad_at: HashMap<usize, usize> = HashMap::new();
     let mut extra = cases.iter().enumerate().peekable();
     let mut big = refused.iter();
