@@ -22,11 +22,13 @@ struct Request {
     body: Vec<u8>,
 }
 
-/// Records requests; answers 503 while `down`.
+/// Records requests; answers 503 while `down`, and 400 (recording nothing) to a
+/// request whose body holds `reject`.
 struct Receiver {
     addr: String,
     requests: Arc<Mutex<Vec<Request>>>,
     down: Arc<AtomicBool>,
+    reject: Arc<Mutex<Option<String>>>,
 }
 
 impl Receiver {
@@ -35,11 +37,16 @@ impl Receiver {
         let addr = listener.local_addr().unwrap().to_string();
         let requests = Arc::new(Mutex::new(Vec::new()));
         let down = Arc::new(AtomicBool::new(false));
-        let (r, d) = (Arc::clone(&requests), Arc::clone(&down));
+        let reject: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
+        let (r, d, x) = (
+            Arc::clone(&requests),
+            Arc::clone(&down),
+            Arc::clone(&reject),
+        );
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(stream) = stream else { continue };
-                let (r, d) = (Arc::clone(&r), Arc::clone(&d));
+                let (r, d, x) = (Arc::clone(&r), Arc::clone(&d), Arc::clone(&x));
                 std::thread::spawn(move || {
                     let mut reader = BufReader::new(stream.try_clone().unwrap());
                     let mut headers = BTreeMap::new();
@@ -61,8 +68,15 @@ impl Receiver {
                         .map_or(0, |v| v.parse().unwrap());
                     let mut body = vec![0; n];
                     reader.read_exact(&mut body).unwrap();
+                    let rejected = x
+                        .lock()
+                        .unwrap()
+                        .as_ref()
+                        .is_some_and(|m| String::from_utf8_lossy(&body).contains(m.as_str()));
                     let status = if d.load(Ordering::Relaxed) {
                         "503 Service Unavailable"
+                    } else if rejected {
+                        "400 Bad Request"
                     } else {
                         r.lock().unwrap().push(Request {
                             at: Instant::now(),
@@ -83,6 +97,7 @@ impl Receiver {
             addr,
             requests,
             down,
+            reject,
         }
     }
 
@@ -327,5 +342,96 @@ batch_timeout = "200ms"
         assert_eq!(r.headers["x-hub-signature-256"], sign(b"two", &r.body));
     }
     assert!(requests.len() > before);
+    assert!(d.stop(Duration::from_secs(20)).success());
+}
+
+/// The receiver refuses (HTTP 400) every request holding one poison event: the sink
+/// bisects each refused batch down to that event, sets it aside in the dead-letter
+/// topic with the reason, and delivers everything else — no retry loop, no stall.
+#[test]
+fn a_permanently_refused_event_is_set_aside_and_the_rest_delivered() {
+    let broker = broker().to_owned();
+    let t = Topics::create(&broker, 2);
+    let mut g = Generator::new(GenConfig {
+        dialect: GenDialect::Launchdarkly,
+        flags: 5,
+        contexts: 200,
+        tracked_one_in: 5,
+        ..GenConfig::default()
+    });
+    let mut records: Vec<Vec<u8>> = (0..3000).map(|_| g.next_record()).collect();
+    let tally = g.into_tally();
+    let poison: Vec<Vec<u8>> = (0..3)
+        .map(|i| {
+            format!(
+                r#"{{"kind":"feature","creationDate":1767225600{i:03},"key":"poison-flag","version":1,"userKey":"p{i}","variation":0,"value":true,"trackEvents":true}}"#
+            )
+            .into_bytes()
+        })
+        .collect();
+    for (i, p) in poison.iter().enumerate() {
+        records.insert(500 + 900 * i, p.clone());
+    }
+    produce(&broker, &t.input, 2, &records);
+    let rx = Receiver::start();
+    *rx.reject.lock().unwrap() = Some("poison-flag".to_owned());
+    let cfg = format!(
+        r#"{base}
+[[sinks]]
+name = "hook"
+type = "webhook"
+topics = ["{feature}"]
+url = "http://{addr}/events"
+max_events = 100
+batch_size = 300
+batch_timeout = "200ms"
+retry_initial = "100ms"
+retry_max = "1s"
+"#,
+        base = t.config(&broker, "size = \"10s\"\nidle_timeout = \"1s\""),
+        feature = t.feature,
+        addr = rx.addr,
+    );
+    let d = Flagtally::start(&cfg, &unique("hook-poison"));
+    // Events are told apart by (creation date, flag, context): a bisected batch is
+    // sent again in other requests, under other idempotency keys (at least once).
+    let delivered = || {
+        let mut events = BTreeSet::new();
+        for r in rx.requests() {
+            let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+            for e in v["events"].as_array().unwrap() {
+                events.insert((
+                    e["creationDate"].to_string(),
+                    e["key"].to_string(),
+                    e["context"]["key"].to_string(),
+                ));
+            }
+        }
+        events.len() as u64
+    };
+    assert!(
+        eventually(Duration::from_secs(60), || delivered() >= tally.tracked),
+        "{} of {} events delivered; log:\n{}",
+        delivered(),
+        tally.tracked,
+        d.log_text()
+    );
+    let dlq = read_until(
+        &broker,
+        &t.dead_letter,
+        Duration::from_secs(60),
+        distinct_ids(3),
+    );
+    let set_aside = dedupe(&dlq);
+    assert_eq!(set_aside.len(), 3, "the three poison events set aside");
+    for r in set_aside.values() {
+        assert_eq!(r.header("flagtally-error-reason"), Some("sink_rejected"));
+        assert_eq!(r.header("flagtally-sink"), Some("hook"));
+        assert!(r.header("flagtally-error").unwrap().contains("HTTP 400"));
+        assert!(String::from_utf8_lossy(&r.value).contains("poison-flag"));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(delivered(), tally.tracked, "everything else exactly once");
+    assert!(d.log_text().contains("bisecting"), "{}", d.log_text());
     assert!(d.stop(Duration::from_secs(20)).success());
 }

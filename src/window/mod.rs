@@ -26,6 +26,8 @@ mod index;
 mod output;
 mod summary;
 
+pub use summary::MAX_COUNT;
+
 use std::collections::BTreeMap;
 use std::num::NonZeroUsize;
 

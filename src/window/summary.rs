@@ -14,6 +14,11 @@ use smallvec::SmallVec;
 use super::output::{CloseReason, ClosedSummary, Counter, PartitionId, Window};
 use crate::event::{Evaluation, FlagVersion, Json, Scope, Summary, VariationRef};
 
+/// The largest counter value: 2^53 - 1, the largest integer that JavaScript, Go's
+/// float64 JSON numbers and every other reader of the output hold exactly (and well
+/// inside PostgreSQL's bigint). Summary inputs above it are refused at decode.
+pub const MAX_COUNT: u64 = (1 << 53) - 1;
+
 #[derive(Debug)]
 struct CounterAcc {
     variation: Option<VariationRef>,
@@ -56,14 +61,16 @@ impl FlagAcc {
             .iter_mut()
             .find(|c| &c.variation == variation && &c.version == version)
         {
-            c.count += count;
+            // Never wraps: past the largest integer every JSON reader holds exactly
+            // (2^53 - 1), a counter stays there.
+            c.count = c.count.saturating_add(count).min(MAX_COUNT);
             return false;
         }
         self.counters.push(CounterAcc {
             variation: variation.clone(),
             version: version.clone(),
             value: value(),
-            count,
+            count: count.min(MAX_COUNT),
         });
         true
     }

@@ -506,6 +506,15 @@ fn summary(
             let count = c
                 .count
                 .ok_or_else(|| DecodeError::new(D, at(&cp, "count"), Reason::Missing))?;
+            if count > crate::window::MAX_COUNT {
+                return Err(DecodeError::new(
+                    D,
+                    at(&cp, "count"),
+                    Reason::Invalid(format!(
+                        "{count} is past 2^53 - 1, the largest count every reader holds exactly"
+                    )),
+                ));
+            }
             counters.push(SummaryCounter {
                 variation,
                 version,
