@@ -9,7 +9,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -46,27 +46,7 @@ fn assert_summaries(broker: &str, t: &Topics, records: &[Vec<u8>], tally: &Tally
     let unique = dedupe(&recs);
     let got = window_tally(unique.values());
     if total(&got) != expected {
-        let want = expected_windows(records, WINDOW_MS);
-        let mut diff = String::new();
-        for (k, n) in &got {
-            let w = want.get(k).copied().unwrap_or(0);
-            if *n != w {
-                diff += &format!("{k:?}: got {n}, want {w}\n");
-                for r in unique.values() {
-                    if r.header("flagtally-window-start") == Some(&k.3.to_string())
-                        && r.key.as_deref() == Some(k.0.as_bytes())
-                    {
-                        diff += &format!(
-                            "  {:?} late={:?} early={:?} {}\n",
-                            r.header("flagtally-source"),
-                            r.header("flagtally-late"),
-                            r.header("flagtally-early"),
-                            String::from_utf8_lossy(&r.value)
-                        );
-                    }
-                }
-            }
-        }
+        let diff = window_diff(&got, &expected_windows(records, WINDOW_MS), &unique);
         panic!("summed counters {} != {expected}:\n{diff}", total(&got));
     }
     assert_eq!(
@@ -99,32 +79,6 @@ fn assert_features(broker: &str, t: &Topics, tally: &Tally) {
         tally.tracked,
         "feature events one to one"
     );
-}
-
-/// Produces `records` in `chunks` slices, pausing between them, on a thread.
-fn produce_paced(
-    broker: &str,
-    t: &Topics,
-    records: Arc<Vec<Vec<u8>>>,
-    partitions: i32,
-    chunks: usize,
-    pause: Duration,
-) -> (std::thread::JoinHandle<()>, Arc<AtomicBool>) {
-    let done = Arc::new(AtomicBool::new(false));
-    let (broker, topic, flag) = (broker.to_owned(), t.input.clone(), Arc::clone(&done));
-    let h = std::thread::spawn(move || {
-        let p = producer(&broker);
-        let per = records.len().div_ceil(chunks);
-        for (c, chunk) in records.chunks(per).enumerate() {
-            for (i, v) in chunk.iter().enumerate() {
-                send(&p, &topic, ((c * per + i) as i32) % partitions, v);
-            }
-            rdkafka::producer::Producer::flush(&p, Duration::from_secs(60)).unwrap();
-            std::thread::sleep(pause);
-        }
-        flag.store(true, Ordering::Relaxed);
-    });
-    (h, done)
 }
 
 /// Waits until a flagtally log shows `needle` (assignment, restore, …).
@@ -195,7 +149,7 @@ fn sigkill_three_times_loses_nothing_and_duplicates_are_identical() {
     let records = Arc::new(records);
     let (h, input_done) = produce_paced(
         broker,
-        &t,
+        &t.input,
         Arc::clone(&records),
         4,
         20,
@@ -234,7 +188,7 @@ fn takeover(broker: &str, t: &Topics, n: usize, stop_a: impl FnOnce(Flagtally)) 
     wait_log(&b, "restored", Duration::from_secs(60));
     let (h, _) = produce_paced(
         broker,
-        t,
+        &t.input,
         Arc::clone(&records),
         4,
         12,
@@ -511,7 +465,7 @@ fn sigterm_drains_exits_zero_and_a_restart_continues_exactly() {
     wait_log(&f, "restored", Duration::from_secs(60));
     let (h, _) = produce_paced(
         broker,
-        &t,
+        &t.input,
         Arc::clone(&records),
         4,
         10,

@@ -61,26 +61,6 @@ retry_max = "1s"
     )
 }
 
-/// Eight chunks, three seconds apart (longer than the 2 s idle timeout).
-fn produce_in_chunks(
-    broker: &str,
-    topic: &str,
-    records: Arc<Vec<Vec<u8>>>,
-) -> std::thread::JoinHandle<()> {
-    let (broker, topic) = (broker.to_owned(), topic.to_owned());
-    std::thread::spawn(move || {
-        let p = producer(&broker);
-        let per = records.len().div_ceil(8);
-        for (c, chunk) in records.chunks(per).enumerate() {
-            for (i, v) in chunk.iter().enumerate() {
-                send(&p, &topic, ((c * per + i) % 4) as i32, v);
-            }
-            rdkafka::producer::Producer::flush(&p, Duration::from_secs(60)).unwrap();
-            std::thread::sleep(Duration::from_secs(3));
-        }
-    })
-}
-
 fn restarts(signal: &str) {
     let broker = broker();
     let url = postgres_url();
@@ -90,7 +70,15 @@ fn restarts(signal: &str) {
     let records = Arc::new(records);
     let cfg = config(&t, broker, &url, &schema);
     let name = unique(&format!("restart-{}", signal.to_lowercase()));
-    let feeder = produce_in_chunks(broker, &t.input, Arc::clone(&records));
+    // Eight chunks, three seconds apart (longer than the 2 s idle timeout).
+    let (feeder, _) = produce_paced(
+        broker,
+        &t.input,
+        Arc::clone(&records),
+        4,
+        8,
+        Duration::from_secs(3),
+    );
     let mut logs = Vec::new();
     for round in 0..3u64 {
         let f = Flagtally::start(&cfg, &format!("{name}-{round}"));
@@ -118,34 +106,7 @@ fn restarts(signal: &str) {
     let unique_recs = dedupe(&recs);
     let got = window_tally(unique_recs.values());
     if total(&got) != expected {
-        let want = expected_windows(&records, WINDOW_MS);
-        let mut diff = String::new();
-        for k in got
-            .keys()
-            .chain(want.keys())
-            .collect::<std::collections::BTreeSet<_>>()
-        {
-            let (g, w) = (
-                got.get(k).copied().unwrap_or(0),
-                want.get(k).copied().unwrap_or(0),
-            );
-            if g != w {
-                diff += &format!("{k:?}: got {g}, want {w}\n");
-                for r in unique_recs.values() {
-                    if r.header("flagtally-window-start") == Some(&k.3.to_string())
-                        && r.key.as_deref() == Some(k.0.as_bytes())
-                    {
-                        diff += &format!(
-                            "  {:?} late={:?} early={:?} {}\n",
-                            r.header("flagtally-source"),
-                            r.header("flagtally-late"),
-                            r.header("flagtally-early"),
-                            String::from_utf8_lossy(&r.value)
-                        );
-                    }
-                }
-            }
-        }
+        let diff = window_diff(&got, &expected_windows(&records, WINDOW_MS), &unique_recs);
         panic!(
             "summed counters {} != {expected} after dedupe by id:\n{diff}",
             total(&got)

@@ -7,7 +7,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -27,33 +27,6 @@ fn generated(n: usize, seed: u64) -> (Vec<Vec<u8>>, Tally) {
     });
     let records = (0..n).map(|_| g.next_record()).collect();
     (records, g.into_tally())
-}
-
-/// Produces `records` over `partitions` partitions in `chunks` slices `pause` apart, on a
-/// thread; the flag turns true when all are acknowledged.
-fn feed(
-    broker: &str,
-    topic: &str,
-    records: Arc<Vec<Vec<u8>>>,
-    partitions: usize,
-    chunks: usize,
-    pause: Duration,
-) -> (std::thread::JoinHandle<()>, Arc<AtomicBool>) {
-    let done = Arc::new(AtomicBool::new(false));
-    let (broker, topic, flag) = (broker.to_owned(), topic.to_owned(), Arc::clone(&done));
-    let h = std::thread::spawn(move || {
-        let p = producer(&broker);
-        let per = records.len().div_ceil(chunks);
-        for (c, chunk) in records.chunks(per).enumerate() {
-            for (i, v) in chunk.iter().enumerate() {
-                send(&p, &topic, ((c * per + i) % partitions) as i32, v);
-            }
-            rdkafka::producer::Producer::flush(&p, Duration::from_secs(60)).unwrap();
-            std::thread::sleep(pause);
-        }
-        flag.store(true, Ordering::Relaxed);
-    });
-    (h, done)
 }
 
 /// Summaries deduplicated by id (repeats byte-identical) equal the input, per window
@@ -125,7 +98,7 @@ fn scale_out_and_in_under_load_is_exact() {
         "consumer_properties = {",
         "consumer_properties = { \"partition.assignment.strategy\" = \"cooperative-sticky\",",
     );
-    let (h, done) = feed(
+    let (h, done) = produce_paced(
         broker,
         &t.input,
         Arc::clone(&records),
@@ -200,7 +173,7 @@ fn a_static_member_restarts_without_a_rebalance() {
         log.matches("partitions assigned").count() + log.matches("partitions revoked").count()
     };
     let settled = b_rebalances(&b);
-    let (h, _) = feed(
+    let (h, _) = produce_paced(
         broker,
         &t.input,
         Arc::clone(&records),

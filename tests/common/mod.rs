@@ -565,6 +565,73 @@ pub fn counted(db: &mut postgres::Client, schema: &str) -> BTreeMap<(String, Str
         .collect()
 }
 
+/// Produces `records` over `partitions` partitions in `chunks` slices, pausing `pause`
+/// after each, on a thread; the flag turns true once all are acknowledged.
+pub fn produce_paced(
+    broker: &str,
+    topic: &str,
+    records: std::sync::Arc<Vec<Vec<u8>>>,
+    partitions: i32,
+    chunks: usize,
+    pause: Duration,
+) -> (
+    std::thread::JoinHandle<()>,
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+    let done = Arc::new(AtomicBool::new(false));
+    let (broker, topic, flag) = (broker.to_owned(), topic.to_owned(), Arc::clone(&done));
+    let h = std::thread::spawn(move || {
+        let p = producer(&broker);
+        let per = records.len().div_ceil(chunks);
+        for (c, chunk) in records.chunks(per).enumerate() {
+            for (i, v) in chunk.iter().enumerate() {
+                send(&p, &topic, ((c * per + i) as i32) % partitions, v);
+            }
+            p.flush(Duration::from_secs(60)).unwrap();
+            std::thread::sleep(pause);
+        }
+        flag.store(true, Ordering::Relaxed);
+    });
+    (h, done)
+}
+
+/// Where two window tallies differ, with the summary records of each differing window
+/// (source, late and early flags, body): the message of a failed count.
+pub fn window_diff(
+    got: &WindowTally,
+    want: &WindowTally,
+    unique: &BTreeMap<String, Rec>,
+) -> String {
+    let mut diff = String::new();
+    let keys: std::collections::BTreeSet<_> = got.keys().chain(want.keys()).collect();
+    for k in keys {
+        let (g, w) = (
+            got.get(k).copied().unwrap_or(0),
+            want.get(k).copied().unwrap_or(0),
+        );
+        if g == w {
+            continue;
+        }
+        diff += &format!("{k:?}: got {g}, want {w}\n");
+        for r in unique.values() {
+            if r.header("flagtally-window-start") == Some(&k.3.to_string())
+                && r.key.as_deref() == Some(k.0.as_bytes())
+            {
+                diff += &format!(
+                    "  {:?} late={:?} early={:?} {}\n",
+                    r.header("flagtally-source"),
+                    r.header("flagtally-late"),
+                    r.header("flagtally-early"),
+                    String::from_utf8_lossy(&r.value)
+                );
+            }
+        }
+    }
+    diff
+}
+
 /// Appends a line to the test's report (`target/test-report.txt`), for numbers worth
 /// keeping.
 pub fn report(line: &str) {
