@@ -487,6 +487,11 @@ pub struct OutputSection {
     /// with a `flagtally-truncated` header giving the original length.
     #[serde(deserialize_with = "size")]
     pub max_dead_letter_bytes: usize,
+    /// Whether the producer asks the broker for each output topic's
+    /// `max.message.bytes` at startup. Not a file key: off only for the quickstart's
+    /// in-process mock cluster, which does not answer DescribeConfigs.
+    #[serde(skip, default = "yes")]
+    pub describe_topics: bool,
 }
 
 impl Default for OutputSection {
@@ -498,6 +503,7 @@ impl Default for OutputSection {
             topics: TopicsSection::default(),
             dead_letter_topic: None,
             max_dead_letter_bytes: 1_000_000,
+            describe_topics: true,
         }
     }
 }

@@ -229,6 +229,9 @@ fn topic_limits(config: &Config) -> std::collections::HashMap<String, usize> {
         .iter()
         .map(|t| ((*t).to_owned(), DEFAULT_TOPIC_LIMIT))
         .collect();
+    if !config.output.describe_topics {
+        return limits;
+    }
     let mut cc = ClientConfig::new();
     cc.set("bootstrap.servers", &config.kafka.brokers);
     config.kafka.apply(&mut cc, &Default::default());
