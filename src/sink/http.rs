@@ -153,12 +153,14 @@ impl Http {
         let status = resp.status().as_u16();
         match status {
             200..=299 => Ok(()),
-            // The request itself is refused: a retry would be refused again.
-            400..=499 if status != 408 && status != 429 => Err(super::worker::Rejected(format!(
-                "POST {}: HTTP {status}",
-                self.settings.url
-            ))
-            .into()),
+            // The request itself is refused: a retry would be refused again. Not so
+            // for 401, 403 and 404: wrong credentials or URL are the destination's
+            // configuration, fixed by an operator (reported, retried), not a reason to
+            // set every record aside; nor 408 and 429 (try later).
+            400..=499 if !matches!(status, 401 | 403 | 404 | 408 | 429) => Err(
+                super::worker::Rejected(format!("POST {}: HTTP {status}", self.settings.url))
+                    .into(),
+            ),
             _ => anyhow::bail!("POST {}: HTTP {status}", self.settings.url),
         }
     }
