@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -19,20 +19,40 @@ use axum::routing::get;
 
 use crate::metrics::Metrics;
 
-/// What `/healthz` and `/readyz` answer from; set by the pipeline.
-#[derive(Debug, Default)]
+/// Most pipeline workers in one process (`processing.threads`).
+pub const MAX_WORKERS: usize = 64;
+
+/// What `/healthz` and `/readyz` answer from; set by the pipeline workers, each in its
+/// own slot (`worker` below is the worker's index, `processing.worker`).
+#[derive(Debug)]
 pub struct Health {
-    /// Partitions are assigned (a restore finished).
-    assigned: AtomicBool,
-    /// The producer reached the broker: outputs can be written.
-    outputs_connected: AtomicBool,
+    /// How many workers report (slots `0..workers`).
+    workers: AtomicUsize,
+    /// Bit `i`: worker `i` has partitions (a restore finished).
+    assigned: AtomicU64,
+    /// Bit `i`: worker `i`'s producer reached the broker: its outputs can be written.
+    connected: AtomicU64,
     /// A stop signal was received: the process is draining.
     draining: AtomicBool,
-    /// When the pipeline last showed progress (a loop turn, or a wait on the broker),
-    /// in ms since [`uptime`]'s start; the systemd watchdog is fed only while recent.
-    last_beat_ms: AtomicU64,
+    /// When each worker last showed progress (a loop turn, or a wait on the broker),
+    /// in ms since [`uptime`]'s start; the systemd watchdog is fed only while every
+    /// worker's is recent.
+    beats: [AtomicU64; MAX_WORKERS],
     /// Each sink's problem (`None`: delivering).
     sinks: Mutex<BTreeMap<String, Option<String>>>,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Self {
+            workers: AtomicUsize::new(1),
+            assigned: AtomicU64::new(0),
+            connected: AtomicU64::new(0),
+            draining: AtomicBool::new(false),
+            beats: std::array::from_fn(|_| AtomicU64::new(0)),
+            sinks: Mutex::new(BTreeMap::new()),
+        }
+    }
 }
 
 /// Time since the first call (process start, in practice).
@@ -41,30 +61,70 @@ pub fn uptime() -> Duration {
     START.get_or_init(Instant::now).elapsed()
 }
 
+fn bit(worker: usize) -> u64 {
+    1 << worker.min(MAX_WORKERS - 1)
+}
+
 impl Health {
-    /// The pipeline is alive.
-    pub fn beat(&self) {
+    /// How many pipeline workers report (1 unless set).
+    pub fn set_workers(&self, n: usize) {
+        self.workers
+            .store(n.clamp(1, MAX_WORKERS), Ordering::Relaxed);
+    }
+
+    fn all_workers(&self) -> u64 {
+        let n = self.workers.load(Ordering::Relaxed);
+        if n >= 64 { u64::MAX } else { (1 << n) - 1 }
+    }
+
+    /// Every worker is alive (at startup, before they run).
+    pub fn beat_all(&self) {
+        for w in 0..self.workers.load(Ordering::Relaxed) {
+            self.beat(w);
+        }
+    }
+
+    /// The worker is alive.
+    pub fn beat(&self, worker: usize) {
         let now = u64::try_from(uptime().as_millis()).unwrap_or(u64::MAX);
-        self.last_beat_ms.store(now, Ordering::Relaxed);
+        self.beats[worker.min(MAX_WORKERS - 1)].store(now, Ordering::Relaxed);
     }
 
-    /// Time since the last [`Health::beat`].
+    /// Time since the least recent worker's last [`Health::beat`].
     pub fn since_beat(&self) -> Duration {
-        uptime().saturating_sub(Duration::from_millis(
-            self.last_beat_ms.load(Ordering::Relaxed),
-        ))
+        let oldest = self.beats[..self.workers.load(Ordering::Relaxed)]
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .min()
+            .unwrap_or(0);
+        uptime().saturating_sub(Duration::from_millis(oldest))
     }
 
-    pub fn set_assigned(&self, yes: bool) {
-        self.assigned.store(yes, Ordering::Relaxed);
+    pub fn set_assigned(&self, worker: usize, yes: bool) {
+        if yes {
+            self.assigned.fetch_or(bit(worker), Ordering::Relaxed);
+        } else {
+            self.assigned.fetch_and(!bit(worker), Ordering::Relaxed);
+        }
     }
 
+    /// Every worker's producer reaches the broker.
     pub fn outputs_connected(&self) -> bool {
-        self.outputs_connected.load(Ordering::Relaxed)
+        let all = self.all_workers();
+        self.connected.load(Ordering::Relaxed) & all == all
     }
 
-    pub fn set_outputs_connected(&self, yes: bool) {
-        self.outputs_connected.store(yes, Ordering::Relaxed);
+    /// This worker's producer reaches the broker.
+    pub fn worker_connected(&self, worker: usize) -> bool {
+        self.connected.load(Ordering::Relaxed) & bit(worker) != 0
+    }
+
+    pub fn set_outputs_connected(&self, worker: usize, yes: bool) {
+        if yes {
+            self.connected.fetch_or(bit(worker), Ordering::Relaxed);
+        } else {
+            self.connected.fetch_and(!bit(worker), Ordering::Relaxed);
+        }
     }
 
     /// A sink's state: `None` when it delivers, else what is wrong.
@@ -97,8 +157,8 @@ impl Health {
         self.draining.load(Ordering::Relaxed)
     }
 
-    /// Ready: partitions assigned, outputs connected, every sink delivering, not
-    /// draining.
+    /// Ready: some worker has partitions (more workers than partitions leave some
+    /// idle), every worker's outputs connected, every sink delivering, not draining.
     pub fn is_ready(&self) -> bool {
         self.readiness() == "ready"
     }
@@ -107,9 +167,9 @@ impl Health {
     pub fn readiness(&self) -> String {
         if self.is_draining() {
             "draining".to_owned()
-        } else if !self.outputs_connected.load(Ordering::Relaxed) {
+        } else if !self.outputs_connected() {
             "outputs not connected".to_owned()
-        } else if !self.assigned.load(Ordering::Relaxed) {
+        } else if self.assigned.load(Ordering::Relaxed) & self.all_workers() == 0 {
             "no partitions assigned".to_owned()
         } else if let Some(p) = self.sink_problem() {
             p

@@ -554,6 +554,32 @@ pub struct ProcessingSection {
     /// How long a SIGTERM/SIGINT drain may take before the process gives up.
     #[serde(deserialize_with = "positive_duration")]
     pub shutdown_deadline: Duration,
+    /// Pipeline workers in this process, each a member of the consumer group with its
+    /// own partitions, engine and producer; 0: one per core available.
+    pub threads: usize,
+    /// This worker's index (set per worker, not read from the file): it suffixes the
+    /// static member id and the transactional id of workers after the first.
+    #[serde(skip)]
+    pub worker: usize,
+}
+
+impl ProcessingSection {
+    /// The number of workers: `threads`, or the cores available when 0.
+    pub fn workers(&self) -> usize {
+        match self.threads {
+            0 => std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
+            n => n,
+        }
+        .min(crate::admin::MAX_WORKERS)
+    }
+
+    /// `id` for this worker: unchanged for the first, `id-N` for worker N.
+    pub fn per_worker(&self, id: &str) -> String {
+        match self.worker {
+            0 => id.to_owned(),
+            n => format!("{id}-{n}"),
+        }
+    }
 }
 
 impl Default for ProcessingSection {
@@ -564,6 +590,8 @@ impl Default for ProcessingSection {
             checkpoint_topic: "flagtally-checkpoints".to_owned(),
             commit_interval: Duration::from_secs(1),
             shutdown_deadline: Duration::from_secs(30),
+            threads: 0,
+            worker: 0,
         }
     }
 }
@@ -772,6 +800,12 @@ impl Config {
         }
         if self.processing.checkpoint_topic.is_empty() {
             problems.push("processing.checkpoint_topic: must not be empty".to_owned());
+        }
+        if self.processing.threads > crate::admin::MAX_WORKERS {
+            problems.push(format!(
+                "processing.threads: at most {} (0: one per core)",
+                crate::admin::MAX_WORKERS
+            ));
         }
         if let Err(e) = crate::window::Engine::new(self.engine_config()) {
             problems.push(format!("full_events.overrides: {e}"));

@@ -18,7 +18,7 @@ use flagtally::cli::{Cli, Command, GenArgs, QuickstartArgs, RunArgs, ValidateArg
 use flagtally::config::{Config, LogFormat};
 use flagtally::emit::Emitter;
 use flagtally::offline;
-use flagtally::pipeline::Pipeline;
+use flagtally::pipeline::pool::Pool;
 use flagtally::reload::{Outcome, Reloader, SetLogLevel};
 use flagtally::window::Engine;
 
@@ -143,7 +143,8 @@ fn run_daemon(args: &RunArgs) -> anyhow::Result<()> {
     signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&reload))?;
 
     let admin = Arc::new(Admin::default());
-    admin.health.beat();
+    admin.health.set_workers(config.processing.workers());
+    admin.health.beat_all();
     if let Some(addr) = config.admin.listen {
         let bound = admin::serve(addr, Arc::clone(&admin))
             .with_context(|| format!("admin.listen: cannot serve on {addr}"))?;
@@ -170,7 +171,7 @@ fn run_daemon(args: &RunArgs) -> anyhow::Result<()> {
     let deadline = config.processing.shutdown_deadline;
     // Sinks stop after the pipeline's drain, so they deliver what it wrote last.
     let sinks = flagtally::sink::worker::Sinks::start(config.clone(), Arc::clone(&admin))?;
-    let mut pipeline = Pipeline::new(config, Arc::clone(&hard_stop), Arc::clone(&admin))?;
+    let pool = Pool::start(&config, &hard_stop, &admin)?;
     notify::ready("processing");
     {
         // On the first signal: tell systemd and the health check; the drain must then
@@ -193,7 +194,7 @@ fn run_daemon(args: &RunArgs) -> anyhow::Result<()> {
     }
     let mut reloader = Reloader::new(args.config.clone(), tree, set_log_level);
     let mut last_status = Instant::now();
-    pipeline.run(&stop, &mut |p| {
+    let stats = pool.run(&stop, &mut |p| {
         if reload.swap(false, Ordering::Relaxed) {
             notify::reloading();
             let (outcome, apply) = reloader.reload(std::env::vars());
@@ -204,9 +205,7 @@ fn run_daemon(args: &RunArgs) -> anyhow::Result<()> {
                 Outcome::Unchanged => tracing::info!("reload: the file says what is running"),
                 Outcome::Changed { live, restart } => {
                     if let Some(config) = apply {
-                        if let Err(e) = p.apply_live(&config) {
-                            tracing::error!("reload: {e:#}");
-                        }
+                        p.apply_live(&config);
                         if live.iter().any(|k| k == "sinks" || k.starts_with("sinks.")) {
                             // The sinks restart with the new entries, on their own
                             // thread (the pipeline does not wait); each resumes from
@@ -240,7 +239,7 @@ fn run_daemon(args: &RunArgs) -> anyhow::Result<()> {
             ));
         }
     })?;
-    tracing::info!(stats = ?pipeline.stats(), "stopped");
+    tracing::info!(?stats, "stopped");
     sinks.stop();
     Ok(())
 }

@@ -5,7 +5,7 @@
 //! is an `Arc` around an atomic), so counting an event is one atomic add.
 
 use std::fmt::Write as _;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -47,6 +47,9 @@ pub struct Metrics {
     pub commit_seconds: Histogram,
     /// From send to the broker's acknowledgement, per record.
     pub produce_seconds: Histogram,
+    /// From a window's close deadline (its end plus the allowed lateness, in event
+    /// time) to the broker's acknowledgement of its summary.
+    pub summary_latency_seconds: Histogram,
     pub commits: Counter,
     /// Rewinds to the last commit after a failed delivery or transaction.
     pub rewinds: Counter,
@@ -62,8 +65,6 @@ pub struct Metrics {
     pub sink_panics: Family<Labels, Counter>,
     /// SIGHUP reloads, per result (`applied`, `restart-needed`, `rejected`, `unchanged`).
     pub reloads: Family<Labels, Counter>,
-    /// The last librdkafka retry total seen, to turn it into a counter.
-    retries_seen: Mutex<u64>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -81,6 +82,11 @@ impl Default for Metrics {
 fn seconds_buckets() -> impl Iterator<Item = f64> {
     // 0.5 ms … ~65 s
     exponential_buckets(0.0005, 2.0, 18)
+}
+
+fn latency_buckets() -> impl Iterator<Item = f64> {
+    // 10 ms … ~1.5 h (a backfill's old windows land in the last buckets)
+    exponential_buckets(0.01, 1.5, 30)
 }
 
 impl Metrics {
@@ -101,6 +107,7 @@ impl Metrics {
             consumer_lag: Family::default(),
             commit_seconds: Histogram::new(seconds_buckets()),
             produce_seconds: Histogram::new(seconds_buckets()),
+            summary_latency_seconds: Histogram::new(latency_buckets()),
             commits: Counter::default(),
             rewinds: Counter::default(),
             sink_records: Family::default(),
@@ -109,7 +116,6 @@ impl Metrics {
             sink_rejected: Family::default(),
             sink_panics: Family::default(),
             reloads: Family::default(),
-            retries_seen: Mutex::new(0),
         };
         let r = &mut metrics.registry;
         r.register(
@@ -181,6 +187,11 @@ impl Metrics {
             "produce_latency_seconds",
             "From send to the broker's acknowledgement",
             metrics.produce_seconds.clone(),
+        );
+        r.register(
+            "summary_latency_seconds",
+            "From a window's end plus lateness (event time) to its summary acknowledged by the broker",
+            metrics.summary_latency_seconds.clone(),
         );
         r.register(
             "commits",
@@ -286,16 +297,15 @@ impl Metrics {
         }
     }
 
-    /// Takes librdkafka's producer statistics: request retries.
-    pub fn producer_statistics(&self, stats: &rdkafka::Statistics) {
+    /// Takes one producer's librdkafka statistics: request retries (`seen`: that
+    /// producer's total at its previous report).
+    pub fn producer_statistics(&self, stats: &rdkafka::Statistics, seen: &AtomicU64) {
         let total: u64 = stats.brokers.values().map(|b| b.txretries).sum();
-        if let Ok(mut seen) = self.retries_seen.lock() {
-            if total > *seen {
-                self.sink_retries
-                    .get_or_create(&Self::sink("kafka"))
-                    .inc_by(total - *seen);
-            }
-            *seen = total;
+        let before = seen.swap(total, Ordering::Relaxed);
+        if total > before {
+            self.sink_retries
+                .get_or_create(&Self::sink("kafka"))
+                .inc_by(total - before);
         }
     }
 

@@ -27,7 +27,7 @@ use crate::admin::Admin;
 use crate::config::Config;
 use crate::generate::{GenConfig, GenDialect, Generator, Tally};
 use crate::metrics::Metrics;
-use crate::pipeline::Pipeline;
+use crate::pipeline::pool::Pool;
 
 /// The mock broker keeps at most 5 MiB per partition: this many records fit in the
 /// input partitions with room to spare.
@@ -145,12 +145,12 @@ pub fn run(opts: &Options, stop: &Arc<AtomicBool>) -> anyhow::Result<Report> {
     // The processor.
     let pipeline_stop = Arc::new(AtomicBool::new(false));
     let hard_stop = Arc::new(AtomicBool::new(false));
-    let mut pipeline = Pipeline::new(config, Arc::clone(&hard_stop), Arc::clone(&admin))?;
+    let pool = Pool::start(&config, &hard_stop, &admin)?;
     let processor = {
         let stop = Arc::clone(&pipeline_stop);
         std::thread::Builder::new()
-            .name("pipeline".to_owned())
-            .spawn(move || pipeline.run(&stop, &mut |_| {}))?
+            .name("pipelines".to_owned())
+            .spawn(move || pool.run(&stop, &mut |_| {}))?
     };
 
     // The reader: output topics → files and the table.

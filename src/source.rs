@@ -95,7 +95,7 @@ pub fn consumer(config: &Config, admin: Arc<Admin>) -> Result<Source, KafkaError
         // In exactly-once mode, never read another producer's aborted records.
         .set("isolation.level", "read_committed");
     if let Some(id) = &config.kafka.instance_id {
-        cc.set("group.instance.id", id);
+        cc.set("group.instance.id", config.processing.per_worker(id));
     }
     config
         .kafka

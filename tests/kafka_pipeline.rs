@@ -13,25 +13,12 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::*;
-use flagtally::generate::{GenConfig, GenDialect, Generator, Tally};
+use flagtally::generate::Tally;
 
 const WINDOW_MS: i64 = 10_000;
 const WINDOW: &str = r#"size = "10s"
 lateness = "2s"
 idle_timeout = "2s""#;
-
-fn generated(n: usize, seed: u64) -> (Vec<Vec<u8>>, Tally) {
-    let mut g = Generator::new(GenConfig {
-        dialect: GenDialect::Mixed,
-        flags: 8,
-        contexts: 500,
-        tracked_one_in: 50,
-        seed,
-        ..GenConfig::default()
-    });
-    let records = (0..n).map(|_| g.next_record()).collect();
-    (records, g.into_tally())
-}
 
 /// Reads the summary topic until its deduplicated counters add up to `expected`
 /// evaluations (or the timeout), then checks them window by window.

@@ -11,23 +11,10 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::*;
-use flagtally::generate::{GenConfig, GenDialect, Generator, Tally};
+use flagtally::generate::Tally;
 
 const WINDOW_MS: i64 = 10_000;
 const WINDOW: &str = "size = \"10s\"\nlateness = \"2s\"\nidle_timeout = \"2s\"";
-
-fn generated(n: usize, seed: u64) -> (Vec<Vec<u8>>, Tally) {
-    let mut g = Generator::new(GenConfig {
-        dialect: GenDialect::Mixed,
-        flags: 8,
-        contexts: 500,
-        tracked_one_in: 50,
-        seed,
-        ..GenConfig::default()
-    });
-    let records = (0..n).map(|_| g.next_record()).collect();
-    (records, g.into_tally())
-}
 
 /// Summaries deduplicated by id (repeats byte-identical) equal the input, per window
 /// and per counter; feature events one to one.

@@ -1,6 +1,7 @@
 //! The processor: consume → decode → window → emit → produce, with recovery by replay.
 //!
-//! One thread runs the loop; librdkafka's own threads fetch and deliver. Every
+//! One thread runs the loop (one per worker, [`pool`]: each worker is a whole pipeline
+//! with its own partitions); librdkafka's own threads fetch and deliver. Every
 //! `commit_interval` (and whenever a partition goes idle) the loop runs a commit cycle:
 //! 1. flush the producer: every output derived from what was read is acknowledged;
 //! 2. any delivery failure since the last cycle → rewind every partition to its last
@@ -18,6 +19,7 @@
 
 pub mod checkpoint;
 pub(crate) mod fit;
+pub mod pool;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -82,6 +84,22 @@ pub struct Stats {
     pub skipped_before_replay: u64,
 }
 
+impl Stats {
+    /// Adds another worker's totals.
+    pub fn add(&mut self, other: &Stats) {
+        self.records += other.records;
+        self.replayed_records += other.replayed_records;
+        self.dead_letters += other.dead_letters;
+        for (a, b) in self.outputs.iter_mut().zip(other.outputs) {
+            *a += b;
+        }
+        self.commits += other.commits;
+        self.rewinds += other.rewinds;
+        self.redelivered += other.redelivered;
+        self.skipped_before_replay += other.skipped_before_replay;
+    }
+}
+
 /// An assigned input partition.
 #[derive(Debug)]
 struct Part {
@@ -124,6 +142,8 @@ struct State {
     outputs: Vec<Output>,
     decoded: Decoded,
     last_commit: Instant,
+    /// Wall-clock ms, read once per batch of records.
+    now: i64,
     failures_seen: u64,
     sent_since_commit: bool,
     /// Ids of outputs the broker refused for good: a replay sets them aside at once (in
@@ -151,6 +171,8 @@ struct Counters {
     outputs: Vec<Counter>,
     /// Engine late counts already reported (correction, dead-letter, drop).
     late_seen: [u64; 3],
+    /// Open windows, distinct keys and assigned partitions last added to the gauges.
+    gauges: [i64; 3],
 }
 
 impl Counters {
@@ -167,6 +189,7 @@ impl Counters {
                 })
                 .collect(),
             late_seen: [0; 3],
+            gauges: [0; 3],
         }
     }
 
@@ -234,7 +257,9 @@ impl Pipeline {
             .check_connection(KAFKA_TIMEOUT)
             .with_context(|| format!("reaching the brokers {}", config.kafka.brokers))?;
         let store = checkpoint::Store::new(&config).context("opening the checkpoint topic")?;
-        admin.health.set_outputs_connected(true);
+        admin
+            .health
+            .set_outputs_connected(config.processing.worker, true);
         let consumer = crate::source::consumer(&config, Arc::clone(&admin))
             .context("creating the consumer")?;
         Ok(Self {
@@ -250,6 +275,7 @@ impl Pipeline {
                 outputs: Vec::new(),
                 decoded: Decoded::default(),
                 last_commit: Instant::now(),
+                now: now_ms(),
                 failures_seen: 0,
                 sent_since_commit: false,
                 diverted: std::collections::HashSet::new(),
@@ -310,9 +336,10 @@ impl Pipeline {
     ) -> anyhow::Result<()> {
         let mut last_report = Instant::now();
         while !stop.load(Ordering::Relaxed) {
-            self.state.admin.health.beat();
+            self.state.beat();
             on_turn(self);
-            // Up to a batch of records per turn; the first poll may wait.
+            // Up to a batch of records per turn; the first poll may wait. The clock is
+            // read once per batch, after that wait.
             for i in 0..1024 {
                 let timeout = if i == 0 {
                     Duration::from_millis(100)
@@ -320,6 +347,9 @@ impl Pipeline {
                     Duration::ZERO
                 };
                 let msg = self.consumer.poll(timeout);
+                if i == 0 {
+                    self.state.now = now_ms();
+                }
                 self.state.handle_assignment_changes(&self.consumer)?;
                 match msg {
                     Some(Ok(m)) => self.state.process(&m)?,
@@ -354,7 +384,7 @@ impl Pipeline {
             .unwrap_or_else(|e| tracing::warn!("pausing the consumer: {e}"));
         self.state.handle_assignment_changes(&self.consumer)?;
         while !self.state.commit_cycle(&self.consumer, false)? {
-            self.state.admin.health.beat();
+            self.state.beat();
             if self.state.hard_stop.load(Ordering::Relaxed) {
                 anyhow::bail!("stopped before the final commit");
             }
@@ -365,15 +395,35 @@ impl Pipeline {
 }
 
 impl State {
-    /// Gauges and the engine's late counts, once per loop turn.
+    /// This worker's index (`processing.worker`).
+    fn worker(&self) -> usize {
+        self.config.processing.worker
+    }
+
+    /// This worker is alive (a loop turn, or a wait on the broker).
+    fn beat(&self) {
+        self.admin.health.beat(self.worker());
+    }
+
+    /// Gauges and the engine's late counts, once per loop turn. The gauges are the
+    /// sums over workers: each adds the change since its last report.
     fn update_gauges(&mut self) {
         let m = &self.admin.metrics;
-        m.open_windows
-            .set(i64::try_from(self.engine.open_windows()).unwrap_or(i64::MAX));
-        m.distinct_keys
-            .set(i64::try_from(self.engine.keys()).unwrap_or(i64::MAX));
-        m.assigned_partitions
-            .set(i64::try_from(self.parts.len()).unwrap_or(i64::MAX));
+        let now = [
+            self.engine.open_windows(),
+            self.engine.keys(),
+            self.parts.len(),
+        ]
+        .map(|n| i64::try_from(n).unwrap_or(i64::MAX));
+        for (i, gauge) in [&m.open_windows, &m.distinct_keys, &m.assigned_partitions]
+            .into_iter()
+            .enumerate()
+        {
+            if now[i] != self.counters.gauges[i] {
+                gauge.inc_by(now[i] - self.counters.gauges[i]);
+                self.counters.gauges[i] = now[i];
+            }
+        }
         let c = self.engine.counts();
         let late = [c.late_corrected, c.late_dead_lettered, c.late_dropped];
         for (i, policy) in ["correction", "dead-letter", "drop"].iter().enumerate() {
@@ -400,7 +450,9 @@ impl State {
                         self.engine.revoke(pid);
                     }
                     self.parts.retain(|p| !pids.contains(&p.pid));
-                    self.admin.health.set_assigned(!self.parts.is_empty());
+                    self.admin
+                        .health
+                        .set_assigned(self.worker(), !self.parts.is_empty());
                     if self.producer.is_transactional() && self.sent_since_commit {
                         // The open transaction holds outputs of the revoked partitions,
                         // whose new owner re-reads them from the last commit:
@@ -421,7 +473,9 @@ impl State {
                         .filter(|pid| self.part_index(&pid.topic, pid.partition).is_none())
                         .collect();
                     self.restore(consumer, &fresh, false)?;
-                    self.admin.health.set_assigned(!self.parts.is_empty());
+                    self.admin
+                        .health
+                        .set_assigned(self.worker(), !self.parts.is_empty());
                 }
             }
         }
@@ -453,7 +507,7 @@ impl State {
             match loaded {
                 Ok(v) => break v,
                 Err(e) if !self.hard_stop.load(Ordering::Relaxed) => {
-                    self.admin.health.beat();
+                    self.beat();
                     tracing::warn!("reading checkpoints: {e}; retrying");
                     std::thread::sleep(Duration::from_secs(1));
                 }
@@ -567,7 +621,7 @@ impl State {
             self.dead_letter(m, &errors)?;
             self.decoded.errors = errors;
         }
-        let now = now_ms();
+        let now = self.now;
         for (index, event) in self.decoded.events.drain(..).enumerate() {
             let pos = SourcePos {
                 partition: pid.clone(),
@@ -656,7 +710,7 @@ impl State {
     /// is also a heartbeat: waiting on a slow broker is not a hang.
     fn give_up(&self) -> impl Fn() -> bool + '_ {
         || {
-            self.admin.health.beat();
+            self.beat();
             self.hard_stop.load(Ordering::Relaxed)
         }
     }
@@ -914,7 +968,7 @@ impl State {
 
     fn commit_cycle_if_due(&mut self, consumer: &Source) -> anyhow::Result<()> {
         let due = self.last_commit.elapsed() >= self.config.processing.commit_interval
-            || !self.engine.idle_due(now_ms()).is_empty();
+            || !self.engine.idle_due(self.now).is_empty();
         if due {
             self.commit_cycle(consumer, true)?;
         }
@@ -930,14 +984,14 @@ impl State {
             let m = &self.admin.metrics;
             m.commit_seconds.observe(started.elapsed().as_secs_f64());
             m.commits.inc();
-            self.admin.health.set_outputs_connected(true);
-        } else if committed && !self.admin.health.outputs_connected() {
+            self.admin.health.set_outputs_connected(self.worker(), true);
+        } else if committed && !self.admin.health.worker_connected(self.worker()) {
             // Nothing to commit: ask the broker whether it is back.
             let back = self
                 .producer
                 .check_connection(Duration::from_secs(1))
                 .is_ok();
-            self.admin.health.set_outputs_connected(back);
+            self.admin.health.set_outputs_connected(self.worker(), back);
         }
         Ok(committed)
     }
@@ -953,7 +1007,9 @@ impl State {
         let transactional = self.producer.is_transactional();
         if !transactional && let Err(e) = self.producer.flush(KAFKA_TIMEOUT) {
             tracing::warn!("outputs not yet acknowledged ({e}); commit postponed");
-            self.admin.health.set_outputs_connected(false);
+            self.admin
+                .health
+                .set_outputs_connected(self.worker(), false);
             return Ok(false);
         }
         let refused = self.producer.deliveries().take_refused();
@@ -987,7 +1043,9 @@ impl State {
             self.failures_seen = failed;
             let last = self.producer.deliveries().last_error().unwrap_or_default();
             tracing::error!("{last}; rewinding every partition to its last commit");
-            self.admin.health.set_outputs_connected(false);
+            self.admin
+                .health
+                .set_outputs_connected(self.worker(), false);
             if transactional {
                 self.producer
                     .abort_transaction(KAFKA_TIMEOUT)
@@ -1049,8 +1107,10 @@ impl State {
             // without knowing whether an idle checkpoint landed could let a replay
             // close windows this run did not.
             while let Err(e) = self.producer.flush(KAFKA_TIMEOUT) {
-                self.admin.health.beat();
-                self.admin.health.set_outputs_connected(false);
+                self.beat();
+                self.admin
+                    .health
+                    .set_outputs_connected(self.worker(), false);
                 tracing::warn!("checkpoints not yet acknowledged ({e}); waiting");
                 if self.hard_stop.load(Ordering::Relaxed) {
                     anyhow::bail!("stopped while checkpoints were in flight");

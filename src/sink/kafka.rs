@@ -35,6 +35,12 @@ pub struct Deliveries {
     last_error: Mutex<Option<String>>,
     refused: Mutex<Vec<Refused>>,
     admin: Arc<Admin>,
+    /// The pipeline worker this producer belongs to (its health slot).
+    worker: usize,
+    /// Request retries at the last statistics report.
+    retries_seen: AtomicU64,
+    /// `window.lateness` in ms: a summary is due at its window's end plus this.
+    lateness_ms: i64,
 }
 
 /// A record the broker refused for good.
@@ -112,14 +118,16 @@ impl Deliveries {
 
 impl ClientContext for Deliveries {
     fn stats(&self, statistics: rdkafka::Statistics) {
-        self.admin.metrics.producer_statistics(&statistics);
+        self.admin
+            .metrics
+            .producer_statistics(&statistics, &self.retries_seen);
     }
 
     /// librdkafka's global errors. Losing every broker makes the instance not ready
     /// until the next successful commit cycle (which sets it ready again).
     fn error(&self, error: KafkaError, reason: &str) {
         if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
-            self.admin.health.set_outputs_connected(false);
+            self.admin.health.set_outputs_connected(self.worker, false);
             tracing::warn!("the producer lost every broker: {reason}");
         } else {
             tracing::error!("librdkafka error: {error}: {reason}");
@@ -137,8 +145,15 @@ impl ProducerContext for Deliveries {
             .produce_seconds
             .observe(now.saturating_sub(sent_at) as f64 / 1e9);
         match result {
-            Ok(_) => {
+            Ok(msg) => {
                 self.delivered.fetch_add(1, Ordering::Relaxed);
+                if let Some(deadline_ms) = summary_deadline(msg, self.lateness_ms) {
+                    let now_ms = i64::try_from(now / 1_000_000).unwrap_or(i64::MAX);
+                    self.admin
+                        .metrics
+                        .summary_latency_seconds
+                        .observe(now_ms.saturating_sub(deadline_ms).max(0) as f64 / 1e3);
+                }
             }
             Err((e, msg))
                 if e.rdkafka_error_code()
@@ -191,6 +206,29 @@ impl ProducerContext for Deliveries {
             }
         }
     }
+}
+
+/// For a summary (not a late correction): its window's close deadline (end plus
+/// lateness), in ms.
+fn summary_deadline(msg: &rdkafka::message::BorrowedMessage<'_>, lateness_ms: i64) -> Option<i64> {
+    use rdkafka::Message as _;
+    use rdkafka::message::Headers as _;
+    let headers = msg.headers()?;
+    let mut summary = false;
+    let mut end = None;
+    for h in headers.iter() {
+        if h.key == crate::emit::header::KIND {
+            summary = h.value == Some(b"summary".as_slice());
+        } else if h.key == crate::emit::header::LATE {
+            return None;
+        } else if h.key == crate::emit::header::WINDOW_END {
+            end = h
+                .value
+                .and_then(|v| std::str::from_utf8(v).ok()?.parse::<i64>().ok());
+        }
+    }
+    end.filter(|_| summary)
+        .map(|e| e.saturating_add(lateness_ms))
 }
 
 /// One record to write.
@@ -371,7 +409,8 @@ impl Producer {
                     });
                     format!("flagtally-{}-{me}", config.kafka.group_id)
                 });
-            cc.set("transactional.id", id);
+            // Each worker its own producer and transaction (Kafka Streams' model too).
+            cc.set("transactional.id", config.processing.per_worker(&id));
         }
         config
             .kafka
@@ -382,6 +421,9 @@ impl Producer {
             last_error: Mutex::new(None),
             refused: Mutex::new(Vec::new()),
             admin,
+            worker: config.processing.worker,
+            retries_seen: AtomicU64::new(0),
+            lateness_ms: i64::try_from(config.window.lateness.as_millis()).unwrap_or(i64::MAX),
         })?;
         if transactional {
             inner.init_transactions(Duration::from_secs(30))?;

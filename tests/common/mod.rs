@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use flagtally::decode::{Decoded, Decoder, Dialect, Limits};
 use flagtally::emit::{EmitConfig, Emitter};
-use flagtally::generate::Tally;
+use flagtally::generate::{GenConfig, GenDialect, Generator, Tally};
 use flagtally::sink::kafka::{block_on, send_waiting};
 use flagtally::window::{Engine, EngineConfig, Output, PartitionId, SourcePos, WindowConfig};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -144,6 +144,21 @@ pub fn send(p: &ThreadedProducer<DefaultProducerContext>, topic: &str, partition
     send_waiting(p, rec, &|| false).unwrap();
 }
 
+/// `n` generated records in the three dialects (8 flags, 500 contexts, 1 in 50
+/// tracked) and what they hold.
+pub fn generated(n: usize, seed: u64) -> (Vec<Vec<u8>>, Tally) {
+    let mut g = Generator::new(GenConfig {
+        dialect: GenDialect::Mixed,
+        flags: 8,
+        contexts: 500,
+        tracked_one_in: 50,
+        seed,
+        ..GenConfig::default()
+    });
+    let records = (0..n).map(|_| g.next_record()).collect();
+    (records, g.into_tally())
+}
+
 /// The topics one flagtally test run uses.
 #[derive(Clone, Debug)]
 pub struct Topics {
@@ -215,6 +230,7 @@ topics.late = "{late}"
 checkpoint_topic = "{group}-checkpoints"
 commit_interval = "500ms"
 shutdown_deadline = "20s"
+threads = 2
 "#,
             group = self.group,
             input = self.input,
