@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # End-to-end drain benchmark (a script, not a test): preload N events into a topic on a
-# local Apache Kafka broker (scripts/infra.sh start bench), let flagtally drain them (summary-only output), and in the same
+# local Apache Kafka broker (scripts/infra.sh start bench; BENCH_BROKER names another), let flagtally drain them (summary-only output), and in the same
 # run let a no-op librdkafka consumer drain the same topic. Prints wall-clock events/s
 # and events per CPU-second of each process, and the ratio (target: flagtally ≥ 0.5 ×
 # the no-op consumer, summary-only; ≥ 0.35 × with full-fidelity output: FULL=1).
 #
-#   bash scripts/bench-drain.sh [N]      (default 1000000; DIALECT=auto to detect per record)
+#   bash scripts/bench-drain.sh [N]      (default 1000000; DIALECT=auto to detect per record;
+#                                        THREADS=n pipeline workers, default 0: one per core)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N="${1:-1000000}"
@@ -13,7 +14,7 @@ PARTS="${PARTS:-4}"
 cargo build --release --quiet --bin flagtally --bench noop_consumer
 BIN=target/release/flagtally
 NOOP=$(ls -t target/release/deps/noop_consumer-* | grep -v '\.d$' | head -1)
-eval "$(bash scripts/infra.sh start bench)"
+eval "$(bash scripts/infra.sh start "${BENCH_BROKER:-bench}")"
 B=$FLAGTALLY_TEST_BROKER
 PY=$(bash scripts/infra.sh python)
 id="bench-$$-$RANDOM"
@@ -39,6 +40,8 @@ input_topics = ["$id-in"]
 dialect = "${DIALECT:-launchdarkly}"
 [window]
 idle_timeout = "1s"
+[processing]
+threads = ${THREADS:-0}
 [output]
 dead_letter_topic = "$id-dlq"
 topics.summary = "$id-summary"
@@ -99,15 +102,15 @@ noop_cpu=$(/usr/bin/time -f '%U %S' "$NOOP" "$B" "$id-in" "$N" 2>&1 >/dev/null |
 end=$(date +%s.%N)
 noop_wall=$(echo "$end - $start" | bc -l)
 
-python3 - "$N" "$ft_wall" "$ft_cpu" "$noop_wall" "$noop_cpu" "${FULL:-0}" "$commit_wall" <<'PY'
-import sys
+PARTS="$PARTS" python3 - "$N" "$ft_wall" "$ft_cpu" "$noop_wall" "$noop_cpu" "${FULL:-0}" "$commit_wall" <<'PY'
+import os, sys
 n, fw, fc, nw, nc, full = int(sys.argv[1]), *map(float, sys.argv[2:6]), sys.argv[6] == "1"
 cw = float(sys.argv[7])
 f_rate, n_rate = n / fc, n / nc
 target = 0.35 if full else 0.5
-print(f"events: {n} ({'summary + full-fidelity' if full else 'summary-only'} output)")
+print(f"events: {n} ({'summary + full-fidelity' if full else 'summary-only'} output), {os.environ.get('PARTS', '4')} partitions, threads = {os.environ.get('THREADS', '0')}")
 print(f"flagtally: {n/fw:,.0f} events/s wall (all read in {fw:.1f} s from process start; all committed at {cw:.1f} s, after the idle close), {fc:.2f} CPU-s, {f_rate:,.0f} events/CPU-s")
 print(f"no-op consumer: {n/nw:,.0f} records/s wall, {nc:.2f} CPU-s, {n_rate:,.0f} records/CPU-s")
 print(f"ratio (events per CPU-s): {f_rate/n_rate:.2f} (target ≥ {target})")
 PY
-bash scripts/infra.sh reset bench
+bash scripts/infra.sh reset "${BENCH_BROKER:-bench}"

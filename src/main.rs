@@ -141,6 +141,12 @@ fn run_daemon(args: &RunArgs) -> anyhow::Result<()> {
         signal_hook::flag::register(sig, Arc::clone(&stop))?;
     }
     signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&reload))?;
+    // A file-size limit (systemd's LimitFSIZE, ulimit -f) must fail the sink's write
+    // (EFBIG, retried like a full disk), not kill the process.
+    signal_hook::flag::register(
+        signal_hook::consts::SIGXFSZ,
+        Arc::new(AtomicBool::new(false)),
+    )?;
 
     let admin = Arc::new(Admin::default());
     admin.health.set_workers(config.processing.workers());

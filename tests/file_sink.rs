@@ -193,3 +193,104 @@ fn crashes_leave_no_duplicate_records() {
         .len();
     assert_eq!(v["avro_records"].as_u64().unwrap(), topic_records as u64);
 }
+
+/// Every file under `dir`, recursively.
+fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// A disk that takes no more: the process's file-size limit is set (with `prlimit`)
+/// below one batch file, so every write fails part-way (EFBIG, as ENOSPC would). The
+/// daemon keeps running, retries, leaves no temporary file behind, and once the limit
+/// is lifted writes every feature event.
+#[test]
+fn a_full_disk_leaves_no_partial_files_and_recovers() {
+    let (broker, t, records, tally) = setup(20_000);
+    let dir = temp_dir("fulldisk");
+    let mut cfg = t.config(&broker, "size = \"10s\"\nidle_timeout = \"1s\"");
+    cfg.push_str(&format!(
+        r#"
+[[sinks]]
+name = "features"
+type = "file"
+topics = ["{feature}"]
+path = "{dir}"
+format = "ndjson"
+batch_size = 1000
+batch_timeout = "300ms"
+"#,
+        feature = t.feature,
+        dir = dir.display(),
+    ));
+    let mut d = Flagtally::start(&cfg, &unique("fulldisk"));
+    let pid = d.pid();
+    let prlimit = |size: &str| {
+        let status = std::process::Command::new("prlimit")
+            .arg(format!("--pid={pid}"))
+            .arg(format!("--fsize={size}"))
+            .status()
+            .unwrap();
+        assert!(status.success(), "prlimit --fsize={size}");
+    };
+    // 64 KiB: the log stays under it for a while; a batch of 1 000 feature events
+    // (about 300 KB) never fits.
+    prlimit("65536:unlimited");
+    produce(&broker, &t.input, 2, &records);
+    std::thread::sleep(Duration::from_secs(8));
+    assert!(d.wait(Duration::ZERO).is_none(), "the daemon exited");
+    let lines = |dir: &Path| -> std::collections::BTreeSet<String> {
+        files_under(dir)
+            .iter()
+            .filter(|p| p.extension().is_some_and(|x| x == "ndjson"))
+            .flat_map(|p| {
+                std::fs::read_to_string(p)
+                    .unwrap()
+                    .lines()
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    let partial: Vec<_> = files_under(&dir)
+        .into_iter()
+        .filter(|p| p.to_string_lossy().ends_with(".tmp"))
+        .collect();
+    assert!(partial.is_empty(), "temporary files left: {partial:?}");
+    assert!(
+        lines(&dir).len() < 1000,
+        "no batch fits while the disk is full"
+    );
+    prlimit("unlimited:unlimited");
+    assert!(
+        eventually(Duration::from_secs(90), || lines(&dir).len() as u64
+            >= tally.tracked),
+        "{} of {} feature events after the disk has room; log:\n{}",
+        lines(&dir).len(),
+        tally.tracked,
+        d.log_text()
+    );
+    assert_eq!(lines(&dir).len() as u64, tally.tracked);
+    let leftovers: Vec<_> = files_under(&dir)
+        .into_iter()
+        .filter(|p| p.to_string_lossy().ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+    let log = d.log_text();
+    assert!(
+        log.contains("File too large"),
+        "the write error is reported; log:\n{log}"
+    );
+    assert!(d.stop(Duration::from_secs(30)).success());
+}

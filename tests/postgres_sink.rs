@@ -248,3 +248,87 @@ fn an_unreachable_database_is_reported_not_fatal() {
     assert_eq!(http_get(&admin, "/healthz").unwrap().0, 200);
     assert!(d.stop(Duration::from_secs(20)).success());
 }
+
+/// A constraint the operator added (`CHECK (flag_key <> 'flag-3')`) refuses some
+/// feature events: PostgreSQL answers SQLSTATE 23514, a permanent error. The sink
+/// bisects each refused batch to the rows at fault, sets each aside as one dead letter
+/// (reason `sink_rejected`, with PostgreSQL's message), and writes everything else.
+#[test]
+fn rows_a_constraint_refuses_become_dead_letters() {
+    let url = postgres_url();
+    let (broker, t, records, tally) = setup(20_000);
+    let schema = unique("ft_pgcheck").replace('-', "_");
+    let mut db = sql(&url);
+    db.batch_execute(&format!(
+        "CREATE SCHEMA \"{schema}\"; SET search_path TO \"{schema}\";\n{}\n\
+         ALTER TABLE flagtally_feature_events ADD CONSTRAINT no_flag_3 CHECK (flag_key <> 'flag-3');",
+        std::fs::read_to_string(repo().join("schemas/postgres.sql")).unwrap()
+    ))
+    .unwrap();
+    produce(&broker, &t.input, 2, &records);
+    let cfg = format!(
+        r#"{base}
+[[sinks]]
+name = "checked"
+type = "postgres"
+topics = ["{feature}"]
+url = "{url}"
+schema = "{schema}"
+batch_size = 500
+batch_timeout = "200ms"
+retry_initial = "100ms"
+retry_max = "1s"
+"#,
+        base = t.config(&broker, "size = \"10s\"\nidle_timeout = \"1s\""),
+        feature = t.feature,
+    );
+    let d = Flagtally::start(&cfg, &unique("pgcheck"));
+    let features = read_until(
+        &broker,
+        &t.feature,
+        Duration::from_secs(120),
+        distinct_ids(tally.tracked),
+    );
+    let refused: u64 = dedupe(&features)
+        .values()
+        .filter(|r| String::from_utf8_lossy(&r.value).contains("\"key\":\"flag-3\""))
+        .count() as u64;
+    assert!(refused > 0, "some feature events are of flag-3");
+    let dlq = read_until(
+        &broker,
+        &t.dead_letter,
+        Duration::from_secs(90),
+        distinct_ids(refused),
+    );
+    let set_aside = dedupe(&dlq);
+    assert_eq!(
+        set_aside.len() as u64,
+        refused,
+        "one dead letter per refused row; log:\n{}",
+        d.log_text()
+    );
+    for r in set_aside.values() {
+        assert_eq!(r.header("flagtally-error-reason"), Some("sink_rejected"));
+        assert_eq!(r.header("flagtally-sink"), Some("checked"));
+        assert!(
+            r.header("flagtally-error").unwrap().contains("no_flag_3"),
+            "{:?}",
+            r.header("flagtally-error")
+        );
+        assert!(String::from_utf8_lossy(&r.value).contains("flag-3"));
+    }
+    assert!(
+        eventually(Duration::from_secs(30), || count(
+            &mut db,
+            &schema,
+            "flagtally_feature_events"
+        ) == tally.tracked - refused),
+        "{} rows of {}; log:\n{}",
+        count(&mut db, &schema, "flagtally_feature_events"),
+        tally.tracked - refused,
+        d.log_text()
+    );
+    let log = d.log_text();
+    assert!(log.contains("bisecting"), "{log}");
+    assert!(d.stop(Duration::from_secs(20)).success());
+}

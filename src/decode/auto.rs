@@ -15,14 +15,68 @@
 //! Anything else is undetectable and becomes a `DecodeError` (`undetected`): for
 //! example a `feature` event with only `userKey`, no variation, no version and no
 //! go-feature-flag field could be either dialect, whose timestamps differ in unit.
-//! Detection reads the record's top level once more, so `auto` costs more than a fixed
-//! dialect.
+//!
+//! Detection needs no parse of its own: the structural limits scan, which reads every
+//! JSON record once anyway, keeps the top level's member names and their values' first
+//! bytes ([`Shape`]), and the rules read those. Only a record the scan could not
+//! follow (unbalanced, an escaped member name, trailing bytes) is parsed to detect it,
+//! so its error says what is wrong.
 
 use serde_json::value::RawValue;
 
 use super::Dialect;
 use super::launchdarkly::first_byte;
+use super::limits::Shape;
 use super::util::RawObject;
+
+/// The members detection asks about: each one's value's first byte, and `kind`'s
+/// string (unescaped only).
+trait Members {
+    fn first(&self, name: &str) -> Option<u8>;
+    fn kind(&self) -> Option<&[u8]>;
+}
+
+impl Members for RawObject<'_> {
+    fn first(&self, name: &str) -> Option<u8> {
+        self.get(name)
+            .map(|v| v.get().as_bytes().first().copied().unwrap_or(0))
+    }
+
+    fn kind(&self) -> Option<&[u8]> {
+        self.get("kind")
+            .and_then(|k| serde_json::from_str::<&str>(k.get()).ok())
+            .map(str::as_bytes)
+    }
+}
+
+impl Members for Shape<'_> {
+    fn first(&self, name: &str) -> Option<u8> {
+        self.get(name).map(|(first, _)| first)
+    }
+
+    fn kind(&self) -> Option<&[u8]> {
+        // A string with an escape is not read as a kind (as serde's borrowed `&str`
+        // could not hold it).
+        self.get("kind")
+            .filter(|(first, text)| *first == b'"' && !text.contains(&b'\\'))
+            .map(|(_, text)| text)
+    }
+}
+
+/// Detects the dialect of a JSON record from the limits scan's [`Shape`]; a shape the
+/// scan could not complete falls back to [`detect`].
+pub(crate) fn detect_shape(value: &[u8], shape: &Shape<'_>) -> Result<Dialect, String> {
+    if !shape.complete {
+        return detect(value);
+    }
+    match (shape.root, shape.first_element) {
+        (b'{', _) => detect_object(shape),
+        (b'[', 0) => Ok(Dialect::Launchdarkly),
+        (b'[', b'{') => detect_element(shape),
+        (b'[', _) => Err("the array's first element is not an object".to_owned()),
+        _ => detect(value),
+    }
+}
 
 pub(crate) fn detect(value: &[u8]) -> Result<Dialect, String> {
     match value {
@@ -43,32 +97,33 @@ pub(crate) fn detect(value: &[u8]) -> Result<Dialect, String> {
             };
             let obj: RawObject<'_> = serde_json::from_str(first.get())
                 .map_err(|_| "the array's first element is not an object".to_owned())?;
-            if obj.get("kind").is_none()
-                && (obj.get("variations").is_some()
-                    || obj.get("metrics").is_some()
-                    || obj.get("user").is_some())
-            {
-                return Ok(Dialect::Featbit);
-            }
-            detect_object(&obj)
+            detect_element(&obj)
         }
         Some(_) => Err("neither a JSON object, a JSON array nor Avro".into()),
         None => Err("the record is blank".into()),
     }
 }
 
-fn detect_object(obj: &RawObject<'_>) -> Result<Dialect, String> {
-    let has = |k: &str| obj.get(k).is_some();
-    let is_string = |k: &str| obj.get(k).is_some_and(|v| v.get().starts_with('"'));
+/// A root array's first element: FeatBit's SDK payload, or the object rules.
+fn detect_element(obj: &impl Members) -> Result<Dialect, String> {
+    if obj.first("kind").is_none()
+        && (obj.first("variations").is_some()
+            || obj.first("metrics").is_some()
+            || obj.first("user").is_some())
+    {
+        return Ok(Dialect::Featbit);
+    }
+    detect_object(obj)
+}
+
+fn detect_object(obj: &impl Members) -> Result<Dialect, String> {
+    let has = |k: &str| obj.first(k).is_some();
+    let is_string = |k: &str| obj.first(k) == Some(b'"');
     let is_number = |k: &str| {
-        obj.get(k).is_some_and(|v| {
-            v.get()
-                .starts_with(|c: char| c == '-' || c.is_ascii_digit())
-        })
+        obj.first(k)
+            .is_some_and(|b| b == b'-' || b.is_ascii_digit())
     };
-    let kind = obj
-        .get("kind")
-        .and_then(|k| serde_json::from_str::<&str>(k.get()).ok());
+    let kind = obj.kind();
     if kind.is_none() {
         if has("type") {
             return Ok(Dialect::Native);
@@ -85,7 +140,7 @@ fn detect_object(obj: &RawObject<'_>) -> Result<Dialect, String> {
         }
         return Err("an object with no `kind`, `type`, `event` or `events`".into());
     }
-    if kind == Some("tracking")
+    if kind == Some(b"tracking")
         || has("source")
         || has("metadata")
         || (is_string("variation"))
@@ -98,7 +153,7 @@ fn detect_object(obj: &RawObject<'_>) -> Result<Dialect, String> {
         || has("user")
         || is_number("variation")
         || is_number("version")
-        || kind != Some("feature")
+        || kind != Some(b"feature")
     {
         return Ok(Dialect::Launchdarkly);
     }
@@ -109,8 +164,52 @@ fn detect_object(obj: &RawObject<'_>) -> Result<Dialect, String> {
 mod tests {
     use super::*;
 
+    /// Detects by the limits scan's shape, and checks the parse agrees when the text
+    /// is valid JSON.
     fn d(text: &str) -> Result<Dialect, String> {
-        detect(text.as_bytes())
+        let shape = crate::decode::limits::check_shape(text.as_bytes(), &Default::default())
+            .unwrap_or_default();
+        let by_shape = detect_shape(text.as_bytes(), &shape);
+        if serde_json::from_str::<serde_json::Value>(text).is_ok() {
+            assert_eq!(
+                by_shape.is_ok(),
+                detect(text.as_bytes()).is_ok(),
+                "{text}: {by_shape:?}"
+            );
+            if let Ok(found) = &by_shape {
+                assert_eq!(Ok(*found), detect(text.as_bytes()), "{text}");
+            }
+        }
+        by_shape
+    }
+
+    proptest::proptest! {
+        /// Objects (and arrays of them) built from the keys and values the rules read:
+        /// the shape and the parse detect the same dialect.
+        #[test]
+        fn the_shape_detects_what_the_parse_detects(
+            members in proptest::collection::vec((0usize..19, 0usize..9), 0..8),
+            in_array in proptest::bool::ANY,
+            spaces in proptest::bool::ANY,
+        ) {
+            const KEYS: [&str; 19] = [
+                "kind", "type", "event", "properties", "uuid", "distinct_id", "env_id",
+                "events", "source", "metadata", "context", "contextKeys", "user",
+                "variation", "version", "variations", "metrics", "k\\u0069nd", "other",
+            ];
+            const VALUES: [&str; 9] = [
+                "\"feature\"", "\"tracking\"", "\"index\"", "1", "-2", "\"v1\"",
+                "{\"kind\":\"user\",\"key\":\"u\"}", "[1,{\"kind\":\"x\"}]", "\"fe\\u0061ture\"",
+            ];
+            let sep = if spaces { " , " } else { "," };
+            let body = members
+                .iter()
+                .map(|(k, v)| format!("\"{}\"{}:{}", KEYS[*k], if spaces { " " } else { "" }, VALUES[*v]))
+                .collect::<Vec<_>>()
+                .join(sep);
+            let text = if in_array { format!("[{{{body}}}, {{\"kind\":\"tracking\"}}]") } else { format!("{{{body}}}") };
+            let _ = d(&text);
+        }
     }
 
     #[test]

@@ -10,12 +10,59 @@
 
 use super::{Limits, Reason};
 
+/// Most members of the detection level a [`Shape`] keeps.
+const SHAPE_MEMBERS: usize = 32;
+
+/// The top level of a JSON record as the limits scan saw it, for `auto`'s detection
+/// without a parse of its own: the members of the root object, or of a root array's
+/// first element.
+#[derive(Debug, Default)]
+pub(crate) struct Shape<'a> {
+    /// The root's first byte: `{` or `[` (0: not scanned).
+    pub root: u8,
+    /// For a root array: its first element's first byte (0: empty array).
+    pub first_element: u8,
+    /// `(name, the value's first byte, the string value's raw content)`, in order.
+    pub members: smallvec::SmallVec<[(&'a [u8], u8, &'a [u8]); 16]>,
+    /// Whether the shape can be trusted: the root closed with nothing but whitespace
+    /// after it, no member name escaped, at most [`SHAPE_MEMBERS`] members.
+    pub complete: bool,
+}
+
+impl<'a> Shape<'a> {
+    /// The first member named `name`: its value's first byte and raw string content.
+    pub fn get(&self, name: &str) -> Option<(u8, &'a [u8])> {
+        self.members
+            .iter()
+            .find(|(n, _, _)| *n == name.as_bytes())
+            .map(|(_, first, text)| (*first, *text))
+    }
+}
+
+fn first_non_space(bytes: &[u8]) -> Option<(usize, u8)> {
+    bytes
+        .iter()
+        .enumerate()
+        .find(|(_, b)| !b.is_ascii_whitespace())
+        .map(|(i, b)| (i, *b))
+}
+
 /// Checks `bytes` against `limits`; the error names the first limit exceeded and the
 /// byte offset where it happened.
 pub(crate) fn check(bytes: &[u8], limits: &Limits) -> Result<(), Reason> {
+    check_shape(bytes, limits).map(|_| ())
+}
+
+/// [`check`], also returning the record's [`Shape`].
+pub(crate) fn check_shape<'a>(bytes: &'a [u8], limits: &Limits) -> Result<Shape<'a>, Reason> {
     // Per open container at depth 1 and 2: is it an array, and how many commas so far.
     let mut arrays = [(false, 0usize); 3];
     let mut depth = 0usize;
+    let mut shape = Shape::default();
+    // Members are recorded at this depth (2 for a root array's first element).
+    let mut level = 1;
+    let mut usable = true;
+    let mut closed_at = None;
     let mut i = 0;
     while i < bytes.len() {
         match bytes[i] {
@@ -23,13 +70,14 @@ pub(crate) fn check(bytes: &[u8], limits: &Limits) -> Result<(), Reason> {
                 let start = i + 1;
                 let Some(len) = string_len(&bytes[start..]) else {
                     // Unterminated: the dialect's parser names the syntax error.
-                    return Ok(());
+                    return Ok(Shape::default());
                 };
                 let end = start + len;
-                let is_name = bytes[end + 1..]
-                    .iter()
-                    .find(|b| !b.is_ascii_whitespace())
-                    .is_some_and(|b| *b == b':');
+                if depth == 1 && level == 2 && arrays[1].1 == 0 && shape.first_element == 0 {
+                    shape.first_element = b'"';
+                }
+                let after = first_non_space(&bytes[end + 1..]);
+                let is_name = after.is_some_and(|(_, b)| b == b':');
                 if is_name && len > limits.max_key_bytes {
                     return Err(Reason::NameTooLong {
                         len,
@@ -43,9 +91,39 @@ pub(crate) fn check(bytes: &[u8], limits: &Limits) -> Result<(), Reason> {
                         limit: limits.max_string_bytes,
                     });
                 }
+                if is_name && depth == level && (level == 1 || arrays[1].1 == 0) && usable {
+                    let name = &bytes[start..end];
+                    let value_at = end + 1 + after.map_or(0, |(j, _)| j) + 1;
+                    let (first, text) = match first_non_space(&bytes[value_at.min(bytes.len())..]) {
+                        Some((j, b'"')) => {
+                            let from = value_at + j + 1;
+                            let text = string_len(&bytes[from..])
+                                .map_or(&[][..], |n| &bytes[from..from + n]);
+                            (b'"', text)
+                        }
+                        Some((_, b)) => (b, &[][..]),
+                        None => (0, &[][..]),
+                    };
+                    if name.contains(&b'\\') || shape.members.len() >= SHAPE_MEMBERS {
+                        usable = false;
+                    } else {
+                        shape.members.push((name, first, text));
+                    }
+                }
                 i = end + 1;
             }
             open @ (b'[' | b'{') => {
+                if depth == 0 {
+                    if shape.root != 0 {
+                        usable = false;
+                    }
+                    shape.root = open;
+                    if open == b'[' {
+                        level = 2;
+                    }
+                } else if depth == 1 && level == 2 && arrays[1].1 == 0 && shape.first_element == 0 {
+                    shape.first_element = open;
+                }
                 depth += 1;
                 if depth > limits.max_depth {
                     return Err(Reason::TooDeep {
@@ -60,6 +138,9 @@ pub(crate) fn check(bytes: &[u8], limits: &Limits) -> Result<(), Reason> {
             }
             b']' | b'}' => {
                 depth = depth.saturating_sub(1);
+                if depth == 0 && closed_at.is_none() {
+                    closed_at = Some(i);
+                }
                 i += 1;
             }
             b',' => {
@@ -73,10 +154,25 @@ pub(crate) fn check(bytes: &[u8], limits: &Limits) -> Result<(), Reason> {
                 }
                 i += 1;
             }
-            _ => i += 1,
+            b => {
+                if depth == 1
+                    && level == 2
+                    && arrays[1].1 == 0
+                    && shape.first_element == 0
+                    && !b.is_ascii_whitespace()
+                {
+                    shape.first_element = b;
+                }
+                i += 1;
+            }
         }
     }
-    Ok(())
+    // Only a root that closed once, with nothing after it but whitespace, and members
+    // (at level 2) only of the first element: the commas at depth 1 stop recording.
+    shape.complete = usable
+        && depth == 0
+        && closed_at.is_some_and(|c| first_non_space(&bytes[c + 1..]).is_none());
+    Ok(shape)
 }
 
 /// The length of the string whose content starts `rest`, up to its closing quote;

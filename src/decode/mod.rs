@@ -229,13 +229,29 @@ impl Decoder {
             return;
         }
         // JSON (every dialect but native Avro, whose records never start so): the
-        // structural limits, before any reader recurses into it.
+        // structural limits, before any reader recurses into it. The same scan gives
+        // `auto` the record's top level.
         if self.dialect != Dialect::NativeAvro
             && matches!(launchdarkly::first_byte(value), Some(b'{' | b'['))
-            && let Err(reason) = limits::check(value, &self.limits)
         {
-            out.errors.push(DecodeError::new(self.dialect, "", reason));
-            return;
+            match limits::check_shape(value, &self.limits) {
+                Err(reason) => {
+                    out.errors.push(DecodeError::new(self.dialect, "", reason));
+                    return;
+                }
+                Ok(shape) if self.dialect == Dialect::Auto => {
+                    match auto::detect_shape(value, &shape) {
+                        Ok(found) => decode_as(found, value, &self.limits, out),
+                        Err(why) => out.errors.push(DecodeError::new(
+                            Dialect::Auto,
+                            "",
+                            Reason::Undetected(why),
+                        )),
+                    }
+                    return;
+                }
+                Ok(_) => {}
+            }
         }
         decode_as(self.dialect, value, &self.limits, out);
     }

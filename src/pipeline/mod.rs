@@ -998,6 +998,16 @@ impl State {
 
     fn commit_cycle_inner(&mut self, consumer: &Source, close_idle: bool) -> anyhow::Result<bool> {
         self.last_commit = Instant::now();
+        if consumer.assignment_lost() {
+            // The session timed out (a broker outage, a stall): another member may own
+            // these partitions already. No checkpoint and no idle close from here — an
+            // idle close is a wall-clock decision the new owner would not share — until
+            // the next poll serves the revocation.
+            tracing::warn!(
+                "the group assignment is lost (session timed out); no checkpoints until the rebalance"
+            );
+            return Ok(true);
+        }
         let now = now_ms();
         let idle = if close_idle {
             self.engine.idle_due(now)
@@ -1137,6 +1147,11 @@ impl State {
             }
             // The checkpoints are written: the group offset catches up next cycle.
             tracing::warn!("committing group offsets failed ({e}); retrying next cycle");
+            if !idle.is_empty() {
+                // Perhaps no longer a member (the commit is how a member learns it was
+                // evicted): leave idle closes to whoever owns the partitions.
+                return Ok(false);
+            }
         }
         self.stats.commits += 1;
         self.sent_since_commit = false;

@@ -536,7 +536,8 @@ fn parquet_file(records: &[(&SinkRecord, Value)], codec: &str) -> anyhow::Result
     Ok(w.into_inner()?)
 }
 
-/// Writes `bytes` to `path` atomically: a temporary name, synced, then renamed.
+/// Writes `bytes` to `path` atomically: a temporary name, synced, then renamed. A
+/// failed write (a full disk, a file size limit) removes its temporary file.
 fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     let dir = path.parent().context("a file path has a directory")?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -545,10 +546,20 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
         .and_then(|n| n.to_str())
         .context("a file name")?;
     let tmp = dir.join(format!(".{name}.tmp"));
-    let mut f = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming into {}", path.display()))?;
+    let written = File::create(&tmp)
+        .with_context(|| format!("creating {}", tmp.display()))
+        .and_then(|mut f| {
+            f.write_all(bytes)
+                .and_then(|()| f.sync_all())
+                .with_context(|| format!("writing {}", tmp.display()))
+        })
+        .and_then(|()| {
+            std::fs::rename(&tmp, path).with_context(|| format!("renaming into {}", path.display()))
+        });
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
     if let Ok(d) = File::open(dir) {
         let _ = d.sync_all();
     }

@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Soak (a script, not a test): flagtally under a steady live load on a local Apache Kafka
+# broker (scripts/infra.sh start bench) for MINUTES minutes — RATE LaunchDarkly records/s
+# whose event times follow the wall clock, 100 000 distinct contexts, 200 flags,
+# summaries and index events written — sampling its resident memory every 30 s. Memory
+# must level off: the last samples no higher than the early ones (after warm-up) beyond
+# noise.
+#
+#   bash scripts/bench-soak.sh          (MINUTES=30 RATE=1000 THREADS=0)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+MINUTES="${MINUTES:-30}"
+RATE="${RATE:-1000}"
+cargo build --release --quiet --bin flagtally
+BIN=target/release/flagtally
+eval "$(bash scripts/infra.sh start bench | grep '^export')"
+B=$FLAGTALLY_TEST_BROKER
+PY=$(bash scripts/infra.sh python)
+id="soak-$$-$RANDOM"
+"$PY" - "$B" "$id" <<'PY'
+import sys
+from confluent_kafka.admin import AdminClient, NewTopic
+b, id = sys.argv[1], sys.argv[2]
+a = AdminClient({"bootstrap.servers": b})
+for t, f in a.create_topics([NewTopic(f"{id}-in", 4, 1), NewTopic(f"{id}-summary", 1, 1),
+                             NewTopic(f"{id}-index", 1, 1), NewTopic(f"{id}-dlq", 1, 1)]).items():
+    f.result(30)
+PY
+cat >"/tmp/$id.toml" <<TOML
+[kafka]
+brokers = "$B"
+group_id = "$id"
+input_topics = ["$id-in"]
+[input]
+dialect = "launchdarkly"
+[window]
+size = "1m"
+lateness = "5s"
+[processing]
+threads = ${THREADS:-0}
+[output]
+dead_letter_topic = "$id-dlq"
+topics.summary = "$id-summary"
+topics.index = "$id-index"
+[admin]
+listen = "off"
+TOML
+RUST_LOG=warn $BIN run --config "/tmp/$id.toml" &
+ft=$!
+count=$((RATE * MINUTES * 60))
+$BIN gen --brokers "$B" --topic "$id-in" --count "$count" --rate "$RATE" --dialect launchdarkly \
+  --start-ms "$(date +%s%3N)" --step-ms $((1000 / RATE > 0 ? 1000 / RATE : 1)) --flags 200 \
+  --contexts 100000 >/dev/null 2>&1 &
+gen=$!
+trap 'kill $ft $gen 2>/dev/null || true; bash scripts/infra.sh reset bench >/dev/null 2>&1 || true' EXIT
+samples=()
+for ((s = 0; s < MINUTES * 2; s++)); do
+  sleep 30
+  rss=$(awk '/VmRSS/ {print $2}' "/proc/$ft/status")
+  cpu=$(awk -v hz="$(getconf CLK_TCK)" '{print ($14+$15)/hz}' "/proc/$ft/stat")
+  samples+=("$rss")
+  echo "$(( (s + 1) * 30 )) s: RSS $((rss / 1024)) MiB, CPU $cpu s"
+done
+hwm=$(awk '/VmHWM/ {print $2}' "/proc/$ft/status")
+python3 - "$hwm" "${samples[@]}" <<'PY'
+import sys
+hwm, xs = int(sys.argv[1]), [int(x) for x in sys.argv[2:]]
+n = max(1, len(xs) // 6)
+early, late = xs[n:2 * n], xs[-n:]  # after the first sixth (warm-up), and the last sixth
+mib = lambda kb: kb / 1024
+print(f"samples: {len(xs)}; early mean {mib(sum(early) / len(early)):.1f} MiB, "
+      f"late mean {mib(sum(late) / len(late)):.1f} MiB, min {mib(min(xs)):.1f}, max {mib(max(xs)):.1f}, "
+      f"peak (VmHWM) {mib(hwm):.1f} MiB")
+PY
