@@ -331,6 +331,28 @@ pub fn send_waiting<C: ProducerContext>(
     }
 }
 
+/// Waits until every record `producer` was given is acknowledged (or failed), up to
+/// `timeout`. rdkafka's own `flush` polls the event queue for up to 100 ms at a time,
+/// racing the producer's polling thread for the delivery reports: each flush of a
+/// `ThreadedProducer` cost up to 100 ms beyond the broker's answer. This one asks
+/// librdkafka to send at once (a zero-timeout flush, which skips `linger.ms`) and then
+/// watches the queue drain while the polling thread serves the reports.
+pub fn flush_threaded<C: ProducerContext>(
+    producer: &ThreadedProducer<C>,
+    timeout: Duration,
+) -> Result<(), KafkaError> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if producer.flush(Duration::ZERO).is_ok() || producer.in_flight_count() == 0 {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut));
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+}
+
 /// Polls a future to completion on this thread (rdkafka's admin calls are futures;
 /// flagtally has no async runtime).
 pub fn block_on<F: Future>(fut: F) -> F::Output {
@@ -481,7 +503,7 @@ impl Producer {
 
     /// Waits until every queued record is delivered or failed.
     pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
-        self.inner.flush(timeout)
+        flush_threaded(&self.inner, timeout)
     }
 
     /// Exactly-once: commits the open transaction with the consumer's offsets, then

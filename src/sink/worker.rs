@@ -332,7 +332,7 @@ impl Worker {
                 .headers(hs);
         crate::sink::kafka::send_waiting(producer, record, &|| false)
             .with_context(|| format!("sink {}: writing a dead letter", self.name))?;
-        rdkafka::producer::Producer::flush(producer, Duration::from_secs(60))
+        crate::sink::kafka::flush_threaded(producer, Duration::from_secs(60))
             .with_context(|| format!("sink {}: writing a dead letter", self.name))?;
         Ok(())
     }
