@@ -51,7 +51,7 @@ listen = "$ADMIN"
 TOML
 RUST_LOG=warn $BIN run --config "/tmp/$id.toml" &
 ft=$!
-trap 'kill $ft 2>/dev/null || true; bash scripts/infra.sh reset "${BENCH_BROKER:-bench}" >/dev/null 2>&1 || true' EXIT
+trap 'kill $ft 2>/dev/null || true; wait $ft 2>/dev/null || true; bash scripts/infra.sh reset "${BENCH_BROKER:-bench}" >/dev/null 2>&1 || true' EXIT
 sleep 5
 "$PY" - "$B" "$id" "$RATE" "$SECS" "$BIN" "$ADMIN" <<'PY'
 import json, subprocess, sys, threading, time, urllib.request

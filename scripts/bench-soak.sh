@@ -13,7 +13,7 @@ MINUTES="${MINUTES:-30}"
 RATE="${RATE:-1000}"
 cargo build --release --quiet --bin flagtally
 BIN=target/release/flagtally
-eval "$(bash scripts/infra.sh start bench | grep '^export')"
+eval "$(bash scripts/infra.sh start "${BENCH_BROKER:-bench}" | grep '^export')"
 B=$FLAGTALLY_TEST_BROKER
 PY=$(bash scripts/infra.sh python)
 id="soak-$$-$RANDOM"
@@ -52,7 +52,7 @@ $BIN gen --brokers "$B" --topic "$id-in" --count "$count" --rate "$RATE" --diale
   --start-ms "$(date +%s%3N)" --step-ms $((1000 / RATE > 0 ? 1000 / RATE : 1)) --flags 200 \
   --contexts 100000 >/dev/null 2>&1 &
 gen=$!
-trap 'kill $ft $gen 2>/dev/null || true; bash scripts/infra.sh reset bench >/dev/null 2>&1 || true' EXIT
+trap 'kill $ft $gen 2>/dev/null || true; wait $ft 2>/dev/null || true; bash scripts/infra.sh reset "${BENCH_BROKER:-bench}" >/dev/null 2>&1 || true' EXIT
 samples=()
 for ((s = 0; s < MINUTES * 2; s++)); do
   sleep 30

@@ -13,6 +13,9 @@ use super::{Limits, Reason};
 /// Most members of the detection level a [`Shape`] keeps.
 const SHAPE_MEMBERS: usize = 32;
 
+/// `(name, the value's first byte, the string value's raw content)`.
+pub(crate) type Member<'a> = (&'a [u8], u8, &'a [u8]);
+
 /// The top level of a JSON record as the limits scan saw it, for `auto`'s detection
 /// without a parse of its own: the members of the root object, or of a root array's
 /// first element.
@@ -22,8 +25,8 @@ pub(crate) struct Shape<'a> {
     pub root: u8,
     /// For a root array: its first element's first byte (0: empty array).
     pub first_element: u8,
-    /// `(name, the value's first byte, the string value's raw content)`, in order.
-    pub members: smallvec::SmallVec<[(&'a [u8], u8, &'a [u8]); 16]>,
+    /// The members, in order.
+    pub members: smallvec::SmallVec<[Member<'a>; 16]>,
     /// Whether the shape can be trusted: the root closed with nothing but whitespace
     /// after it, no member name escaped, at most [`SHAPE_MEMBERS`] members.
     pub complete: bool,
@@ -50,18 +53,23 @@ fn first_non_space(bytes: &[u8]) -> Option<(usize, u8)> {
 /// Checks `bytes` against `limits`; the error names the first limit exceeded and the
 /// byte offset where it happened.
 pub(crate) fn check(bytes: &[u8], limits: &Limits) -> Result<(), Reason> {
-    check_shape(bytes, limits).map(|_| ())
+    scan(bytes, limits, false).map(|_| ())
 }
 
 /// [`check`], also returning the record's [`Shape`].
 pub(crate) fn check_shape<'a>(bytes: &'a [u8], limits: &Limits) -> Result<Shape<'a>, Reason> {
+    scan(bytes, limits, true)
+}
+
+/// The scan; `shape`: also keep the top level's members (else the shape stays empty).
+fn scan<'a>(bytes: &'a [u8], limits: &Limits, shape_wanted: bool) -> Result<Shape<'a>, Reason> {
     // Per open container at depth 1 and 2: is it an array, and how many commas so far.
     let mut arrays = [(false, 0usize); 3];
     let mut depth = 0usize;
     let mut shape = Shape::default();
     // Members are recorded at this depth (2 for a root array's first element).
     let mut level = 1;
-    let mut usable = true;
+    let mut usable = shape_wanted;
     let mut closed_at = None;
     let mut i = 0;
     while i < bytes.len() {

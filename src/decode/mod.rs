@@ -234,7 +234,12 @@ impl Decoder {
         if self.dialect != Dialect::NativeAvro
             && matches!(launchdarkly::first_byte(value), Some(b'{' | b'['))
         {
-            match limits::check_shape(value, &self.limits) {
+            let scanned = if self.dialect == Dialect::Auto {
+                limits::check_shape(value, &self.limits)
+            } else {
+                limits::check(value, &self.limits).map(|()| limits::Shape::default())
+            };
+            match scanned {
                 Err(reason) => {
                     out.errors.push(DecodeError::new(self.dialect, "", reason));
                     return;
