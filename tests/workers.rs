@@ -12,8 +12,7 @@ use std::time::Duration;
 use common::*;
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::error::KafkaError;
-use rdkafka::message::Headers as _;
-use rdkafka::{ClientConfig, Message as _, Offset, TopicPartitionList};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 const WINDOW: &str = "size = \"10s\"\nlateness = \"2s\"\nidle_timeout = \"5s\"";
 
@@ -50,21 +49,10 @@ fn multiset(broker: &str, topic: &str) -> BTreeMap<Record, usize> {
         );
         match c.poll(Duration::from_millis(200)) {
             Some(Ok(m)) => {
-                let headers = m
-                    .headers()
-                    .map(|hs| {
-                        hs.iter()
-                            .map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec()))
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                let r = (
-                    m.partition(),
-                    m.key().map(<[u8]>::to_vec),
-                    m.payload().unwrap_or_default().to_vec(),
-                    headers,
-                );
-                *out.entry(r).or_default() += 1;
+                let r = Rec::of(&m);
+                let headers = r.headers.into_iter().collect();
+                *out.entry((r.partition, r.key, r.value, headers))
+                    .or_default() += 1;
             }
             Some(Err(KafkaError::PartitionEOF(p))) => {
                 at_end.insert(p);
