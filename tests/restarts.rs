@@ -52,10 +52,12 @@ batch_timeout = "200ms"
 retry_initial = "100ms"
 retry_max = "1s"
 "#,
-        base = t.config(
-            broker,
-            "size = \"1m\"\nlateness = \"10s\"\nidle_timeout = \"2s\"\nlate_policy = \"correction\""
-        ),
+        base = t
+            .config(
+                broker,
+                "size = \"1m\"\nlateness = \"10s\"\nidle_timeout = \"2s\"\nlate_policy = \"correction\""
+            )
+            .replace("threads = 2", "threads = 1"),
         summary = t.summary,
         feature = t.feature,
     )
