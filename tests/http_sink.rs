@@ -106,6 +106,15 @@ impl Receiver {
     }
 }
 
+/// The daemon's configuration without sinks. One worker: these tests count every
+/// delivered event exactly, and a second worker's join is a rebalance that in
+/// at-least-once mode re-reads the moved partitions from their last commit, repeating
+/// feature events in the topic (and so in requests under new idempotency keys).
+fn base(broker: &str, t: &Topics) -> String {
+    t.config(broker, "size = \"10s\"\nidle_timeout = \"1s\"")
+        .replace("threads = 2", "threads = 1")
+}
+
 fn setup(n: usize) -> (String, Topics, Tally) {
     let broker = broker().to_owned();
     let t = Topics::create(&broker, 2);
@@ -141,7 +150,7 @@ batch_timeout = "200ms"
 retry_initial = "100ms"
 retry_max = "1s"
 "#,
-        base = t.config(&broker, "size = \"10s\"\nidle_timeout = \"1s\""),
+        base = base(&broker, &t),
         feature = t.feature,
         addr = rx.addr,
     );
@@ -207,7 +216,7 @@ rate_limit = {rate}
 batch_size = 200
 batch_timeout = "200ms"
 "#,
-        base = t.config(&broker, "size = \"10s\"\nidle_timeout = \"1s\""),
+        base = base(&broker, &t),
         feature = t.feature,
         index = t.index,
         addr = rx.addr,
@@ -287,7 +296,7 @@ batch_timeout = "200ms"
             addr = rx.addr,
         )
     };
-    let base = t.config(&broker, "size = \"10s\"\nidle_timeout = \"1s\"");
+    let base = base(&broker, &t);
     let name = unique("hookreload");
     let d = Flagtally::start(&format!("{base}{}", sink("one")), &name);
     let events = || -> u64 {
@@ -388,7 +397,7 @@ batch_timeout = "200ms"
 retry_initial = "100ms"
 retry_max = "1s"
 "#,
-        base = t.config(&broker, "size = \"10s\"\nidle_timeout = \"1s\""),
+        base = base(&broker, &t),
         feature = t.feature,
         addr = rx.addr,
     );
