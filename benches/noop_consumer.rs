@@ -18,13 +18,18 @@ fn main() {
         return;
     }
     let (broker, topic, count) = (&args[1], &args[2], args[3].parse::<u64>().unwrap());
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", broker)
+    let mut cc = ClientConfig::new();
+    cc.set("bootstrap.servers", broker)
         .set("group.id", format!("noop-{}", std::process::id()))
         .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .unwrap();
+        .set("auto.offset.reset", "earliest");
+    if std::env::var_os("NOOP_AS_FLAGTALLY").is_some() {
+        // flagtally's own consumer settings (src/source.rs), to compare like with like.
+        cc.set("statistics.interval.ms", "5000")
+            .set("enable.auto.offset.store", "false")
+            .set("isolation.level", "read_committed");
+    }
+    let c: BaseConsumer = cc.create().unwrap();
     c.subscribe(&[topic]).unwrap();
     let mut n = 0u64;
     let mut bytes = 0usize;
