@@ -15,6 +15,7 @@ cargo build --release --quiet --bin flagtally --bench noop_consumer
 BIN=target/release/flagtally
 NOOP=$(ls -t target/release/deps/noop_consumer-* | grep -v '\.d$' | head -1)
 eval "$(bash scripts/infra.sh start "${BENCH_BROKER:-bench}")"
+BROKER_PID=$(cat "${FLAGTALLY_INFRA:-${XDG_CACHE_HOME:-$HOME/.cache}/flagtally}/run/${BENCH_BROKER:-bench}/pid")
 B=$FLAGTALLY_TEST_BROKER
 PY=$(bash scripts/infra.sh python)
 id="bench-$$-$RANDOM"
@@ -58,8 +59,8 @@ cpu_of() { # utime+stime of a pid, in seconds
 # flagtally: runs until it has read every record (its records_in metric) — the drain
 # time and CPU reported — and then until its committed offsets reach the end of every
 # partition (the commit follows the idle close of the last windows: also reported).
-# The no-op consumer runs first too: on a fresh broker the first group creates the
-# offsets topic and warms the broker's fetch path, which is no part of either's cost.
+# The no-op consumer runs once first, unmeasured: on a fresh broker the first group
+# creates the offsets topic and warms the broker's fetch path, no part of either's cost.
 noop_run() { # prints "wall_seconds cpu_seconds"
   local s e cpu
   s=$(date +%s.%N)
@@ -67,9 +68,10 @@ noop_run() { # prints "wall_seconds cpu_seconds"
   e=$(date +%s.%N)
   echo "$(echo "$e - $s" | bc -l) $cpu"
 }
-read -r noop1_wall noop1_cpu < <(noop_run)
+noop_run >/dev/null # warm-up
 
 ADMIN="127.0.0.1:$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+broker_cpu0=$(cpu_of "$BROKER_PID")
 start=$(date +%s.%N)
 FLAGTALLY__ADMIN__LISTEN="$ADMIN" RUST_LOG=warn $BIN run --config "/tmp/$id.toml" &
 ft=$!
@@ -95,6 +97,7 @@ PY
 )
 end=$(date +%s.%N)
 ft_cpu=$(cpu_of $ft)
+broker_cpu=$(echo "$(cpu_of "$BROKER_PID") - $broker_cpu0" | bc -l)
 "$PY" - "$B" "$id" "$N" <<'PY'
 import sys, time
 from confluent_kafka import Consumer, TopicPartition
@@ -117,24 +120,19 @@ ft_wall=$(echo "$end - $start" | bc -l)
 commit_wall=$(echo "$committed - $start" | bc -l)
 
 steady_wall=$(echo "$end - $first" | bc -l)
-read -r noop2_wall noop2_cpu < <(noop_run)
-# The no-op consumer's better run of the two (the least CPU).
-if (( $(echo "$noop1_cpu < $noop2_cpu" | bc -l) )); then
-  noop_wall=$noop1_wall noop_cpu=$noop1_cpu
-else
-  noop_wall=$noop2_wall noop_cpu=$noop2_cpu
-fi
+read -r noop_wall noop_cpu < <(noop_run)
 
-PARTS="$PARTS" python3 - "$N" "$ft_wall" "$ft_cpu" "$noop_wall" "$noop_cpu" "${FULL:-0}" "$commit_wall" "$steady_wall" <<'PY'
+PARTS="$PARTS" python3 - "$N" "$ft_wall" "$ft_cpu" "$noop_wall" "$noop_cpu" "${FULL:-0}" "$commit_wall" "$steady_wall" "$broker_cpu" <<'PY'
 import os, sys
 n, fw, fc, nw, nc, full = int(sys.argv[1]), *map(float, sys.argv[2:6]), sys.argv[6] == "1"
-cw, sw = float(sys.argv[7]), float(sys.argv[8])
+cw, sw, bc = float(sys.argv[7]), float(sys.argv[8]), float(sys.argv[9])
 f_rate, n_rate = n / fc, n / nc
 target = 0.35 if full else 0.5
 print(f"events: {n} ({'summary + feature + index' if full else 'summary-only'} output), {os.environ.get('PARTS', '4')} partitions, threads = {os.environ.get('THREADS', '0')}")
 print(f"flagtally: {n/fw:,.0f} events/s wall (all read in {fw:.1f} s from process start; all committed at {cw:.1f} s, after the idle close), {fc:.2f} CPU-s, {f_rate:,.0f} events/CPU-s")
 print(f"flagtally steady state: {n/sw:,.0f} events/s wall (from the first record read to the last, {sw:.2f} s)")
-print(f"no-op consumer (the better of a run before and one after): {n/nw:,.0f} records/s wall, {nc:.2f} CPU-s, {n_rate:,.0f} records/CPU-s")
+print(f"broker meanwhile: {bc:.2f} CPU-s ({bc/fw:.0%} of a core over flagtally's {fw:.1f} s; flagtally {fc/fw:.0%})")
+print(f"no-op consumer: {n/nw:,.0f} records/s wall, {nc:.2f} CPU-s, {n_rate:,.0f} records/CPU-s")
 print(f"ratio (events per CPU-s): {f_rate/n_rate:.2f} (target ≥ {target})")
 PY
 bash scripts/infra.sh reset "${BENCH_BROKER:-bench}"

@@ -2,6 +2,7 @@
 //! Rebalances are queued by the consumer's context and handled by the pipeline right
 //! after the poll that reported them, before any record of a new partition.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rdkafka::ClientContext;
@@ -23,12 +24,18 @@ pub enum Assignment {
 #[derive(Debug)]
 pub struct SourceContext {
     changes: Mutex<Vec<Assignment>>,
+    /// Whether `changes` may hold anything: the pipeline asks after every poll, and a
+    /// load is cheaper than the lock.
+    pending: AtomicBool,
     admin: Arc<Admin>,
 }
 
 impl SourceContext {
     /// The assignment changes since the last call, in order.
     pub fn take_changes(&self) -> Vec<Assignment> {
+        if !self.pending.swap(false, Ordering::Acquire) {
+            return Vec::new();
+        }
         self.changes
             .lock()
             .map(|mut c| std::mem::take(&mut *c))
@@ -39,6 +46,7 @@ impl SourceContext {
         if let Ok(mut c) = self.changes.lock() {
             c.push(change);
         }
+        self.pending.store(true, Ordering::Release);
     }
 }
 
@@ -108,6 +116,7 @@ pub fn consumer(config: &Config, admin: Arc<Admin>) -> Result<Source, KafkaError
         .apply(&mut cc, &config.kafka.consumer_properties);
     let consumer: Source = cc.create_with_context(SourceContext {
         changes: Mutex::new(Vec::new()),
+        pending: AtomicBool::new(false),
         admin,
     })?;
     let topics: Vec<&str> = config
