@@ -472,3 +472,46 @@ fn sigterm_drains_exits_zero_and_a_restart_continues_exactly() {
     assert_features(broker, &t, &tally);
     assert!(f.stop(Duration::from_secs(25)).success());
 }
+
+/// Feature and index events may share one topic (LaunchDarkly's event stream carries
+/// both). The producer still learns that topic's `max.message.bytes` from the broker —
+/// its batches and the outputs it sets aside depend on it — although the configuration
+/// names the topic twice.
+#[test]
+fn outputs_sharing_a_topic_still_get_its_size_limit() {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let broker = broker();
+    let t = Topics::named();
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", broker)
+        .create()
+        .unwrap();
+    let shared =
+        NewTopic::new(&t.feature, 1, TopicReplication::Fixed(1)).set("max.message.bytes", "4096");
+    for r in flagtally::sink::kafka::block_on(admin.create_topics(&[shared], &AdminOptions::new()))
+        .unwrap()
+    {
+        r.unwrap();
+    }
+    // The broker describes a topic it has just created only once its metadata is out.
+    assert!(eventually(Duration::from_secs(30), || {
+        topic_config(broker, &t.feature, "max.message.bytes").as_deref() == Some("4096")
+    }));
+    let text = t.config(broker, WINDOW).replace(&t.index, &t.feature);
+    let config = flagtally::config::Config::parse(&text).unwrap();
+    assert_eq!(
+        config
+            .output
+            .topics
+            .topic(flagtally::emit::OutputKind::Index),
+        Some(t.feature.as_str())
+    );
+    let producer = flagtally::sink::kafka::Producer::new(
+        &config,
+        Arc::new(flagtally::admin::Admin::default()),
+    )
+    .unwrap();
+    assert_eq!(producer.topic_limit(&t.feature), 4096);
+    assert!(!producer.fits(&t.feature, 5000));
+    assert!(producer.fits(&t.feature, 1000));
+}

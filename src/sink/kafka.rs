@@ -258,11 +258,15 @@ pub const DEFAULT_TOPIC_LIMIT: usize = 1_048_588;
 /// an output over its topic's limit is set aside before it is sent.
 fn topic_limits(config: &Config) -> std::collections::HashMap<String, usize> {
     use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
-    let topics: Vec<&str> = crate::emit::OutputKind::ALL
+    let mut topics: Vec<&str> = crate::emit::OutputKind::ALL
         .iter()
         .filter_map(|k| config.output.topics.topic(*k))
         .chain(config.output.dead_letter_topic.as_deref())
         .collect();
+    // Outputs may share a topic (feature and index events, as LaunchDarkly's stream
+    // carries them); librdkafka refuses a DescribeConfigs naming a resource twice.
+    topics.sort_unstable();
+    topics.dedup();
     let mut limits: std::collections::HashMap<String, usize> = topics
         .iter()
         .map(|t| ((*t).to_owned(), DEFAULT_TOPIC_LIMIT))
@@ -458,15 +462,18 @@ impl Producer {
         })
     }
 
+    /// The `max.message.bytes` this producer holds `topic` to.
+    pub fn topic_limit(&self, topic: &str) -> usize {
+        self.limits
+            .get(topic)
+            .copied()
+            .unwrap_or(DEFAULT_TOPIC_LIMIT)
+    }
+
     /// Whether a record of about `bytes` (key, value and headers) fits `topic`'s
     /// `max.message.bytes` (with room for the batch's own overhead).
     pub fn fits(&self, topic: &str, bytes: usize) -> bool {
-        let limit = self
-            .limits
-            .get(topic)
-            .copied()
-            .unwrap_or(DEFAULT_TOPIC_LIMIT);
-        bytes + 256 <= limit
+        bytes + 256 <= self.topic_limit(topic)
     }
 
     pub fn deliveries(&self) -> &Deliveries {
