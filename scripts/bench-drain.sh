@@ -11,23 +11,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 N="${1:-1000000}"
 PARTS="${PARTS:-4}"
-cargo build --release --quiet --bin flagtally --bench noop_consumer
-BIN=target/release/flagtally
+source scripts/bench-lib.sh
+bench_start bench --bench noop_consumer
 NOOP=$(ls -t target/release/deps/noop_consumer-* | grep -v '\.d$' | head -1)
-eval "$(bash scripts/infra.sh start "${BENCH_BROKER:-bench}")"
-BROKER_PID=$(cat "${FLAGTALLY_INFRA:-${XDG_CACHE_HOME:-$HOME/.cache}/flagtally}/run/${BENCH_BROKER:-bench}/pid")
-B=$FLAGTALLY_TEST_BROKER
-PY=$(bash scripts/infra.sh python)
-id="bench-$$-$RANDOM"
-"$PY" - "$B" "$id" "$PARTS" <<'PY'
-import sys
-from confluent_kafka.admin import AdminClient, NewTopic
-b, id, parts = sys.argv[1], sys.argv[2], int(sys.argv[3])
-a = AdminClient({"bootstrap.servers": b})
-for t, f in a.create_topics([NewTopic(f"{id}-in", parts, 1), NewTopic(f"{id}-summary", 1, 1),
-                             NewTopic(f"{id}-feature", 2, 1), NewTopic(f"{id}-dlq", 1, 1)]).items():
-    f.result(30)
-PY
+bench_topics "in:$PARTS" summary:1 feature:2 dlq:1
 echo "preloading $N LaunchDarkly events into $id-in ($PARTS partitions)…"
 $BIN gen --brokers "$B" --topic "$id-in" --count "$N" --dialect launchdarkly --tracked-one-in 10 >/dev/null 2>&1
 feature_line=""
@@ -61,24 +48,25 @@ cpu_of() { # utime+stime of a pid, in seconds
 # partition (the commit follows the idle close of the last windows: also reported).
 # The no-op consumer runs once first, unmeasured: on a fresh broker the first group
 # creates the offsets topic and warms the broker's fetch path, no part of either's cost.
-noop_run() { # prints "wall_seconds cpu_seconds"
-  local s e cpu
-  s=$(date +%s.%N)
-  cpu=$(/usr/bin/time -f '%U %S' "$NOOP" "$B" "$id-in" "$N" 2>&1 >/dev/null | tail -1 | awk '{print $1 + $2}')
-  e=$(date +%s.%N)
-  echo "$(echo "$e - $s" | bc -l) $cpu"
+noop_run() { # prints "seconds from its first record to its last" "CPU seconds"
+  local out
+  out=$(/usr/bin/time -f 'cpu %U %S' "$NOOP" "$B" "$id-in" "$N" 2>&1)
+  echo "$(echo "$out" | awk '/^noop:/ {print $(NF-3)}') $(echo "$out" | awk '/^cpu / {print $2 + $3}')"
 }
 noop_run >/dev/null # warm-up
 
-ADMIN="127.0.0.1:$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+ADMIN="127.0.0.1:$(free_port)"
 broker_cpu0=$(cpu_of "$BROKER_PID")
 start=$(date +%s.%N)
 FLAGTALLY__ADMIN__LISTEN="$ADMIN" RUST_LOG=warn $BIN run --config "/tmp/$id.toml" &
 ft=$!
 trap 'kill $ft 2>/dev/null || true' EXIT
-first=$("$PY" - "$ADMIN" "$N" <<'PY'
-import sys, time, urllib.request
-admin, n = sys.argv[1], int(sys.argv[2])
+read -r first ft_cpu_first broker_cpu_first < <("$PY" - "$ADMIN" "$N" "$ft" "$BROKER_PID" <<'PY'
+import os, sys, time, urllib.request
+admin, n, pids = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+def cpu(pid):  # utime + stime, seconds
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 first = None
 while True:
     try:
@@ -89,15 +77,20 @@ while True:
         read = 0
     if read > 0 and first is None:
         first = time.time()
+        cpus = [cpu(p) for p in pids]
     if read >= n:
         break
     time.sleep(0.02)
-print(f"{first:.3f}")
+print(f"{first:.3f}", *(f"{c:.2f}" for c in cpus))
 PY
 )
 end=$(date +%s.%N)
 ft_cpu=$(cpu_of $ft)
-broker_cpu=$(echo "$(cpu_of "$BROKER_PID") - $broker_cpu0" | bc -l)
+broker_now=$(cpu_of "$BROKER_PID")
+broker_cpu=$(echo "$broker_now - $broker_cpu0" | bc -l)
+# Cores in use from the first record read to the last: flagtally's, the broker's.
+steady_cores=$(echo "($ft_cpu - $ft_cpu_first) / ($end - $first)" | bc -l)
+broker_cores=$(echo "($broker_now - $broker_cpu_first) / ($end - $first)" | bc -l)
 "$PY" - "$B" "$id" "$N" <<'PY'
 import sys, time
 from confluent_kafka import Consumer, TopicPartition
@@ -122,17 +115,17 @@ commit_wall=$(echo "$committed - $start" | bc -l)
 steady_wall=$(echo "$end - $first" | bc -l)
 read -r noop_wall noop_cpu < <(noop_run)
 
-PARTS="$PARTS" python3 - "$N" "$ft_wall" "$ft_cpu" "$noop_wall" "$noop_cpu" "${FULL:-0}" "$commit_wall" "$steady_wall" "$broker_cpu" <<'PY'
+PARTS="$PARTS" python3 - "$N" "$ft_wall" "$ft_cpu" "$noop_wall" "$noop_cpu" "${FULL:-0}" "$commit_wall" "$steady_wall" "$broker_cpu" "$steady_cores" "$broker_cores" <<'PY'
 import os, sys
 n, fw, fc, nw, nc, full = int(sys.argv[1]), *map(float, sys.argv[2:6]), sys.argv[6] == "1"
-cw, sw, bc = float(sys.argv[7]), float(sys.argv[8]), float(sys.argv[9])
+cw, sw, bc, fcores, bcores = map(float, sys.argv[7:12])
 f_rate, n_rate = n / fc, n / nc
 target = 0.35 if full else 0.5
 print(f"events: {n} ({'summary + feature + index' if full else 'summary-only'} output), {os.environ.get('PARTS', '4')} partitions, threads = {os.environ.get('THREADS', '0')}")
 print(f"flagtally: {n/fw:,.0f} events/s wall (all read in {fw:.1f} s from process start; all committed at {cw:.1f} s, after the idle close), {fc:.2f} CPU-s, {f_rate:,.0f} events/CPU-s")
-print(f"flagtally steady state: {n/sw:,.0f} events/s wall (from the first record read to the last, {sw:.2f} s)")
+print(f"flagtally steady state: {n/sw:,.0f} events/s wall (from the first record read to the last, {sw:.2f} s; cores busy meanwhile: flagtally {fcores:.2f}, broker {bcores:.2f})")
 print(f"broker meanwhile: {bc:.2f} CPU-s ({bc/fw:.0%} of a core over flagtally's {fw:.1f} s; flagtally {fc/fw:.0%})")
-print(f"no-op consumer: {n/nw:,.0f} records/s wall, {nc:.2f} CPU-s, {n_rate:,.0f} records/CPU-s")
+print(f"no-op consumer: {n/nw:,.0f} records/s wall (from its first record), {nc:.2f} CPU-s, {n_rate:,.0f} records/CPU-s")
 print(f"ratio (events per CPU-s): {f_rate/n_rate:.2f} (target ≥ {target})")
 PY
 bash scripts/infra.sh reset "${BENCH_BROKER:-bench}"

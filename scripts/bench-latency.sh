@@ -14,22 +14,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 RATE="${RATE:-1000}"
 SECS="${SECS:-60}"
-cargo build --release --quiet --bin flagtally
-BIN=target/release/flagtally
-eval "$(bash scripts/infra.sh start "${BENCH_BROKER:-bench}" | grep '^export')"
-B=$FLAGTALLY_TEST_BROKER
-PY=$(bash scripts/infra.sh python)
-id="lat-$$-$RANDOM"
-"$PY" - "$B" "$id" <<'PY'
-import sys
-from confluent_kafka.admin import AdminClient, NewTopic
-b, id = sys.argv[1], sys.argv[2]
-a = AdminClient({"bootstrap.servers": b})
-for t, f in a.create_topics([NewTopic(f"{id}-in", 4, 1), NewTopic(f"{id}-summary", 1, 1),
-                             NewTopic(f"{id}-dlq", 1, 1)]).items():
-    f.result(30)
-PY
-ADMIN="127.0.0.1:$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+source scripts/bench-lib.sh
+bench_start lat
+bench_topics in:4 summary:1 dlq:1
+ADMIN="127.0.0.1:$(free_port)"
 cat >"/tmp/$id.toml" <<TOML
 [kafka]
 brokers = "$B"

@@ -11,21 +11,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 MINUTES="${MINUTES:-30}"
 RATE="${RATE:-1000}"
-cargo build --release --quiet --bin flagtally
-BIN=target/release/flagtally
-eval "$(bash scripts/infra.sh start "${BENCH_BROKER:-bench}" | grep '^export')"
-B=$FLAGTALLY_TEST_BROKER
-PY=$(bash scripts/infra.sh python)
-id="soak-$$-$RANDOM"
-"$PY" - "$B" "$id" <<'PY'
-import sys
-from confluent_kafka.admin import AdminClient, NewTopic
-b, id = sys.argv[1], sys.argv[2]
-a = AdminClient({"bootstrap.servers": b})
-for t, f in a.create_topics([NewTopic(f"{id}-in", 4, 1), NewTopic(f"{id}-summary", 1, 1),
-                             NewTopic(f"{id}-index", 1, 1), NewTopic(f"{id}-dlq", 1, 1)]).items():
-    f.result(30)
-PY
+source scripts/bench-lib.sh
+bench_start soak
+bench_topics in:4 summary:1 index:1 dlq:1
 cat >"/tmp/$id.toml" <<TOML
 [kafka]
 brokers = "$B"

@@ -212,8 +212,10 @@ default.replication.factor=1
 min.insync.replicas=1
 num.partitions=1
 auto.create.topics.enable=false
-# Tests wait for assignment; no reason to wait longer.
-group.initial.rebalance.delay.ms=0
+# Tests wait for assignment; no reason to wait longer. (Kafka's default is 3 s: members
+# joining a new group within it share one rebalance. The benchmarks set that, so that a
+# process's workers start together as they do on a production broker.)
+group.initial.rebalance.delay.ms=${INFRA_REBALANCE_DELAY_MS:-0}
 # Takeover tests set a short session timeout.
 group.min.session.timeout.ms=1000
 group.consumer.min.session.timeout.ms=1000

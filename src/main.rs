@@ -303,7 +303,10 @@ fn generate(args: &GenArgs) -> anyhow::Result<()> {
     cc.set("bootstrap.servers", &args.brokers)
         .set("enable.idempotence", "true")
         .set("linger.ms", "20")
-        .set("batch.num.messages", "10000");
+        .set("batch.num.messages", "10000")
+        // Records without keys spread evenly over the partitions (sticky partitioning
+        // fills one partition per linger, and skews a short run).
+        .set("sticky.partitioning.linger.ms", "0");
     for (k, v) in &args.properties {
         cc.set(k, v);
     }

@@ -1,0 +1,38 @@
+# What the benchmark scripts share (sourced, not run): the release binary, a local
+# Apache Kafka broker (scripts/infra.sh start bench; BENCH_BROKER names another), its
+# Python client, and topics named after the run.
+#
+#   bench_start PREFIX [CARGO_BUILD_ARGS…]   builds, starts the broker; sets BIN, B (the
+#                                           broker's address), BROKER_PID, PY, id
+#   bench_topics SUFFIX:PARTITIONS…          creates "$id-SUFFIX" for each
+#   free_port                                prints a free TCP port on 127.0.0.1
+
+bench_start() {
+  local prefix=$1
+  shift
+  cargo build --release --quiet --bin flagtally "$@"
+  BIN=target/release/flagtally
+  # Kafka's default initial rebalance delay (the test broker's is 0): the workers of one
+  # process join the new group within it and start with their shares, as in production.
+  eval "$(INFRA_REBALANCE_DELAY_MS=3000 bash scripts/infra.sh start "${BENCH_BROKER:-bench}" | grep '^export')"
+  B=$FLAGTALLY_TEST_BROKER
+  BROKER_PID=$(cat "${FLAGTALLY_INFRA:-${XDG_CACHE_HOME:-$HOME/.cache}/flagtally}/run/${BENCH_BROKER:-bench}/pid")
+  PY=$(bash scripts/infra.sh python)
+  id="$prefix-$$-$RANDOM"
+}
+
+bench_topics() {
+  "$PY" - "$B" "$id" "$@" <<'PY'
+import sys
+from confluent_kafka.admin import AdminClient, NewTopic
+b, id, specs = sys.argv[1], sys.argv[2], sys.argv[3:]
+a = AdminClient({"bootstrap.servers": b})
+new = [NewTopic(f"{id}-{s.split(':')[0]}", int(s.split(':')[1]), 1) for s in specs]
+for t, f in a.create_topics(new).items():
+    f.result(30)
+PY
+}
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
