@@ -22,22 +22,8 @@ feature_line=""
 # LaunchDarkly's event stream carries them).
 if [ "${FULL:-0}" = 1 ]; then feature_line="topics.feature = \"$id-feature\"
 topics.index = \"$id-feature\""; fi
-cat >"/tmp/$id.toml" <<TOML
-[kafka]
-brokers = "$B"
-group_id = "$id"
-input_topics = ["$id-in"]
-[input]
-dialect = "${DIALECT:-launchdarkly}"
-[window]
-idle_timeout = "1s"
-[processing]
-threads = ${THREADS:-0}
-[output]
-dead_letter_topic = "$id-dlq"
-topics.summary = "$id-summary"
-$feature_line
-TOML
+bench_config "${DIALECT:-launchdarkly}" "[window]
+idle_timeout = \"1s\"" "$feature_line"
 
 cpu_of() { # utime+stime of a pid, in seconds
   awk -v hz="$(getconf CLK_TCK)" '{print ($14+$15)/hz}' "/proc/$1/stat"

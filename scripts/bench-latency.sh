@@ -18,25 +18,12 @@ source scripts/bench-lib.sh
 bench_start lat
 bench_topics in:4 summary:1 dlq:1
 ADMIN="127.0.0.1:$(free_port)"
-cat >"/tmp/$id.toml" <<TOML
-[kafka]
-brokers = "$B"
-group_id = "$id"
-input_topics = ["$id-in"]
-[input]
-dialect = "launchdarkly"
-[window]
-size = "10s"
-lateness = "2s"
-idle_timeout = "5s"
-[processing]
-threads = ${THREADS:-0}
-[output]
-dead_letter_topic = "$id-dlq"
-topics.summary = "$id-summary"
+bench_config launchdarkly "[window]
+size = \"10s\"
+lateness = \"2s\"
+idle_timeout = \"5s\"
 [admin]
-listen = "$ADMIN"
-TOML
+listen = \"$ADMIN\"" ""
 RUST_LOG=warn $BIN run --config "/tmp/$id.toml" &
 ft=$!
 trap 'kill $ft 2>/dev/null || true; wait $ft 2>/dev/null || true; bash scripts/infra.sh reset "${BENCH_BROKER:-bench}" >/dev/null 2>&1 || true' EXIT

@@ -5,6 +5,11 @@
 #   bench_start PREFIX [CARGO_BUILD_ARGS…]   builds, starts the broker; sets BIN, B (the
 #                                           broker's address), BROKER_PID, PY, id
 #   bench_topics SUFFIX:PARTITIONS…          creates "$id-SUFFIX" for each
+#   bench_config DIALECT SECTIONS OUTPUTS    writes /tmp/$id.toml: $id-in read as DIALECT,
+#                                           THREADS workers (default 0), dead letters to
+#                                           $id-dlq, summaries to $id-summary; SECTIONS
+#                                           (whole TOML sections) and OUTPUTS (more
+#                                           [output] lines) added
 #   free_port                                prints a free TCP port on 127.0.0.1
 
 bench_start() {
@@ -31,6 +36,24 @@ new = [NewTopic(f"{id}-{s.split(':')[0]}", int(s.split(':')[1]), 1) for s in spe
 for t, f in a.create_topics(new).items():
     f.result(30)
 PY
+}
+
+bench_config() {
+  cat >"/tmp/$id.toml" <<TOML
+[kafka]
+brokers = "$B"
+group_id = "$id"
+input_topics = ["$id-in"]
+[input]
+dialect = "$1"
+[processing]
+threads = ${THREADS:-0}
+$2
+[output]
+dead_letter_topic = "$id-dlq"
+topics.summary = "$id-summary"
+$3
+TOML
 }
 
 free_port() {

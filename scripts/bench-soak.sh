@@ -14,25 +14,11 @@ RATE="${RATE:-1000}"
 source scripts/bench-lib.sh
 bench_start soak
 bench_topics in:4 summary:1 index:1 dlq:1
-cat >"/tmp/$id.toml" <<TOML
-[kafka]
-brokers = "$B"
-group_id = "$id"
-input_topics = ["$id-in"]
-[input]
-dialect = "launchdarkly"
-[window]
-size = "1m"
-lateness = "5s"
-[processing]
-threads = ${THREADS:-0}
-[output]
-dead_letter_topic = "$id-dlq"
-topics.summary = "$id-summary"
-topics.index = "$id-index"
+bench_config launchdarkly "[window]
+size = \"1m\"
+lateness = \"5s\"
 [admin]
-listen = "off"
-TOML
+listen = \"off\"" "topics.index = \"$id-index\""
 RUST_LOG=warn $BIN run --config "/tmp/$id.toml" &
 ft=$!
 count=$((RATE * MINUTES * 60))
