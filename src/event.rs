@@ -299,10 +299,8 @@ impl Contexts {
     /// `kind:key` with `%` and `:` escaped; a multi-context joins its parts, sorted by
     /// kind, with `:`.
     pub fn fully_qualified_key(&self) -> CompactString {
-        if let [only] = self.keys.as_slice()
-            && only.kind == "user"
-        {
-            return only.key.clone();
+        if let Some(key) = self.bare_key() {
+            return key.into();
         }
         let mut out = CompactString::default();
         for (i, part) in self.keys.iter().enumerate() {
@@ -320,6 +318,15 @@ impl Contexts {
             }
         }
         out
+    }
+
+    /// The fully-qualified key when it is the context's key as it is: a single `user`
+    /// context.
+    pub fn bare_key(&self) -> Option<&str> {
+        match self.keys.as_slice() {
+            [only] if only.kind == "user" => Some(&only.key),
+            _ => None,
+        }
     }
 
     /// The inline context object: the producer's, or `{kind, key}` built from the keys.

@@ -12,6 +12,8 @@ use std::num::NonZeroUsize;
 use compact_str::CompactString;
 use lru::LruCache;
 
+use crate::event::Contexts;
+
 #[derive(Debug)]
 pub(crate) struct IndexCache {
     seen: LruCache<CompactString, (), rustc_hash::FxBuildHasher>,
@@ -38,11 +40,25 @@ impl IndexCache {
         }
     }
 
-    /// Records `key` as seen at `time_ms`; true if it was not seen before (an index
-    /// event is due).
-    pub fn first_sighting(&mut self, key: CompactString, time_ms: i64) -> bool {
+    /// Records `context` as seen at `time_ms`; true if it was not seen before (an index
+    /// event is due). A single `user` context (the common case) is looked up by its
+    /// key as it is, with no key built.
+    pub fn first_sighting_of(&mut self, context: &Contexts, time_ms: i64) -> bool {
+        match context.bare_key() {
+            Some(key) => self.first_sighting(key, time_ms),
+            None => self.first_sighting(&context.fully_qualified_key(), time_ms),
+        }
+    }
+
+    /// Records `key` (a fully-qualified context key) as seen at `time_ms`; true if it
+    /// was not seen before. A key seen before costs a lookup, no allocation.
+    pub fn first_sighting(&mut self, key: &str, time_ms: i64) -> bool {
         self.roll(time_ms);
-        self.seen.put(key, ()).is_none()
+        if self.seen.get(key).is_some() {
+            return false;
+        }
+        self.seen.put(key.into(), ());
+        true
     }
 }
 
@@ -53,13 +69,31 @@ mod tests {
     #[test]
     fn dedupes_evicts_and_flushes() {
         let mut c = IndexCache::new(NonZeroUsize::new(2).unwrap(), 1000);
-        assert!(c.first_sighting("a".into(), 10));
-        assert!(!c.first_sighting("a".into(), 20));
-        assert!(c.first_sighting("b".into(), 30));
-        assert!(c.first_sighting("c".into(), 40)); // evicts a
-        assert!(c.first_sighting("a".into(), 50));
-        assert!(!c.first_sighting("c".into(), 999));
-        assert!(c.first_sighting("c".into(), 1000)); // next interval: cleared
-        assert!(!c.first_sighting("c".into(), 500)); // older times do not clear
+        assert!(c.first_sighting("a", 10));
+        assert!(!c.first_sighting("a", 20));
+        assert!(c.first_sighting("b", 30));
+        assert!(c.first_sighting("c", 40)); // evicts a
+        assert!(c.first_sighting("a", 50));
+        assert!(!c.first_sighting("c", 999));
+        assert!(c.first_sighting("c", 1000)); // next interval: cleared
+        assert!(!c.first_sighting("c", 500)); // older times do not clear
+    }
+
+    #[test]
+    fn contexts_are_keyed_by_their_fully_qualified_key() {
+        let mut c = IndexCache::new(NonZeroUsize::new(10).unwrap(), 1000);
+        // A long user key (a UUID, past the inline size) and its bare-key lookup.
+        let user = Contexts::single("user", "0f8fad5b-d9cb-469f-a165-70867728950e");
+        assert!(c.first_sighting_of(&user, 10));
+        assert!(!c.first_sighting_of(&user, 20));
+        assert!(!c.first_sighting("0f8fad5b-d9cb-469f-a165-70867728950e", 30));
+        // Other kinds and multi-contexts by `kind:key`, so a user and an org with the
+        // same key are two contexts.
+        let org = Contexts::single("org", "0f8fad5b-d9cb-469f-a165-70867728950e");
+        assert!(c.first_sighting_of(&org, 40));
+        assert!(!c.first_sighting("org:0f8fad5b-d9cb-469f-a165-70867728950e", 50));
+        let multi = Contexts::multi(&[("user", "u1"), ("org", "o:1")]);
+        assert!(c.first_sighting_of(&multi, 60));
+        assert!(!c.first_sighting(&multi.fully_qualified_key(), 70));
     }
 }

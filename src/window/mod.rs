@@ -402,10 +402,7 @@ impl PartitionState {
         pos: &SourcePos,
         out: &mut Vec<Output>,
     ) {
-        if self
-            .index
-            .first_sighting(context.fully_qualified_key(), t.as_millis())
-        {
+        if self.index.first_sighting_of(context, t.as_millis()) {
             shared.counts.index_events += 1;
             out.push(Output::Index {
                 scope: scope.clone(),
@@ -426,8 +423,7 @@ impl PartitionState {
             Event::Evaluation(ev) => {
                 let t = ev.creation_date;
                 if index_on && !ev.debug {
-                    self.index
-                        .first_sighting(ev.context.fully_qualified_key(), t.as_millis());
+                    self.index.first_sighting_of(&ev.context, t.as_millis());
                 }
                 if ev.debug || ev.exclude_from_summaries {
                     return;
@@ -447,15 +443,15 @@ impl PartitionState {
             }
             Event::Custom(c) if index_on => {
                 self.index
-                    .first_sighting(c.context.fully_qualified_key(), c.creation_date.as_millis());
+                    .first_sighting_of(&c.context, c.creation_date.as_millis());
             }
             Event::Identify(e) => {
                 self.index
-                    .first_sighting(e.context.fully_qualified_key(), e.creation_date.as_millis());
+                    .first_sighting_of(&e.context, e.creation_date.as_millis());
             }
             Event::Index(e) => {
                 self.index
-                    .first_sighting(e.context.fully_qualified_key(), e.creation_date.as_millis());
+                    .first_sighting_of(&e.context, e.creation_date.as_millis());
             }
             Event::Custom(_) | Event::PassThrough(_) => {}
         }
@@ -695,8 +691,7 @@ impl Engine {
             Event::Identify(e) => {
                 let t = e.creation_date;
                 // Identify events fill the cache but never cause an index event.
-                st.index
-                    .first_sighting(e.context.fully_qualified_key(), t.as_millis());
+                st.index.first_sighting_of(&e.context, t.as_millis());
                 out.push(Output::Identify {
                     event: e,
                     pos: pos.clone(),
@@ -705,8 +700,7 @@ impl Engine {
             }
             Event::Index(e) => {
                 let t = e.creation_date;
-                st.index
-                    .first_sighting(e.context.fully_qualified_key(), t.as_millis());
+                st.index.first_sighting_of(&e.context, t.as_millis());
                 out.push(Output::Index {
                     scope: e.scope,
                     context: e.context,
