@@ -109,14 +109,19 @@ fn files_hold_exactly_the_outputs() {
     let dir = temp_dir("files");
     produce(&broker, &t.input, 2, &records);
     let d = Flagtally::start(&config(&t, &broker, &dir), &unique("files"));
+    // Each format's sink reads both topics at its own pace: wait until every one has
+    // written everything (a stop ends a sink where it is; it reads the rest after a
+    // restart), then check that nothing is there twice.
     assert!(
         eventually(Duration::from_secs(90), || {
             let v = read_files(&dir);
             ndjson_total(&dir) >= tally.evaluations()
                 && v["csv_summary_total"].as_u64() >= Some(tally.evaluations())
+                && v["csv_feature_rows"].as_u64() >= Some(tally.tracked)
                 && v["avro_summary_total"].as_u64() >= Some(tally.evaluations())
                 && v["avro_feature_ids"].as_u64() >= Some(tally.tracked)
                 && v["parquet_summary_total"].as_u64() >= Some(tally.evaluations())
+                && v["parquet_feature_rows"].as_u64() >= Some(tally.tracked)
         }),
         "{} of {}: {}\n{}",
         ndjson_total(&dir),
