@@ -54,9 +54,7 @@ fn config(t: &Topics, broker: &str, dir: &Path) -> String {
     // One worker: a second one joining is a rebalance, whose replay repeats summaries in
     // the topic (at least once, same ids); the exact file counts below are about the
     // formats, not about deduplication.
-    let mut cfg = t
-        .config(broker, "size = \"10s\"\nidle_timeout = \"1s\"")
-        .replace("threads = 2", "threads = 1");
+    let mut cfg = t.config_with_threads(broker, "size = \"10s\"\nidle_timeout = \"1s\"", 1);
     for (format, extra) in [
         ("ndjson", ""),
         ("csv", ""),

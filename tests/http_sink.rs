@@ -111,8 +111,7 @@ impl Receiver {
 /// at-least-once mode re-reads the moved partitions from their last commit, repeating
 /// feature events in the topic (and so in requests under new idempotency keys).
 fn base(broker: &str, t: &Topics) -> String {
-    t.config(broker, "size = \"10s\"\nidle_timeout = \"1s\"")
-        .replace("threads = 2", "threads = 1")
+    t.config_with_threads(broker, "size = \"10s\"\nidle_timeout = \"1s\"", 1)
 }
 
 fn setup(n: usize) -> (String, Topics, Tally) {

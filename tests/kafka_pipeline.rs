@@ -169,9 +169,7 @@ fn takeover(broker: &str, t: &Topics, n: usize, stop_a: impl FnOnce(Flagtally)) 
     let (records, tally) = generated(n, 13);
     let records = Arc::new(records);
     // One worker per instance: the assertion below reads one consumer's assignments.
-    let config = t
-        .config(broker, WINDOW)
-        .replace("threads = 2", "threads = 1");
+    let config = t.config_with_threads(broker, WINDOW, 1);
     let a = Flagtally::start(&config, &format!("{}-a", t.group));
     wait_log(&a, "restored", Duration::from_secs(60));
     let b = Flagtally::start(&config, &format!("{}-b", t.group));

@@ -48,9 +48,7 @@ retry_max = "1s"
 "#,
         // One worker: a second one's join replays, repeating records in the topics (at
         // least once, same ids), which the position and dead-letter counts below see.
-        base = t
-            .config(broker, "size = \"10s\"\nidle_timeout = \"1s\"")
-            .replace("threads = 2", "threads = 1"),
+        base = t.config_with_threads(broker, "size = \"10s\"\nidle_timeout = \"1s\"", 1),
         summary = t.summary,
         feature = t.feature,
         index = t.index,
@@ -283,9 +281,7 @@ batch_timeout = "200ms"
 retry_initial = "100ms"
 retry_max = "1s"
 "#,
-        base = t
-            .config(&broker, "size = \"10s\"\nidle_timeout = \"1s\"")
-            .replace("threads = 2", "threads = 1"),
+        base = t.config_with_threads(&broker, "size = \"10s\"\nidle_timeout = \"1s\"", 1),
         feature = t.feature,
     );
     let d = Flagtally::start(&cfg, &unique("pgcheck"));

@@ -53,11 +53,11 @@ retry_initial = "100ms"
 retry_max = "1s"
 "#,
         base = t
-            .config(
+            .config_with_threads(
                 broker,
-                "size = \"1m\"\nlateness = \"10s\"\nidle_timeout = \"2s\"\nlate_policy = \"correction\""
-            )
-            .replace("threads = 2", "threads = 1"),
+                "size = \"1m\"\nlateness = \"10s\"\nidle_timeout = \"2s\"\nlate_policy = \"correction\"",
+                1,
+            ),
         summary = t.summary,
         feature = t.feature,
     )

@@ -67,9 +67,7 @@ fn bucket() -> String {
 fn config(t: &Topics, broker: &str, endpoint: &str, bucket: &str, secret: &str) -> String {
     // One worker: no rebalance replay repeating summaries in the topic (at least once,
     // same ids), which the exact object counts below do not deduplicate.
-    let mut cfg = t
-        .config(broker, "size = \"10s\"\nidle_timeout = \"1s\"")
-        .replace("threads = 2", "threads = 1");
+    let mut cfg = t.config_with_threads(broker, "size = \"10s\"\nidle_timeout = \"1s\"", 1);
     for format in ["parquet", "ndjson"] {
         cfg.push_str(&format!(
             r#"

@@ -83,13 +83,10 @@ fn scale_out_and_in_under_load_is_exact() {
     let t = Topics::create(broker, 6);
     let (records, tally) = generated(90_000, 31);
     let records = Arc::new(records);
-    let config = t
-        .config(broker, WINDOW)
-        .replace("threads = 2", "threads = 1")
-        .replace(
-            "consumer_properties = {",
-            "consumer_properties = { \"partition.assignment.strategy\" = \"cooperative-sticky\",",
-        );
+    let config = t.config_with_threads(broker, WINDOW, 1).replace(
+        "consumer_properties = {",
+        "consumer_properties = { \"partition.assignment.strategy\" = \"cooperative-sticky\",",
+    );
     let (h, done) = produce_paced(
         broker,
         &t.input,
@@ -137,13 +134,10 @@ fn a_static_member_restarts_without_a_rebalance() {
     let t = Topics::create(broker, 4);
     let (records, tally) = generated(40_000, 37);
     let records = Arc::new(records);
-    let config = t
-        .config(broker, WINDOW)
-        .replace("threads = 2", "threads = 1")
-        .replace(
-            "\"session.timeout.ms\" = \"6000\"",
-            "\"session.timeout.ms\" = \"30000\"",
-        );
+    let config = t.config_with_threads(broker, WINDOW, 1).replace(
+        "\"session.timeout.ms\" = \"6000\"",
+        "\"session.timeout.ms\" = \"30000\"",
+    );
     let with_id = |id: &str| {
         config.replace(
             &format!("group_id = \"{}\"", t.group),

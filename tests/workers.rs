@@ -89,9 +89,10 @@ fn outputs_for(broker: &str, input: &str) -> Topics {
 }
 
 fn config(broker: &str, t: &Topics, threads: usize, exactly_once: bool) -> String {
-    t.config(broker, WINDOW).replace(
-        "threads = 2",
-        &format!("threads = {threads}\nexactly_once = {exactly_once}"),
+    // `[processing]` is the configuration's last section.
+    format!(
+        "{}exactly_once = {exactly_once}\n",
+        t.config_with_threads(broker, WINDOW, threads)
     )
 }
 

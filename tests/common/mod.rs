@@ -206,8 +206,16 @@ impl Topics {
         t
     }
 
-    /// A configuration over these topics; `extra` is appended (more sections).
+    /// A configuration over these topics with two pipeline workers.
     pub fn config(&self, broker: &str, window: &str) -> String {
+        self.config_with_threads(broker, window, 2)
+    }
+
+    /// A configuration over these topics with `threads` pipeline workers. Tests that
+    /// count records without deduplicating run one: in at-least-once mode a second
+    /// worker's join is a rebalance, and the partitions it takes are re-read from their
+    /// last commit, repeating outputs in the topics (same ids, same bytes).
+    pub fn config_with_threads(&self, broker: &str, window: &str, threads: usize) -> String {
         format!(
             r#"
 [kafka]
@@ -230,7 +238,7 @@ topics.late = "{late}"
 checkpoint_topic = "{group}-checkpoints"
 commit_interval = "500ms"
 shutdown_deadline = "20s"
-threads = 2
+threads = {threads}
 "#,
             group = self.group,
             input = self.input,
