@@ -31,7 +31,7 @@ use super::util::RawObject;
 
 /// The members detection asks about: each one's value's first byte, and `kind`'s
 /// string (unescaped only).
-trait Members {
+pub(crate) trait Members {
     fn first(&self, name: &str) -> Option<u8>;
     fn kind(&self) -> Option<&[u8]>;
 }
@@ -105,7 +105,7 @@ pub(crate) fn detect(value: &[u8]) -> Result<Dialect, String> {
 }
 
 /// A root array's first element: FeatBit's SDK payload, or the object rules.
-fn detect_element(obj: &impl Members) -> Result<Dialect, String> {
+pub(crate) fn detect_element(obj: &impl Members) -> Result<Dialect, String> {
     if obj.first("kind").is_none()
         && (obj.first("variations").is_some()
             || obj.first("metrics").is_some()
@@ -116,7 +116,7 @@ fn detect_element(obj: &impl Members) -> Result<Dialect, String> {
     detect_object(obj)
 }
 
-fn detect_object(obj: &impl Members) -> Result<Dialect, String> {
+pub(crate) fn detect_object(obj: &impl Members) -> Result<Dialect, String> {
     let has = |k: &str| obj.first(k).is_some();
     let is_string = |k: &str| obj.first(k) == Some(b'"');
     let is_number = |k: &str| {

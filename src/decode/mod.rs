@@ -228,6 +228,27 @@ impl Decoder {
             ));
             return;
         }
+        // LaunchDarkly's fast path checks the limits as it reads: a record it reads
+        // whole needs no scan of its own, and gives `auto` the record's top level.
+        match self.dialect {
+            Dialect::Launchdarkly if launchdarkly::decode_in_one_pass(value, &self.limits, out) => {
+                out.dialect = Some(Dialect::Launchdarkly);
+                return;
+            }
+            Dialect::Auto => match launchdarkly::detect_in_one_pass(value, &self.limits, out) {
+                Some(Ok(Dialect::Launchdarkly)) => return,
+                Some(Ok(found)) => return decode_as(found, value, &self.limits, out),
+                Some(Err(why)) => {
+                    return out.errors.push(DecodeError::new(
+                        Dialect::Auto,
+                        "",
+                        Reason::Undetected(why),
+                    ));
+                }
+                None => {}
+            },
+            _ => {}
+        }
         // JSON (every dialect but native Avro, whose records never start so): the
         // structural limits, before any reader recurses into it. The same scan gives
         // `auto` the record's top level.

@@ -94,18 +94,101 @@ thread_local! {
     static FAST: std::cell::Cell<bool> = const { std::cell::Cell::new(true) };
 }
 
-/// Decodes `value` twice, with and without the fast path, for differential tests and
-/// fuzzing: both must agree on every input.
+/// Decodes `value` twice through the decode stage, with the fast path (the limits
+/// checked as it reads) and without it (the limits scan, then serde), for differential
+/// tests and fuzzing: both must agree on every input, whatever the limits.
 #[doc(hidden)]
-pub fn decode_both_ways(value: &[u8]) -> (Decoded, Decoded) {
-    let limits = Limits::default();
+pub fn decode_both_ways(dialect: Dialect, limits: &Limits, value: &[u8]) -> (Decoded, Decoded) {
+    let decoder = super::Decoder::new(dialect, *limits);
     let mut fast = Decoded::default();
-    decode(value, &limits, &mut fast);
+    decoder.decode(value, &mut fast);
     FAST.with(|f| f.set(false));
     let mut slow = Decoded::default();
-    decode(value, &limits, &mut slow);
+    decoder.decode(value, &mut slow);
     FAST.with(|f| f.set(true));
     (fast, slow)
+}
+
+fn fast_enabled() -> bool {
+    FAST.with(std::cell::Cell::get)
+}
+
+/// A record the fast path reads whole (one event object or a batch of them) within
+/// `limits`, decoded in that one pass: the caller skips its limits scan. Returns
+/// `false`, with `out` untouched, when the fast path declines; the caller then checks
+/// the limits and decodes as usual, and both ways give the same result.
+pub(crate) fn decode_in_one_pass(value: &[u8], limits: &Limits, out: &mut Decoded) -> bool {
+    if !fast_enabled() {
+        return false;
+    }
+    let (mut one, mut batch) = (fast::Parsed::default(), Vec::new());
+    let Some(is_batch) = fast::parse_record(value, &fast::Bounds::of(limits), &mut one, &mut batch)
+    else {
+        return false;
+    };
+    push_parsed(is_batch, &one, &batch, limits, out);
+    true
+}
+
+/// `auto` on a record the fast path reads whole: the dialect its top level says, and
+/// for LaunchDarkly the events too (`out.dialect` set). `None` when the fast path
+/// declines; for another dialect, `out` is untouched and that dialect decodes it (the
+/// record is within `limits`).
+pub(crate) fn detect_in_one_pass(
+    value: &[u8],
+    limits: &Limits,
+    out: &mut Decoded,
+) -> Option<Result<Dialect, String>> {
+    if !fast_enabled() {
+        return None;
+    }
+    let (mut one, mut batch) = (fast::Parsed::default(), Vec::new());
+    let is_batch = fast::parse_record(value, &fast::Bounds::of(limits), &mut one, &mut batch)?;
+    let found = match (is_batch, batch.first()) {
+        (false, _) => super::auto::detect_object(&one),
+        (true, None) => Ok(D),
+        (true, Some(first)) => super::auto::detect_element(first),
+    };
+    if found == Ok(D) {
+        out.dialect = Some(D);
+        push_parsed(is_batch, &one, &batch, limits, out);
+    }
+    Some(found)
+}
+
+/// The events of a record the fast path read: `one`, or each of `batch`.
+fn push_parsed(
+    is_batch: bool,
+    one: &fast::Parsed<'_>,
+    batch: &[fast::Parsed<'_>],
+    limits: &Limits,
+    out: &mut Decoded,
+) {
+    let mut push = |result| match result {
+        Ok(ev) => out.events.push(ev),
+        Err(e) => out.errors.push(e),
+    };
+    if !is_batch {
+        return push(from_raw(
+            &one.raw,
+            one.text,
+            "",
+            limits,
+            &Scope::default(),
+            false,
+        ));
+    }
+    for (i, p) in batch.iter().enumerate() {
+        let path = format!("[{i}]");
+        push(from_raw(
+            &p.raw,
+            p.text,
+            &path,
+            limits,
+            &Scope::default(),
+            false,
+        ));
+    }
 }
 
 pub(crate) fn decode(value: &[u8], limits: &Limits, out: &mut Decoded) {
@@ -152,8 +235,9 @@ fn one_in(
     }
     // The fast path reads the common shapes without serde's machinery and declines
     // anything unusual; serde then reads the record and names any error precisely.
-    let raw: Raw<'_> = match fast::parse(bytes) {
-        Some(raw) if FAST.with(std::cell::Cell::get) => raw,
+    // (The limits were checked for the whole record already.)
+    let raw: Raw<'_> = match fast::parse(bytes, &fast::Bounds::NONE) {
+        Some(raw) if fast_enabled() => raw,
         _ => {
             // The fast path refuses numbers no float holds; serde keeps them.
             if let Some(detail) = super::unrepresentable_number(bytes) {
@@ -166,32 +250,44 @@ fn one_in(
             util::parse(D, path, bytes)?
         }
     };
+    from_raw(&raw, bytes, path, limits, scope, in_envelope)
+}
+
+/// The event a record's fields make; `bytes`: the event object's text.
+fn from_raw(
+    raw: &Raw<'_>,
+    bytes: &[u8],
+    path: &str,
+    limits: &Limits,
+    scope: &Scope,
+    in_envelope: bool,
+) -> Result<Event, DecodeError> {
     let Some(kind) = raw.kind.as_deref() else {
         if let Some(inner) = raw.event {
             if in_envelope {
                 return Err(DecodeError::new(D, path.to_owned(), Reason::NestedEnvelope));
             }
-            return envelope(&raw, inner, path, limits);
+            return envelope(raw, inner, path, limits);
         }
         return Err(DecodeError::new(D, at(path, "kind"), Reason::Missing));
     };
     let field = |name: &str| at(path, name);
     match kind {
-        "feature" | "debug" => evaluation(&raw, kind == "debug", path, limits, scope),
+        "feature" | "debug" => evaluation(raw, kind == "debug", path, limits, scope),
         "custom" => Ok(Event::Custom(Custom {
             scope: scope.clone(),
             key: util::key(D, || field("key"), raw.key.as_deref(), limits)?,
-            context: contexts(&raw, path, limits)?,
+            context: contexts(raw, path, limits)?,
             data: raw.data.map(RawText::to_json),
             metric_value: raw.metric_value,
-            creation_date: creation(&raw, path)?,
+            creation_date: creation(raw, path)?,
             sampling_ratio: raw.sampling_ratio,
         })),
         "identify" | "index" => {
             let ev = ContextEvent {
                 scope: scope.clone(),
-                context: contexts(&raw, path, limits)?,
-                creation_date: creation(&raw, path)?,
+                context: contexts(raw, path, limits)?,
+                creation_date: creation(raw, path)?,
                 sampling_ratio: raw.sampling_ratio,
             };
             Ok(if kind == "index" {
@@ -200,7 +296,7 @@ fn one_in(
                 Event::Identify(ev)
             })
         }
-        "summary" => summary(&raw, path, limits, scope),
+        "summary" => summary(raw, path, limits, scope),
         other => {
             let kind = util::key(D, || field("kind"), Some(other), limits)?;
             let creation_date = match &raw.creation_date {
