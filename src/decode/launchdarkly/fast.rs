@@ -152,7 +152,7 @@ impl crate::decode::auto::Members for Parsed<'_> {
 
 /// Reads one event object, or declines with `None`.
 pub(super) fn parse<'a>(bytes: &'a [u8], bounds: &Bounds) -> Option<Raw<'a>> {
-    let text = std::str::from_utf8(bytes).ok()?;
+    let text = simdutf8::basic::from_utf8(bytes).ok()?;
     let mut s = Scan::new(text, bounds, 1);
     let mut parsed = Parsed::default();
     s.ws();
@@ -171,7 +171,7 @@ pub(super) fn parse_record<'a>(
     one: &mut Parsed<'a>,
     batch: &mut Vec<Parsed<'a>>,
 ) -> Option<bool> {
-    let text = std::str::from_utf8(bytes).ok()?;
+    let text = simdutf8::basic::from_utf8(bytes).ok()?;
     let mut s = Scan::new(text, bounds, 1);
     s.ws();
     let is_batch = s.peek()? == b'[';
@@ -245,46 +245,40 @@ pub(super) enum Field {
     Environment,
 }
 
-/// Names a field by length first, so each key costs one or two comparisons.
+/// Names a field. A `match` on the string compiles to a switch on its length and
+/// fixed-size comparisons, with no call to `memcmp`.
 fn which(key: &str) -> Option<Field> {
     use Field::*;
-    let candidates: &[(&str, Field)] = match key.len() {
-        3 => &[("key", Key)],
-        4 => &[("kind", Kind), ("user", User), ("data", Data)],
-        5 => &[("value", Value), ("event", Event)],
-        6 => &[("reason", Reason)],
-        7 => &[
-            ("version", Version),
-            ("context", Context),
-            ("default", Default),
-            ("userKey", UserKey),
-            ("endDate", EndDate),
-            ("project", Project),
-        ],
-        8 => &[("prereqOf", PrereqOf), ("features", Features)],
-        9 => &[("variation", Variation), ("startDate", StartDate)],
-        11 => &[
-            ("contextKeys", ContextKeys),
-            ("contextKind", ContextKind),
-            ("trackEvents", TrackEvents),
-            ("metricValue", MetricValue),
-            ("environment", Environment),
-        ],
-        12 => &[("creationDate", CreationDate)],
-        13 => &[
-            ("variationName", VariationName),
-            ("samplingRatio", SamplingRatio),
-        ],
-        20 => &[
-            ("debugEventsUntilDate", DebugUntil),
-            ("excludeFromSummaries", Exclude),
-        ],
-        _ => &[],
-    };
-    candidates
-        .iter()
-        .find(|(name, _)| *name == key)
-        .map(|(_, f)| *f)
+    Some(match key {
+        "key" => Key,
+        "kind" => Kind,
+        "user" => User,
+        "data" => Data,
+        "value" => Value,
+        "event" => Event,
+        "reason" => Reason,
+        "version" => Version,
+        "context" => Context,
+        "default" => Default,
+        "userKey" => UserKey,
+        "endDate" => EndDate,
+        "project" => Project,
+        "prereqOf" => PrereqOf,
+        "features" => Features,
+        "variation" => Variation,
+        "startDate" => StartDate,
+        "contextKeys" => ContextKeys,
+        "contextKind" => ContextKind,
+        "trackEvents" => TrackEvents,
+        "metricValue" => MetricValue,
+        "environment" => Environment,
+        "creationDate" => CreationDate,
+        "variationName" => VariationName,
+        "samplingRatio" => SamplingRatio,
+        "debugEventsUntilDate" => DebugUntil,
+        "excludeFromSummaries" => Exclude,
+        _ => return None,
+    })
 }
 
 /// Reads the value of field `f` into `raw`.
@@ -319,6 +313,34 @@ fn field<'a>(s: &mut Scan<'a>, raw: &mut Raw<'a>, f: Field) -> Option<()> {
         Field::Environment => raw.environment = s.opt_str()?,
     }
     Some(())
+}
+
+/// The offset of the first byte of `bytes` that ends a run of plain string content:
+/// `"`, `\` or a control character (below 0x20). Eight bytes at a time: a byte equal to
+/// `c` is a zero byte of `w ^ c…c`, and `(x - 0x01…01) & !x & 0x80…80` flags the zero
+/// (and below-n, with `n…n`) bytes of `x`, exactly at the lowest one (a borrow only
+/// flags bytes above it).
+fn special(bytes: &[u8]) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let below = |x: u64, n: u8| x.wrapping_sub(ONES * u64::from(n)) & !x & HIGH;
+    let mut i = 0;
+    while let Some(chunk) = bytes.get(i..i + 8) {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let w = u64::from_le_bytes(word);
+        let found = below(w ^ (ONES * u64::from(b'"')), 1)
+            | below(w ^ (ONES * u64::from(b'\\')), 1)
+            | below(w, 0x20);
+        if found != 0 {
+            return Some(i + (found.trailing_zeros() / 8) as usize);
+        }
+        i += 8;
+    }
+    bytes[i..]
+        .iter()
+        .position(|b| matches!(b, b'"' | b'\\') || *b < 0x20)
+        .map(|p| i + p)
 }
 
 struct Scan<'a> {
@@ -413,10 +435,7 @@ impl<'a> Scan<'a> {
         self.eat(b'"')?;
         let start = self.i;
         let rest = &self.bytes()[start..];
-        // Keys and flag keys are short: a plain loop beats a vectorised search here.
-        let end = rest
-            .iter()
-            .position(|b| matches!(b, b'"' | b'\\') || *b < 0x20)?;
+        let end = special(rest)?;
         if rest[end] != b'"' || end > limit {
             return None;
         }
@@ -607,7 +626,8 @@ impl<'a> Scan<'a> {
         self.eat(b'"')?;
         let start = self.i;
         loop {
-            match *b.get(self.i)? {
+            self.i += special(b.get(self.i..)?)?;
+            match b[self.i] {
                 b'"' => {
                     if self.i - start > limit {
                         return None;
@@ -626,8 +646,7 @@ impl<'a> Scan<'a> {
                     }
                     _ => return None,
                 },
-                c if c < 0x20 => return None,
-                _ => self.i += 1,
+                _ => return None, // a control character
             }
         }
     }
@@ -931,6 +950,20 @@ mod tests {
             Just("ke\\u0079"),
         ]
         .prop_map(str::to_owned)
+    }
+
+    proptest! {
+        /// The eight-bytes-at-a-time search finds what a byte-by-byte one finds.
+        #[test]
+        fn special_finds_the_first_special_byte(
+            bytes in prop::collection::vec(
+                prop_oneof![Just(b'"'), Just(b'\\'), 0u8..0x20, 0x20u8..=0xff, b'a'..=b'z'],
+                0..40,
+            ),
+        ) {
+            let naive = bytes.iter().position(|b| matches!(b, b'"' | b'\\') || *b < 0x20);
+            prop_assert_eq!(super::special(&bytes), naive);
+        }
     }
 
     proptest! {
