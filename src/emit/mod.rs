@@ -13,6 +13,7 @@ pub mod avro;
 pub mod launchdarkly;
 
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 use uuid::Uuid;
 use xxhash_rust::xxh3::Xxh3;
 
@@ -127,12 +128,16 @@ pub struct EmitConfig {
 pub struct Record {
     pub kind: OutputKind,
     pub id: Uuid,
-    pub key: Option<Vec<u8>>,
+    pub key: Option<Bytes48>,
     pub value: Vec<u8>,
-    pub headers: Vec<(&'static str, Vec<u8>)>,
+    pub headers: SmallVec<[(&'static str, Bytes48); 7]>,
     /// Event time of the record, in ms (a summary's window end − 1).
     pub timestamp_ms: i64,
 }
+
+/// A key or header value, inline up to 48 bytes (an id, a kind, a source position, a
+/// context key): building an output record's headers allocates nothing.
+pub type Bytes48 = SmallVec<[u8; 48]>;
 
 /// Header names; every output record carries `ID`, `KIND` and `SOURCE`.
 pub mod header {
@@ -197,39 +202,41 @@ impl Emitter {
                 buf
             }
         };
-        let mut headers = Vec::with_capacity(6);
-        headers.push((header::ID, id.hyphenated().to_string().into_bytes()));
-        headers.push((header::KIND, kind.name().as_bytes().to_vec()));
+        let mut headers = SmallVec::new();
+        let mut id_text = Uuid::encode_buffer();
+        let id_text = id.hyphenated().encode_lower(&mut id_text);
+        headers.push((header::ID, Bytes48::from_slice(id_text.as_bytes())));
+        headers.push((header::KIND, Bytes48::from_slice(kind.name().as_bytes())));
         let content_type: &[u8] = match self.config.format {
             Format::Json => b"application/json",
             Format::Avro => b"application/avro",
         };
-        headers.push((header::CONTENT_TYPE, content_type.to_vec()));
+        headers.push((header::CONTENT_TYPE, Bytes48::from_slice(content_type)));
         let (key, timestamp_ms) = match out {
             Output::Summary(s) => {
                 headers.push((header::WINDOW_START, ms_bytes(s.window.start.as_millis())));
                 headers.push((header::WINDOW_END, ms_bytes(s.window.end.as_millis())));
                 if s.late {
-                    headers.push((header::LATE, b"true".to_vec()));
+                    headers.push((header::LATE, Bytes48::from_slice(b"true")));
                 }
                 if s.reason == crate::window::CloseReason::Early {
-                    headers.push((header::EARLY, b"true".to_vec()));
+                    headers.push((header::EARLY, Bytes48::from_slice(b"true")));
                 }
-                headers.push((header::SOURCE, s.partition.to_string().into_bytes()));
+                headers.push((header::SOURCE, display(&s.partition)));
                 (
-                    Some(s.flag_key.as_bytes().to_vec()),
+                    Some(Bytes48::from_slice(s.flag_key.as_bytes())),
                     s.window.end.as_millis() - 1,
                 )
             }
             Output::Feature { event, pos, .. } => {
-                headers.push((header::SOURCE, pos.to_string().into_bytes()));
+                headers.push((header::SOURCE, display(pos)));
                 let key = match self.config.feature_key {
                     FeatureKey::Context => Some(event.context.fully_qualified_key()),
                     FeatureKey::Flag => Some(event.flag_key.clone()),
                     FeatureKey::None => None,
                 };
                 (
-                    key.map(|k| k.as_bytes().to_vec()),
+                    key.map(|k| Bytes48::from_slice(k.as_bytes())),
                     event.creation_date.as_millis(),
                 )
             }
@@ -239,39 +246,45 @@ impl Emitter {
                 pos,
                 ..
             } => {
-                headers.push((header::SOURCE, pos.to_string().into_bytes()));
+                headers.push((header::SOURCE, display(pos)));
                 (
-                    Some(context.fully_qualified_key().as_bytes().to_vec()),
+                    Some(Bytes48::from_slice(
+                        context.fully_qualified_key().as_bytes(),
+                    )),
                     creation_date.as_millis(),
                 )
             }
             Output::Identify { event, pos } => {
-                headers.push((header::SOURCE, pos.to_string().into_bytes()));
+                headers.push((header::SOURCE, display(pos)));
                 (
-                    Some(event.context.fully_qualified_key().as_bytes().to_vec()),
+                    Some(Bytes48::from_slice(
+                        event.context.fully_qualified_key().as_bytes(),
+                    )),
                     event.creation_date.as_millis(),
                 )
             }
             Output::Custom { event, pos } => {
-                headers.push((header::SOURCE, pos.to_string().into_bytes()));
+                headers.push((header::SOURCE, display(pos)));
                 (
-                    Some(event.context.fully_qualified_key().as_bytes().to_vec()),
+                    Some(Bytes48::from_slice(
+                        event.context.fully_qualified_key().as_bytes(),
+                    )),
                     event.creation_date.as_millis(),
                 )
             }
             Output::PassThrough { event, pos } => {
-                headers.push((header::SOURCE, pos.to_string().into_bytes()));
+                headers.push((header::SOURCE, display(pos)));
                 (None, event.creation_date.map_or(0, |t| t.as_millis()))
             }
             Output::Late { event, window, pos } => {
                 headers.push((header::WINDOW_START, ms_bytes(window.start.as_millis())));
                 headers.push((header::WINDOW_END, ms_bytes(window.end.as_millis())));
-                headers.push((header::SOURCE, pos.to_string().into_bytes()));
+                headers.push((header::SOURCE, display(pos)));
                 (None, event.time().map_or(0, |t| t.as_millis()))
             }
         };
         if let Some(env) = scope_of(out).and_then(|s| s.env.as_ref()) {
-            headers.push((header::ENV, env.as_bytes().to_vec()));
+            headers.push((header::ENV, Bytes48::from_slice(env.as_bytes())));
         }
         Ok(Record {
             kind,
@@ -284,8 +297,17 @@ impl Emitter {
     }
 }
 
-fn ms_bytes(ms: i64) -> Vec<u8> {
-    ms.to_string().into_bytes()
+fn ms_bytes(ms: i64) -> Bytes48 {
+    display(&ms)
+}
+
+/// `value`'s text, written without a heap allocation when it fits.
+fn display(value: &impl std::fmt::Display) -> Bytes48 {
+    use std::io::Write as _;
+    let mut out = Bytes48::new();
+    // Writing to memory cannot fail.
+    let _ = write!(out, "{value}");
+    out
 }
 
 fn scope_of(out: &Output) -> Option<&Scope> {

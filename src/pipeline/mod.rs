@@ -754,7 +754,7 @@ impl State {
                 headers: hs,
                 timestamp_ms: Some(rec.timestamp_ms),
             };
-            let size = rec.key.as_ref().map_or(0, Vec::len)
+            let size = rec.key.as_ref().map_or(0, |k| k.len())
                 + rec.value.len()
                 + rec
                     .headers

@@ -528,7 +528,7 @@ pub fn expected_windows(records: &[Vec<u8>], window_ms: i64) -> WindowTally {
                 headers: r
                     .headers
                     .into_iter()
-                    .map(|(k, v)| (k.to_owned(), v))
+                    .map(|(k, v)| (k.to_owned(), v.to_vec()))
                     .collect(),
             }
         })
