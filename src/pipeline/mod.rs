@@ -763,13 +763,14 @@ impl State {
                     .sum::<usize>();
             let too_large = !self.producer.fits(topic, size);
             let diverted = too_large
-                || rec
-                    .headers
-                    .iter()
-                    .find(|(k, _)| *k == header::ID)
-                    .is_some_and(|(_, id)| {
-                        std::str::from_utf8(id).is_ok_and(|id| self.diverted.contains(id))
-                    });
+                || !self.diverted.is_empty()
+                    && rec
+                        .headers
+                        .iter()
+                        .find(|(k, _)| *k == header::ID)
+                        .is_some_and(|(_, id)| {
+                            std::str::from_utf8(id).is_ok_and(|id| self.diverted.contains(id))
+                        });
             if diverted {
                 let why = KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge);
                 let mut refused = Refused::of(&outgoing, &why);

@@ -8,7 +8,9 @@
 //! - summaries are additive, so an input summary merges counter by counter.
 
 use compact_str::CompactString;
-use rustc_hash::FxHashMap;
+/// hashbrown's map for its `entry_ref`: a lookup by reference that clones the key only
+/// to insert it.
+type HashMap<K, V> = hashbrown::HashMap<K, V, rustc_hash::FxBuildHasher>;
 use smallvec::SmallVec;
 
 use super::output::{CloseReason, ClosedSummary, Counter, PartitionId, Window};
@@ -91,7 +93,7 @@ impl FlagAcc {
 #[derive(Debug)]
 pub(crate) struct WindowAcc {
     pub window: Window,
-    flags: FxHashMap<Scope, FxHashMap<CompactString, FlagAcc>>,
+    flags: HashMap<Scope, HashMap<CompactString, FlagAcc>>,
     /// Distinct (flag, variation, version) keys held.
     pub keys: usize,
     /// Lowest input position (offset, index within the record) counted.
@@ -104,7 +106,7 @@ impl WindowAcc {
     pub fn new(window: Window, part: u32) -> Self {
         Self {
             window,
-            flags: FxHashMap::default(),
+            flags: HashMap::default(),
             keys: 0,
             first: (i64::MAX, u32::MAX),
             part,
@@ -112,17 +114,12 @@ impl WindowAcc {
     }
 
     fn flag(&mut self, scope: &Scope, key: &CompactString) -> &mut FlagAcc {
-        // Look up without cloning the scope and key on the hot path.
-        if !self.flags.contains_key(scope) {
-            self.flags.insert(scope.clone(), FxHashMap::default());
-        }
-        let flags = self.flags.get_mut(scope).unwrap_or_else(|| unreachable!());
-        if !flags.contains_key(key.as_str()) {
-            flags.insert(key.clone(), FlagAcc::new());
-        }
-        flags
-            .get_mut(key.as_str())
-            .unwrap_or_else(|| unreachable!())
+        // One hash and probe per level; the scope and key are cloned only when new.
+        self.flags
+            .entry_ref(scope)
+            .or_default()
+            .entry_ref(key)
+            .or_insert_with(FlagAcc::new)
     }
 
     /// Counts one evaluation. Returns how many new distinct keys it created (0 or 1).

@@ -428,6 +428,14 @@ fn version(
 ) -> Result<Option<FlagVersion>, DecodeError> {
     let Some(raw) = raw else { return Ok(None) };
     let text = raw.get();
+    // The common case, a plain integer, read directly (what serde would read).
+    if (1..=15).contains(&text.len())
+        && text.bytes().all(|b| b.is_ascii_digit())
+        && (text.len() == 1 || !text.starts_with('0'))
+        && let Ok(v) = text.parse::<i64>()
+    {
+        return Ok(Some(FlagVersion::Int(v)));
+    }
     if text.starts_with('"') {
         let s: Cow<'_, str> = serde_json::from_str(text)
             .map_err(|e| DecodeError::new(D, path(), util::classify(&e, text.as_bytes())))?;
