@@ -156,6 +156,13 @@ impl Json {
     /// Takes JSON text that has already been validated (by serde_json or the
     /// LaunchDarkly fast path's validator), dropping whitespace outside strings.
     pub(crate) fn from_valid_text(text: &str) -> Self {
+        if text.len() <= RECENT_MAX_LEN {
+            return recent(text);
+        }
+        Self::compact(text)
+    }
+
+    fn compact(text: &str) -> Self {
         if may_have_insignificant_whitespace(text.as_bytes()) {
             Self(minify(text).into())
         } else {
@@ -182,6 +189,40 @@ impl Json {
 /// suspect only beside a structural character (`{[,:` before it or `}],:` after it),
 /// which spaces inside ordinary strings ("User 123") are not. A false "yes" only costs
 /// a minify; a "no" is always right.
+/// Longest text [`recent`] keeps.
+const RECENT_MAX_LEN: usize = 48;
+
+thread_local! {
+    /// Short JSON texts seen lately on this thread, by a hash of their text: values and
+    /// defaults such as `"on"`, `true` or `"fallback"` repeat on nearly every
+    /// evaluation, and sharing one copy saves an allocation and a free per value.
+    static RECENT: std::cell::RefCell<[Option<Json>; 256]> =
+        const { std::cell::RefCell::new([const { None }; 256]) };
+}
+
+/// `text` as [`Json`], shared with an equal text seen lately when there is one. Only
+/// compact texts are kept, so a text equal to a kept one is compact too.
+fn recent(text: &str) -> Json {
+    let slot = (text
+        .bytes()
+        .fold(0u32, |h, b| h.rotate_left(5) ^ u32::from(b))
+        .wrapping_mul(0x9E37_79B9)
+        >> 24) as usize;
+    RECENT.with(|recent| {
+        let mut recent = recent.borrow_mut();
+        if let Some(json) = &recent[slot]
+            && json.as_str() == text
+        {
+            return json.clone();
+        }
+        let json = Json::compact(text);
+        if json.as_str() == text {
+            recent[slot] = Some(json.clone());
+        }
+        json
+    })
+}
+
 fn may_have_insignificant_whitespace(b: &[u8]) -> bool {
     if memchr::memchr3(b'\n', b'\r', b'\t', b).is_some() {
         return true;
@@ -631,6 +672,25 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Json>, D::Er
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Short texts are shared with an equal one seen lately; texts with whitespace are
+    /// still compacted, and never stand in for another text.
+    #[test]
+    fn short_texts_are_shared_and_still_compact() {
+        let a = Json::from_valid_text(r#""fallback""#);
+        let b = Json::from_valid_text(r#""fallback""#);
+        assert!(std::sync::Arc::ptr_eq(&a.0, &b.0));
+        for _ in 0..2 {
+            assert_eq!(Json::from_valid_text("[1, 2]").as_str(), "[1,2]");
+        }
+        assert_eq!(Json::from_valid_text("[1,2]").as_str(), "[1,2]");
+        assert_eq!(
+            Json::from_valid_text(r#""fallbacl""#).as_str(),
+            r#""fallbacl""#
+        );
+        let long = format!("\"{}\"", "x".repeat(RECENT_MAX_LEN));
+        assert_eq!(Json::from_valid_text(&long).as_str(), long);
+    }
 
     #[test]
     fn timestamps_by_magnitude() {
