@@ -298,6 +298,25 @@ fn kind_ok(kind: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
+/// The common single context, `{"kind":…,"key":…,…}` with plain kind and key within
+/// the limits, read without a parse (`None`: read it with [`context`]).
+pub(crate) fn simple_context(raw: &str, limits: &Limits) -> Option<Contexts> {
+    let (kind, key) = leading_kind_and_key(raw)?;
+    (kind != "multi"
+        && kind_ok(kind)
+        && !kind.is_empty()
+        && !key.is_empty()
+        && kind.len() <= limits.max_key_bytes
+        && key.len() <= limits.max_key_bytes)
+        .then(|| Contexts {
+            keys: smallvec::smallvec![ContextKey {
+                kind: kind.into(),
+                key: key.into(),
+            }],
+            body: Some(Json::from_valid_text(raw)),
+        })
+}
+
 /// Reads a LaunchDarkly context object of any generation: a single context
 /// (`{"kind":"org","key":…}`), a multi-context (`{"kind":"multi","user":{…},…}`), or an
 /// old-style user (no `kind`: a `user` context). The object is kept as received.
@@ -307,21 +326,8 @@ pub(crate) fn context(
     raw: &str,
     limits: &Limits,
 ) -> Result<Contexts, DecodeError> {
-    if let Some((kind, key)) = leading_kind_and_key(raw)
-        && kind != "multi"
-        && kind_ok(kind)
-        && !kind.is_empty()
-        && !key.is_empty()
-        && kind.len() <= limits.max_key_bytes
-        && key.len() <= limits.max_key_bytes
-    {
-        return Ok(Contexts {
-            keys: smallvec::smallvec![ContextKey {
-                kind: kind.into(),
-                key: key.into(),
-            }],
-            body: Some(Json::from_valid_text(raw)),
-        });
+    if let Some(c) = simple_context(raw, limits) {
+        return Ok(c);
     }
     let shape: ContextShape<'_> = parse(dialect, path, raw.as_bytes())?;
     let string = |v: &Option<Result<Cow<'_, str>, &RawValue>>,

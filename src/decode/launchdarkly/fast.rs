@@ -320,6 +320,7 @@ fn field<'a>(s: &mut Scan<'a>, raw: &mut Raw<'a>, f: Field) -> Option<()> {
 /// `c` is a zero byte of `w ^ c…c`, and `(x - 0x01…01) & !x & 0x80…80` flags the zero
 /// (and below-n, with `n…n`) bytes of `x`, exactly at the lowest one (a borrow only
 /// flags bytes above it).
+#[inline(always)]
 fn special(bytes: &[u8]) -> Option<usize> {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
@@ -431,6 +432,7 @@ impl<'a> Scan<'a> {
     }
 
     /// `"…"` with no escapes and no control characters, at most `limit` bytes long.
+    #[inline(always)]
     fn plain_string(&mut self, limit: usize) -> Option<&'a str> {
         self.eat(b'"')?;
         let start = self.i;
@@ -621,6 +623,7 @@ impl<'a> Scan<'a> {
 
     /// A string literal at most `limit` bytes long as written: escapes checked, no raw
     /// control characters (the text is UTF-8 already).
+    #[inline(always)]
     fn string(&mut self, limit: usize) -> Option<()> {
         let b = self.bytes();
         self.eat(b'"')?;

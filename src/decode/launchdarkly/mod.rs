@@ -466,6 +466,10 @@ fn version(
 fn contexts(raw: &Raw<'_>, path: &str, limits: &Limits) -> Result<Contexts, DecodeError> {
     let anonymous_user = raw.context_kind.as_deref() == Some("anonymousUser");
     if let Some(ctx) = raw.context {
+        // The common case first: its path is only built for an error.
+        if let Some(c) = util::simple_context(ctx.get(), limits) {
+            return Ok(c);
+        }
         return util::context(D, &at(path, "context"), ctx.get(), limits);
     }
     if let Some(keys) = raw.context_keys {
