@@ -299,8 +299,8 @@ fn kind_ok(kind: &str) -> bool {
 }
 
 /// The common single context, `{"kind":…,"key":…,…}` with plain kind and key within
-/// the limits, read without a parse (`None`: read it with [`context`]).
-pub(crate) fn simple_context(raw: &str, limits: &Limits) -> Option<Contexts> {
+/// the limits, read without a parse (`None`: [`context`] parses it).
+fn simple_context(raw: &str, limits: &Limits) -> Option<Contexts> {
     let (kind, key) = leading_kind_and_key(raw)?;
     (kind != "multi"
         && kind_ok(kind)
@@ -320,15 +320,18 @@ pub(crate) fn simple_context(raw: &str, limits: &Limits) -> Option<Contexts> {
 /// Reads a LaunchDarkly context object of any generation: a single context
 /// (`{"kind":"org","key":…}`), a multi-context (`{"kind":"multi","user":{…},…}`), or an
 /// old-style user (no `kind`: a `user` context). The object is kept as received.
+/// `path` is built only when the context needs a parse (the common single context
+/// needs none).
 pub(crate) fn context(
     dialect: Dialect,
-    path: &str,
+    path: impl FnOnce() -> String,
     raw: &str,
     limits: &Limits,
 ) -> Result<Contexts, DecodeError> {
     if let Some(c) = simple_context(raw, limits) {
         return Ok(c);
     }
+    let path = &path();
     let shape: ContextShape<'_> = parse(dialect, path, raw.as_bytes())?;
     let string = |v: &Option<Result<Cow<'_, str>, &RawValue>>,
                   field: &str|
@@ -680,7 +683,7 @@ mod tests {
         let raw: &RawValue = serde_json::from_str(text).unwrap();
         context(
             Dialect::Launchdarkly,
-            "context",
+            || "context".to_owned(),
             raw.get(),
             &Limits::default(),
         )
@@ -723,7 +726,12 @@ mod tests {
                 assert!(!key.contains('\\'), "{text}");
             }
             // Whichever path runs, the result is the same.
-            let c = context(Dialect::Launchdarkly, "c", raw.get(), &Limits::default());
+            let c = context(
+                Dialect::Launchdarkly,
+                || "c".to_owned(),
+                raw.get(),
+                &Limits::default(),
+            );
             let _ = c.map(|c| c.fully_qualified_key());
         }
         assert_eq!(

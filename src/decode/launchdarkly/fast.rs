@@ -106,7 +106,7 @@ pub(super) struct Parsed<'a> {
     pub text: &'a [u8],
     /// Which [`Raw`] fields were present (null or not): bit `1 << Field as u32`.
     pub seen: u32,
-    /// Which [`Other`] members were present: bit `1 << Other as u32`.
+    /// Which [`Other`] members were present: bit `1 << Other as u16`.
     pub other: u16,
 }
 
@@ -157,7 +157,7 @@ impl crate::decode::auto::Members for Parsed<'_> {
 /// Reads one event object, or declines with `None`.
 pub(super) fn parse<'a>(bytes: &'a [u8], bounds: &Bounds) -> Option<Raw<'a>> {
     let text = simdutf8::basic::from_utf8(bytes).ok()?;
-    let mut s = Scan::new(text, bounds, 1);
+    let mut s = Scan::new(text, bounds);
     let mut parsed = Parsed::default();
     s.ws();
     s.object(&mut parsed)?;
@@ -176,7 +176,7 @@ pub(super) fn parse_record<'a>(
     batch: &mut Vec<Parsed<'a>>,
 ) -> Option<bool> {
     let text = simdutf8::basic::from_utf8(bytes).ok()?;
-    let mut s = Scan::new(text, bounds, 1);
+    let mut s = Scan::new(text, bounds);
     s.ws();
     let is_batch = s.peek()? == b'[';
     if is_batch {
@@ -190,21 +190,12 @@ pub(super) fn parse_record<'a>(
             loop {
                 batch.push(Parsed::default());
                 s.object(batch.last_mut()?)?;
-                s.ws();
-                match s.peek()? {
-                    b',' => {
-                        commas += 1;
-                        if commas >= bounds.events {
-                            return None;
-                        }
-                        s.i += 1;
-                        s.ws();
-                    }
-                    b']' => {
-                        s.i += 1;
-                        break;
-                    }
-                    _ => return None,
+                if !s.more(b']')? {
+                    break;
+                }
+                commas += 1;
+                if commas >= bounds.events {
+                    return None;
                 }
             }
         }
@@ -357,12 +348,31 @@ struct Scan<'a> {
 }
 
 impl<'a> Scan<'a> {
-    fn new(text: &'a str, bounds: &Bounds, depth: usize) -> Self {
+    /// A scan from the start of `text`, reading a root object (depth 1).
+    fn new(text: &'a str, bounds: &Bounds) -> Self {
         Self {
             text,
             i: 0,
             bounds: *bounds,
-            depth,
+            depth: 1,
+        }
+    }
+
+    /// After an element of a container that `close` ends: `Some(true)` past a `,`
+    /// (another element follows), `Some(false)` past `close`, `None` for anything else.
+    fn more(&mut self, close: u8) -> Option<bool> {
+        self.ws();
+        match self.peek()? {
+            b',' => {
+                self.i += 1;
+                self.ws();
+                Some(true)
+            }
+            c if c == close => {
+                self.i += 1;
+                Some(false)
+            }
+            _ => None,
         }
     }
 
@@ -399,17 +409,8 @@ impl<'a> Scan<'a> {
                         self.value()?;
                     }
                 }
-                self.ws();
-                match self.peek()? {
-                    b',' => {
-                        self.i += 1;
-                        self.ws();
-                    }
-                    b'}' => {
-                        self.i += 1;
-                        break;
-                    }
-                    _ => return None,
+                if !self.more(b'}')? {
+                    break;
                 }
             }
         }
