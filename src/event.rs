@@ -156,14 +156,24 @@ impl Json {
     /// Takes JSON text that has already been validated (by serde_json or the
     /// LaunchDarkly fast path's validator), dropping whitespace outside strings.
     pub(crate) fn from_valid_text(text: &str) -> Self {
-        if text.len() <= RECENT_MAX_LEN {
-            return recent(text);
-        }
-        Self::compact(text)
+        Self::from_text(text, false)
     }
 
-    fn compact(text: &str) -> Self {
-        if may_have_insignificant_whitespace(text.as_bytes()) {
+    /// [`Json::from_valid_text`] for text known to hold no whitespace outside its
+    /// strings (the LaunchDarkly fast path's validator saw none): taken as it is.
+    pub(crate) fn from_compact_text(text: &str) -> Self {
+        Self::from_text(text, true)
+    }
+
+    fn from_text(text: &str, compact: bool) -> Self {
+        if text.len() <= RECENT_MAX_LEN {
+            return recent(text, compact);
+        }
+        Self::compact(text, compact)
+    }
+
+    fn compact(text: &str, compact: bool) -> Self {
+        if !compact && may_have_insignificant_whitespace(text.as_bytes()) {
             Self(minify(text).into())
         } else {
             Self(text.into())
@@ -202,7 +212,7 @@ thread_local! {
 
 /// `text` as [`Json`], shared with an equal text seen lately when there is one. Only
 /// compact texts are kept, so a text equal to a kept one is compact too.
-fn recent(text: &str) -> Json {
+fn recent(text: &str, compact: bool) -> Json {
     let slot = (text
         .bytes()
         .fold(0u32, |h, b| h.rotate_left(5) ^ u32::from(b))
@@ -215,7 +225,7 @@ fn recent(text: &str) -> Json {
         {
             return json.clone();
         }
-        let json = Json::compact(text);
+        let json = Json::compact(text, compact);
         if json.as_str() == text {
             recent[slot] = Some(json.clone());
         }

@@ -274,7 +274,8 @@ impl<'de: 'a, 'a> Deserialize<'de> for StrOrRaw<'a> {
 /// (serde_json checked it); anything else returns `None` and takes the full parse.
 fn leading_kind_and_key(text: &str) -> Option<(&str, &str)> {
     fn string(rest: &str) -> Option<(&str, &str)> {
-        let end = memchr::memchr2(b'"', b'\\', rest.as_bytes())?;
+        // Kinds and keys are short: a plain loop beats memchr's setup.
+        let end = rest.bytes().position(|b| b == b'"' || b == b'\\')?;
         (rest.as_bytes()[end] == b'"').then(|| (&rest[..end], &rest[end + 1..]))
     }
     let rest = text.strip_prefix(r#"{"kind":""#)?;
@@ -300,8 +301,8 @@ fn kind_ok(kind: &str) -> bool {
 
 /// The common single context, `{"kind":…,"key":…,…}` with plain kind and key within
 /// the limits, read without a parse (`None`: [`context`] parses it).
-fn simple_context(raw: &str, limits: &Limits) -> Option<Contexts> {
-    let (kind, key) = leading_kind_and_key(raw)?;
+fn simple_context(raw: RawText<'_>, limits: &Limits) -> Option<Contexts> {
+    let (kind, key) = leading_kind_and_key(raw.get())?;
     (kind != "multi"
         && kind_ok(kind)
         && !kind.is_empty()
@@ -313,7 +314,7 @@ fn simple_context(raw: &str, limits: &Limits) -> Option<Contexts> {
                 kind: kind.into(),
                 key: key.into(),
             }],
-            body: Some(Json::from_valid_text(raw)),
+            body: Some(raw.to_json()),
         })
 }
 
@@ -325,12 +326,14 @@ fn simple_context(raw: &str, limits: &Limits) -> Option<Contexts> {
 pub(crate) fn context(
     dialect: Dialect,
     path: impl FnOnce() -> String,
-    raw: &str,
+    raw: RawText<'_>,
     limits: &Limits,
 ) -> Result<Contexts, DecodeError> {
     if let Some(c) = simple_context(raw, limits) {
         return Ok(c);
     }
+    let text = raw;
+    let raw = raw.get();
     let path = &path();
     let shape: ContextShape<'_> = parse(dialect, path, raw.as_bytes())?;
     let string = |v: &Option<Result<Cow<'_, str>, &RawValue>>,
@@ -401,7 +404,7 @@ pub(crate) fn context(
             keys.sort();
             Ok(Contexts {
                 keys,
-                body: Some(Json::from_valid_text(raw)),
+                body: Some(text.to_json()),
             })
         }
         Some(kind) => {
@@ -416,7 +419,7 @@ pub(crate) fn context(
             let key = key_of(&shape.key, path)?;
             Ok(Contexts {
                 keys: smallvec::smallvec![ContextKey { kind, key }],
-                body: Some(Json::from_valid_text(raw)),
+                body: Some(text.to_json()),
             })
         }
         None => {
@@ -428,7 +431,7 @@ pub(crate) fn context(
                     kind: "user".into(),
                     key,
                 }],
-                body: Some(Json::from_valid_text(raw)),
+                body: Some(text.to_json()),
             })
         }
     }
@@ -456,28 +459,37 @@ pub(crate) fn expect_object(
 }
 
 /// Valid JSON text borrowed from the input: what `&RawValue` is, but constructible by
-/// the LaunchDarkly fast path once its own validator has checked the text.
+/// the LaunchDarkly fast path once its own validator has checked the text, which then
+/// also knows whether the text is compact (no whitespace outside strings).
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct RawText<'a>(&'a str);
+pub(crate) struct RawText<'a> {
+    text: &'a str,
+    compact: bool,
+}
 
 impl<'a> RawText<'a> {
-    /// `text` must be valid JSON (the caller validated it).
-    pub(crate) fn validated(text: &'a str) -> Self {
-        Self(text)
+    /// `text` must be valid JSON (the caller validated it); `compact`: it holds no
+    /// whitespace outside its strings (`false` when not known).
+    pub(crate) fn validated(text: &'a str, compact: bool) -> Self {
+        Self { text, compact }
     }
 
     pub(crate) fn get(&self) -> &'a str {
-        self.0
+        self.text
     }
 
     pub(crate) fn to_json(self) -> Json {
-        Json::from_valid_text(self.0)
+        if self.compact {
+            Json::from_compact_text(self.text)
+        } else {
+            Json::from_valid_text(self.text)
+        }
     }
 }
 
 impl<'de: 'a, 'a> Deserialize<'de> for RawText<'a> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        <&'de RawValue>::deserialize(d).map(|raw| Self(raw.get()))
+        <&'de RawValue>::deserialize(d).map(|raw| Self::validated(raw.get(), false))
     }
 }
 
@@ -684,7 +696,7 @@ mod tests {
         context(
             Dialect::Launchdarkly,
             || "context".to_owned(),
-            raw.get(),
+            RawText::validated(raw.get(), false),
             &Limits::default(),
         )
     }
@@ -729,7 +741,7 @@ mod tests {
             let c = context(
                 Dialect::Launchdarkly,
                 || "c".to_owned(),
-                raw.get(),
+                RawText::validated(raw.get(), false),
                 &Limits::default(),
             );
             let _ = c.map(|c| c.fully_qualified_key());

@@ -466,7 +466,7 @@ fn version(
 fn contexts(raw: &Raw<'_>, path: &str, limits: &Limits) -> Result<Contexts, DecodeError> {
     let anonymous_user = raw.context_kind.as_deref() == Some("anonymousUser");
     if let Some(ctx) = raw.context {
-        return util::context(D, || at(path, "context"), ctx.get(), limits);
+        return util::context(D, || at(path, "context"), ctx, limits);
     }
     if let Some(keys) = raw.context_keys {
         let obj: util::RawObject<'_> =
@@ -503,7 +503,7 @@ fn contexts(raw: &Raw<'_>, path: &str, limits: &Limits) -> Result<Contexts, Deco
         });
     }
     if let Some(user) = raw.user {
-        let mut c = util::context(D, || at(path, "user"), user.get(), limits)?;
+        let mut c = util::context(D, || at(path, "user"), user, limits)?;
         if anonymous_user {
             c.body = c.body.map(|b| with_anonymous(&b));
         }
