@@ -37,7 +37,7 @@ use serde::{Deserialize, Serialize};
 pub use gate::{FullEvents, GateConfig, GlobError, Override, Verdict, sampled_in};
 pub use output::*;
 
-use crate::event::{Contexts, Event, EventTime, Scope};
+use crate::event::{Contexts, Evaluation, Event, EventTime, Scope};
 use gate::Gate;
 use index::IndexCache;
 use summary::WindowAcc;
@@ -232,6 +232,16 @@ impl Shared {
     }
 }
 
+/// The index event for the first sighting of `context` at `t`.
+fn index_output(scope: Scope, context: Contexts, t: EventTime, pos: &SourcePos) -> Output {
+    Output::Index {
+        scope,
+        context,
+        creation_date: t,
+        pos: pos.clone(),
+    }
+}
+
 impl PartitionState {
     fn new(cfg: &IndexConfig) -> Self {
         Self {
@@ -402,15 +412,16 @@ impl PartitionState {
         pos: &SourcePos,
         out: &mut Vec<Output>,
     ) {
-        if self.index.first_sighting_of(context, t.as_millis()) {
-            shared.counts.index_events += 1;
-            out.push(Output::Index {
-                scope: scope.clone(),
-                context: context.clone(),
-                creation_date: t,
-                pos: pos.clone(),
-            });
+        if self.index_due(shared, context, t) {
+            out.push(index_output(scope.clone(), context.clone(), t, pos));
         }
+    }
+
+    /// Whether `context`, seen at `t`, is due an index event (counted if so).
+    fn index_due(&mut self, shared: &mut Shared, context: &Contexts, t: EventTime) -> bool {
+        let due = self.index.first_sighting_of(context, t.as_millis());
+        shared.counts.index_events += u64::from(due);
+        due
     }
 
     /// Replays one already-processed event: counts it into the accumulator it went to
@@ -604,9 +615,11 @@ impl Engine {
         match event {
             Event::Evaluation(mut ev) => {
                 let t = ev.creation_date;
-                if index_on && !ev.debug {
-                    st.index_if_new(shared, &ev.scope, &ev.context, t, pos, out);
-                }
+                // An index event goes before anything else this evaluation causes; it
+                // is put in that place at the end, so that it can take the context
+                // rather than a copy when nothing else needs the evaluation.
+                let index_at = (index_on && !ev.debug && st.index_due(shared, &ev.context, t))
+                    .then_some(out.len());
                 let verdict = gate.judge(&ev, pos);
                 if ev.debug || ev.exclude_from_summaries {
                     if ev.exclude_from_summaries {
@@ -644,14 +657,24 @@ impl Engine {
                 }
                 if verdict.full {
                     shared.counts.full_events += 1;
+                    if let Some(at) = index_at {
+                        let index = index_output(ev.scope.clone(), ev.context.clone(), t, pos);
+                        out.insert(at, index);
+                    }
                     ev.sampling_ratio = verdict.sampling_ratio;
                     out.push(Output::Feature {
                         event: ev,
                         debug: false,
                         pos: pos.clone(),
                     });
-                } else if !ev.debug && gate.samples(&ev.flag_key) {
-                    shared.counts.sampled_out += 1;
+                } else {
+                    if !ev.debug && gate.samples(&ev.flag_key) {
+                        shared.counts.sampled_out += 1;
+                    }
+                    if let Some(at) = index_at {
+                        let Evaluation { scope, context, .. } = *ev;
+                        out.insert(at, index_output(scope, context, t, pos));
+                    }
                 }
                 st.observe(shared, pid, t, out);
             }
