@@ -585,13 +585,15 @@ pub struct PassThrough {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "camelCase")]
 pub enum Event {
-    /// Boxed: the hot variant is large and moves through several queues.
+    /// Every variant is boxed: an event moves through several queues (the decoder's
+    /// output, the engine's input), and a 16-byte event moves for free where a
+    /// 200-byte one costs a copy each time.
     Evaluation(Box<Evaluation>),
-    Custom(Custom),
-    Identify(ContextEvent),
-    Index(ContextEvent),
-    Summary(Summary),
-    PassThrough(PassThrough),
+    Custom(Box<Custom>),
+    Identify(Box<ContextEvent>),
+    Index(Box<ContextEvent>),
+    Summary(Box<Summary>),
+    PassThrough(Box<PassThrough>),
 }
 
 impl Event {

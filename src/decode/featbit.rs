@@ -242,7 +242,7 @@ fn message(bytes: &[u8], limits: &Limits) -> Result<Event, DecodeError> {
         return Err(DecodeError::new(D, "properties.user", Reason::Missing));
     };
     let context = user_context(user.get().as_bytes(), "properties.user", limits)?;
-    Ok(Event::Custom(Custom {
+    Ok(Event::Custom(Box::new(Custom {
         scope,
         key,
         context,
@@ -250,7 +250,7 @@ fn message(bytes: &[u8], limits: &Limits) -> Result<Event, DecodeError> {
         metric_value: props.numeric_value,
         creation_date,
         sampling_ratio: None,
-    }))
+    })))
 }
 
 /// The SDK insight payload: an array of entries.
@@ -289,7 +289,7 @@ fn entry(i: usize, bytes: &[u8], limits: &Limits, out: &mut Decoded) -> Result<(
     for (j, raw) in entry.metrics.into_iter().flatten().enumerate() {
         let prefix = || format!("[{i}].metrics[{j}]");
         match metric(origin.bytes(raw), prefix, &context, limits) {
-            Ok(e) => out.events.push(Event::Custom(e)),
+            Ok(e) => out.events.push(Event::Custom(Box::new(e))),
             Err(e) => out.errors.push(e),
         }
     }
@@ -594,7 +594,7 @@ mod tests {
         };
         assert_eq!(
             only_event(&message("CustomEvent", props)),
-            Event::Custom(expected.clone())
+            Event::Custom(Box::new(expected.clone()))
         );
         // No eventName: the distinct_id names the event.
         let props = r#"{"user":{"keyId":"u1","name":"Bob"},"numericValue":1.5}"#;
@@ -604,7 +604,7 @@ mod tests {
         };
         assert_eq!(
             only_event(&message("PageView", props)),
-            Event::Custom(expected)
+            Event::Custom(Box::new(expected))
         );
     }
 
@@ -646,7 +646,10 @@ mod tests {
         let (evaluation, custom) = payload_expected();
         assert_eq!(
             out.events,
-            vec![Event::evaluation(evaluation), Event::Custom(custom)]
+            vec![
+                Event::evaluation(evaluation),
+                Event::Custom(Box::new(custom))
+            ]
         );
     }
 
@@ -683,9 +686,9 @@ mod tests {
             out.events,
             vec![
                 Event::evaluation(evaluation.clone()),
-                Event::Custom(custom.clone()),
+                Event::Custom(Box::new(custom.clone())),
                 Event::evaluation(evaluation.clone()),
-                Event::Custom(custom.clone()),
+                Event::Custom(Box::new(custom.clone())),
             ]
         );
         assert_eq!(out.errors.len(), 1);

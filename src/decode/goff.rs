@@ -336,7 +336,7 @@ fn event(
 ) -> Result<Event, DecodeError> {
     match ev.kind.as_deref() {
         Some("feature") => feature(ev, loc, envelope, limits).map(Event::evaluation),
-        Some("tracking") => tracking(ev, loc, envelope, limits).map(Event::Custom),
+        Some("tracking") => tracking(ev, loc, envelope, limits).map(|c| Event::Custom(Box::new(c))),
         Some(other) => Err(DecodeError::new(
             D,
             loc.at("kind"),
@@ -623,7 +623,7 @@ mod tests {
             creation_date: EventTime::from_millis(1_618_909_178_000),
             sampling_ratio: None,
         };
-        assert_eq!(only_event(input), Event::Custom(expected));
+        assert_eq!(only_event(input), Event::Custom(Box::new(expected)));
     }
 
     #[test]
@@ -716,7 +716,7 @@ mod tests {
             out.events,
             vec![
                 Event::evaluation(feature_expected()),
-                Event::Custom(Custom {
+                Event::Custom(Box::new(Custom {
                     scope: Scope::default(),
                     key: "t".into(),
                     context: Contexts::single("user", "U"),
@@ -724,7 +724,7 @@ mod tests {
                     metric_value: None,
                     creation_date: EventTime::from_millis(2000),
                     sampling_ratio: None,
-                }),
+                })),
             ]
         );
         assert_eq!(run("[]").events, vec![]);

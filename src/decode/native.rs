@@ -1083,7 +1083,7 @@ pub(crate) fn read_event(r: &mut wire::Reader<'_>, prefix: &str) -> Result<Event
             debug,
             meta: json(meta, "meta")?,
         }),
-        1 => Event::Custom(Custom {
+        1 => Event::Custom(Box::new(Custom {
             scope,
             key: key.ok_or_else(|| missing("key"))?.into(),
             context: contexts()?,
@@ -1091,7 +1091,7 @@ pub(crate) fn read_event(r: &mut wire::Reader<'_>, prefix: &str) -> Result<Event
             metric_value,
             creation_date: time(creation_date, "creationDate")?,
             sampling_ratio: unsigned(sampling_ratio, "samplingRatio")?,
-        }),
+        })),
         2 | 3 => {
             let e = ContextEvent {
                 scope,
@@ -1100,24 +1100,24 @@ pub(crate) fn read_event(r: &mut wire::Reader<'_>, prefix: &str) -> Result<Event
                 sampling_ratio: unsigned(sampling_ratio, "samplingRatio")?,
             };
             if ty == 2 {
-                Event::Identify(e)
+                Event::Identify(Box::new(e))
             } else {
-                Event::Index(e)
+                Event::Index(Box::new(e))
             }
         }
-        4 => Event::Summary(Summary {
+        4 => Event::Summary(Box::new(Summary {
             scope,
             start_date: time(start_date, "startDate")?,
             end_date: time(end_date, "endDate")?,
             features,
-        }),
-        _ => Event::PassThrough(PassThrough {
+        })),
+        _ => Event::PassThrough(Box::new(PassThrough {
             scope,
             kind: kind.ok_or_else(|| missing("kind"))?.into(),
             body: json(Some(body.ok_or_else(|| missing("body"))?), "body")?
                 .unwrap_or_else(Json::null),
             creation_date: creation_date.map(EventTime::from_millis),
-        }),
+        })),
     })
 }
 
@@ -1526,7 +1526,7 @@ pub(crate) mod tests {
             Event::evaluation(evaluation()),
             Event::evaluation(minimal),
             Event::evaluation(named),
-            Event::Custom(Custom {
+            Event::Custom(Box::new(Custom {
                 scope: Scope {
                     project: None,
                     env: Some("e".into()),
@@ -1537,8 +1537,8 @@ pub(crate) mod tests {
                 metric_value: Some(0.0),
                 creation_date: EventTime::from_millis(5),
                 sampling_ratio: Some(1),
-            }),
-            Event::Custom(Custom {
+            })),
+            Event::Custom(Box::new(Custom {
                 scope: Scope::default(),
                 key: "k".into(),
                 context: Contexts::single("org", "o"),
@@ -1546,8 +1546,8 @@ pub(crate) mod tests {
                 metric_value: Some(-2.5),
                 creation_date: EventTime::from_millis(6),
                 sampling_ratio: None,
-            }),
-            Event::Identify(ContextEvent {
+            })),
+            Event::Identify(Box::new(ContextEvent {
                 scope: Scope::default(),
                 context: Contexts {
                     keys: smallvec::smallvec![ContextKey {
@@ -1558,8 +1558,8 @@ pub(crate) mod tests {
                 },
                 creation_date: EventTime::from_millis(7),
                 sampling_ratio: Some(0),
-            }),
-            Event::Index(ContextEvent {
+            })),
+            Event::Index(Box::new(ContextEvent {
                 scope: Scope {
                     project: Some("p".into()),
                     env: None,
@@ -1567,8 +1567,8 @@ pub(crate) mod tests {
                 context: multi(),
                 creation_date: EventTime::from_millis(8),
                 sampling_ratio: None,
-            }),
-            Event::Summary(Summary {
+            })),
+            Event::Summary(Box::new(Summary {
                 scope: Scope {
                     project: None,
                     env: Some("prod".into()),
@@ -1608,19 +1608,19 @@ pub(crate) mod tests {
                         context_kinds: vec![],
                     },
                 ],
-            }),
-            Event::PassThrough(PassThrough {
+            })),
+            Event::PassThrough(Box::new(PassThrough {
                 scope: Scope::default(),
                 kind: "alias".into(),
                 body: j(r#"{"kind":"alias","key":"new","previousKey":"old","creationDate":9}"#),
                 creation_date: Some(EventTime::from_millis(9)),
-            }),
-            Event::PassThrough(PassThrough {
+            })),
+            Event::PassThrough(Box::new(PassThrough {
                 scope: Scope::default(),
                 kind: "future".into(),
                 body: j(r#"{"kind":"future"}"#),
                 creation_date: None,
-            }),
+            })),
         ]
     }
 
@@ -1747,7 +1747,7 @@ pub(crate) mod tests {
             start in 0..MAX_MILLIS / 2,
             span in 0..MAX_MILLIS / 2,
         ) -> Event {
-            Event::Summary(Summary {
+            Event::Summary(Box::new(Summary {
                 scope: Scope::default(),
                 start_date: EventTime::from_millis(start),
                 end_date: EventTime::from_millis(start + span),
@@ -1765,7 +1765,7 @@ pub(crate) mod tests {
                         .collect(),
                     context_kinds: kinds.into_iter().map(Into::into).collect(),
                 }],
-            })
+            }))
         }
     }
 
@@ -1778,7 +1778,7 @@ pub(crate) mod tests {
             check_against_apache_avro(&event);
             let out = avro(&encode_avro(&event));
             prop_assert_eq!(out.events, vec![event]);
-            let custom = Event::Custom(Custom {
+            let custom = Event::Custom(Box::new(Custom {
                 scope: Scope::default(),
                 key: "k".into(),
                 context: Contexts::single("user", "u"),
@@ -1786,7 +1786,7 @@ pub(crate) mod tests {
                 metric_value: Some(metric),
                 creation_date: EventTime::from_millis(1),
                 sampling_ratio: None,
-            });
+            }));
             check_against_apache_avro(&custom);
             prop_assert_eq!(avro(&encode_avro(&custom)).events, vec![custom]);
         }

@@ -706,7 +706,7 @@ impl Engine {
                 }
                 // A samplingRatio on the event was applied by its SDK: pass it through.
                 out.push(Output::Custom {
-                    event: Box::new(c),
+                    event: c,
                     pos: pos.clone(),
                 });
                 st.observe(shared, pid, t, out);
@@ -716,7 +716,7 @@ impl Engine {
                 // Identify events fill the cache but never cause an index event.
                 st.index.first_sighting_of(&e.context, t.as_millis());
                 out.push(Output::Identify {
-                    event: e,
+                    event: *e,
                     pos: pos.clone(),
                 });
                 st.observe(shared, pid, t, out);
@@ -735,7 +735,7 @@ impl Engine {
             Event::PassThrough(p) => {
                 let t = p.creation_date;
                 out.push(Output::PassThrough {
-                    event: p,
+                    event: *p,
                     pos: pos.clone(),
                 });
                 if let Some(t) = t {

@@ -355,18 +355,18 @@ fn index_events_precede_their_trigger_and_identify_suppresses_them() {
     out.clear();
     e.push(
         &pos(0, 2),
-        Event::Identify(ContextEvent {
+        Event::Identify(Box::new(ContextEvent {
             scope: Scope::default(),
             context: Contexts::single("org", "o"),
             creation_date: EventTime::from_millis(2),
             sampling_ratio: None,
-        }),
+        })),
         0,
         &mut out,
     );
     e.push(
         &pos(0, 3),
-        Event::Custom(Custom {
+        Event::Custom(Box::new(Custom {
             scope: Scope::default(),
             key: "click".into(),
             context: Contexts::single("org", "o"),
@@ -374,7 +374,7 @@ fn index_events_precede_their_trigger_and_identify_suppresses_them() {
             metric_value: Some(0.0),
             creation_date: EventTime::from_millis(3),
             sampling_ratio: None,
-        }),
+        })),
         0,
         &mut out,
     );
@@ -393,7 +393,7 @@ fn summaries_reaggregate_into_longer_windows() {
     for (i, (start, count)) in [(0, 3u64), (60 * SEC, 4)].into_iter().enumerate() {
         e.push(
             &pos(0, i as i64),
-            Event::Summary(Summary {
+            Event::Summary(Box::new(Summary {
                 scope: Scope::default(),
                 start_date: EventTime::from_millis(start + 5),
                 end_date: EventTime::from_millis(start + 50),
@@ -408,7 +408,7 @@ fn summaries_reaggregate_into_longer_windows() {
                     }],
                     context_kinds: vec!["user".into()],
                 }],
-            }),
+            })),
             0,
             &mut out,
         );

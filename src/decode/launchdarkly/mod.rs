@@ -274,7 +274,7 @@ fn from_raw(
     let field = |name: &str| at(path, name);
     match kind {
         "feature" | "debug" => evaluation(raw, kind == "debug", path, limits, scope),
-        "custom" => Ok(Event::Custom(Custom {
+        "custom" => Ok(Event::Custom(Box::new(Custom {
             scope: scope.clone(),
             key: util::key(D, || field("key"), raw.key.as_deref(), limits)?,
             context: contexts(raw, path, limits)?,
@@ -282,7 +282,7 @@ fn from_raw(
             metric_value: raw.metric_value,
             creation_date: creation(raw, path)?,
             sampling_ratio: raw.sampling_ratio,
-        })),
+        }))),
         "identify" | "index" => {
             let ev = ContextEvent {
                 scope: scope.clone(),
@@ -291,9 +291,9 @@ fn from_raw(
                 sampling_ratio: raw.sampling_ratio,
             };
             Ok(if kind == "index" {
-                Event::Index(ev)
+                Event::Index(Box::new(ev))
             } else {
-                Event::Identify(ev)
+                Event::Identify(Box::new(ev))
             })
         }
         "summary" => summary(raw, path, limits, scope),
@@ -305,13 +305,13 @@ fn from_raw(
             };
             let text = std::str::from_utf8(bytes)
                 .map_err(|e| DecodeError::new(D, path.to_owned(), Reason::Utf8(e.valid_up_to())))?;
-            Ok(Event::PassThrough(PassThrough {
+            Ok(Event::PassThrough(Box::new(PassThrough {
                 scope: scope.clone(),
                 kind,
                 body: Json::parse(text)
                     .map_err(|e| DecodeError::new(D, path.to_owned(), util::classify(&e, bytes)))?,
                 creation_date,
-            }))
+            })))
         }
     }
 }
@@ -642,12 +642,12 @@ fn summary(
             context_kinds,
         });
     }
-    Ok(Event::Summary(Summary {
+    Ok(Event::Summary(Box::new(Summary {
         scope: scope.clone(),
         start_date,
         end_date,
         features: flags,
-    }))
+    })))
 }
 
 #[cfg(test)]
