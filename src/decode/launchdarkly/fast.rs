@@ -156,7 +156,7 @@ impl crate::decode::auto::Members for Parsed<'_> {
 
 /// Reads one event object, or declines with `None`.
 pub(super) fn parse<'a>(bytes: &'a [u8], bounds: &Bounds) -> Option<Raw<'a>> {
-    let text = simdutf8::basic::from_utf8(bytes).ok()?;
+    let text = std::str::from_utf8(bytes).ok()?;
     let mut s = Scan::new(text, bounds);
     let mut parsed = Parsed::default();
     s.ws();
@@ -175,7 +175,7 @@ pub(super) fn parse_record<'a>(
     one: &mut Parsed<'a>,
     batch: &mut Vec<Parsed<'a>>,
 ) -> Option<bool> {
-    let text = simdutf8::basic::from_utf8(bytes).ok()?;
+    let text = std::str::from_utf8(bytes).ok()?;
     let mut s = Scan::new(text, bounds);
     s.ws();
     let is_batch = s.peek()? == b'[';
@@ -500,13 +500,16 @@ impl<'a> Scan<'a> {
     /// next value is (else `None`, position unchanged).
     fn digits(&mut self) -> Option<u64> {
         let rest = &self.bytes()[self.i..];
-        let n = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+        // Digits counted and summed in one loop; past 18 of them the sum may wrap, but
+        // such a number declines anyway.
+        let (mut n, mut v) = (0, 0u64);
+        while let Some(d) = rest.get(n).filter(|b| b.is_ascii_digit()) {
+            v = v.wrapping_mul(10).wrapping_add(u64::from(d - b'0'));
+            n += 1;
+        }
         if n == 0 || n > 18 || (n > 1 && rest[0] == b'0') || !self.delimited(self.i + n) {
             return None;
         }
-        let v = rest[..n]
-            .iter()
-            .fold(0u64, |acc, d| acc * 10 + u64::from(d - b'0'));
         self.i += n;
         Some(v)
     }
