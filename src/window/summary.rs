@@ -93,7 +93,10 @@ impl FlagAcc {
 #[derive(Debug)]
 pub(crate) struct WindowAcc {
     pub window: Window,
-    flags: HashMap<Scope, HashMap<CompactString, FlagAcc>>,
+    /// The flags of events with no project or environment (nearly all of them), kept
+    /// apart from the scoped ones so that finding one costs one hash lookup, not two.
+    unscoped: HashMap<CompactString, FlagAcc>,
+    scoped: HashMap<Scope, HashMap<CompactString, FlagAcc>>,
     /// Distinct (flag, variation, version) keys held.
     pub keys: usize,
     /// Lowest input position (offset, index within the record) counted.
@@ -106,7 +109,8 @@ impl WindowAcc {
     pub fn new(window: Window, part: u32) -> Self {
         Self {
             window,
-            flags: HashMap::default(),
+            unscoped: HashMap::default(),
+            scoped: HashMap::default(),
             keys: 0,
             first: (i64::MAX, u32::MAX),
             part,
@@ -115,11 +119,12 @@ impl WindowAcc {
 
     fn flag(&mut self, scope: &Scope, key: &CompactString) -> &mut FlagAcc {
         // One hash and probe per level; the scope and key are cloned only when new.
-        self.flags
-            .entry_ref(scope)
-            .or_default()
-            .entry_ref(key)
-            .or_insert_with(FlagAcc::new)
+        let flags = if scope.project.is_none() && scope.env.is_none() {
+            &mut self.unscoped
+        } else {
+            self.scoped.entry_ref(scope).or_default()
+        };
+        flags.entry_ref(key).or_insert_with(FlagAcc::new)
     }
 
     /// Counts one evaluation. Returns how many new distinct keys it created (0 or 1).
@@ -178,7 +183,10 @@ impl WindowAcc {
         reason: CloseReason,
         out: &mut Vec<ClosedSummary>,
     ) {
-        let mut scopes: Vec<_> = self.flags.into_iter().collect();
+        let mut scopes: Vec<_> = self.scoped.into_iter().collect();
+        if !self.unscoped.is_empty() {
+            scopes.push((Scope::default(), self.unscoped));
+        }
         scopes.sort_by(|a, b| a.0.cmp(&b.0));
         for (scope, flags) in scopes {
             let mut flags: Vec<_> = flags.into_iter().collect();

@@ -724,3 +724,49 @@ fn replay_emits_nothing_for_the_reread_part() {
     );
     assert!(!again.is_replaying(&pid));
 }
+
+#[test]
+fn scoped_and_unscoped_flags_close_sorted_by_scope_then_flag() {
+    let mut e = engine(WindowConfig::default());
+    let mut out = Vec::new();
+    let scope = |project: Option<&str>, env: Option<&str>| Scope {
+        project: project.map(Into::into),
+        env: env.map(Into::into),
+    };
+    let events = [
+        (scope(None, Some("prod")), "b"),
+        (Scope::default(), "z"),
+        (scope(Some("p"), None), "a"),
+        (Scope::default(), "a"),
+        (scope(None, Some("prod")), "a"),
+        (Scope::default(), "z"),
+    ];
+    for (i, (scope, flag)) in events.into_iter().enumerate() {
+        let mut ev = eval(flag, Some(0), Some(1), 1000 + i as i64);
+        ev.scope = scope;
+        e.push(&pos(0, i as i64), Event::evaluation(ev), 0, &mut out);
+    }
+    e.flush_all(&mut out);
+    let got: Vec<_> = summaries(&out)
+        .iter()
+        .map(|s| {
+            (
+                s.scope.project.as_deref().map(str::to_owned),
+                s.scope.env.as_deref().map(str::to_owned),
+                s.flag_key.to_string(),
+                s.counters.iter().map(|c| c.count).sum::<u64>(),
+            )
+        })
+        .collect();
+    let owned = |s: &str| Some(s.to_owned());
+    assert_eq!(
+        got,
+        [
+            (None, None, "a".to_owned(), 1),
+            (None, None, "z".to_owned(), 2),
+            (None, owned("prod"), "a".to_owned(), 1),
+            (None, owned("prod"), "b".to_owned(), 1),
+            (owned("p"), None, "a".to_owned(), 1),
+        ]
+    );
+}
