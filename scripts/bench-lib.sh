@@ -16,7 +16,7 @@ bench_start() {
   local prefix=$1
   shift
   cargo build --release --quiet --bin flagtally "$@"
-  BIN=target/release/flagtally
+  BIN=${FLAGTALLY_BIN:-target/release/flagtally}
   # Kafka's default initial rebalance delay (the test broker's is 0): the workers of one
   # process join the new group within it and start with their shares, as in production.
   eval "$(INFRA_REBALANCE_DELAY_MS=3000 bash scripts/infra.sh start "${BENCH_BROKER:-bench}" | grep '^export')"
