@@ -290,6 +290,23 @@ fn a_second_instance_with_the_same_transactional_id_fences_the_first() {
     let a = Flagtally::start(&config, &format!("{}-a", t.group));
     let some = read_until(broker, &t.summary, Duration::from_secs(60), |_| true);
     assert!(!some.is_empty(), "a committed something before it froze");
+    // Mid-stream: a steady trickle of records (most of them make an output), so that
+    // when A freezes its open transaction holds outputs it must still commit or abort —
+    // and either meets B's newer epoch. (Frozen once idle, with nothing sent since its
+    // last commit, A would never touch its producer again, and so never learn it was
+    // fenced: harmless, but not what this test is about.)
+    let feeder = {
+        let (broker, topic, second) = (broker.to_owned(), t.input.clone(), second.to_vec());
+        std::thread::spawn(move || {
+            let p = producer(&broker);
+            for (i, v) in second.iter().enumerate() {
+                send(&p, &topic, (i % 2) as i32, v);
+                std::thread::sleep(Duration::from_micros(300));
+            }
+            rdkafka::producer::Producer::flush(&p, Duration::from_secs(60)).unwrap();
+        })
+    };
+    std::thread::sleep(Duration::from_millis(1_000));
     a.signal("STOP");
     let b = Flagtally::start(&config, &format!("{}-b", t.group));
     assert!(
@@ -299,7 +316,7 @@ fn a_second_instance_with_the_same_transactional_id_fences_the_first() {
         "b took over once a's session timed out; log b:\n{}",
         b.log_text()
     );
-    produce(broker, &t.input, 2, second);
+    feeder.join().unwrap();
     a.signal("CONT");
     let mut a = a;
     let status = a.wait(Duration::from_secs(60));
