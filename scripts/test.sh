@@ -39,7 +39,8 @@ eval "$(bash scripts/infra.sh start ci)"
 eval "$(bash scripts/infra.sh postgres)"
 eval "$(bash scripts/infra.sh s3 ci)"
 export FLAGTALLY_TEST_BROKER FLAGTALLY_TEST_POSTGRES FLAGTALLY_TEST_S3
-trap 'bash scripts/infra.sh stop ci; bash scripts/infra.sh s3-stop ci' EXIT
+trap 'rc=$?; [ "$rc" = 0 ] || bash scripts/infra.sh s3-errors ci
+      bash scripts/infra.sh stop ci; bash scripts/infra.sh s3-stop ci' EXIT
 
 step "tests"
 # Broker tests start flagtally processes of their own: two at a time keeps the two
