@@ -378,7 +378,7 @@ s3() {
 JSON
     port=$(low_port)
     cd "$dir"
-    nohup "$VENV/bin/weed" server -dir="$dir/data" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
+    nohup "$VENV/bin/weed" -logtostderr server -dir="$dir/data" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
       -master.port="$(low_port)" -master.volumeSizeLimitMB=64 \
       -volume.port="$(low_port)" -volume.max=100 -volume.minFreeSpace=16MiB \
       -filer -filer.port="$(low_port)" \
