@@ -232,6 +232,16 @@ impl Shared {
     }
 }
 
+/// Puts `output` at `at` in `out`: a push when nothing came after it (the common
+/// case), which saves `Vec::insert`'s call to move the tail.
+fn insert_at(out: &mut Vec<Output>, at: usize, output: Output) {
+    if at == out.len() {
+        out.push(output);
+    } else {
+        out.insert(at, output);
+    }
+}
+
 /// The index event for the first sighting of `context` at `t`.
 fn index_output(scope: Scope, context: Contexts, t: EventTime, pos: &SourcePos) -> Output {
     Output::Index {
@@ -659,7 +669,7 @@ impl Engine {
                     shared.counts.full_events += 1;
                     if let Some(at) = index_at {
                         let index = index_output(ev.scope.clone(), ev.context.clone(), t, pos);
-                        out.insert(at, index);
+                        insert_at(out, at, index);
                     }
                     ev.sampling_ratio = verdict.sampling_ratio;
                     out.push(Output::Feature {
@@ -673,7 +683,7 @@ impl Engine {
                     }
                     if let Some(at) = index_at {
                         let Evaluation { scope, context, .. } = *ev;
-                        out.insert(at, index_output(scope, context, t, pos));
+                        insert_at(out, at, index_output(scope, context, t, pos));
                     }
                 }
                 st.observe(shared, pid, t, out);

@@ -12,10 +12,28 @@ use crate::event::{
 };
 
 /// An input partition: the unit that owns a watermark and open windows.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Debug, Eq, PartialOrd, Ord)]
 pub struct PartitionId {
     pub topic: Arc<str>,
     pub partition: i32,
+}
+
+impl PartialEq for PartitionId {
+    /// Ids of one partition share their topic's `Arc`: compared by pointer first, the
+    /// engine's per-event partition lookup needs no string comparison.
+    fn eq(&self, other: &Self) -> bool {
+        self.partition == other.partition
+            && (Arc::ptr_eq(&self.topic, &other.topic) || self.topic == other.topic)
+    }
+}
+
+impl std::hash::Hash for PartitionId {
+    /// The text of the topic and the partition, as a derived `Hash` would: equal ids
+    /// hash alike whether or not they share the `Arc`.
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.topic.hash(state);
+        self.partition.hash(state);
+    }
 }
 
 impl PartitionId {
@@ -159,5 +177,26 @@ impl Output {
             | Self::PassThrough { pos, .. }
             | Self::Late { pos, .. } => Some(pos),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Equal whether or not the topic's `Arc` is shared, and hashed alike either way.
+    #[test]
+    fn partition_ids_compare_by_text_as_well_as_by_pointer() {
+        use std::hash::BuildHasher;
+        let a = PartitionId::new("events", 3);
+        let shared = a.clone();
+        let copied = PartitionId::new(String::from("events"), 3);
+        assert!(!Arc::ptr_eq(&a.topic, &copied.topic));
+        assert_eq!(a, shared);
+        assert_eq!(a, copied);
+        assert_ne!(a, PartitionId::new("events", 4));
+        assert_ne!(a, PartitionId::new("other", 3));
+        let h = rustc_hash::FxBuildHasher;
+        assert_eq!(h.hash_one(&a), h.hash_one(&copied));
     }
 }
