@@ -303,6 +303,18 @@ fn kind_ok(kind: &str) -> bool {
 /// the limits, read without a parse (`None`: [`context`] parses it).
 fn simple_context(raw: RawText<'_>, limits: &Limits) -> Option<Contexts> {
     let (kind, key) = leading_kind_and_key(raw.get())?;
+    single_context(kind, key, raw, limits)
+}
+
+/// The single context `raw`, whose leading members are the plain strings `kind` and
+/// `key` (its reader found them there), if both are valid and within the limits
+/// (`None`: [`context`] reads it).
+pub(crate) fn single_context(
+    kind: &str,
+    key: &str,
+    raw: RawText<'_>,
+    limits: &Limits,
+) -> Option<Contexts> {
     (kind != "multi"
         && kind_ok(kind)
         && !kind.is_empty()

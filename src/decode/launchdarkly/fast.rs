@@ -283,7 +283,7 @@ fn field<'a>(s: &mut Scan<'a>, raw: &mut Raw<'a>, f: Field) -> Option<()> {
         Field::CreationDate => raw.creation_date = s.opt_number()?,
         Field::Key => raw.key = s.opt_str()?,
         Field::Version => raw.version = s.opt_raw()?,
-        Field::Context => raw.context = s.opt_raw()?,
+        Field::Context => (raw.context, raw.context_head) = s.opt_context()?,
         Field::ContextKeys => raw.context_keys = s.opt_raw()?,
         Field::UserKey => raw.user_key = s.opt_str()?,
         Field::User => raw.user = s.opt_raw()?,
@@ -320,8 +320,11 @@ fn special(bytes: &[u8]) -> Option<usize> {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
     let below = |x: u64, n: u8| x.wrapping_sub(ONES * u64::from(n)) & !x & HIGH;
+    // Whole words through `chunks_exact`, whose chunks are known to be eight bytes
+    // long: no bounds check per word.
+    let mut words = bytes.chunks_exact(8);
     let mut i = 0;
-    while let Some(chunk) = bytes.get(i..i + 8) {
+    for chunk in words.by_ref() {
         let mut word = [0u8; 8];
         word.copy_from_slice(chunk);
         let w = u64::from_le_bytes(word);
@@ -333,11 +336,15 @@ fn special(bytes: &[u8]) -> Option<usize> {
         }
         i += 8;
     }
-    bytes[i..]
+    words
+        .remainder()
         .iter()
         .position(|b| matches!(b, b'"' | b'\\') || *b < 0x20)
         .map(|p| i + p)
 }
+
+/// A single context's plain kind and key, as [`Scan::opt_context`] found them.
+type Head<'a> = (&'a str, &'a str);
 
 struct Scan<'a> {
     text: &'a str,
@@ -434,6 +441,10 @@ impl<'a> Scan<'a> {
     }
 
     fn ws(&mut self) {
+        // Nearly always no whitespace at all: one comparison says so.
+        if self.peek().is_none_or(|b| b > b' ') {
+            return;
+        }
         while matches!(self.peek(), Some(b' ' | b'\t' | b'\n' | b'\r')) {
             self.i += 1;
             self.spaced = true;
@@ -554,50 +565,93 @@ impl<'a> Scan<'a> {
         Some(Some(RawText::validated(text, !self.spaced)))
     }
 
+    /// A `context` value, and its kind and key when it is the common single context.
+    /// Its head, `{"kind":"…","key":"…"`, is matched as literal text and two plain
+    /// strings (kept for the decoder, which then need not look for them again), and the
+    /// rest of the object is validated as any value; anything else (whitespace or an
+    /// escape in the head, another member first, `null`) is read by [`Scan::opt_raw`].
+    fn opt_context(&mut self) -> Option<(Option<RawText<'a>>, Option<Head<'a>>)> {
+        const HEAD: &[u8] = br#"{"kind":""#;
+        const KEY: &[u8] = br#","key":""#;
+        let start = self.i;
+        if self.depth + 1 > self.bounds.depth
+            || self.bounds.name < "kind".len()
+            || !self.bytes()[start..].starts_with(HEAD)
+        {
+            return Some((self.opt_raw()?, None));
+        }
+        self.i += HEAD.len() - 1;
+        let head = self.plain_string(self.bounds.string).and_then(|kind| {
+            self.bytes()[self.i..].starts_with(KEY).then_some(())?;
+            self.i += KEY.len() - 1;
+            Some((kind, self.plain_string(self.bounds.string)?))
+        });
+        let Some(head) = head else {
+            self.i = start;
+            return Some((self.opt_raw()?, None));
+        };
+        self.spaced = false;
+        let text = self.value_rest(start, smallvec::smallvec![b'}'], true)?;
+        Some((Some(RawText::validated(text, !self.spaced)), Some(head)))
+    }
+
     /// Validates one JSON value at the cursor and returns its text.
     fn value(&mut self) -> Option<&'a str> {
         self.ws();
         let start = self.i;
-        // The closers of the containers we are inside, innermost last.
-        let mut stack: SmallVec<[u8; 16]> = SmallVec::new();
+        self.value_rest(start, SmallVec::new(), false)
+    }
+
+    /// Validates the rest of a JSON value that starts at `start`: `stack` holds the
+    /// closers of the containers already open, innermost last; `after_value`: the
+    /// cursor is just past a complete element of the innermost one.
+    fn value_rest(
+        &mut self,
+        start: usize,
+        mut stack: SmallVec<[u8; 16]>,
+        mut after_value: bool,
+    ) -> Option<&'a str> {
         // Commas of an array that is this value itself, in a root object: a batch level
         // the limits count events in.
         let mut commas = 0usize;
         loop {
-            self.ws();
-            let c = self.peek()?;
-            if matches!(c, b'{' | b'[') && self.depth + 1 + stack.len() > self.bounds.depth {
-                return None;
-            }
-            match c {
-                b'{' => {
-                    self.i += 1;
-                    self.ws();
-                    if self.peek()? == b'}' {
-                        self.i += 1;
-                    } else {
-                        stack.push(b'}');
-                        self.member_name()?;
-                        continue;
-                    }
+            if !after_value {
+                self.ws();
+                let c = self.peek()?;
+                if matches!(c, b'{' | b'[') && self.depth + 1 + stack.len() > self.bounds.depth {
+                    return None;
                 }
-                b'[' => {
-                    self.i += 1;
-                    self.ws();
-                    if self.peek()? == b']' {
+                match c {
+                    b'{' => {
                         self.i += 1;
-                    } else {
-                        stack.push(b']');
-                        continue;
+                        self.ws();
+                        if self.peek()? == b'}' {
+                            self.i += 1;
+                        } else {
+                            stack.push(b'}');
+                            self.member_name()?;
+                            continue;
+                        }
                     }
+                    b'[' => {
+                        self.i += 1;
+                        self.ws();
+                        if self.peek()? == b']' {
+                            self.i += 1;
+                        } else {
+                            stack.push(b']');
+                            continue;
+                        }
+                    }
+                    b'"' => self.string(self.bounds.string)?,
+                    b't' => self.literal("true")?,
+                    b'f' => self.literal("false")?,
+                    b'n' => self.literal("null")?,
+                    b'-' | b'0'..=b'9' => self.number()?,
+                    _ => return None,
                 }
-                b'"' => self.string(self.bounds.string)?,
-                b't' => self.literal("true")?,
-                b'f' => self.literal("false")?,
-                b'n' => self.literal("null")?,
-                b'-' | b'0'..=b'9' => self.number()?,
-                _ => return None,
             }
+            after_value = false;
             // After a value: close containers, or go on to the next element.
             loop {
                 let Some(&closer) = stack.last() else {
@@ -870,6 +924,40 @@ mod tests {
             r#"{"kind""#,
         ] {
             agree(text);
+        }
+    }
+
+    /// A context whose head (`{"kind":"…","key":"…"`) the scan matches as literal text:
+    /// the rest of it is still validated, and anything unusual in the head is read the
+    /// general way, with the same result as serde's.
+    #[test]
+    fn contexts_read_by_their_head_agree() {
+        for context in [
+            r#"{"kind":"user","key":"u","name":tru}"#,
+            r#"{"kind":"user","key":"u","a":{"b":"}"},"c":[1,{"d":2}]}"#,
+            r#"{"kind":"user","key":"u" ,"name":"n" }"#,
+            r#"{"kind":"user","key":"u"}}"#,
+            r#"{"kind":"user","key":"u""#,
+            r#"{"kind":"user","key":"u",}"#,
+            r#"{"kind":"user","key":"u","name":"a"]"#,
+            r#"{"kind":"user","key":5}"#,
+            r#"{"kind":"us\"er","key":"u"}"#,
+            r#"{"kind":"user","key":"u\u0041"}"#,
+            r#"{"kind":"user","key":"u	v"}"#,
+            r#"{"kind":"multi","key":"u","user":{"key":"a"}}"#,
+            r#"{"kind":"multi","user":{"key":"a"},"org":{"key":"b"}}"#,
+            r#"{"kind":"user","key":""}"#,
+            r#"{"kind":"","key":"u"}"#,
+            r#"{"kind":"us er","key":"u"}"#,
+            r#"{"kind":"user","key":"u","key":"v"}"#,
+            r#"{"kind":"user","key":"u","a":[[[[[1]]]]]}"#,
+            r#"{"kind":"user","key":"0123456789012345678901234567890123456789"}"#,
+            r#"{"key":"u","kind":"user"}"#,
+            r#"{ "kind":"user","key":"u"}"#,
+        ] {
+            agree(&format!(
+                r#"{{"kind":"feature","creationDate":1,"key":"f","version":1,"variation":0,"context":{context},"value":true}}"#
+            ));
         }
     }
 

@@ -43,6 +43,10 @@ struct Raw<'a> {
     version: Option<RawText<'a>>,
     #[serde(borrow)]
     context: Option<RawText<'a>>,
+    /// The plain kind and key at the head of `context`, when the fast path read them
+    /// there (`{"kind":"…","key":"…",…}`); never set by serde.
+    #[serde(skip)]
+    context_head: Option<(&'a str, &'a str)>,
     #[serde(rename = "contextKeys", borrow)]
     context_keys: Option<RawText<'a>>,
     #[serde(rename = "userKey", borrow)]
@@ -466,6 +470,11 @@ fn version(
 fn contexts(raw: &Raw<'_>, path: &str, limits: &Limits) -> Result<Contexts, DecodeError> {
     let anonymous_user = raw.context_kind.as_deref() == Some("anonymousUser");
     if let Some(ctx) = raw.context {
+        if let Some((kind, key)) = raw.context_head
+            && let Some(c) = util::single_context(kind, key, ctx, limits)
+        {
+            return Ok(c);
+        }
         return util::context(D, || at(path, "context"), ctx, limits);
     }
     if let Some(keys) = raw.context_keys {
