@@ -11,21 +11,12 @@ use std::hint::black_box;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 
+mod shared;
+
 use flagtally::decode::{Decoded, Decoder, Dialect, Limits};
-use flagtally::generate::{GenConfig, GenDialect, Generator};
+use flagtally::generate::GenDialect;
 use flagtally::window::{Engine, EngineConfig, PartitionId, SourcePos};
-
-const BATCH: usize = 20_000;
-
-fn records(dialect: GenDialect) -> Vec<Vec<u8>> {
-    let mut g = Generator::new(GenConfig {
-        dialect,
-        flags: 200,
-        contexts: 100_000,
-        ..GenConfig::default()
-    });
-    (0..BATCH).map(|_| g.next_record()).collect()
-}
+use shared::{BATCH, decode_and_push, records};
 
 fn bench(c: &mut Criterion) {
     let cases = [
@@ -104,27 +95,7 @@ fn bench(c: &mut Criterion) {
         group.bench_function(name, |b| {
             b.iter_batched_ref(
                 || Engine::new(EngineConfig::default()).unwrap_or_else(|e| panic!("{e}")),
-                |engine| {
-                    let mut decoded = Decoded::default();
-                    let mut outputs = Vec::with_capacity(1024);
-                    for (offset, r) in input.iter().enumerate() {
-                        decoded.clear();
-                        decoder.decode(r, &mut decoded);
-                        for (index, ev) in decoded.events.drain(..).enumerate() {
-                            let pos = SourcePos {
-                                partition: partition.clone(),
-                                offset: offset as i64,
-                                index: index as u32,
-                            };
-                            engine.push(&pos, ev, 0, &mut outputs);
-                        }
-                        if outputs.len() >= 1024 {
-                            black_box(&outputs);
-                            outputs.clear();
-                        }
-                    }
-                    black_box(outputs);
-                },
+                |engine| decode_and_push(&decoder, engine, &partition, &input),
                 BatchSize::LargeInput,
             )
         });
