@@ -314,8 +314,15 @@ fn flagtally_rides_out_a_broker_restart() {
         );
     }
     produce(&broker, &t.input, 4, second);
-    assert_summaries(&broker, &t, &records, &tally);
-    assert_features(&broker, &t, &tally);
+    // On a failure, flagtally's log says what it did around the restart.
+    let checked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        assert_summaries(&broker, &t, &records, &tally);
+        assert_features(&broker, &t, &tally);
+    }));
+    if let Err(e) = checked {
+        eprintln!("flagtally's log:\n{}", f.log_text());
+        std::panic::resume_unwind(e);
+    }
     assert!(f.stop(Duration::from_secs(25)).success());
     broker_do("reset", &name);
 }
