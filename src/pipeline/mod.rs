@@ -82,6 +82,9 @@ pub struct Stats {
     pub redelivered: u64,
     /// Records before a restored checkpoint's replay start (skipped).
     pub skipped_before_replay: u64,
+    /// Records read while the group assignment was lost (skipped: their partitions
+    /// may have a new owner already, which reads them).
+    pub skipped_while_lost: u64,
 }
 
 impl Stats {
@@ -97,6 +100,7 @@ impl Stats {
         self.rewinds += other.rewinds;
         self.redelivered += other.redelivered;
         self.skipped_before_replay += other.skipped_before_replay;
+        self.skipped_while_lost += other.skipped_while_lost;
     }
 }
 
@@ -340,6 +344,7 @@ impl Pipeline {
             on_turn(self);
             // Up to a batch of records per turn; the first poll may wait. The clock is
             // read once per batch, after that wait.
+            let mut lost = false;
             for i in 0..1024 {
                 let timeout = if i == 0 {
                     Duration::from_millis(100)
@@ -350,8 +355,20 @@ impl Pipeline {
                 if i == 0 {
                     self.state.now = now_ms();
                 }
-                self.state.handle_assignment_changes(&self.consumer)?;
+                let changed = self.state.handle_assignment_changes(&self.consumer)?;
+                if i == 0 || changed {
+                    lost = self.consumer.assignment_lost();
+                }
                 match msg {
+                    // The session timed out (the broker was out of reach, or a restore
+                    // outlasted it): another member may own these partitions and have
+                    // decided idle closes this one does not know of. Emitting from here
+                    // could count twice; the revocation comes with the next polls, and
+                    // whoever owns the partitions then re-reads these records.
+                    Some(Ok(_)) if lost => {
+                        self.state.stats.skipped_while_lost += 1;
+                        break;
+                    }
                     Some(Ok(m)) => self.state.process(&m)?,
                     Some(Err(e)) => {
                         tracing::warn!("consumer: {e}");
@@ -442,8 +459,11 @@ impl State {
             .position(|p| p.pid.partition == partition && &*p.pid.topic == topic)
     }
 
-    fn handle_assignment_changes(&mut self, consumer: &Source) -> anyhow::Result<()> {
-        for change in consumer.context().take_changes() {
+    /// Applies the rebalances reported since the last call; returns whether there were any.
+    fn handle_assignment_changes(&mut self, consumer: &Source) -> anyhow::Result<bool> {
+        let changes = consumer.context().take_changes();
+        let changed = !changes.is_empty();
+        for change in changes {
             match change {
                 Assignment::Revoked(pids) => {
                     for pid in &pids {
@@ -479,7 +499,7 @@ impl State {
                 }
             }
         }
-        Ok(())
+        Ok(changed)
     }
 
     /// Restores partitions from their latest checkpoints (else from the group's
@@ -499,11 +519,15 @@ impl State {
         for pid in pids {
             tpl.add_partition(&pid.topic, pid.partition);
         }
+        // The group offsets first, then the checkpoints: an offset is committed only
+        // after its checkpoint is acknowledged, so every offset read has its checkpoint
+        // in the later read. The other order can pair an offset another member
+        // committed meanwhile with no checkpoint, and restore that partition as fresh
+        // from the offset (state lost, counts emitted twice).
         let (mut checkpoints, committed) = loop {
-            let loaded = self
-                .store
-                .load(pids)
-                .and_then(|cps| Ok((cps, consumer.committed_offsets(tpl.clone(), KAFKA_TIMEOUT)?)));
+            let loaded = consumer
+                .committed_offsets(tpl.clone(), KAFKA_TIMEOUT)
+                .and_then(|committed| Ok((self.store.load(pids)?, committed)));
             match loaded {
                 Ok(v) => break v,
                 Err(e) if !self.hard_stop.load(Ordering::Relaxed) => {
@@ -1148,11 +1172,15 @@ impl State {
             }
             // The checkpoints are written: the group offset catches up next cycle.
             tracing::warn!("committing group offsets failed ({e}); retrying next cycle");
-            if !idle.is_empty() {
-                // Perhaps no longer a member (the commit is how a member learns it was
-                // evicted): leave idle closes to whoever owns the partitions.
+            if consumer.assignment_lost() {
+                // No longer a member (a failed commit is one way to learn it): another
+                // member may own the partitions and decide their idle closes.
                 return Ok(false);
             }
+            // Still the owner: the idle checkpoints are durable, and any restore from
+            // them closes those windows, so this engine closes them too. Keeping them
+            // open would let it emit, before its next checkpoint, summaries that a
+            // restore from these would not (counted twice).
         }
         self.stats.commits += 1;
         self.sent_since_commit = false;
