@@ -68,36 +68,6 @@ fn assert_features(broker: &str, t: &Topics, tally: &Tally) {
     );
 }
 
-/// Waits until a flagtally log shows `needle` (assignment, restore, …).
-fn wait_log(f: &Flagtally, needle: &str, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if f.log_text().contains(needle) {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!(
-        "{needle:?} not logged within {timeout:?}; log:\n{}",
-        f.log_text()
-    );
-}
-
-/// Waits until a flagtally log shows `needle` at least `n` times.
-fn wait_log_count(f: &Flagtally, needle: &str, n: usize, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if f.log_text().matches(needle).count() >= n {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!(
-        "{needle:?} not logged {n} times within {timeout:?}; log:\n{}",
-        f.log_text()
-    );
-}
-
 /// A small deterministic random source for kill times (seed printed on failure).
 struct Lcg(u64);
 impl Lcg {
@@ -162,7 +132,7 @@ fn sigkill_three_times_loses_nothing_and_duplicates_are_identical() {
     let config = t.config(broker, WINDOW);
     for round in 0..3 {
         let f = Flagtally::start(&config, &format!("{}-{round}", t.group));
-        wait_log(&f, "restored", Duration::from_secs(60));
+        f.wait_log("restored", 1, Duration::from_secs(60));
         std::thread::sleep(Duration::from_millis(500 + rng.below(2500)));
         eprintln!("crash round {round} (seed {seed})");
         f.crash();
@@ -186,9 +156,9 @@ fn takeover(broker: &str, t: &Topics, n: usize, stop_a: impl FnOnce(Flagtally)) 
     // One worker per instance: the assertion below reads one consumer's assignments.
     let config = t.config_with_threads(broker, WINDOW, 1);
     let a = Flagtally::start(&config, &format!("{}-a", t.group));
-    wait_log(&a, "restored", Duration::from_secs(60));
+    a.wait_log("restored", 1, Duration::from_secs(60));
     let b = Flagtally::start(&config, &format!("{}-b", t.group));
-    wait_log(&b, "restored", Duration::from_secs(60));
+    b.wait_log("restored", 1, Duration::from_secs(60));
     let (h, _) = produce_paced(
         broker,
         &t.input,
@@ -385,7 +355,7 @@ fn a_broker_restart_in_the_middle_of_a_rebalance_counts_exactly() {
     assert!(!some.is_empty(), "a counts before b joins");
     let b = start("b");
     // The new assignment is made: both instances now read their checkpoints.
-    wait_log_count(&b, "partitions assigned", 1, Duration::from_secs(60));
+    b.wait_log("partitions assigned", 1, Duration::from_secs(60));
     broker_do("kill", &name);
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(
@@ -505,7 +475,7 @@ fn an_idle_partition_emits_its_last_window_within_idle_timeout_plus_one_second()
         &t.config(broker, "size = \"1h\"\nidle_timeout = \"2s\""),
         &t.group,
     );
-    wait_log(&f, "restored", Duration::from_secs(60));
+    f.wait_log("restored", 1, Duration::from_secs(60));
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -546,7 +516,7 @@ fn sigterm_drains_exits_zero_and_a_restart_continues_exactly() {
     let records = Arc::new(records);
     let config = t.config(broker, WINDOW);
     let f = Flagtally::start(&config, &format!("{}-1", t.group));
-    wait_log(&f, "restored", Duration::from_secs(60));
+    f.wait_log("restored", 1, Duration::from_secs(60));
     let (h, _) = produce_paced(
         broker,
         &t.input,

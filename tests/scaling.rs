@@ -60,21 +60,6 @@ fn replayed_per_restore(log: &str) -> Vec<i64> {
         .collect()
 }
 
-/// Waits until `f`'s log has `n` lines containing `needle`.
-fn wait_count(f: &Flagtally, needle: &str, n: usize, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if f.log_text().matches(needle).count() >= n {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!(
-        "{n} × {needle:?} not logged within {timeout:?}; log:\n{}",
-        f.log_text()
-    );
-}
-
 /// Three instances join one at a time while input flows, then two leave (SIGTERM);
 /// cooperative-sticky assignment moves only the partitions that change hands. Exact.
 #[test]
@@ -96,13 +81,13 @@ fn scale_out_and_in_under_load_is_exact() {
         Duration::from_millis(400),
     );
     let a = Flagtally::start(&config, &format!("{}-a", t.group));
-    wait_count(&a, "partitions assigned", 1, Duration::from_secs(60));
+    a.wait_log("partitions assigned", 1, Duration::from_secs(60));
     std::thread::sleep(Duration::from_secs(2));
     let b = Flagtally::start(&config, &format!("{}-b", t.group));
-    wait_count(&b, "partitions assigned", 1, Duration::from_secs(60));
+    b.wait_log("partitions assigned", 1, Duration::from_secs(60));
     std::thread::sleep(Duration::from_secs(2));
     let c = Flagtally::start(&config, &format!("{}-c", t.group));
-    wait_count(&c, "partitions assigned", 1, Duration::from_secs(60));
+    c.wait_log("partitions assigned", 1, Duration::from_secs(60));
     std::thread::sleep(Duration::from_secs(2));
     let logs_b_c = (b.log.clone(), c.log.clone());
     assert!(b.stop(Duration::from_secs(25)).success());
@@ -145,9 +130,9 @@ fn a_static_member_restarts_without_a_rebalance() {
         )
     };
     let a = Flagtally::start(&with_id("a"), &format!("{}-a", t.group));
-    wait_count(&a, "partitions assigned", 1, Duration::from_secs(60));
+    a.wait_log("partitions assigned", 1, Duration::from_secs(60));
     let b = Flagtally::start(&with_id("b"), &format!("{}-b", t.group));
-    wait_count(&b, "partitions assigned", 1, Duration::from_secs(60));
+    b.wait_log("partitions assigned", 1, Duration::from_secs(60));
     // Both hold partitions once a's share moved to b.
     assert!(
         eventually(Duration::from_secs(60), || {
@@ -174,7 +159,7 @@ fn a_static_member_restarts_without_a_rebalance() {
     a.crash();
     let restarted = Instant::now();
     let a = Flagtally::start(&with_id("a"), &format!("{}-a2", t.group));
-    wait_count(&a, "partitions assigned", 1, Duration::from_secs(60));
+    a.wait_log("partitions assigned", 1, Duration::from_secs(60));
     let back = restarted.elapsed();
     assert!(
         back < Duration::from_secs(25),

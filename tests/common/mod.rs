@@ -328,6 +328,22 @@ impl Flagtally {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Waits until the log has `n` lines containing `needle` (assignment, restore, …);
+    /// panics with the log after `timeout`.
+    pub fn wait_log(&self, needle: &str, n: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.log_text().matches(needle).count() >= n {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "{n} × {needle:?} not logged within {timeout:?}; log:\n{}",
+            self.log_text()
+        );
+    }
+
     /// SIGTERM, and the exit status within `timeout`.
     pub fn stop(mut self, timeout: Duration) -> ExitStatus {
         self.signal("TERM");
