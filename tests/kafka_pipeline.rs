@@ -290,17 +290,30 @@ fn flagtally_rides_out_a_broker_restart() {
         );
     }
     produce(&broker, &t.input, 4, second);
-    // On a failure, flagtally's log says what it did around the restart.
-    let checked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        assert_summaries(&broker, &t, &records, &tally);
-        assert_features(&broker, &t, &tally);
-    }));
-    if let Err(e) = checked {
-        eprintln!("flagtally's log:\n{}", f.log_text());
-        std::panic::resume_unwind(e);
-    }
+    assert_exact_or_print_logs(&broker, &t, &records, &tally, &[&f]);
     assert!(f.stop(Duration::from_secs(25)).success());
     broker_do("reset", &name);
+}
+
+/// [`assert_summaries`] and [`assert_features`]; on a failure, the flagtally logs are
+/// printed first (they say what each instance did around the fault).
+fn assert_exact_or_print_logs(
+    broker: &str,
+    t: &Topics,
+    records: &[Vec<u8>],
+    tally: &Tally,
+    instances: &[&Flagtally],
+) {
+    let checked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        assert_summaries(broker, t, records, tally);
+        assert_features(broker, t, tally);
+    }));
+    if let Err(e) = checked {
+        for f in instances {
+            eprintln!("{}:\n{}", f.log.display(), f.log_text());
+        }
+        std::panic::resume_unwind(e);
+    }
 }
 
 /// A broker of its own (these tests kill it) with a fresh set of topics. flagtally
@@ -364,14 +377,7 @@ fn a_broker_restart_in_the_middle_of_a_rebalance_counts_exactly() {
         "the broker comes back on its port"
     );
     produce(&broker, &t.input, 4, second);
-    let checked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        assert_summaries(&broker, &t, &records, &tally);
-        assert_features(&broker, &t, &tally);
-    }));
-    if let Err(e) = checked {
-        eprintln!("a's log:\n{}\nb's log:\n{}", a.log_text(), b.log_text());
-        std::panic::resume_unwind(e);
-    }
+    assert_exact_or_print_logs(&broker, &t, &records, &tally, &[&a, &b]);
     // A restore reads the group offsets before the checkpoints, so it never sees an
     // offset newer than its checkpoint. (Before, 3 of 7 runs of this test did.)
     for (who, f) in [("a", &a), ("b", &b)] {
