@@ -159,6 +159,9 @@ pub struct Worker {
     floor: BTreeMap<(String, i32), i64>,
     /// Records the destination refuses for good go here, with the reason.
     dead_letters: Option<(String, DeadLetterProducer)>,
+    /// Dead letters sent and not yet known to be acknowledged: flushed before the
+    /// destination's position or the group offset can move past their records.
+    unflushed: bool,
 }
 
 type DeadLetterProducer =
@@ -236,19 +239,47 @@ impl Worker {
             admin,
             floor: BTreeMap::new(),
             dead_letters,
+            unflushed: false,
         })
     }
 
     /// Writes `slice`, retrying transient errors with backoff; a permanent refusal is
     /// bisected down to the refused records, which are set aside. False when stopped.
+    /// When it returns true, the destination holds the batch (and its `positions`,
+    /// if it stores them) and the dead letters of what it refused are acknowledged.
     fn deliver(
         &mut self,
         slice: &[SinkRecord],
         positions: &BTreeMap<(String, i32), i64>,
         stop: &AtomicBool,
     ) -> anyhow::Result<bool> {
+        let mut refused = false;
+        if !self.deliver_part(slice, positions, stop, &mut refused)? {
+            return Ok(false);
+        }
+        if refused && self.destination.stores_positions() {
+            // The bisection's writes stored the positions of the parts written; this
+            // one moves them past records refused at the end of the batch too.
+            return self.deliver_part(&[], positions, stop, &mut refused);
+        }
+        // Before the caller commits the group offsets past them.
+        self.flush_dead_letters()?;
+        Ok(true)
+    }
+
+    /// [`Worker::deliver`] of one part of a batch; `refused` is set when a record of
+    /// it is set aside.
+    fn deliver_part(
+        &mut self,
+        slice: &[SinkRecord],
+        positions: &BTreeMap<(String, i32), i64>,
+        stop: &AtomicBool,
+        refused: &mut bool,
+    ) -> anyhow::Result<bool> {
         let mut backoff = Backoff::new(self.config.retry_initial, self.config.retry_max);
         loop {
+            // No position may move past a record whose dead letter is not acknowledged.
+            self.flush_dead_letters()?;
             let e = match self.destination.write(slice, positions) {
                 Ok(()) => return Ok(true),
                 Err(e) => e,
@@ -257,11 +288,10 @@ impl Worker {
             let text = format!("{e:#}");
             if is_permanent(&e) {
                 if let [poison] = slice {
+                    // Its dead letter is flushed before the next write: one flush for
+                    // neighbours refused together, and no write of its own.
                     self.set_aside(poison, &text)?;
-                    if self.destination.stores_positions() {
-                        // The destination's position moves past it, with no data.
-                        return self.deliver(&[], positions, stop);
-                    }
+                    *refused = true;
                     return Ok(true);
                 }
                 if slice.is_empty() {
@@ -270,8 +300,8 @@ impl Worker {
                 }
                 tracing::warn!(sink = %self.name, records = slice.len(), "the destination refused the batch ({text}); bisecting to the refused records");
                 let (a, b) = slice.split_at(slice.len() / 2);
-                return Ok(self.deliver(a, &positions_of(a), stop)?
-                    && self.deliver(b, &positions_of(b), stop)?);
+                return Ok(self.deliver_part(a, &positions_of(a), stop, refused)?
+                    && self.deliver_part(b, &positions_of(b), stop, refused)?);
             }
             tracing::error!(sink = %self.name, records = slice.len(), "write failed: {text}; retrying");
             self.set_health(Some(text));
@@ -300,7 +330,7 @@ impl Worker {
 
     /// A record the destination refuses for good: to the sink's dead-letter topic (and
     /// acknowledged) with the reason, or, without one, logged and counted.
-    fn set_aside(&self, r: &SinkRecord, error: &str) -> anyhow::Result<()> {
+    fn set_aside(&mut self, r: &SinkRecord, error: &str) -> anyhow::Result<()> {
         use crate::pipeline::dead_letter_header as dl;
         self.counter(|m| &m.sink_rejected).inc();
         let Some((topic, producer)) = &self.dead_letters else {
@@ -332,8 +362,17 @@ impl Worker {
                 .headers(hs);
         crate::sink::kafka::send_waiting(producer, record, &|| false)
             .with_context(|| format!("sink {}: writing a dead letter", self.name))?;
-        crate::sink::kafka::flush_threaded(producer, Duration::from_secs(60))
-            .with_context(|| format!("sink {}: writing a dead letter", self.name))?;
+        self.unflushed = true;
+        Ok(())
+    }
+
+    /// Waits until every dead letter sent is acknowledged.
+    fn flush_dead_letters(&mut self) -> anyhow::Result<()> {
+        if let (true, Some((_, producer))) = (self.unflushed, &self.dead_letters) {
+            crate::sink::kafka::flush_threaded(producer, Duration::from_secs(60))
+                .with_context(|| format!("sink {}: writing dead letters", self.name))?;
+        }
+        self.unflushed = false;
         Ok(())
     }
 
