@@ -328,8 +328,9 @@ impl Worker {
             .clone()
     }
 
-    /// A record the destination refuses for good: to the sink's dead-letter topic (and
-    /// acknowledged) with the reason, or, without one, logged and counted.
+    /// A record the destination refuses for good: to the sink's dead-letter topic with
+    /// the reason (acknowledged before the next write: [`Worker::flush_dead_letters`]),
+    /// or, without one, logged and counted.
     fn set_aside(&mut self, r: &SinkRecord, error: &str) -> anyhow::Result<()> {
         use crate::pipeline::dead_letter_header as dl;
         self.counter(|m| &m.sink_rejected).inc();
