@@ -117,6 +117,9 @@ struct Part {
     replay_from: i64,
     /// Records before this offset were processed before (replay: emit nothing).
     replay_until: i64,
+    /// The offset after the last record read since the restore: the consumer reads
+    /// forward, so a record before it is one it delivered again.
+    read_to: Option<i64>,
     /// The checkpoint last written, to skip identical ones.
     committed: Option<String>,
 }
@@ -577,6 +580,7 @@ impl State {
                 next_offset: known.then_some(replay_until),
                 replay_from: from,
                 replay_until,
+                read_to: None,
                 committed: stored,
             };
             match self.part_index(&part.pid.topic, part.pid.partition) {
@@ -602,12 +606,14 @@ impl State {
             return Ok(());
         }
         let replaying = offset < part.replay_until;
-        if !replaying && part.next_offset.is_some_and(|n| offset < n) {
+        if part.read_to.is_some_and(|n| offset < n) {
             // The consumer went back on its own (a session lost during a broker
             // outage resets the fetch position to the group offset): this record is
-            // already counted in the engine's state, and its outputs are written.
+            // already counted in the engine's state — replayed or processed since the
+            // restore — and its outputs are written. Counting it again, in a replay
+            // too, would count it twice.
             if self.stats.redelivered == 0 {
-                tracing::warn!(partition = %part.pid, offset, next = ?part.next_offset, "the consumer re-delivers records already processed; skipping them");
+                tracing::warn!(partition = %part.pid, offset, read_to = ?part.read_to, next = ?part.next_offset, "the consumer re-delivers records already read; skipping them");
             }
             self.stats.redelivered += 1;
             return Ok(());
@@ -658,6 +664,7 @@ impl State {
             self.engine.finish_replay(&pid, now, &mut self.outputs);
         }
         self.parts[i].next_offset = Some(offset + 1);
+        self.parts[i].read_to = Some(offset + 1);
         self.send_outputs(Some(m))
     }
 
