@@ -44,8 +44,9 @@ trap 'rc=$?; [ "$rc" = 0 ] || bash scripts/infra.sh s3-errors ci
 
 step "tests"
 # Broker tests start flagtally processes of their own: two at a time keeps the two
-# cores from starving the broker.
-RUST_TEST_THREADS=2 cargo test --all-targets --quiet 2>&1 | tee /tmp/flagtally-test.log
+# cores from starving the broker. Every test target runs even after one fails, so a
+# failed run reports all its failures.
+RUST_TEST_THREADS=2 cargo test --all-targets --no-fail-fast --quiet 2>&1 | tee /tmp/flagtally-test.log
 cargo test --doc --quiet
 
 step "docs"

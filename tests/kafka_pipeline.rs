@@ -236,7 +236,7 @@ fn flagtally_rides_out_a_broker_outage() {
 #[test]
 fn flagtally_rides_out_a_broker_restart() {
     let name = unique("restart");
-    let (broker, t) = broker_of_its_own(&name);
+    let (broker, t, _reset) = broker_of_its_own(&name);
     let checkpoints = format!("{}-checkpoints", t.group);
     let (records, tally) = generated(60_000, 17);
     let (first, second) = records.split_at(30_000);
@@ -292,7 +292,6 @@ fn flagtally_rides_out_a_broker_restart() {
     produce(&broker, &t.input, 4, second);
     assert_exact_or_print_logs(&broker, &t, &records, &tally, &[&f]);
     assert!(f.stop(Duration::from_secs(25)).success());
-    broker_do("reset", &name);
 }
 
 /// [`assert_summaries`] and [`assert_features`]; on a failure, the flagtally logs are
@@ -316,9 +315,11 @@ fn assert_exact_or_print_logs(
     }
 }
 
-/// A broker of its own (these tests kill it) with a fresh set of topics. flagtally
+/// A broker of its own (these tests kill it) with a fresh set of topics, and a guard
+/// that stops it and deletes its data when the test ends, failed or not. flagtally
 /// creates its checkpoint topic itself (compacted).
-fn broker_of_its_own(name: &str) -> (String, Topics) {
+fn broker_of_its_own(name: &str) -> (String, Topics, ResetOnDrop) {
+    let reset = ResetOnDrop(name.to_owned());
     let broker = start_broker(name);
     let t = Topics::named();
     let all = t.all(4);
@@ -328,7 +329,19 @@ fn broker_of_its_own(name: &str) -> (String, Topics) {
         .map(|(n, p)| (n.as_str(), *p))
         .collect();
     create_topics(&broker, &refs);
-    (broker, t)
+    (broker, t, reset)
+}
+
+/// `infra.sh reset NAME` when dropped: a failed test's broker does not outlive it.
+struct ResetOnDrop(String);
+
+impl Drop for ResetOnDrop {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("bash")
+            .arg(repo().join("scripts/infra.sh"))
+            .args(["reset", &self.0])
+            .status();
+    }
 }
 
 /// Every checkpoint written and read goes to the log, for the one printed on a failure.
@@ -351,7 +364,7 @@ const CHECKPOINTS_LOGGED: (&str, &str) = (
 #[test]
 fn a_broker_restart_in_the_middle_of_a_rebalance_counts_exactly() {
     let name = unique("rebalance-restart");
-    let (broker, t) = broker_of_its_own(&name);
+    let (broker, t, _reset) = broker_of_its_own(&name);
     let (records, tally) = generated(60_000, 23);
     let (first, second) = records.split_at(30_000);
     produce(&broker, &t.input, 4, first);
@@ -389,7 +402,6 @@ fn a_broker_restart_in_the_middle_of_a_rebalance_counts_exactly() {
     }
     assert!(a.stop(Duration::from_secs(25)).success());
     assert!(b.stop(Duration::from_secs(25)).success());
-    broker_do("reset", &name);
 }
 
 /// The latest (offset, value) per key of a topic read to its end.
