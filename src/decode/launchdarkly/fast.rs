@@ -560,6 +560,21 @@ impl<'a> Scan<'a> {
             return Some(None);
         }
         self.ws();
+        // A lone string or number (a value, a default, a version nearly always) is
+        // read directly, without the container walk; either is compact.
+        let start = self.i;
+        let scalar = match self.peek()? {
+            b'"' => Some(self.string(self.bounds.string)),
+            b'-' | b'0'..=b'9' => Some(self.number()),
+            _ => None,
+        };
+        if let Some(read) = scalar {
+            read?;
+            return Some(Some(RawText::validated(
+                self.text.get(start..self.i)?,
+                true,
+            )));
+        }
         self.spaced = false;
         let text = self.value()?;
         Some(Some(RawText::validated(text, !self.spaced)))
