@@ -606,8 +606,49 @@ impl<'a> Scan<'a> {
             return Some((self.opt_raw()?, None));
         };
         self.spaced = false;
-        let text = self.value_rest(start, smallvec::smallvec![b'}'], true)?;
+        let text = match self.plain_members() {
+            Some(()) => self.text.get(start..self.i)?,
+            None => self.value_rest(start, smallvec::smallvec![b'}'], true)?,
+        };
         Some((Some(RawText::validated(text, !self.spaced)), Some(head)))
+    }
+
+    /// The rest of an object whose members are compact `"name":` and a string or a
+    /// number, read directly up to and past its `}`. At anything else it stops with
+    /// `None` and the cursor back after the last member it read whole, where
+    /// [`Scan::value_rest`] goes on (and also declines what is invalid).
+    fn plain_members(&mut self) -> Option<()> {
+        loop {
+            match self.peek()? {
+                b'}' => {
+                    self.i += 1;
+                    return Some(());
+                }
+                b',' => {}
+                _ => return None,
+            }
+            let member = self.i;
+            self.i += 1;
+            let read = self.plain_member();
+            if read.is_none() {
+                self.i = member;
+                return None;
+            }
+        }
+    }
+
+    /// `"name":` and a string or a number, with no whitespace.
+    fn plain_member(&mut self) -> Option<()> {
+        if self.peek()? != b'"' {
+            return None;
+        }
+        self.string(self.bounds.name)?;
+        self.eat(b':')?;
+        match self.peek()? {
+            b'"' => self.string(self.bounds.string),
+            b'-' | b'0'..=b'9' => self.number(),
+            _ => None,
+        }
     }
 
     /// Validates one JSON value at the cursor and returns its text.
@@ -814,8 +855,12 @@ mod tests {
     /// Whether both ways agree on `text`, as LaunchDarkly and as `auto`, under the
     /// default limits and tight ones; `Err` says how they differ.
     fn agreement(text: &str) -> Result<(), String> {
+        agreement_under(text, &[Limits::default(), tight()])
+    }
+
+    fn agreement_under(text: &str, all_limits: &[Limits]) -> Result<(), String> {
         for dialect in [Dialect::Launchdarkly, Dialect::Auto] {
-            for limits in [Limits::default(), tight()] {
+            for limits in all_limits.iter().cloned() {
                 let (fast, slow): (Decoded, Decoded) =
                     decode_both_ways(dialect, &limits, text.as_bytes());
                 if (&fast.events, &fast.errors, fast.dialect)
@@ -969,10 +1014,59 @@ mod tests {
             r#"{"kind":"user","key":"0123456789012345678901234567890123456789"}"#,
             r#"{"key":"u","kind":"user"}"#,
             r#"{ "kind":"user","key":"u"}"#,
+            // Members after the head read directly (strings, numbers), then by the
+            // general walk from the first one that is anything else.
+            r#"{"kind":"user","key":"u","name":"n","age":-1.5e2,"score":0}"#,
+            r#"{"kind":"user","key":"u","name":"n","tags":["a"],"age":3}"#,
+            r#"{"kind":"user","key":"u","age":3,"anonymous":true,"name":"n"}"#,
+            r#"{"kind":"user","key":"u","name":"n","x":null}"#,
+            r#"{"kind":"user","key":"u","name":"n\"q","age":3}"#,
+            r#"{"kind":"user","key":"u","na\u006de":"n"}"#,
+            r#"{"kind":"user","key":"u","name":"n","age":01}"#,
+            r#"{"kind":"user","key":"u","name":"n","age":1.}"#,
+            r#"{"kind":"user","key":"u","name":"n","age":-}"#,
+            r#"{"kind":"user","key":"u","name":"n","age" :3}"#,
+            r#"{"kind":"user","key":"u","name":"n","age": 3}"#,
+            r#"{"kind":"user","key":"u","name":"n","age":3 }"#,
+            r#"{"kind":"user","key":"u","name":"n",,"age":3}"#,
+            r#"{"kind":"user","key":"u","name":"n","age"}"#,
+            r#"{"kind":"user","key":"u","name":"n","age":"#,
+            r#"{"kind":"user","key":"u",name:"n"}"#,
+            r#"{"kind":"user","key":"u","name":"n"]"#,
         ] {
             agree(&format!(
                 r#"{{"kind":"feature","creationDate":1,"key":"f","version":1,"variation":0,"context":{context},"value":true}}"#
             ));
+        }
+    }
+
+    /// The members after a context's head, read directly, are held to the member-name
+    /// and string limits as the general walk holds them: read just within each, and
+    /// declined just past it (the limits scan then names the limit).
+    #[test]
+    fn context_members_read_directly_keep_the_limits() {
+        // Room for the top level's names ("creationDate" is 12 bytes).
+        let limits = Limits {
+            max_key_bytes: 12,
+            max_string_bytes: 16,
+            ..Limits::default()
+        };
+        for (member, within) in [
+            (r#""abcdefghijkl":"n""#, true),
+            (r#""abcdefghijklm":"n""#, false),
+            (r#""name":"0123456789abcdef""#, true),
+            (r#""name":"0123456789abcdefg""#, false),
+            (r#""n":1,"abcdefghijklm":2"#, false),
+        ] {
+            let text = format!(
+                r#"{{"kind":"feature","creationDate":1,"key":"f","version":1,"variation":0,"context":{{"kind":"user","key":"u",{member}}},"value":true}}"#
+            );
+            assert_eq!(
+                reads(text.as_bytes(), &Bounds::of(&limits)),
+                within,
+                "{text}"
+            );
+            agreement_under(&text, &[limits.clone()]).unwrap_or_else(|e| panic!("{e}"));
         }
     }
 
