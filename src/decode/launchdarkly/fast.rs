@@ -860,7 +860,7 @@ mod tests {
 
     fn agreement_under(text: &str, all_limits: &[Limits]) -> Result<(), String> {
         for dialect in [Dialect::Launchdarkly, Dialect::Auto] {
-            for limits in all_limits.iter().cloned() {
+            for &limits in all_limits {
                 let (fast, slow): (Decoded, Decoded) =
                     decode_both_ways(dialect, &limits, text.as_bytes());
                 if (&fast.events, &fast.errors, fast.dialect)
@@ -1066,7 +1066,7 @@ mod tests {
                 within,
                 "{text}"
             );
-            agreement_under(&text, &[limits.clone()]).unwrap_or_else(|e| panic!("{e}"));
+            agreement_under(&text, &[limits]).unwrap_or_else(|e| panic!("{e}"));
         }
     }
 
