@@ -224,9 +224,10 @@ fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
 /// daemon keeps running, retries, leaves no temporary file behind, and once the limit
 /// is lifted writes every feature event.
 ///
-/// A batch is written only when it is full (1 000 events, about 300 KB) until the limit
-/// is lifted: its timeout (20 s) is longer than the test holds the limit. A short
-/// timeout let a slow run write batches small enough to fit under the limit.
+/// While the limit holds, a batch is written only when it is full (1 000 events, about
+/// 300 KB): its timeout (20 s) is far longer than the pipeline takes to fill one, and a
+/// batch that failed is retried whole. A short timeout let a slow run write batches
+/// small enough to fit under the limit.
 #[test]
 fn a_full_disk_leaves_no_partial_files_and_recovers() {
     let (broker, t, records, tally) = setup(20_000);
