@@ -337,10 +337,7 @@ struct ResetOnDrop(String);
 
 impl Drop for ResetOnDrop {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("bash")
-            .arg(repo().join("scripts/infra.sh"))
-            .args(["reset", &self.0])
-            .status();
+        let _ = infra_do("reset", &self.0);
     }
 }
 

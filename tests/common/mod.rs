@@ -47,12 +47,16 @@ pub fn start_broker(name: &str) -> String {
 /// `scripts/infra.sh ACTION NAME`: `stop` (clean), `kill` (kill -9) or `reset` (stop
 /// and delete its data).
 pub fn broker_do(action: &str, name: &str) {
-    let status = Command::new("bash")
+    let status = infra_do(action, name).unwrap();
+    assert!(status.success(), "infra.sh {action} {name}");
+}
+
+/// [`broker_do`] without the check: for a guard that must not panic while unwinding.
+pub fn infra_do(action: &str, name: &str) -> std::io::Result<std::process::ExitStatus> {
+    Command::new("bash")
         .arg(repo().join("scripts/infra.sh"))
         .args([action, name])
         .status()
-        .unwrap();
-    assert!(status.success(), "infra.sh {action} {name}");
 }
 
 /// The shared test broker: `FLAGTALLY_TEST_BROKER` when the test command started one,
