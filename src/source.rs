@@ -33,7 +33,8 @@ pub struct SourceContext {
 impl SourceContext {
     /// The assignment changes since the last call, in order.
     pub fn take_changes(&self) -> Vec<Assignment> {
-        if !self.pending.swap(false, Ordering::Acquire) {
+        // A plain load first: the swap is a locked instruction, paid only when set.
+        if !self.pending.load(Ordering::Relaxed) || !self.pending.swap(false, Ordering::Acquire) {
             return Vec::new();
         }
         self.changes

@@ -593,7 +593,9 @@ impl State {
     }
 
     fn process(&mut self, m: &BorrowedMessage<'_>) -> anyhow::Result<()> {
-        let Some(i) = self.part_index(m.topic(), m.partition()) else {
+        // Read once: each call measures the C string and checks its UTF-8.
+        let topic = m.topic();
+        let Some(i) = self.part_index(topic, m.partition()) else {
             // A record of a partition revoked meanwhile: its new owner reads it.
             return Ok(());
         };
@@ -631,7 +633,7 @@ impl State {
         if !replaying {
             self.counters.record(
                 &self.admin.metrics,
-                m.topic(),
+                topic,
                 self.decoded.dialect,
                 self.decoded.events.len() as u64,
             );

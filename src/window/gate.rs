@@ -17,7 +17,9 @@
 //! evaluations `trackEvents: false`.
 //!
 //! Overrides match the flag key exactly or by glob (`checkout-*`); the first matching
-//! override wins. Decisions are memoised per flag key.
+//! override wins. Decisions are memoised per flag key; when the first override's glob
+//! is `*` or `**` (it matches every key: a pipeline without a feature topic has one),
+//! its decision is every flag's, with no lookup.
 
 use compact_str::CompactString;
 use globset::{Glob, GlobMatcher};
@@ -100,6 +102,8 @@ pub struct Verdict {
     pub debug: bool,
     /// The sampling ratio to record on the emitted event (when ≠ 1).
     pub sampling_ratio: Option<u64>,
+    /// An override samples this flag's full events (keeps 1 in N, N ≠ 1).
+    pub sampled: bool,
 }
 
 const MEMO_CAP: usize = 100_000;
@@ -107,6 +111,8 @@ const MEMO_CAP: usize = 100_000;
 #[derive(Debug)]
 pub struct Gate {
     matchers: Vec<(GlobMatcher, Decision)>,
+    /// The decision for every flag, when the first override matches every key.
+    uniform: Option<Decision>,
     debug_events: bool,
     memo: FxHashMap<CompactString, Decision>,
 }
@@ -128,8 +134,17 @@ impl Gate {
                 },
             ));
         }
+        // `*` matches any text, separators included (globset's default), and so does
+        // `**`: the first override decides for every flag.
+        let uniform = config
+            .overrides
+            .first()
+            .filter(|o| matches!(o.flags.as_str(), "*" | "**"))
+            .and(matchers.first())
+            .map(|(_, d)| *d);
         Ok(Self {
             matchers,
+            uniform,
             debug_events: config.debug_events,
             memo: FxHashMap::default(),
         })
@@ -142,6 +157,9 @@ impl Gate {
         };
         if self.matchers.is_empty() {
             return PRODUCER;
+        }
+        if let Some(d) = self.uniform {
+            return d;
         }
         if let Some(d) = self.memo.get(flag.as_str()) {
             return *d;
@@ -158,14 +176,10 @@ impl Gate {
         d
     }
 
-    /// Whether an override samples this flag's full events.
-    pub fn samples(&mut self, flag: &CompactString) -> bool {
-        self.decision(flag).sampling_ratio.is_some_and(|n| n != 1)
-    }
-
     /// Decides for one evaluation read at `pos`.
     pub fn judge(&mut self, ev: &Evaluation, pos: &SourcePos) -> Verdict {
         let d = self.decision(&ev.flag_key);
+        let sampled = d.sampling_ratio.is_some_and(|n| n != 1);
         let debug = self.debug_events
             && !ev.debug
             && ev
@@ -177,6 +191,7 @@ impl Gate {
                 full: false,
                 debug: self.debug_events,
                 sampling_ratio: ev.sampling_ratio,
+                sampled,
             };
         }
         let ratio = match d.sampling_ratio {
@@ -197,6 +212,7 @@ impl Gate {
             full,
             debug,
             sampling_ratio: ratio,
+            sampled,
         }
     }
 }
@@ -284,6 +300,102 @@ mod tests {
             "an SDK's ratio is passed through, not applied again"
         );
         assert_eq!(v.sampling_ratio, Some(0));
+    }
+
+    /// A first override of `*` or `**` decides every flag without a lookup, exactly as
+    /// its glob would: the same verdicts as the general path for every kind of key.
+    #[test]
+    fn a_first_override_matching_every_flag_decides_alike_without_lookup() {
+        let keys = [
+            "", "f", "a/b", "/", "a//b", ".hidden", "ü-flag", "x y", "[ab]", "*", "\\",
+        ];
+        for pattern in ["*", "**"] {
+            for (full_events, ratio) in [
+                (FullEvents::Never, None),
+                (FullEvents::Always, Some(3)),
+                (FullEvents::Producer, Some(1)),
+            ] {
+                let config = GateConfig {
+                    overrides: vec![
+                        Override {
+                            flags: pattern.into(),
+                            full_events,
+                            sampling_ratio: ratio,
+                        },
+                        Override {
+                            flags: "f".into(),
+                            full_events: FullEvents::Always,
+                            sampling_ratio: None,
+                        },
+                    ],
+                    debug_events: true,
+                };
+                let mut fast = Gate::new(&config).unwrap();
+                assert!(fast.uniform.is_some(), "{pattern}");
+                let mut general = Gate::new(&config).unwrap();
+                general.uniform = None;
+                for key in keys {
+                    for track in [None, Some(false), Some(true)] {
+                        for offset in 0..6 {
+                            let e = ev(key, track);
+                            assert_eq!(
+                                fast.judge(&e, &pos(offset)),
+                                general.judge(&e, &pos(offset)),
+                                "{pattern} {key:?} {track:?} {offset}"
+                            );
+                        }
+                    }
+                }
+                assert!(fast.memo.is_empty(), "no lookup, nothing memoised");
+            }
+        }
+        // Only a first override decides for all: a later `*` is a fallback.
+        let later = Gate::new(&GateConfig {
+            overrides: vec![
+                Override {
+                    flags: "loud".into(),
+                    full_events: FullEvents::Always,
+                    sampling_ratio: None,
+                },
+                Override {
+                    flags: "*".into(),
+                    full_events: FullEvents::Never,
+                    sampling_ratio: None,
+                },
+            ],
+            debug_events: true,
+        })
+        .unwrap();
+        assert!(later.uniform.is_none());
+    }
+
+    #[test]
+    fn sampled_reports_an_overrides_ratio_other_than_one() {
+        for (ratio, sampled) in [
+            (None, false),
+            (Some(1), false),
+            (Some(0), true),
+            (Some(4), true),
+        ] {
+            let mut gate = Gate::new(&GateConfig {
+                overrides: vec![Override {
+                    flags: "s-*".into(),
+                    full_events: FullEvents::Always,
+                    sampling_ratio: ratio,
+                }],
+                debug_events: true,
+            })
+            .unwrap();
+            assert_eq!(
+                gate.judge(&ev("s-1", None), &pos(0)).sampled,
+                sampled,
+                "{ratio:?}"
+            );
+            assert!(
+                !gate.judge(&ev("other", None), &pos(0)).sampled,
+                "{ratio:?}"
+            );
+        }
     }
 
     #[test]

@@ -678,7 +678,7 @@ impl Engine {
                         pos: pos.clone(),
                     });
                 } else {
-                    if !ev.debug && gate.samples(&ev.flag_key) {
+                    if !ev.debug && verdict.sampled {
                         shared.counts.sampled_out += 1;
                     }
                     if let Some(at) = index_at {
