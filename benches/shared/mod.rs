@@ -35,12 +35,14 @@ pub fn decode_and_push(
     for (offset, r) in input.iter().enumerate() {
         decoded.clear();
         decoder.decode(black_box(r), &mut decoded);
+        // One position per record, as the pipeline keeps it.
+        let mut pos = SourcePos {
+            partition: partition.clone(),
+            offset: offset as i64,
+            index: 0,
+        };
         for (index, ev) in decoded.events.drain(..).enumerate() {
-            let pos = SourcePos {
-                partition: partition.clone(),
-                offset: offset as i64,
-                index: index as u32,
-            };
+            pos.index = index as u32;
             engine.push(&pos, ev, 0, &mut outputs);
             events += 1;
         }

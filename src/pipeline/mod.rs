@@ -654,16 +654,20 @@ impl State {
             self.decoded.errors = errors;
         }
         let now = self.now;
+        // One position per record, its index set per event: the partition id's `Arc`
+        // is not counted up and down for each event.
+        let mut pos = SourcePos {
+            partition: pid,
+            offset,
+            index: 0,
+        };
         for (index, event) in self.decoded.events.drain(..).enumerate() {
-            let pos = SourcePos {
-                partition: pid.clone(),
-                offset,
-                index: index as u32,
-            };
+            pos.index = index as u32;
             self.engine.push(&pos, event, now, &mut self.outputs);
         }
         if replaying && offset + 1 >= self.parts[i].replay_until {
-            self.engine.finish_replay(&pid, now, &mut self.outputs);
+            self.engine
+                .finish_replay(&pos.partition, now, &mut self.outputs);
         }
         self.parts[i].next_offset = Some(offset + 1);
         self.parts[i].read_to = Some(offset + 1);
