@@ -163,19 +163,23 @@ struct State {
     counters: Counters,
 }
 
-/// One input topic's counters: records, and events per dialect.
+/// One input topic's counters: records, and events per dialect, each with the count
+/// not yet added to it.
 #[derive(Debug)]
 struct TopicCounters {
     topic: String,
-    records: Counter,
-    events: Vec<(Dialect, Counter)>,
+    records: (Counter, u64),
+    events: Vec<(Dialect, Counter, u64)>,
 }
 
-/// Metric handles looked up once: counting is an atomic add.
+/// Metric handles looked up once. Counts are kept here, per worker, and added to the
+/// shared metrics once per loop turn ([`Counters::flush`]): the workers of a process
+/// share each metric's atomic, and adding to it per record would move its cache line
+/// between their cores for every record.
 #[derive(Debug)]
 struct Counters {
     topics: Vec<TopicCounters>,
-    outputs: Vec<Counter>,
+    outputs: Vec<(Counter, u64)>,
     /// Engine late counts already reported (correction, dead-letter, drop).
     late_seen: [u64; 3],
     /// Open windows, distinct keys and assigned partitions last added to the gauges.
@@ -189,10 +193,11 @@ impl Counters {
             outputs: OutputKind::ALL
                 .iter()
                 .map(|k| {
-                    metrics
+                    let counter = metrics
                         .events_out
                         .get_or_create(&Metrics::kind(k.name()))
-                        .clone()
+                        .clone();
+                    (counter, 0)
                 })
                 .collect(),
             late_seen: [0; 3],
@@ -211,7 +216,7 @@ impl Counters {
                     .clone();
                 self.topics.push(TopicCounters {
                     topic: topic.to_owned(),
-                    records,
+                    records: (records, 0),
                     events: Vec::new(),
                 });
                 self.topics.len() - 1
@@ -222,22 +227,46 @@ impl Counters {
             events: dialects,
             ..
         } = &mut self.topics[i];
-        records.inc();
+        records.1 += 1;
         let (Some(dialect), 1..) = (dialect, events) else {
             return;
         };
-        let j = match dialects.iter().position(|(d, _)| *d == dialect) {
+        let j = match dialects.iter().position(|(d, ..)| *d == dialect) {
             Some(j) => j,
             None => {
                 let labels = vec![
                     ("topic", topic.to_owned()),
                     ("dialect", dialect.name().to_owned()),
                 ];
-                dialects.push((dialect, metrics.events_in.get_or_create(&labels).clone()));
+                let counter = metrics.events_in.get_or_create(&labels).clone();
+                dialects.push((dialect, counter, 0));
                 dialects.len() - 1
             }
         };
-        dialects[j].1.inc_by(events);
+        dialects[j].2 += events;
+    }
+
+    /// Counts one output record of `kind`.
+    fn output(&mut self, kind: OutputKind) {
+        self.outputs[kind as usize].1 += 1;
+    }
+
+    /// Adds the counts kept since the last flush to the shared metrics.
+    fn flush(&mut self) {
+        fn add(counter: &Counter, n: &mut u64) {
+            if *n > 0 {
+                counter.inc_by(std::mem::take(n));
+            }
+        }
+        for t in &mut self.topics {
+            add(&t.records.0, &mut t.records.1);
+            for (_, counter, n) in &mut t.events {
+                add(counter, n);
+            }
+        }
+        for (counter, n) in &mut self.outputs {
+            add(counter, n);
+        }
     }
 }
 
@@ -381,7 +410,7 @@ impl Pipeline {
                 }
             }
             self.state.commit_cycle_if_due(&self.consumer)?;
-            self.state.update_gauges();
+            self.state.update_metrics();
             if last_report.elapsed() >= Duration::from_secs(10) {
                 last_report = Instant::now();
                 let s = &self.state.stats;
@@ -410,6 +439,7 @@ impl Pipeline {
             }
             std::thread::sleep(Duration::from_millis(200));
         }
+        self.state.update_metrics();
         Ok(())
     }
 }
@@ -425,9 +455,10 @@ impl State {
         self.admin.health.beat(self.worker());
     }
 
-    /// Gauges and the engine's late counts, once per loop turn. The gauges are the
-    /// sums over workers: each adds the change since its last report.
-    fn update_gauges(&mut self) {
+    /// Counts, gauges and the engine's late counts, once per loop turn. The gauges are
+    /// the sums over workers: each adds the change since its last report.
+    fn update_metrics(&mut self) {
+        self.counters.flush();
         let m = &self.admin.metrics;
         let now = [
             self.engine.open_windows(),
@@ -763,7 +794,7 @@ impl State {
             };
             let rec = self.emitter.emit(out)?;
             self.stats.outputs[kind as usize] += 1;
-            self.counters.outputs[kind as usize].inc();
+            self.counters.output(kind);
             self.sent_since_commit = true;
             if let (Output::Late { pos, window, .. }, Some(m)) = (out, source) {
                 let index = pos.index.to_string();
