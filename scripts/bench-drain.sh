@@ -55,6 +55,12 @@ def cpu(pid):  # utime + stime, seconds
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 first = None
 while True:
+    try:  # flagtally exited (a zombie until the script waits for it): its log says why
+        exited = open(f"/proc/{pids[0]}/stat").read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        exited = True
+    if exited:
+        sys.exit(f"flagtally (pid {pids[0]}) exited before reading {n} records")
     try:
         body = urllib.request.urlopen(f"http://{admin}/metrics", timeout=2).read().decode()
         read = sum(float(l.rsplit(" ", 1)[1]) for l in body.splitlines()

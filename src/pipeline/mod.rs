@@ -180,6 +180,7 @@ struct TopicCounters {
 struct Counters {
     topics: Vec<TopicCounters>,
     outputs: Vec<(Counter, u64)>,
+    replayed: (Counter, u64),
     /// Engine late counts already reported (correction, dead-letter, drop).
     late_seen: [u64; 3],
     /// Open windows, distinct keys and assigned partitions last added to the gauges.
@@ -200,6 +201,7 @@ impl Counters {
                     (counter, 0)
                 })
                 .collect(),
+            replayed: (metrics.replayed_records.clone(), 0),
             late_seen: [0; 3],
             gauges: [0; 3],
         }
@@ -267,6 +269,7 @@ impl Counters {
         for (counter, n) in &mut self.outputs {
             add(counter, n);
         }
+        add(&self.replayed.0, &mut self.replayed.1);
     }
 }
 
@@ -655,7 +658,7 @@ impl State {
         self.stats.records += 1;
         if replaying {
             self.stats.replayed_records += 1;
-            self.admin.metrics.replayed_records.inc();
+            self.counters.replayed.1 += 1;
         }
         self.decoded.clear();
         self.decoder
