@@ -273,6 +273,13 @@ impl Counters {
     }
 }
 
+impl Drop for Counters {
+    /// A worker that stops, by any path, leaves no count behind.
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
 fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -1252,5 +1259,64 @@ impl State {
         self.sent_since_commit = false;
         let pids: Vec<PartitionId> = self.parts.iter().map(|p| p.pid.clone()).collect();
         self.restore(consumer, &pids, true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_reach_the_shared_metrics_once_per_flush_and_when_a_worker_stops() {
+        let metrics = Metrics::new();
+        let records = || {
+            metrics
+                .records_in
+                .get_or_create(&Metrics::topic("in"))
+                .get()
+        };
+        let events = || {
+            let labels = vec![
+                ("topic", "in".to_owned()),
+                ("dialect", "launchdarkly".to_owned()),
+            ];
+            metrics.events_in.get_or_create(&labels).get()
+        };
+        let summaries = || {
+            metrics
+                .events_out
+                .get_or_create(&Metrics::kind("summary"))
+                .get()
+        };
+        let mut counters = Counters::new(&metrics);
+        counters.record(&metrics, "in", Some(Dialect::Launchdarkly), 3);
+        counters.record(&metrics, "in", None, 0);
+        counters.output(OutputKind::Summary);
+        counters.replayed.1 += 1;
+        assert_eq!(
+            (records(), events(), summaries()),
+            (0, 0, 0),
+            "kept until the turn ends"
+        );
+        counters.flush();
+        assert_eq!((records(), events(), summaries()), (2, 3, 1));
+        assert_eq!(metrics.replayed_records.get(), 1);
+        counters.flush();
+        assert_eq!(
+            (records(), events(), summaries()),
+            (2, 3, 1),
+            "a flush adds once"
+        );
+        // A second worker's counts add to the same metrics.
+        let mut other = Counters::new(&metrics);
+        other.record(&metrics, "in", Some(Dialect::Launchdarkly), 2);
+        drop(other);
+        counters.record(&metrics, "in", None, 0);
+        drop(counters);
+        assert_eq!(
+            (records(), events()),
+            (4, 5),
+            "a stopping worker's counts are added"
+        );
     }
 }
