@@ -276,6 +276,47 @@ fn sigkill_mid_transaction_three_times_everything_exactly_once_on_kafka() {
     assert!(f.stop(Duration::from_secs(25)).success());
 }
 
+/// An abort right after a transaction's first records, as when partitions are revoked
+/// just after a worker started (the broker's initial rebalance delay is 0 here, so a
+/// process's second worker joins after the first began). An abort while a request adding
+/// partitions to the transaction is in flight failed: once with `INVALID_TXN_STATE`,
+/// fatal to the producer (confluentinc/librdkafka#4849), which stopped the process in
+/// `a_second_instance_…`; here, before the producer waited for its records first, by
+/// timing out with records stuck (three runs out of three, at the 39th to 81st abort).
+/// Every abort must succeed.
+#[test]
+fn an_abort_right_after_a_transactions_first_records_succeeds() {
+    use flagtally::sink::kafka::{Outgoing, Producer, headers};
+    let broker = broker();
+    let t = Topics::create(broker, 2);
+    let config = Config::parse(&eos_config(broker, &t)).unwrap();
+    let producer = Producer::new(&config, Arc::new(flagtally::admin::Admin::default())).unwrap();
+    for i in 0..200 {
+        // Records to several partitions, added to the transaction in more than one
+        // request when some arrive while the first request is in flight.
+        for j in 0..30 {
+            let topic = [&t.summary, &t.feature, &t.index, &t.dead_letter][j % 4];
+            let value = format!("record {i}.{j}");
+            let record = Outgoing {
+                topic,
+                key: Some(value.as_bytes()),
+                value: value.as_bytes(),
+                headers: headers([]),
+                timestamp_ms: None,
+            };
+            producer.send(record, &|| false).unwrap();
+            if j % 10 == 9 {
+                std::thread::sleep(Duration::from_micros(300));
+            }
+        }
+        // From at once to 5 ms: the window is a partition request's round trip.
+        std::thread::sleep(Duration::from_micros(250 * (i as u64 % 21)));
+        if let Err(e) = producer.abort_transaction(Duration::from_secs(10)) {
+            panic!("abort {i} failed: {e}");
+        }
+    }
+}
+
 /// A zombie: instance A is frozen (SIGSTOP) mid-stream, B starts with the same
 /// transactional id and takes over; when A wakes up (SIGCONT) it is fenced — it cannot
 /// commit anything and exits with an error — and the outputs stay exactly once.

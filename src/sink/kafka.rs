@@ -529,7 +529,17 @@ impl Producer {
 
     /// Exactly-once: aborts the open transaction (its records are never visible to
     /// read-committed readers) and opens the next one.
+    ///
+    /// The records in flight are waited for first. librdkafka may send the abort while
+    /// a request adding partitions to the transaction is still in flight, and the
+    /// coordinator then answers `INVALID_TXN_STATE`, fatal to the producer
+    /// (confluentinc/librdkafka#4849), or the abort waits out its timeout on records
+    /// stuck behind that request. A record is acknowledged only once its partition is
+    /// in the transaction, so with none in flight, no such request is either.
     pub fn abort_transaction(&self, timeout: Duration) -> Result<(), KafkaError> {
+        if let Err(e) = flush_threaded(&self.inner, timeout) {
+            tracing::warn!("records still in flight before aborting the transaction ({e})");
+        }
         self.inner.abort_transaction(timeout)?;
         self.inner.begin_transaction()
     }
