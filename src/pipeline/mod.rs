@@ -163,13 +163,32 @@ struct State {
     counters: Counters,
 }
 
-/// One input topic's counters: records, and events per dialect, each with the count
-/// not yet added to it.
+/// A shared counter and the count of this worker not yet added to it.
+#[derive(Debug)]
+struct Pending {
+    counter: Counter,
+    count: u64,
+}
+
+impl Pending {
+    fn new(counter: Counter) -> Self {
+        Self { counter, count: 0 }
+    }
+
+    /// Adds the pending count to the shared counter.
+    fn flush(&mut self) {
+        if self.count > 0 {
+            self.counter.inc_by(std::mem::take(&mut self.count));
+        }
+    }
+}
+
+/// One input topic's counters: records, and events per dialect.
 #[derive(Debug)]
 struct TopicCounters {
     topic: String,
-    records: (Counter, u64),
-    events: Vec<(Dialect, Counter, u64)>,
+    records: Pending,
+    events: Vec<(Dialect, Pending)>,
 }
 
 /// Metric handles looked up once. Counts are kept here, per worker, and added to the
@@ -179,8 +198,8 @@ struct TopicCounters {
 #[derive(Debug)]
 struct Counters {
     topics: Vec<TopicCounters>,
-    outputs: Vec<(Counter, u64)>,
-    replayed: (Counter, u64),
+    outputs: Vec<Pending>,
+    replayed: Pending,
     /// Engine late counts already reported (correction, dead-letter, drop).
     late_seen: [u64; 3],
     /// Open windows, distinct keys and assigned partitions last added to the gauges.
@@ -194,14 +213,15 @@ impl Counters {
             outputs: OutputKind::ALL
                 .iter()
                 .map(|k| {
-                    let counter = metrics
-                        .events_out
-                        .get_or_create(&Metrics::kind(k.name()))
-                        .clone();
-                    (counter, 0)
+                    Pending::new(
+                        metrics
+                            .events_out
+                            .get_or_create(&Metrics::kind(k.name()))
+                            .clone(),
+                    )
                 })
                 .collect(),
-            replayed: (metrics.replayed_records.clone(), 0),
+            replayed: Pending::new(metrics.replayed_records.clone()),
             late_seen: [0; 3],
             gauges: [0; 3],
         }
@@ -218,7 +238,7 @@ impl Counters {
                     .clone();
                 self.topics.push(TopicCounters {
                     topic: topic.to_owned(),
-                    records: (records, 0),
+                    records: Pending::new(records),
                     events: Vec::new(),
                 });
                 self.topics.len() - 1
@@ -229,11 +249,11 @@ impl Counters {
             events: dialects,
             ..
         } = &mut self.topics[i];
-        records.1 += 1;
+        records.count += 1;
         let (Some(dialect), 1..) = (dialect, events) else {
             return;
         };
-        let j = match dialects.iter().position(|(d, ..)| *d == dialect) {
+        let j = match dialects.iter().position(|(d, _)| *d == dialect) {
             Some(j) => j,
             None => {
                 let labels = vec![
@@ -241,35 +261,26 @@ impl Counters {
                     ("dialect", dialect.name().to_owned()),
                 ];
                 let counter = metrics.events_in.get_or_create(&labels).clone();
-                dialects.push((dialect, counter, 0));
+                dialects.push((dialect, Pending::new(counter)));
                 dialects.len() - 1
             }
         };
-        dialects[j].2 += events;
+        dialects[j].1.count += events;
     }
 
     /// Counts one output record of `kind`.
     fn output(&mut self, kind: OutputKind) {
-        self.outputs[kind as usize].1 += 1;
+        self.outputs[kind as usize].count += 1;
     }
 
     /// Adds the counts kept since the last flush to the shared metrics.
     fn flush(&mut self) {
-        fn add(counter: &Counter, n: &mut u64) {
-            if *n > 0 {
-                counter.inc_by(std::mem::take(n));
-            }
-        }
         for t in &mut self.topics {
-            add(&t.records.0, &mut t.records.1);
-            for (_, counter, n) in &mut t.events {
-                add(counter, n);
-            }
+            t.records.flush();
+            t.events.iter_mut().for_each(|(_, p)| p.flush());
         }
-        for (counter, n) in &mut self.outputs {
-            add(counter, n);
-        }
-        add(&self.replayed.0, &mut self.replayed.1);
+        self.outputs.iter_mut().for_each(Pending::flush);
+        self.replayed.flush();
     }
 }
 
@@ -449,7 +460,6 @@ impl Pipeline {
             }
             std::thread::sleep(Duration::from_millis(200));
         }
-        self.state.update_metrics();
         Ok(())
     }
 }
@@ -665,7 +675,7 @@ impl State {
         self.stats.records += 1;
         if replaying {
             self.stats.replayed_records += 1;
-            self.counters.replayed.1 += 1;
+            self.counters.replayed.count += 1;
         }
         self.decoded.clear();
         self.decoder
@@ -1292,7 +1302,7 @@ mod tests {
         counters.record(&metrics, "in", Some(Dialect::Launchdarkly), 3);
         counters.record(&metrics, "in", None, 0);
         counters.output(OutputKind::Summary);
-        counters.replayed.1 += 1;
+        counters.replayed.count += 1;
         assert_eq!(
             (records(), events(), summaries()),
             (0, 0, 0),
