@@ -284,7 +284,8 @@ fn quickstart(args: &QuickstartArgs) -> anyhow::Result<ExitCode> {
 fn generate(args: &GenArgs) -> anyhow::Result<()> {
     use flagtally::generate::{GenConfig, Generator};
     use flagtally::quickstart::{Pace, counts_table};
-    use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer as _, ThreadedProducer};
+    use flagtally::sink::kafka::PolledProducer;
+    use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer as _};
 
     let defaults = GenConfig::default();
     let mut g = Generator::new(GenConfig {
@@ -310,7 +311,7 @@ fn generate(args: &GenArgs) -> anyhow::Result<()> {
     for (k, v) in &args.properties {
         cc.set(k, v);
     }
-    let producer: ThreadedProducer<DefaultProducerContext> = cc.create()?;
+    let producer: PolledProducer<DefaultProducerContext> = cc.create()?;
     let bar = indicatif::ProgressBar::new(args.count);
     bar.set_style(
         indicatif::ProgressStyle::with_template(

@@ -20,7 +20,7 @@ use anyhow::Context as _;
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::message::Headers as _;
 use rdkafka::mocking::MockCluster;
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer as _, ThreadedProducer};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer as _};
 use rdkafka::{ClientConfig, Message as _};
 
 use crate::admin::Admin;
@@ -28,6 +28,7 @@ use crate::config::Config;
 use crate::generate::{GenConfig, GenDialect, Generator, Tally};
 use crate::metrics::Metrics;
 use crate::pipeline::pool::Pool;
+use crate::sink::kafka::PolledProducer;
 
 /// The mock broker keeps at most 5 MiB per partition: this many records fit in the
 /// input partitions with room to spare.
@@ -280,7 +281,7 @@ fn generate(
         seed: opts.seed,
         ..GenConfig::default()
     });
-    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+    let producer: PolledProducer<DefaultProducerContext> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("enable.idempotence", "true")
         .set("linger.ms", "5")

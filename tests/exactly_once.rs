@@ -249,7 +249,7 @@ fn sigkill_mid_transaction_three_times_everything_exactly_once_on_kafka() {
                 for (i, v) in chunk.iter().enumerate() {
                     send(&p, &topic, ((c * 3_000 + i) % 4) as i32, v);
                 }
-                rdkafka::producer::Producer::flush(&p, Duration::from_secs(60)).unwrap();
+                rdkafka::producer::Producer::flush(&*p, Duration::from_secs(60)).unwrap();
                 std::thread::sleep(Duration::from_millis(500));
             }
         })
@@ -344,7 +344,7 @@ fn a_second_instance_with_the_same_transactional_id_fences_the_first() {
                 send(&p, &topic, (i % 2) as i32, v);
                 std::thread::sleep(Duration::from_micros(300));
             }
-            rdkafka::producer::Producer::flush(&p, Duration::from_secs(60)).unwrap();
+            rdkafka::producer::Producer::flush(&*p, Duration::from_secs(60)).unwrap();
         })
     };
     std::thread::sleep(Duration::from_millis(1_000));

@@ -256,7 +256,7 @@ fn hostile_records_never_stop_the_daemon_and_each_is_one_dead_letter() {
     }
     let want = expected_windows(&counted, WINDOW_MS);
 
-    let p: rdkafka::producer::ThreadedProducer<rdkafka::producer::DefaultProducerContext> =
+    let p: flagtally::sink::kafka::PolledProducer<rdkafka::producer::DefaultProducerContext> =
         ClientConfig::new()
             .set("bootstrap.servers", broker)
             .set("enable.idempotence", "true")

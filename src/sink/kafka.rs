@@ -8,18 +8,19 @@
 //! authorized) would fail again on every retry: such records are kept aside as
 //! [`Refused`] for the pipeline to dead-letter, and do not count as failures.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use rdkafka::ClientContext;
 use rdkafka::TopicPartitionList;
-use rdkafka::config::ClientConfig;
+use rdkafka::config::{ClientConfig, FromClientConfig, FromClientConfigAndContext};
 use rdkafka::consumer::ConsumerGroupMetadata;
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{
-    BaseRecord, DeliveryResult, Producer as _, ProducerContext, ThreadedProducer,
+    BaseProducer, BaseRecord, DefaultProducerContext, DeliveryResult, Producer as _,
+    ProducerContext,
 };
 
 use crate::admin::Admin;
@@ -242,7 +243,7 @@ pub struct Outgoing<'a> {
 }
 
 pub struct Producer {
-    inner: ThreadedProducer<Deliveries>,
+    inner: PolledProducer<Deliveries>,
     transactional: bool,
     /// Each output topic's `max.message.bytes`, as the broker described it.
     limits: std::collections::HashMap<String, usize>,
@@ -313,10 +314,91 @@ impl std::fmt::Debug for Producer {
     }
 }
 
-/// Queues one record on any threaded producer. While librdkafka's queue is full, waits
-/// (backpressure) unless `give_up` says to stop.
+/// A librdkafka producer with a thread of its own serving its delivery reports, as
+/// rdkafka's `ThreadedProducer`, without that one's idle spin.
+///
+/// rdkafka's `BaseProducer::poll(t)` waits in librdkafka for the time left to its
+/// deadline, truncated to whole milliseconds, until the deadline passes. The last wait
+/// before it is therefore 0 ms: the loop spins on the clock for the final fraction of a
+/// millisecond. `ThreadedProducer` polls for 100 ms at a time, so its thread kept about
+/// 1 % of a core busy on an idle producer, for each producer (one per pipeline worker).
+/// This thread polls for [`POLL`], a whole number of milliseconds plus a few
+/// microseconds: librdkafka's wait then ends past the deadline, and the loop with it.
+/// After a delivery report the remaining wait is a fraction again, so a busy producer
+/// still spins for under a millisecond per poll, as before.
+pub struct PolledProducer<C: ProducerContext + 'static> {
+    inner: Arc<BaseProducer<C>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// How long the polling thread's `poll` lasts: 100 ms, plus 20 µs for librdkafka's own
+/// 100 ms wait to end past rdkafka's deadline. It is also the most a drop waits for the
+/// thread.
+const POLL: Duration = Duration::from_micros(100_020);
+
+impl<C: ProducerContext + 'static> FromClientConfigAndContext<C> for PolledProducer<C> {
+    fn from_config_and_context(config: &ClientConfig, context: C) -> KafkaResult<Self> {
+        let inner = Arc::new(BaseProducer::from_config_and_context(config, context)?);
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = std::thread::Builder::new()
+            .name("producer-poll".to_owned())
+            .spawn({
+                let (inner, stop) = (Arc::clone(&inner), Arc::clone(&stop));
+                move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        inner.poll(POLL);
+                    }
+                }
+            })
+            .map_err(|e| {
+                KafkaError::ClientCreation(format!("the producer's polling thread: {e}"))
+            })?;
+        Ok(Self {
+            inner,
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl FromClientConfig for PolledProducer<DefaultProducerContext> {
+    fn from_config(config: &ClientConfig) -> KafkaResult<Self> {
+        Self::from_config_and_context(config, DefaultProducerContext)
+    }
+}
+
+impl<C: ProducerContext + 'static> std::fmt::Debug for PolledProducer<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PolledProducer")
+            .field("in_flight", &self.inner.in_flight_count())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<C: ProducerContext + 'static> std::ops::Deref for PolledProducer<C> {
+    type Target = BaseProducer<C>;
+
+    fn deref(&self) -> &BaseProducer<C> {
+        &self.inner
+    }
+}
+
+impl<C: ProducerContext + 'static> Drop for PolledProducer<C> {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            tracing::warn!("the producer's polling thread panicked");
+        }
+    }
+}
+
+/// Queues one record on a producer that another thread polls. While librdkafka's queue
+/// is full, waits (backpressure) unless `give_up` says to stop.
 pub fn send_waiting<C: ProducerContext>(
-    producer: &ThreadedProducer<C>,
+    producer: &BaseProducer<C>,
     mut record: BaseRecord<'_, [u8], [u8], C::DeliveryOpaque>,
     give_up: &dyn Fn() -> bool,
 ) -> Result<(), KafkaError> {
@@ -336,13 +418,13 @@ pub fn send_waiting<C: ProducerContext>(
 }
 
 /// Waits until every record `producer` was given is acknowledged (or failed), up to
-/// `timeout`. rdkafka's own `flush` polls the event queue for up to 100 ms at a time,
-/// racing the producer's polling thread for the delivery reports: each flush of a
-/// `ThreadedProducer` cost up to 100 ms beyond the broker's answer. This one asks
-/// librdkafka to send at once (a zero-timeout flush, which skips `linger.ms`) and then
-/// watches the queue drain while the polling thread serves the reports.
+/// `timeout`, while another thread polls it ([`PolledProducer`]). rdkafka's own `flush`
+/// polls the event queue for up to 100 ms at a time, racing the polling thread for the
+/// delivery reports: each flush cost up to 100 ms beyond the broker's answer. This one
+/// asks librdkafka to send at once (a zero-timeout flush, which skips `linger.ms`) and
+/// then watches the queue drain while the polling thread serves the reports.
 pub fn flush_threaded<C: ProducerContext>(
-    producer: &ThreadedProducer<C>,
+    producer: &BaseProducer<C>,
     timeout: Duration,
 ) -> Result<(), KafkaError> {
     let deadline = std::time::Instant::now() + timeout;
@@ -441,7 +523,7 @@ impl Producer {
         config
             .kafka
             .apply(&mut cc, &config.kafka.producer_properties);
-        let inner: ThreadedProducer<Deliveries> = cc.create_with_context(Deliveries {
+        let inner: PolledProducer<Deliveries> = cc.create_with_context(Deliveries {
             delivered: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             last_error: Mutex::new(None),

@@ -165,7 +165,7 @@ pub struct Worker {
 }
 
 type DeadLetterProducer =
-    rdkafka::producer::ThreadedProducer<rdkafka::producer::DefaultProducerContext>;
+    crate::sink::kafka::PolledProducer<rdkafka::producer::DefaultProducerContext>;
 
 /// The next offset per topic partition after the records of `slice`.
 fn positions_of(slice: &[SinkRecord]) -> BTreeMap<(String, i32), i64> {

@@ -14,13 +14,13 @@ use std::time::{Duration, Instant};
 use flagtally::decode::{Decoded, Decoder, Dialect, Limits};
 use flagtally::emit::{EmitConfig, Emitter};
 use flagtally::generate::{GenConfig, GenDialect, Generator, Tally};
-use flagtally::sink::kafka::{block_on, send_waiting};
+use flagtally::sink::kafka::{PolledProducer, block_on, send_waiting};
 use flagtally::window::{Engine, EngineConfig, Output, PartitionId, SourcePos, WindowConfig};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::message::Headers as _;
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer as _, ThreadedProducer};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer as _};
 use rdkafka::{ClientConfig, Message as _};
 
 pub fn repo() -> PathBuf {
@@ -124,7 +124,7 @@ pub fn high_watermark(broker: &str, topic: &str) -> i64 {
         .1
 }
 
-pub fn producer(broker: &str) -> ThreadedProducer<DefaultProducerContext> {
+pub fn producer(broker: &str) -> PolledProducer<DefaultProducerContext> {
     ClientConfig::new()
         .set("bootstrap.servers", broker)
         .set("enable.idempotence", "true")
@@ -143,7 +143,7 @@ pub fn produce(broker: &str, topic: &str, partitions: i32, values: &[Vec<u8>]) {
     p.flush(Duration::from_secs(60)).unwrap();
 }
 
-pub fn send(p: &ThreadedProducer<DefaultProducerContext>, topic: &str, partition: i32, v: &[u8]) {
+pub fn send(p: &PolledProducer<DefaultProducerContext>, topic: &str, partition: i32, v: &[u8]) {
     let rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).partition(partition).payload(v);
     send_waiting(p, rec, &|| false).unwrap();
 }
