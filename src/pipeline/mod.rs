@@ -107,7 +107,10 @@ impl Stats {
 /// An assigned input partition.
 #[derive(Debug)]
 struct Part {
-    pid: PartitionId,
+    /// The partition, and the position of the event being processed: one per partition,
+    /// updated per event, so the partition id's `Arc` is not counted up and down for
+    /// each record.
+    at: SourcePos,
     /// Next offset to process; `None` until the first record after assignment
     /// (or the restored checkpoint's, when it had one).
     next_offset: Option<i64>,
@@ -122,6 +125,12 @@ struct Part {
     read_to: Option<i64>,
     /// The checkpoint last written, to skip identical ones.
     committed: Option<String>,
+}
+
+impl Part {
+    fn pid(&self) -> &PartitionId {
+        &self.at.partition
+    }
 }
 
 pub struct Pipeline {
@@ -510,7 +519,7 @@ impl State {
     fn part_index(&self, topic: &str, partition: i32) -> Option<usize> {
         self.parts
             .iter()
-            .position(|p| p.pid.partition == partition && &*p.pid.topic == topic)
+            .position(|p| p.pid().partition == partition && &*p.pid().topic == topic)
     }
 
     /// Applies the rebalances reported since the last call; returns whether there were any.
@@ -523,7 +532,7 @@ impl State {
                     for pid in &pids {
                         self.engine.revoke(pid);
                     }
-                    self.parts.retain(|p| !pids.contains(&p.pid));
+                    self.parts.retain(|p| !pids.contains(p.pid()));
                     self.admin
                         .health
                         .set_assigned(self.worker(), !self.parts.is_empty());
@@ -627,14 +636,18 @@ impl State {
                 }
             }
             let part = Part {
-                pid,
+                at: SourcePos {
+                    partition: pid,
+                    offset: 0,
+                    index: 0,
+                },
                 next_offset: known.then_some(replay_until),
                 replay_from: from,
                 replay_until,
                 read_to: None,
                 committed: stored,
             };
-            match self.part_index(&part.pid.topic, part.pid.partition) {
+            match self.part_index(&part.pid().topic, part.pid().partition) {
                 Some(i) => self.parts[i] = part,
                 None => self.parts.push(part),
             }
@@ -666,12 +679,11 @@ impl State {
             // restore — and its outputs are written. Counting it again, in a replay
             // too, would count it twice.
             if self.stats.redelivered == 0 {
-                tracing::warn!(partition = %part.pid, offset, read_to = ?part.read_to, next = ?part.next_offset, "the consumer re-delivers records already read; skipping them");
+                tracing::warn!(partition = %part.pid(), offset, read_to = ?part.read_to, next = ?part.next_offset, "the consumer re-delivers records already read; skipping them");
             }
             self.stats.redelivered += 1;
             return Ok(());
         }
-        let pid = part.pid.clone();
         self.stats.records += 1;
         if replaying {
             self.stats.replayed_records += 1;
@@ -705,23 +717,18 @@ impl State {
             self.decoded.errors = errors;
         }
         let now = self.now;
-        // One position per record, its index set per event: the partition id's `Arc`
-        // is not counted up and down for each event.
-        let mut pos = SourcePos {
-            partition: pid,
-            offset,
-            index: 0,
-        };
+        let part = &mut self.parts[i];
+        part.at.offset = offset;
         for (index, event) in self.decoded.events.drain(..).enumerate() {
-            pos.index = index as u32;
-            self.engine.push(&pos, event, now, &mut self.outputs);
+            part.at.index = index as u32;
+            self.engine.push(&part.at, event, now, &mut self.outputs);
         }
-        if replaying && offset + 1 >= self.parts[i].replay_until {
+        if replaying && offset + 1 >= part.replay_until {
             self.engine
-                .finish_replay(&pos.partition, now, &mut self.outputs);
+                .finish_replay(&part.at.partition, now, &mut self.outputs);
         }
-        self.parts[i].next_offset = Some(offset + 1);
-        self.parts[i].read_to = Some(offset + 1);
+        part.next_offset = Some(offset + 1);
+        part.read_to = Some(offset + 1);
         self.send_outputs(Some(m))
     }
 
@@ -1162,7 +1169,7 @@ impl State {
             };
             let cp = self
                 .engine
-                .checkpoint(&part.pid, next, idle.contains(&part.pid));
+                .checkpoint(part.pid(), next, idle.contains(part.pid()));
             let text = checkpoint::encode(&cp);
             if part.committed.as_deref() == Some(text.as_str()) {
                 continue;
@@ -1170,13 +1177,13 @@ impl State {
             let offset = cp.replay_from();
             if offset >= 0 {
                 tpl.add_partition_offset(
-                    &part.pid.topic,
-                    part.pid.partition,
+                    &part.pid().topic,
+                    part.pid().partition,
                     Offset::Offset(offset),
                 )?;
             }
-            tracing::debug!(partition = %part.pid, offset, checkpoint = %text, "checkpoint");
-            let key = self.store.key(&part.pid);
+            tracing::debug!(partition = %part.pid(), offset, checkpoint = %text, "checkpoint");
+            let key = self.store.key(part.pid());
             self.producer
                 .send(
                     Outgoing {
@@ -1267,7 +1274,7 @@ impl State {
         self.stats.rewinds += 1;
         self.admin.metrics.rewinds.inc();
         self.sent_since_commit = false;
-        let pids: Vec<PartitionId> = self.parts.iter().map(|p| p.pid.clone()).collect();
+        let pids: Vec<PartitionId> = self.parts.iter().map(|p| p.pid().clone()).collect();
         self.restore(consumer, &pids, true)
     }
 }
