@@ -108,6 +108,24 @@ fn endpoints_follow_the_pipeline() {
     assert_eq!(metric("flagtally_assigned_partitions"), 2.0);
     assert!(metric("flagtally_events_out_total{kind=\"summary\"}") >= 1.0);
     assert!(metric("flagtally_commits_total") >= 1.0);
+    // Each summary's delivery is timed against its window's close (late corrections'
+    // and other records' are not).
+    let on_time = summaries
+        .iter()
+        .filter(|r| !r.headers.contains_key("flagtally-late"))
+        .count();
+    assert!(on_time > 0);
+    assert!(eventually(Duration::from_secs(10), || {
+        metric("flagtally_summary_latency_seconds_count") >= on_time as f64
+    }));
+    assert!(
+        metric("flagtally_summary_latency_seconds_count")
+            <= metric("flagtally_events_out_total{kind=\"summary\"}")
+    );
+    assert!(
+        metric("flagtally_produce_latency_seconds_count")
+            > metric("flagtally_summary_latency_seconds_count")
+    );
     // Consumer lag comes from librdkafka's statistics, every 5 s.
     assert!(eventually(Duration::from_secs(15), || {
         http_get(&addr, "/metrics")

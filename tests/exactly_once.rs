@@ -303,6 +303,7 @@ fn an_abort_right_after_a_transactions_first_records_succeeds() {
                 value: value.as_bytes(),
                 headers: headers([]),
                 timestamp_ms: None,
+                summary: false,
             };
             producer.send(record, &|| false).unwrap();
             if j % 10 == 9 {

@@ -842,12 +842,14 @@ impl State {
                 continue;
             }
             let hs = headers(rec.headers.iter().map(|(k, v)| (*k, v.as_slice())));
+            let summary = matches!(out, Output::Summary(s) if !s.late);
             let outgoing = Outgoing {
                 topic,
                 key: rec.key.as_deref(),
                 value: &rec.value,
                 headers: hs,
                 timestamp_ms: Some(rec.timestamp_ms),
+                summary,
             };
             let size = rec.key.as_ref().map_or(0, |k| k.len())
                 + rec.value.len()
@@ -889,6 +891,7 @@ impl State {
                         value: &rec.value,
                         headers: hs,
                         timestamp_ms: Some(rec.timestamp_ms),
+                        summary,
                     };
                     let refused = Refused::of(&again, &e);
                     drop(again);
@@ -994,6 +997,7 @@ impl State {
             value,
             headers: headers(pairs.into_iter().chain(truncation)),
             timestamp_ms,
+            summary: false,
         };
         let sent = self.producer.send(outgoing, &self.give_up());
         match sent {
@@ -1192,6 +1196,7 @@ impl State {
                         value: text.as_bytes(),
                         headers: headers([(header::KIND, b"checkpoint".as_slice())]),
                         timestamp_ms: None,
+                        summary: false,
                     },
                     &self.give_up(),
                 )

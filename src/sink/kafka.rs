@@ -85,11 +85,14 @@ impl Refused {
 }
 
 /// Send times travel with each record as its delivery opaque: nanoseconds since this
-/// instant (no allocation per record).
+/// instant (no allocation per record), less its lowest bit, which says whether the record
+/// is a summary ([`Outgoing::summary`], [`SUMMARY_BIT`]).
 fn epoch() -> Instant {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
     *EPOCH.get_or_init(Instant::now)
 }
+
+const SUMMARY_BIT: usize = 1;
 
 fn nanos_since_epoch() -> usize {
     usize::try_from(epoch().elapsed().as_nanos()).unwrap_or(usize::MAX)
@@ -139,7 +142,8 @@ impl ClientContext for Deliveries {
 impl ProducerContext for Deliveries {
     type DeliveryOpaque = usize;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, sent_at: usize) {
+    fn delivery(&self, result: &DeliveryResult<'_>, opaque: usize) {
+        let (sent_at, summary) = (opaque & !SUMMARY_BIT, opaque & SUMMARY_BIT != 0);
         let now = nanos_since_epoch();
         self.admin
             .metrics
@@ -148,7 +152,10 @@ impl ProducerContext for Deliveries {
         match result {
             Ok(msg) => {
                 self.delivered.fetch_add(1, Ordering::Relaxed);
-                if let Some(deadline_ms) = summary_deadline(msg, self.lateness_ms) {
+                if let Some(deadline_ms) = summary
+                    .then(|| summary_deadline(msg, self.lateness_ms))
+                    .flatten()
+                {
                     let now_ms = i64::try_from(now / 1_000_000).unwrap_or(i64::MAX);
                     self.admin
                         .metrics
@@ -240,6 +247,10 @@ pub struct Outgoing<'a> {
     pub value: &'a [u8],
     pub headers: OwnedHeaders,
     pub timestamp_ms: Option<i64>,
+    /// A summary (not a late correction): its delivery is timed against its window's
+    /// close (`flagtally_summary_latency_seconds`). Only these have their headers read
+    /// back when delivered.
+    pub summary: bool,
 }
 
 pub struct Producer {
@@ -569,10 +580,12 @@ impl Producer {
     /// Queues one record. While librdkafka's queue is full, waits (backpressure) unless
     /// `give_up` says to stop.
     pub fn send(&self, rec: Outgoing<'_>, give_up: &dyn Fn() -> bool) -> Result<(), KafkaError> {
-        let mut record: BaseRecord<'_, [u8], [u8], usize> =
-            BaseRecord::with_opaque_to(rec.topic, nanos_since_epoch())
-                .payload(rec.value)
-                .headers(rec.headers);
+        let mut record: BaseRecord<'_, [u8], [u8], usize> = BaseRecord::with_opaque_to(
+            rec.topic,
+            (nanos_since_epoch() & !SUMMARY_BIT) | usize::from(rec.summary),
+        )
+        .payload(rec.value)
+        .headers(rec.headers);
         if let Some(key) = rec.key {
             record = record.key(key);
         }
