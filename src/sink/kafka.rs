@@ -85,13 +85,14 @@ impl Refused {
 }
 
 /// Send times travel with each record as its delivery opaque: nanoseconds since this
-/// instant (no allocation per record), less its lowest bit, which says whether the record
-/// is a summary ([`Outgoing::summary`], [`SUMMARY_BIT`]).
+/// instant (no allocation per record).
 fn epoch() -> Instant {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
     *EPOCH.get_or_init(Instant::now)
 }
 
+/// The opaque's lowest bit says whether the record is a summary ([`Outgoing::summary`]);
+/// the send time is kept to the nanosecond less that bit.
 const SUMMARY_BIT: usize = 1;
 
 fn nanos_since_epoch() -> usize {
@@ -333,7 +334,7 @@ impl std::fmt::Debug for Producer {
 /// before it is therefore 0 ms: the loop spins on the clock for the final fraction of a
 /// millisecond. `ThreadedProducer` polls for 100 ms at a time, so its thread kept about
 /// 1 % of a core busy on an idle producer, for each producer (one per pipeline worker).
-/// This thread polls for [`POLL`], a whole number of milliseconds plus a few
+/// This thread polls for `POLL`, a whole number of milliseconds plus a few
 /// microseconds: librdkafka's wait then ends past the deadline, and the loop with it.
 /// After a delivery report the remaining wait is a fraction again, so a busy producer
 /// still spins for under a millisecond per poll, as before.
