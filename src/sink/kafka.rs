@@ -217,26 +217,16 @@ impl ProducerContext for Deliveries {
     }
 }
 
-/// For a summary (not a late correction): its window's close deadline (end plus
-/// lateness), in ms.
+/// For a record sent as an on-time summary ([`Outgoing::summary`]): its window's close
+/// deadline (end plus lateness), in ms.
 fn summary_deadline(msg: &rdkafka::message::BorrowedMessage<'_>, lateness_ms: i64) -> Option<i64> {
     use rdkafka::Message as _;
     use rdkafka::message::Headers as _;
-    let headers = msg.headers()?;
-    let mut summary = false;
-    let mut end = None;
-    for h in headers.iter() {
-        if h.key == crate::emit::header::KIND {
-            summary = h.value == Some(b"summary".as_slice());
-        } else if h.key == crate::emit::header::LATE {
-            return None;
-        } else if h.key == crate::emit::header::WINDOW_END {
-            end = h
-                .value
-                .and_then(|v| std::str::from_utf8(v).ok()?.parse::<i64>().ok());
-        }
-    }
-    end.filter(|_| summary)
+    msg.headers()?
+        .iter()
+        .find(|h| h.key == crate::emit::header::WINDOW_END)?
+        .value
+        .and_then(|v| std::str::from_utf8(v).ok()?.parse::<i64>().ok())
         .map(|e| e.saturating_add(lateness_ms))
 }
 
@@ -407,10 +397,10 @@ impl<C: ProducerContext + 'static> Drop for PolledProducer<C> {
     }
 }
 
-/// Queues one record on a producer that another thread polls. While librdkafka's queue
-/// is full, waits (backpressure) unless `give_up` says to stop.
-pub fn send_waiting<C: ProducerContext>(
-    producer: &BaseProducer<C>,
+/// Queues one record. While librdkafka's queue is full (the polling thread frees it as
+/// deliveries are reported), waits (backpressure) unless `give_up` says to stop.
+pub fn send_waiting<C: ProducerContext + 'static>(
+    producer: &PolledProducer<C>,
     mut record: BaseRecord<'_, [u8], [u8], C::DeliveryOpaque>,
     give_up: &dyn Fn() -> bool,
 ) -> Result<(), KafkaError> {
@@ -435,8 +425,8 @@ pub fn send_waiting<C: ProducerContext>(
 /// delivery reports: each flush cost up to 100 ms beyond the broker's answer. This one
 /// asks librdkafka to send at once (a zero-timeout flush, which skips `linger.ms`) and
 /// then watches the queue drain while the polling thread serves the reports.
-pub fn flush_threaded<C: ProducerContext>(
-    producer: &BaseProducer<C>,
+pub fn flush_threaded<C: ProducerContext + 'static>(
+    producer: &PolledProducer<C>,
     timeout: Duration,
 ) -> Result<(), KafkaError> {
     let deadline = std::time::Instant::now() + timeout;
