@@ -113,6 +113,26 @@ pub fn topic_config(broker: &str, topic: &str, name: &str) -> Option<String> {
     resource.get(name).and_then(|e| e.value.clone())
 }
 
+/// The low watermark of each partition of `topic`: above 0 where the broker deleted
+/// the oldest records.
+pub fn low_watermarks(broker: &str, topic: &str) -> Vec<i64> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker)
+        .create()
+        .unwrap();
+    let md = c
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
+    let partitions = md.topics().first().map_or(0, |t| t.partitions().len());
+    (0..partitions as i32)
+        .map(|p| {
+            c.fetch_watermarks(topic, p, Duration::from_secs(10))
+                .unwrap()
+                .0
+        })
+        .collect()
+}
+
 /// The high watermark of partition 0 of `topic`.
 pub fn high_watermark(broker: &str, topic: &str) -> i64 {
     let c: BaseConsumer = ClientConfig::new()
