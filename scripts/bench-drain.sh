@@ -34,10 +34,10 @@ cpu_of() { # utime+stime of a pid, in seconds
 # partition (the commit follows the idle close of the last windows: also reported).
 # The no-op consumer runs once first, unmeasured: on a fresh broker the first group
 # creates the offsets topic and warms the broker's fetch path, no part of either's cost.
-noop_run() { # prints "seconds from its first record to its last" "CPU seconds"
+noop_run() { # prints "seconds from its first record to its last" "CPU seconds" "peak RSS KiB"
   local out
-  out=$(/usr/bin/time -f 'cpu %U %S' "$NOOP" "$B" "$id-in" "$N" 2>&1)
-  echo "$(echo "$out" | awk '/^noop:/ {print $(NF-3)}') $(echo "$out" | awk '/^cpu / {print $2 + $3}')"
+  out=$(/usr/bin/time -f 'cpu %U %S %M' "$NOOP" "$B" "$id-in" "$N" 2>&1)
+  echo "$(echo "$out" | awk '/^noop:/ {print $(NF-3)}') $(echo "$out" | awk '/^cpu / {print $2 + $3, $4}')"
 }
 noop_run >/dev/null # warm-up
 
@@ -78,6 +78,9 @@ PY
 )
 end=$(date +%s.%N)
 ft_cpu=$(cpu_of $ft)
+# Peak resident memory so far (the whole backlog was waiting to be read: the prefetch
+# queue's worst case), KiB.
+ft_rss=$(awk '/^VmHWM:/ {print $2}' "/proc/$ft/status")
 # flagtally's CPU by thread (threads of one name added up), largest first.
 threads=$(for t in /proc/$ft/task/*; do echo "$(tr ' ' '_' <"$t/comm") $(awk '{print $14 + $15}' "$t/stat")"; done |
   awk -v hz="$(getconf CLK_TCK)" '{s[$1] += $2} END {for (n in s) if (s[n] > 0) printf "%s %.2f\n", n, s[n] / hz}' |
@@ -111,13 +114,14 @@ commit_wall=$(echo "$committed - $start" | bc -l)
 steady_wall=$(echo "$end - $first" | bc -l)
 # The no-op consumer's CPU varies by ±20 % from run to run on a shared machine: three
 # runs, and the median one (by CPU) is the reference.
-read -r noop_wall noop_cpu < <(for _ in 1 2 3; do noop_run; done | sort -k2 -n | sed -n 2p)
+read -r noop_wall noop_cpu noop_rss < <(for _ in 1 2 3; do noop_run; done | sort -k2 -n | sed -n 2p)
 
-PARTS="$PARTS" python3 - "$N" "$ft_wall" "$ft_cpu" "$noop_wall" "$noop_cpu" "${FULL:-0}" "$commit_wall" "$steady_wall" "$broker_cpu" "$steady_cores" "$broker_cores" "$ft_cpu_first" "$threads" <<'PY'
+PARTS="$PARTS" python3 - "$N" "$ft_wall" "$ft_cpu" "$noop_wall" "$noop_cpu" "${FULL:-0}" "$commit_wall" "$steady_wall" "$broker_cpu" "$steady_cores" "$broker_cores" "$ft_cpu_first" "$threads" "$ft_rss" "$noop_rss" <<'PY'
 import os, sys
 n, fw, fc, nw, nc, full = int(sys.argv[1]), *map(float, sys.argv[2:6]), sys.argv[6] == "1"
 cw, sw, bc, fcores, bcores, fc_first = map(float, sys.argv[7:13])
 threads = sys.argv[13]
+ft_rss, noop_rss = int(sys.argv[14]) / 1024, int(sys.argv[15]) / 1024
 # This script asks flagtally's /metrics 50 times a second (to time the drain); answering
 # is flagtally's admin thread, which a scrape every 15 s in production keeps near zero and
 # the no-op consumer does not have: its CPU is shown, and not counted.
@@ -129,6 +133,7 @@ print(f"events: {n} ({'summary + feature + index' if full else 'summary-only'} o
 print(f"flagtally: {n/fw:,.0f} events/s wall (all read in {fw:.1f} s from process start; all committed at {cw:.1f} s, after the idle close), {fc:.2f} CPU-s (not counting {scrapes:.2f} answering this script's scrapes), {f_rate:,.0f} events/CPU-s")
 print(f"flagtally steady state: {n/sw:,.0f} events/s wall (from the first record read to the last, {sw:.2f} s; cores busy meanwhile: flagtally {fcores:.2f}, broker {bcores:.2f})")
 print(f"flagtally CPU-s before its first record (start, group join): {fc_first:.2f}; by thread over the run: {threads}")
+print(f"peak RSS: flagtally {ft_rss:.0f} MiB (by the last record read), no-op consumer {noop_rss:.0f} MiB")
 print(f"broker meanwhile: {bc:.2f} CPU-s ({bc/fw:.0%} of a core over flagtally's {fw:.1f} s; flagtally {fc/fw:.0%})")
 print(f"no-op consumer (median of 3 runs): {n/nw:,.0f} records/s wall (from its first record), {nc:.2f} CPU-s, {n_rate:,.0f} records/CPU-s")
 print(f"ratio (events per CPU-s): {f_rate/n_rate:.2f} (target ≥ {target})")
