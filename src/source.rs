@@ -5,10 +5,11 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use rdkafka::ClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer as _, ConsumerContext, Rebalance};
-use rdkafka::error::KafkaError;
+use rdkafka::consumer::{BaseConsumer, Consumer as _, ConsumerContext, RebalanceProtocol};
+use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientContext, TopicPartitionList};
 
 use crate::admin::Admin;
 use crate::config::Config;
@@ -19,6 +20,11 @@ use crate::window::PartitionId;
 pub enum Assignment {
     Assigned(Vec<PartitionId>),
     Revoked(Vec<PartitionId>),
+    /// Being revoked, and the group waits for [`SourceContext::finish_revocation`]: the
+    /// pipeline commits what it has done with these partitions first, so that their
+    /// next owner starts where this one stopped instead of repeating outputs since the
+    /// last commit (Kafka Streams commits on revocation too).
+    Revoking(Vec<PartitionId>),
 }
 
 #[derive(Debug)]
@@ -28,6 +34,15 @@ pub struct SourceContext {
     /// load is cheaper than the lock.
     pending: AtomicBool,
     admin: Arc<Admin>,
+    /// Whether a revocation waits for the pipeline's commit (at-least-once mode; an
+    /// exactly-once worker aborts its open transaction instead).
+    commit_on_revoke: bool,
+    /// Set once the pipeline stops handling changes (it drains or is dropped): from
+    /// then on revocations complete at once, so that closing the consumer never waits
+    /// on a commit nobody will make.
+    closing: AtomicBool,
+    /// The revocation the group waits for, if any (what to unassign).
+    revoking: Mutex<Option<TopicPartitionList>>,
 }
 
 impl SourceContext {
@@ -43,11 +58,35 @@ impl SourceContext {
             .unwrap_or_default()
     }
 
+    /// Completes a revocation reported as [`Assignment::Revoking`]: the partitions
+    /// leave the assignment and the group's rebalance goes on. Does nothing when none
+    /// is waiting.
+    pub fn finish_revocation(&self, consumer: &Source) -> KafkaResult<()> {
+        let Some(tpl) = self.revoking.lock().ok().and_then(|mut r| r.take()) else {
+            return Ok(());
+        };
+        unassign(consumer, &tpl)
+    }
+
+    /// From now on revocations complete at once; one waiting is completed now.
+    pub fn close(&self, consumer: &Source) -> KafkaResult<()> {
+        self.closing.store(true, Ordering::Relaxed);
+        self.finish_revocation(consumer)
+    }
+
     fn push(&self, change: Assignment) {
         if let Ok(mut c) = self.changes.lock() {
             c.push(change);
         }
         self.pending.store(true, Ordering::Release);
+    }
+}
+
+/// Takes `tpl` out of the assignment, as the protocol in use wants it.
+fn unassign(consumer: &BaseConsumer<SourceContext>, tpl: &TopicPartitionList) -> KafkaResult<()> {
+    match consumer.rebalance_protocol() {
+        RebalanceProtocol::Cooperative => consumer.incremental_unassign(tpl),
+        _ => consumer.unassign(),
     }
 }
 
@@ -65,26 +104,63 @@ impl ClientContext for SourceContext {
 }
 
 impl ConsumerContext for SourceContext {
-    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        match rebalance {
-            Rebalance::Revoke(tpl) => {
+    /// rdkafka's own rebalance, except that a revocation in at-least-once mode is left
+    /// waiting for the pipeline (librdkafka's group waits until the application
+    /// unassigns, in the callback or later): the callback runs inside the pipeline's
+    /// poll and cannot reach its engine or producer, so the pipeline commits right
+    /// after the poll and then calls [`SourceContext::finish_revocation`]. A lost
+    /// assignment (the session timed out) is not waited for: another member may own
+    /// the partitions already, and nothing may be committed for them.
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let result = match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                let r = match consumer.rebalance_protocol() {
+                    RebalanceProtocol::Cooperative => consumer.incremental_assign(tpl),
+                    _ => consumer.assign(tpl),
+                };
+                tracing::info!(partitions = tpl.count(), "partitions assigned");
+                self.push(Assignment::Assigned(partitions(tpl)));
+                r
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 tracing::info!(partitions = tpl.count(), "partitions revoked");
                 for e in tpl.elements() {
                     self.admin
                         .metrics
                         .forget_partition(e.topic(), e.partition());
                 }
-                self.push(Assignment::Revoked(partitions(tpl)));
+                let wait = self.commit_on_revoke
+                    && !self.closing.load(Ordering::Relaxed)
+                    && !consumer.assignment_lost()
+                    && tpl.count() > 0;
+                // Only one revocation waits at a time (the group cannot go on to
+                // another before this one completes).
+                let waiting = self.revoking.lock().ok().filter(|r| wait && r.is_none());
+                if let Some(mut r) = waiting {
+                    *r = Some(tpl.clone());
+                    drop(r);
+                    self.push(Assignment::Revoking(partitions(tpl)));
+                    Ok(())
+                } else {
+                    self.push(Assignment::Revoked(partitions(tpl)));
+                    unassign(consumer, tpl)
+                }
             }
-            Rebalance::Assign(_) => {}
-            Rebalance::Error(e) => tracing::error!("rebalance failed: {e}"),
-        }
-    }
-
-    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Assign(tpl) = rebalance {
-            tracing::info!(partitions = tpl.count(), "partitions assigned");
-            self.push(Assignment::Assigned(partitions(tpl)));
+            other => {
+                tracing::error!(
+                    "rebalance failed: {}",
+                    rdkafka::error::RDKafkaErrorCode::from(other)
+                );
+                unassign(consumer, tpl)
+            }
+        };
+        if let Err(e) = result {
+            tracing::error!("completing a rebalance: {e}");
         }
     }
 }
@@ -119,6 +195,9 @@ pub fn consumer(config: &Config, admin: Arc<Admin>) -> Result<Source, KafkaError
         changes: Mutex::new(Vec::new()),
         pending: AtomicBool::new(false),
         admin,
+        commit_on_revoke: !config.processing.exactly_once,
+        closing: AtomicBool::new(false),
+        revoking: Mutex::new(None),
     })?;
     let topics: Vec<&str> = config
         .kafka

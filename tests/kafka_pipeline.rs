@@ -196,6 +196,58 @@ fn a_surviving_instance_takes_over_when_another_leaves() {
     });
 }
 
+/// A second instance joins mid-stream and takes partitions from the first. In
+/// at-least-once mode the first commits before it hands them over (the group waits for
+/// it), so each partition's next owner starts where the first stopped: nothing is
+/// written twice. Without that commit, everything written since the last one (up to a
+/// commit interval of feature events) was written again by the next owner.
+#[test]
+fn a_joining_instance_starts_where_the_first_stopped() {
+    let broker = broker();
+    let t = Topics::create(broker, 4);
+    let (records, tally) = generated(60_000, 31);
+    let records = Arc::new(records);
+    let config = t.config_with_threads(broker, WINDOW, 1);
+    let a = Flagtally::start(&config, &format!("{}-a", t.group));
+    a.wait_log("restored", 1, Duration::from_secs(60));
+    let (h, _) = produce_paced(
+        broker,
+        &t.input,
+        Arc::clone(&records),
+        4,
+        12,
+        Duration::from_millis(500),
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let b = Flagtally::start(&config, &format!("{}-b", t.group));
+    b.wait_log("restored", 1, Duration::from_secs(60));
+    h.join().unwrap();
+    let summary_dups = assert_summaries(broker, &t, &records, &tally);
+    let features = read_until(
+        broker,
+        &t.feature,
+        Duration::from_secs(120),
+        distinct_ids(tally.tracked),
+    );
+    assert_eq!(
+        dedupe(&features).len() as u64,
+        tally.tracked,
+        "feature events one to one"
+    );
+    assert_eq!(
+        (summary_dups, features.len() - dedupe(&features).len()),
+        (0, 0),
+        "no summary or feature event written twice across the join"
+    );
+    let log = a.log_text();
+    assert!(
+        log.contains("committed before handing the partitions over"),
+        "the first instance commits on revocation; log:\n{log}"
+    );
+    assert!(a.stop(Duration::from_secs(25)).success());
+    assert!(b.stop(Duration::from_secs(25)).success());
+}
+
 /// SIGKILL one of two instances: Kafka's group coordinator evicts it once its session
 /// (6 s in these tests) times out, and the survivor takes its partitions.
 #[test]

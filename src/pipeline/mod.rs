@@ -138,6 +138,16 @@ pub struct Pipeline {
     state: State,
 }
 
+impl Drop for Pipeline {
+    /// However the worker ends, closing its consumer never waits on a revocation for
+    /// a commit that will not come.
+    fn drop(&mut self) {
+        if let Err(e) = self.consumer.context().close(&self.consumer) {
+            tracing::warn!("completing a revocation: {e}");
+        }
+    }
+}
+
 impl std::fmt::Debug for Pipeline {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pipeline")
@@ -462,6 +472,11 @@ impl Pipeline {
             .and_then(|a| self.consumer.pause(&a))
             .unwrap_or_else(|e| tracing::warn!("pausing the consumer: {e}"));
         self.state.handle_assignment_changes(&self.consumer)?;
+        // Revocations from here on (the consumer's close) complete at once.
+        self.consumer
+            .context()
+            .close(&self.consumer)
+            .unwrap_or_else(|e| tracing::warn!("completing a revocation: {e}"));
         while !self.state.commit_cycle(&self.consumer, false)? {
             self.state.beat();
             if self.state.hard_stop.load(Ordering::Relaxed) {
@@ -528,28 +543,27 @@ impl State {
         let changed = !changes.is_empty();
         for change in changes {
             match change {
-                Assignment::Revoked(pids) => {
-                    for pid in &pids {
-                        self.engine.revoke(pid);
+                Assignment::Revoking(pids) => {
+                    // The group waits: commit what this worker did with the partitions
+                    // (outputs acknowledged, checkpoints, group offsets), so that their
+                    // next owner starts here rather than at the last commit, which would
+                    // write again what was written since. Then let the rebalance go on.
+                    let committed = self.commit_cycle(consumer, false);
+                    let finished = consumer.context().finish_revocation(consumer);
+                    match committed? {
+                        true => tracing::info!(
+                            partitions = pids.len(),
+                            "committed before handing the partitions over"
+                        ),
+                        false => tracing::warn!(
+                            partitions = pids.len(),
+                            "could not commit before handing the partitions over; their next owner re-reads from the last commit"
+                        ),
                     }
-                    self.parts.retain(|p| !pids.contains(p.pid()));
-                    self.admin
-                        .health
-                        .set_assigned(self.worker(), !self.parts.is_empty());
-                    if self.producer.is_transactional() && self.sent_since_commit {
-                        // The open transaction holds outputs of the revoked partitions,
-                        // whose new owner re-reads them from the last commit:
-                        // committing it later would show them twice. Abort it and
-                        // re-read what this instance keeps.
-                        tracing::info!(
-                            "partitions revoked mid-transaction: aborting it and re-reading the partitions kept"
-                        );
-                        self.producer
-                            .abort_transaction(KAFKA_TIMEOUT)
-                            .context("aborting the transaction on revocation")?;
-                        self.rewind(consumer)?;
-                    }
+                    finished.context("completing the revocation")?;
+                    self.forget(consumer, &pids)?;
                 }
+                Assignment::Revoked(pids) => self.forget(consumer, &pids)?,
                 Assignment::Assigned(pids) => {
                     let fresh: Vec<PartitionId> = pids
                         .into_iter()
@@ -563,6 +577,31 @@ impl State {
             }
         }
         Ok(changed)
+    }
+
+    /// Drops revoked partitions' state without emitting (their new owner replays them).
+    fn forget(&mut self, consumer: &Source, pids: &[PartitionId]) -> anyhow::Result<()> {
+        for pid in pids {
+            self.engine.revoke(pid);
+        }
+        self.parts.retain(|p| !pids.contains(p.pid()));
+        self.admin
+            .health
+            .set_assigned(self.worker(), !self.parts.is_empty());
+        if self.producer.is_transactional() && self.sent_since_commit {
+            // The open transaction holds outputs of the revoked partitions,
+            // whose new owner re-reads them from the last commit:
+            // committing it later would show them twice. Abort it and
+            // re-read what this instance keeps.
+            tracing::info!(
+                "partitions revoked mid-transaction: aborting it and re-reading the partitions kept"
+            );
+            self.producer
+                .abort_transaction(KAFKA_TIMEOUT)
+                .context("aborting the transaction on revocation")?;
+            self.rewind(consumer)?;
+        }
+        Ok(())
     }
 
     /// Restores partitions from their latest checkpoints (else from the group's
