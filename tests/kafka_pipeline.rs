@@ -88,9 +88,10 @@ fn counts_are_exact_across_dialects_and_partitions() {
     produce(broker, &t.input, 4, &records);
     // One worker: this test counts duplicates. On the test broker (no initial rebalance
     // delay) a second worker may join after the first has started, and in at-least-once
-    // mode the partitions it takes are re-read from their last commit (see
-    // `Topics::config_with_threads`); `tests/workers.rs` checks that several workers
-    // write the same records as one.
+    // mode, where the first cannot commit before handing partitions over, they are
+    // re-read from their last commit (see `Topics::config_with_threads`);
+    // `tests/workers.rs` checks that several workers write the same records as one, and
+    // `a_joining_instance_starts_where_the_first_stopped` the commit on revocation.
     let f = Flagtally::start(&t.config_with_threads(broker, WINDOW, 1), &t.group);
     let dups = assert_summaries(broker, &t, &records, &tally);
     assert_eq!(dups, 0, "no crash, no duplicates");

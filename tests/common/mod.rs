@@ -237,8 +237,9 @@ impl Topics {
 
     /// A configuration over these topics with `threads` pipeline workers. Tests that
     /// count records without deduplicating run one: in at-least-once mode a second
-    /// worker's join is a rebalance, and the partitions it takes are re-read from their
-    /// last commit, repeating outputs in the topics (same ids, same bytes).
+    /// worker's join is a rebalance, and where the first cannot commit before handing
+    /// partitions over (outputs not acknowledged in time), the new owner re-reads them
+    /// from the last commit, repeating outputs in the topics (same ids, same bytes).
     pub fn config_with_threads(&self, broker: &str, window: &str, threads: usize) -> String {
         format!(
             r#"
