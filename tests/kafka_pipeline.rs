@@ -54,7 +54,9 @@ fn assert_summaries(broker: &str, t: &Topics, records: &[Vec<u8>], tally: &Tally
     recs.len() - unique.len()
 }
 
-fn assert_features(broker: &str, t: &Topics, tally: &Tally) {
+/// Reads the feature topic until every tracked evaluation's feature event is there
+/// (or the timeout), checks them one to one, and returns the records read.
+fn assert_features(broker: &str, t: &Topics, tally: &Tally) -> Vec<Rec> {
     let recs = read_until(
         broker,
         &t.feature,
@@ -66,6 +68,7 @@ fn assert_features(broker: &str, t: &Topics, tally: &Tally) {
         tally.tracked,
         "feature events one to one"
     );
+    recs
 }
 
 /// A small deterministic random source for kill times (seed printed on failure).
@@ -154,6 +157,32 @@ fn sigkill_three_times_loses_nothing_and_duplicates_are_identical() {
     assert!(f.stop(Duration::from_secs(25)).success());
 }
 
+/// An instance named `{group}-{suffix}`, once it has restored its first partitions.
+fn started(config: &str, t: &Topics, suffix: &str) -> Flagtally {
+    let f = Flagtally::start(config, &format!("{}-{suffix}", t.group));
+    f.wait_log("restored", 1, Duration::from_secs(60));
+    f
+}
+
+/// Writes `records` to the input in 12 chunks, one every 500 ms, on a thread; the
+/// caller acts 2 s in, mid-stream.
+fn paced_input(
+    broker: &str,
+    t: &Topics,
+    records: &Arc<Vec<Vec<u8>>>,
+) -> std::thread::JoinHandle<()> {
+    let (h, _) = produce_paced(
+        broker,
+        &t.input,
+        Arc::clone(records),
+        4,
+        12,
+        Duration::from_millis(500),
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    h
+}
+
 /// Two instances in one group; `stop_a` takes the first one out mid-stream; the other
 /// must take over its partitions and the counts stay exact.
 fn takeover(broker: &str, t: &Topics, n: usize, stop_a: impl FnOnce(Flagtally)) {
@@ -161,19 +190,9 @@ fn takeover(broker: &str, t: &Topics, n: usize, stop_a: impl FnOnce(Flagtally)) 
     let records = Arc::new(records);
     // One worker per instance: the assertion below reads one consumer's assignments.
     let config = t.config_with_threads(broker, WINDOW, 1);
-    let a = Flagtally::start(&config, &format!("{}-a", t.group));
-    a.wait_log("restored", 1, Duration::from_secs(60));
-    let b = Flagtally::start(&config, &format!("{}-b", t.group));
-    b.wait_log("restored", 1, Duration::from_secs(60));
-    let (h, _) = produce_paced(
-        broker,
-        &t.input,
-        Arc::clone(&records),
-        4,
-        12,
-        Duration::from_millis(500),
-    );
-    std::thread::sleep(Duration::from_secs(2));
+    let a = started(&config, t, "a");
+    let b = started(&config, t, "b");
+    let h = paced_input(broker, t, &records);
     stop_a(a);
     h.join().unwrap();
     assert_summaries(broker, t, &records, &tally);
@@ -209,32 +228,12 @@ fn a_joining_instance_starts_where_the_first_stopped() {
     let (records, tally) = generated(60_000, 31);
     let records = Arc::new(records);
     let config = t.config_with_threads(broker, WINDOW, 1);
-    let a = Flagtally::start(&config, &format!("{}-a", t.group));
-    a.wait_log("restored", 1, Duration::from_secs(60));
-    let (h, _) = produce_paced(
-        broker,
-        &t.input,
-        Arc::clone(&records),
-        4,
-        12,
-        Duration::from_millis(500),
-    );
-    std::thread::sleep(Duration::from_secs(2));
-    let b = Flagtally::start(&config, &format!("{}-b", t.group));
-    b.wait_log("restored", 1, Duration::from_secs(60));
+    let a = started(&config, &t, "a");
+    let h = paced_input(broker, &t, &records);
+    let b = started(&config, &t, "b");
     h.join().unwrap();
     let summary_dups = assert_summaries(broker, &t, &records, &tally);
-    let features = read_until(
-        broker,
-        &t.feature,
-        Duration::from_secs(120),
-        distinct_ids(tally.tracked),
-    );
-    assert_eq!(
-        dedupe(&features).len() as u64,
-        tally.tracked,
-        "feature events one to one"
-    );
+    let features = assert_features(broker, &t, &tally);
     assert_eq!(
         (summary_dups, features.len() - dedupe(&features).len()),
         (0, 0),
