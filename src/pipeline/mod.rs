@@ -12,6 +12,10 @@
 //! 4. only then close the partitions found idle in step 3's checkpoints: the decision
 //!    is durable before its outputs exist, so a replay makes the same one.
 //!
+//! A revocation in at-least-once mode waits for one more cycle (without idle closes)
+//! before the partitions leave ([`crate::source::Assignment::Revoking`]), so their next
+//! owner starts where this worker stopped.
+//!
 //! On assignment (start, rebalance, rewind) a partition is restored from its latest
 //! checkpoint: records before the checkpoint's `next_offset` are re-read to rebuild open
 //! windows and emit nothing; from there on, outputs are byte-identical to the first
