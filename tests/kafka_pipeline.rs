@@ -294,7 +294,7 @@ fn flagtally_rides_out_a_broker_outage() {
         assert_exact_or_print_logs(&broker, &t, &records, &tally, &[&f]);
     }));
     for topic in [&t.input, &t.summary, &t.feature] {
-        let low = low_watermarks(&broker, topic);
+        let low: Vec<i64> = watermarks(&broker, topic).iter().map(|w| w.0).collect();
         assert!(
             low.iter().all(|&o| o == 0),
             "the mock cluster deleted the oldest records of {topic} (it keeps 5 MiB per \

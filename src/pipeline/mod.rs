@@ -143,8 +143,9 @@ pub struct Pipeline {
 }
 
 impl Drop for Pipeline {
-    /// However the worker ends, closing its consumer never waits on a revocation for
-    /// a commit that will not come.
+    /// However the worker ends (drained, or on an error), closing its consumer never
+    /// waits on a revocation for a commit that will not come: this runs before the
+    /// consumer, a field, is dropped and closes (and the drain polls no more before).
     fn drop(&mut self) {
         if let Err(e) = self.consumer.context().close(&self.consumer) {
             tracing::warn!("completing a revocation: {e}");
@@ -476,11 +477,6 @@ impl Pipeline {
             .and_then(|a| self.consumer.pause(&a))
             .unwrap_or_else(|e| tracing::warn!("pausing the consumer: {e}"));
         self.state.handle_assignment_changes(&self.consumer)?;
-        // Revocations from here on (the consumer's close) complete at once.
-        self.consumer
-            .context()
-            .close(&self.consumer)
-            .unwrap_or_else(|e| tracing::warn!("completing a revocation: {e}"));
         while !self.state.commit_cycle(&self.consumer, false)? {
             self.state.beat();
             if self.state.hard_stop.load(Ordering::Relaxed) {

@@ -113,9 +113,9 @@ pub fn topic_config(broker: &str, topic: &str, name: &str) -> Option<String> {
     resource.get(name).and_then(|e| e.value.clone())
 }
 
-/// The low watermark of each partition of `topic`: above 0 where the broker deleted
-/// the oldest records.
-pub fn low_watermarks(broker: &str, topic: &str) -> Vec<i64> {
+/// The (low, high) watermarks of each partition of `topic`: a low one above 0 where
+/// the broker deleted the oldest records.
+pub fn watermarks(broker: &str, topic: &str) -> Vec<(i64, i64)> {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", broker)
         .create()
@@ -128,20 +128,13 @@ pub fn low_watermarks(broker: &str, topic: &str) -> Vec<i64> {
         .map(|p| {
             c.fetch_watermarks(topic, p, Duration::from_secs(10))
                 .unwrap()
-                .0
         })
         .collect()
 }
 
 /// The high watermark of partition 0 of `topic`.
 pub fn high_watermark(broker: &str, topic: &str) -> i64 {
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", broker)
-        .create()
-        .unwrap();
-    c.fetch_watermarks(topic, 0, Duration::from_secs(10))
-        .unwrap()
-        .1
+    watermarks(broker, topic)[0].1
 }
 
 pub fn producer(broker: &str) -> PolledProducer<DefaultProducerContext> {
