@@ -1,9 +1,15 @@
 //! The source stage: an rdkafka consumer group over the input topics, auto-commit off.
 //! Rebalances are queued by the consumer's context and handled by the pipeline right
-//! after the poll that reported them, before any record of a new partition.
+//! after the poll that reported them, before any record of a new partition. The
+//! records themselves are read a batch at a time from a queue of the worker's own
+//! ([`records`]), to which each partition is routed as it is assigned.
 
+mod records;
+
+use std::ops::Deref;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer as _, ConsumerContext, RebalanceProtocol};
@@ -14,6 +20,9 @@ use rdkafka::{ClientContext, TopicPartitionList};
 use crate::admin::Admin;
 use crate::config::Config;
 use crate::window::PartitionId;
+
+use records::RecordQueue;
+pub use records::{BATCH, Batch, Record};
 
 /// A change of assignment.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -43,6 +52,10 @@ pub struct SourceContext {
     closing: AtomicBool,
     /// The revocation the group waits for, if any (what to unassign).
     revoking: Mutex<Option<TopicPartitionList>>,
+    /// Where assigned partitions send their records (none once [`Source`] is
+    /// dropping: the queue goes before the consumer, and a partition assigned while
+    /// the consumer closes is not read).
+    records: Mutex<Option<RecordQueue>>,
 }
 
 impl SourceContext {
@@ -72,6 +85,27 @@ impl SourceContext {
     pub fn close(&self, consumer: &Source) -> KafkaResult<()> {
         self.closing.store(true, Ordering::Relaxed);
         self.finish_revocation(consumer)
+    }
+
+    /// Routes the partitions of `tpl` to the record queue, before they are assigned.
+    fn route(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
+        let Ok(queue) = self.records.lock() else {
+            return;
+        };
+        let Some(queue) = queue.as_ref() else {
+            return;
+        };
+        for e in tpl.elements() {
+            if !queue.route(consumer.client().native_ptr(), e.topic(), e.partition()) {
+                // Its records then come through the consumer queue, all of them, in
+                // order: the pipeline reads those too.
+                tracing::warn!(
+                    topic = e.topic(),
+                    partition = e.partition(),
+                    "could not route a partition to the record queue"
+                );
+            }
+        }
     }
 
     fn push(&self, change: Assignment) {
@@ -119,6 +153,7 @@ impl ConsumerContext for SourceContext {
     ) {
         let result = match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                self.route(consumer, tpl);
                 let r = match consumer.rebalance_protocol() {
                     RebalanceProtocol::Cooperative => consumer.incremental_assign(tpl),
                     _ => consumer.assign(tpl),
@@ -165,7 +200,54 @@ impl ConsumerContext for SourceContext {
     }
 }
 
-pub type Source = BaseConsumer<SourceContext>;
+/// The worker's consumer: rdkafka's, with the record queue its partitions are routed
+/// to. `poll` (through `Deref`) serves the group's events; [`Source::read`] the records.
+pub struct Source {
+    consumer: BaseConsumer<SourceContext>,
+}
+
+impl std::fmt::Debug for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Source").finish_non_exhaustive()
+    }
+}
+
+impl Deref for Source {
+    type Target = BaseConsumer<SourceContext>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.consumer
+    }
+}
+
+impl Drop for Source {
+    /// The record queue goes first: librdkafka's queues must not outlive their client.
+    fn drop(&mut self) {
+        if let Ok(mut q) = self.consumer.context().records.lock() {
+            q.take();
+        }
+    }
+}
+
+impl Source {
+    /// An empty batch, to fill with [`Source::read`].
+    pub fn batch(&self) -> Batch<'_> {
+        Batch::new()
+    }
+
+    /// Replaces the records in `batch` with the next ones of the assigned partitions,
+    /// up to [`BATCH`], waiting up to `wait` for the first; returns how many came.
+    /// Call `poll` as well, between reads: it serves the group's events.
+    pub fn read<'c>(&'c self, batch: &mut Batch<'c>, wait: Duration) -> usize {
+        match self.consumer.context().records.lock().as_deref() {
+            Ok(Some(queue)) => batch.fill(queue, wait),
+            _ => {
+                batch.clear();
+                0
+            }
+        }
+    }
+}
 
 /// Creates the consumer and subscribes it to the input topics.
 pub fn consumer(config: &Config, admin: Arc<Admin>) -> Result<Source, KafkaError> {
@@ -191,14 +273,21 @@ pub fn consumer(config: &Config, admin: Arc<Admin>) -> Result<Source, KafkaError
     config
         .kafka
         .apply(&mut cc, &config.kafka.consumer_properties);
-    let consumer: Source = cc.create_with_context(SourceContext {
+    let consumer: BaseConsumer<SourceContext> = cc.create_with_context(SourceContext {
         changes: Mutex::new(Vec::new()),
         pending: AtomicBool::new(false),
         admin,
         commit_on_revoke: !config.processing.exactly_once,
         closing: AtomicBool::new(false),
         revoking: Mutex::new(None),
+        records: Mutex::new(None),
     })?;
+    let queue = RecordQueue::new(consumer.client().native_ptr())
+        .ok_or_else(|| KafkaError::ClientCreation("creating the record queue".to_owned()))?;
+    if let Ok(mut q) = consumer.context().records.lock() {
+        *q = Some(queue);
+    }
+    let consumer = Source { consumer };
     let topics: Vec<&str> = config
         .kafka
         .input_topics

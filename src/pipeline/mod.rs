@@ -33,7 +33,7 @@ use anyhow::Context as _;
 use prometheus_client::metrics::counter::Counter;
 use rdkafka::consumer::{CommitMode, Consumer as _};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{BorrowedMessage, Headers as _};
+use rdkafka::message::Headers as _;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Message as _, Offset, TopicPartitionList};
 
@@ -43,7 +43,7 @@ use crate::decode::{DecodeError, Decoded, Decoder, Dialect, Reason};
 use crate::emit::{Emitter, OutputKind, dead_letter_id, header, refused_id};
 use crate::metrics::Metrics;
 use crate::sink::kafka::{Outgoing, Producer, Refused, headers};
-use crate::source::{Assignment, Source};
+use crate::source::{Assignment, BATCH, Record, Source};
 use crate::window::{Checkpoint, Engine, Output, PartitionId, SourcePos};
 
 /// Headers added to dead letters and late events.
@@ -419,38 +419,39 @@ impl Pipeline {
         while !stop.load(Ordering::Relaxed) {
             self.state.beat();
             on_turn(self);
-            // Up to a batch of records per turn; the first poll may wait. The clock is
-            // read once per batch, after that wait.
-            let mut lost = false;
-            for i in 0..1024 {
-                let timeout = if i == 0 {
-                    Duration::from_millis(100)
-                } else {
-                    Duration::ZERO
-                };
-                let msg = self.consumer.poll(timeout);
-                if i == 0 {
-                    self.state.now = now_ms();
+            // Up to a batch of records per turn, waiting for the first when none is
+            // there; the clock is read once per batch, after that wait.
+            let mut batch = self.consumer.batch();
+            self.consumer.read(&mut batch, Duration::from_millis(100));
+            self.state.now = now_ms();
+            if !batch.is_empty() && self.consumer.assignment_lost() {
+                // The session timed out (the broker was out of reach, or a restore
+                // outlasted it): another member may own these partitions and have
+                // decided idle closes this one does not know of. Emitting from here
+                // could count twice; the revocation comes with the next polls, and
+                // whoever owns the partitions then re-reads these records.
+                self.state.stats.skipped_while_lost += batch.len() as u64;
+            } else {
+                for record in batch.iter() {
+                    match record {
+                        Ok(r) => self.state.process(&r)?,
+                        Err(e) => tracing::warn!("consumer: {e}"),
+                    }
                 }
+            }
+            // The group's events (rebalances, errors, statistics), and records of a
+            // partition that could not be routed to the record queue, if any.
+            for _ in 0..BATCH {
+                let msg = self.consumer.poll(Duration::ZERO);
                 let changed = self.state.handle_assignment_changes(&self.consumer)?;
-                if i == 0 || changed {
-                    lost = self.consumer.assignment_lost();
-                }
                 match msg {
-                    // The session timed out (the broker was out of reach, or a restore
-                    // outlasted it): another member may own these partitions and have
-                    // decided idle closes this one does not know of. Emitting from here
-                    // could count twice; the revocation comes with the next polls, and
-                    // whoever owns the partitions then re-reads these records.
-                    Some(Ok(_)) if lost => {
+                    Some(Ok(_)) if self.consumer.assignment_lost() => {
                         self.state.stats.skipped_while_lost += 1;
-                        break;
                     }
-                    Some(Ok(m)) => self.state.process(&m)?,
-                    Some(Err(e)) => {
-                        tracing::warn!("consumer: {e}");
-                        break;
-                    }
+                    Some(Ok(m)) => self.state.process(&Record::of(&m))?,
+                    Some(Err(e)) => tracing::warn!("consumer: {e}"),
+                    // A rebalance served: more of it may be queued behind.
+                    None if changed => {}
                     None => break,
                 }
             }
@@ -695,7 +696,7 @@ impl State {
         Ok(())
     }
 
-    fn process(&mut self, m: &BorrowedMessage<'_>) -> anyhow::Result<()> {
+    fn process(&mut self, m: &Record<'_>) -> anyhow::Result<()> {
         // Read once: each call measures the C string and checks its UTF-8.
         let topic = m.topic();
         let Some(i) = self.part_index(topic, m.partition()) else {
@@ -851,7 +852,7 @@ impl State {
 
     /// Sends the engine's outputs; `source` is the record being processed (late
     /// events carry its bytes).
-    fn send_outputs(&mut self, source: Option<&BorrowedMessage<'_>>) -> anyhow::Result<()> {
+    fn send_outputs(&mut self, source: Option<&Record<'_>>) -> anyhow::Result<()> {
         let outputs = std::mem::take(&mut self.outputs);
         for out in &outputs {
             let kind = OutputKind::of(out);
@@ -944,11 +945,7 @@ impl State {
         Ok(())
     }
 
-    fn dead_letter(
-        &mut self,
-        m: &BorrowedMessage<'_>,
-        errors: &[DecodeError],
-    ) -> anyhow::Result<()> {
+    fn dead_letter(&mut self, m: &Record<'_>, errors: &[DecodeError]) -> anyhow::Result<()> {
         let Some(topic) = self.config.output.dead_letter_topic.clone() else {
             return Ok(());
         };
@@ -979,12 +976,7 @@ impl State {
     /// headers and its source position. Input headers named `flagtally-*` are renamed
     /// ([`fit::forwarded_name`]); the payload is cut to what the dead-letter topic
     /// accepts, flagged by [`dead_letter_header::TRUNCATED`].
-    fn forward(
-        &self,
-        m: &BorrowedMessage<'_>,
-        topic: &str,
-        extra: &[(&str, &[u8])],
-    ) -> anyhow::Result<()> {
+    fn forward(&self, m: &Record<'_>, topic: &str, extra: &[(&str, &[u8])]) -> anyhow::Result<()> {
         let partition = m.partition().to_string();
         let offset = m.offset().to_string();
         let input: Vec<(std::borrow::Cow<'_, str>, &[u8])> = m
