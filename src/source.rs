@@ -46,8 +46,8 @@ pub struct SourceContext {
     /// Whether a revocation waits for the pipeline's commit (at-least-once mode; an
     /// exactly-once worker aborts its open transaction instead).
     commit_on_revoke: bool,
-    /// Set once the pipeline stops handling changes (it drains or is dropped): from
-    /// then on revocations complete at once, so that closing the consumer never waits
+    /// Set once the consumer is dropped (by [`Source`]'s `Drop`, before it closes):
+    /// from then on revocations complete at once, so that closing the consumer never waits
     /// on a commit nobody will make.
     closing: AtomicBool,
     /// The revocation the group waits for, if any (what to unassign).
@@ -74,7 +74,7 @@ impl SourceContext {
     /// Completes a revocation reported as [`Assignment::Revoking`]: the partitions
     /// leave the assignment and the group's rebalance goes on. Does nothing when none
     /// is waiting.
-    pub fn finish_revocation(&self, consumer: &Source) -> KafkaResult<()> {
+    pub fn finish_revocation(&self, consumer: &BaseConsumer<Self>) -> KafkaResult<()> {
         let Some(tpl) = self.revoking.lock().ok().and_then(|mut r| r.take()) else {
             return Ok(());
         };
@@ -82,7 +82,7 @@ impl SourceContext {
     }
 
     /// From now on revocations complete at once; one waiting is completed now.
-    pub fn close(&self, consumer: &Source) -> KafkaResult<()> {
+    pub fn close(&self, consumer: &BaseConsumer<Self>) -> KafkaResult<()> {
         self.closing.store(true, Ordering::Relaxed);
         self.finish_revocation(consumer)
     }
@@ -221,9 +221,16 @@ impl Deref for Source {
 }
 
 impl Drop for Source {
-    /// The record queue goes first: librdkafka's queues must not outlive their client.
+    /// Before the consumer closes (rdkafka's `Drop`): a revocation waiting for a commit
+    /// is completed, and later ones complete at once, so that closing never waits on a
+    /// commit nobody will make; and the record queue goes, as librdkafka's queues must
+    /// not outlive their client.
     fn drop(&mut self) {
-        if let Ok(mut q) = self.consumer.context().records.lock() {
+        let context = self.consumer.context();
+        if let Err(e) = context.close(&self.consumer) {
+            tracing::warn!("completing a revocation: {e}");
+        }
+        if let Ok(mut q) = context.records.lock() {
             q.take();
         }
     }
@@ -241,8 +248,11 @@ impl Source {
     pub fn read<'c>(&'c self, batch: &mut Batch<'c>, wait: Duration) -> usize {
         match self.consumer.context().records.lock().as_deref() {
             Ok(Some(queue)) => batch.fill(queue, wait),
+            // Only while the consumer is dropped (or after a panic elsewhere poisoned
+            // the lock): nothing to read, and no reason to spin.
             _ => {
                 batch.clear();
+                std::thread::sleep(wait);
                 0
             }
         }

@@ -142,17 +142,6 @@ pub struct Pipeline {
     state: State,
 }
 
-impl Drop for Pipeline {
-    /// However the worker ends (drained, or on an error), closing its consumer never
-    /// waits on a revocation for a commit that will not come: this runs before the
-    /// consumer, a field, is dropped and closes (and the drain polls no more before).
-    fn drop(&mut self) {
-        if let Err(e) = self.consumer.context().close(&self.consumer) {
-            tracing::warn!("completing a revocation: {e}");
-        }
-    }
-}
-
 impl std::fmt::Debug for Pipeline {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pipeline")

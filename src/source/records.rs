@@ -34,10 +34,9 @@ pub const BATCH: usize = 1024;
 #[derive(Debug)]
 pub(super) struct RecordQueue(NonNull<rd::rd_kafka_queue_t>);
 
-// SAFETY: librdkafka's queues are locked internally; their handles may be used and
-// destroyed from any thread.
+// SAFETY: librdkafka's queues are locked internally; a handle may be used and
+// destroyed from any thread. (The consumer's context, which holds it, must be `Send`.)
 unsafe impl Send for RecordQueue {}
-unsafe impl Sync for RecordQueue {}
 
 impl RecordQueue {
     /// A new queue of the client `rk` (a live `rd_kafka_t`).
@@ -113,10 +112,6 @@ pub struct Batch<'c> {
     records: Vec<NonNull<rd::rd_kafka_message_t>>,
     _consumer: PhantomData<&'c ()>,
 }
-
-// SAFETY: the records are owned by the batch alone (librdkafka hands them over), and
-// reading or destroying them is thread-safe.
-unsafe impl Send for Batch<'_> {}
 
 impl<'c> Batch<'c> {
     pub(super) fn new() -> Self {
