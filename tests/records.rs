@@ -61,10 +61,10 @@ fn expected(i: usize, partition: i32) -> Seen {
     Seen {
         partition,
         offset: -1,
-        key: (i % 7 != 0).then(|| format!("key-{i}").into_bytes()),
-        value: (i % 11 != 0).then(|| format!("{{\"n\":{i}}}").into_bytes()),
+        key: (!i.is_multiple_of(7)).then(|| format!("key-{i}").into_bytes()),
+        value: (!i.is_multiple_of(11)).then(|| format!("{{\"n\":{i}}}").into_bytes()),
         timestamp: Some(1_700_000_000_000 + i as i64),
-        headers: if i % 5 == 0 {
+        headers: if i.is_multiple_of(5) {
             vec![
                 ("origin".to_owned(), format!("sdk-{i}").into_bytes()),
                 ("empty".to_owned(), Vec::new()),
