@@ -1,8 +1,9 @@
 //! The source stage: an rdkafka consumer group over the input topics, auto-commit off.
 //! Rebalances are queued by the consumer's context and handled by the pipeline right
 //! after the poll that reported them, before any record of a new partition. The
-//! records themselves are read a batch at a time from a queue of the worker's own
-//! ([`records`]), to which each partition is routed as it is assigned.
+//! records themselves are read a batch at a time ([`Batch`], `src/source/records.rs`)
+//! from a queue of the worker's own, to which each partition is routed as it is
+//! assigned.
 
 mod records;
 

@@ -1,7 +1,9 @@
 //! The processor: consume → decode → window → emit → produce, with recovery by replay.
 //!
 //! One thread runs the loop (one per worker, [`pool`]: each worker is a whole pipeline
-//! with its own partitions); librdkafka's own threads fetch and deliver. Every
+//! with its own partitions); librdkafka's own threads fetch and deliver. Each turn of
+//! the loop reads up to [`crate::source::BATCH`] records at once ([`crate::source::Batch`])
+//! and then serves the group's events (rebalances) through the consumer's poll. Every
 //! `commit_interval` (and whenever a partition goes idle) the loop runs a commit cycle:
 //! 1. flush the producer: every output derived from what was read is acknowledged;
 //! 2. any delivery failure since the last cycle → rewind every partition to its last

@@ -104,7 +104,7 @@ impl Drop for RecordQueue {
     }
 }
 
-/// Records read from a [`RecordQueue`] in one call, owned until the next fill or the
+/// Records read from the worker's record queue in one call, owned until the next fill or the
 /// batch's drop. It borrows the consumer (`'c`): librdkafka's records must be destroyed
 /// before their client.
 #[derive(Debug)]
