@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::decode::counting::CountFrom;
 use crate::decode::{Decoder, Dialect, Limits};
 use crate::emit::{EmitConfig, Envelope, FeatureKey, Format};
 use crate::window::{
@@ -168,6 +169,12 @@ pub struct SummarizeArgs {
     /// What to do with events whose window was already emitted.
     #[arg(long, value_enum, default_value_t = LatePolicy::Correction)]
     pub late_policy: LatePolicy,
+    /// Where evaluations are counted from (`input.count_from`): `payload` counts a
+    /// record's summaries and, in a record without one, its evaluations; `summaries`
+    /// counts summaries only (one event per line from a summarizing source, such as
+    /// Data Export); `events` counts evaluations only.
+    #[arg(long, value_enum, default_value_t = CountFrom::Payload)]
+    pub count_from: CountFrom,
     /// Do not emit index events.
     #[arg(long)]
     pub no_index: bool,

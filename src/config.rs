@@ -21,6 +21,7 @@ use serde_json::Value;
 use serde::{Deserialize, Deserializer};
 
 use crate::cli::{duration, millis, parse_override, signed_duration};
+use crate::decode::counting::CountFrom;
 use crate::decode::{Decoder, Dialect, Limits};
 use crate::emit::{EmitConfig, Envelope, FeatureKey, Format, OutputKind};
 use crate::window::{EngineConfig, GateConfig, IndexConfig, LatePolicy, Override, WindowConfig};
@@ -369,6 +370,30 @@ pub struct InputConfig {
     #[serde(deserialize_with = "any_duration")]
     pub max_future_skew: Duration,
     pub future_policy: FuturePolicy,
+    /// Where evaluations are counted from, for every input topic without a setting of
+    /// its own in `input.topics` (`decode::counting`): `payload` (default) | `summaries` |
+    /// `events`.
+    pub count_from: CountFrom,
+    /// Settings of one input topic, by name: `[input.topics."ld-data-export"]`.
+    pub topics: BTreeMap<String, InputTopic>,
+}
+
+/// The settings of one input topic.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputTopic {
+    /// Overrides `input.count_from` for this topic.
+    pub count_from: Option<CountFrom>,
+}
+
+impl InputConfig {
+    /// Where `topic`'s evaluations are counted from.
+    pub fn count_from(&self, topic: &str) -> CountFrom {
+        self.topics
+            .get(topic)
+            .and_then(|t| t.count_from)
+            .unwrap_or(self.count_from)
+    }
 }
 
 /// What happens to an event dated more than `input.max_future_skew` past its record's
@@ -395,6 +420,8 @@ impl Default for InputConfig {
             max_events_per_record: limits.max_events,
             max_future_skew: Duration::from_secs(3600),
             future_policy: FuturePolicy::Clamp,
+            count_from: CountFrom::Payload,
+            topics: BTreeMap::new(),
         }
     }
 }
@@ -754,6 +781,15 @@ impl Config {
         ] {
             if value == 0 {
                 problems.push(format!("{key}: must be at least 1"));
+            }
+        }
+        // A pattern subscription (`^…`) may match any name; plain names must be inputs.
+        let patterns = self.kafka.input_topics.iter().any(|t| t.starts_with('^'));
+        for name in self.input.topics.keys() {
+            if !patterns && !self.kafka.input_topics.contains(name) {
+                problems.push(format!(
+                    "input.topics.{name}: {name:?} is not one of kafka.input_topics"
+                ));
             }
         }
         if self.kafka.instance_id.as_deref() == Some("") {

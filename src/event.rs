@@ -487,6 +487,13 @@ pub struct Evaluation {
     /// A LaunchDarkly `debug` event: a copy for debugging, never counted in summaries.
     #[serde(default, skip_serializing_if = "is_false")]
     pub debug: bool,
+    /// Already counted by a summary event of the same source (the summary in the same
+    /// SDK payload, or the topic's summaries under `count_from = "summaries"`): this
+    /// event is a full-fidelity copy, not another evaluation. Set by the counting rule
+    /// ([`crate::decode::counting`]) after decoding, from the record and the
+    /// configuration alone, so a replay decides the same; never read from input.
+    #[serde(skip)]
+    pub counted_by_summary: bool,
     /// Producer metadata kept verbatim (go-feature-flag `source` and `metadata`, …).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub meta: Option<Json>,
@@ -513,6 +520,7 @@ impl Evaluation {
             sampling_ratio: None,
             exclude_from_summaries: false,
             debug: false,
+            counted_by_summary: false,
             meta: None,
         }
     }
@@ -833,6 +841,7 @@ mod tests {
             sampling_ratio: None,
             exclude_from_summaries: false,
             debug: false,
+            counted_by_summary: false,
             meta: None,
         });
         let text = serde_json::to_string(&ev).unwrap();

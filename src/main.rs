@@ -86,6 +86,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     offline::summarize(
                         inputs,
                         &args.decoder(),
+                        args.count_from,
                         &mut engine,
                         &emitter,
                         &mut out,

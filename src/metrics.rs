@@ -27,6 +27,12 @@ pub struct Metrics {
     pub events_in: Family<Labels, Counter>,
     /// Decode errors, per dialect and reason code.
     pub decode_errors: Family<Labels, Counter>,
+    /// Decoded events the counting rule did not count, per topic and kind
+    /// (`evaluation`: a summary counts it; `summary`: the topic's events count it).
+    pub not_counted: Family<Labels, Counter>,
+    /// Signs that an input topic's `count_from` does not suit its source, per topic and
+    /// kind (`counted_twice`, `summary_not_counted`, `evaluation_not_summarized`).
+    pub count_mismatches: Family<Labels, Counter>,
     /// Records written to the dead-letter topic.
     pub dead_letters: Counter,
     /// Output events written, per kind.
@@ -96,6 +102,8 @@ impl Metrics {
             records_in: Family::default(),
             events_in: Family::default(),
             decode_errors: Family::default(),
+            not_counted: Family::default(),
+            count_mismatches: Family::default(),
             dead_letters: Counter::default(),
             events_out: Family::default(),
             late_events: Family::default(),
@@ -132,6 +140,16 @@ impl Metrics {
             "decode_errors",
             "Decode errors, per dialect and reason",
             metrics.decode_errors.clone(),
+        );
+        r.register(
+            "not_counted",
+            "Decoded events the counting rule did not count, per topic and kind",
+            metrics.not_counted.clone(),
+        );
+        r.register(
+            "count_mismatches",
+            "Signs that an input topic's count_from does not suit its source, per topic and kind",
+            metrics.count_mismatches.clone(),
         );
         r.register(
             "dead_letters",

@@ -14,6 +14,7 @@ use serde_json::json;
 
 use base64::Engine as _;
 
+use crate::decode::counting::{self, CountFrom};
 use crate::decode::{DecodeError, Decoded, Decoder, Dialect, Reason};
 use crate::emit::{Emitter, OutputKind, Record};
 use crate::window::{Engine, Output, PartitionId, SourcePos};
@@ -48,10 +49,12 @@ impl std::fmt::Display for Report {
     }
 }
 
-/// Runs the stages over `inputs` (name, reader) in order.
+/// Runs the stages over `inputs` (name, reader) in order, counting evaluations as
+/// `count_from` says ([`crate::decode::counting`]).
 pub fn summarize<R: BufRead>(
     inputs: Vec<(String, R)>,
     decoder: &Decoder,
+    count_from: CountFrom,
     engine: &mut Engine,
     emitter: &Emitter,
     out: &mut dyn Write,
@@ -102,6 +105,7 @@ pub fn summarize<R: BufRead>(
                 });
                 writeln!(diag, "{line}")?;
             }
+            counting::apply(count_from, &mut decoded.events);
             for (index, event) in decoded.events.drain(..).enumerate() {
                 report.events += 1;
                 let pos = SourcePos {

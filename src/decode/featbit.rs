@@ -448,6 +448,7 @@ fn evaluation(
         sampling_ratio: None,
         exclude_from_summaries: false,
         debug: false,
+        counted_by_summary: false,
         meta: None,
     }
 }
@@ -545,6 +546,7 @@ mod tests {
             sampling_ratio: None,
             exclude_from_summaries: false,
             debug: false,
+            counted_by_summary: false,
             meta: None,
         }
     }

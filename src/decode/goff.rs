@@ -408,6 +408,7 @@ fn feature(
         sampling_ratio: None,
         exclude_from_summaries: false,
         debug: false,
+        counted_by_summary: false,
         meta: producer_meta(ev.source, meta.raw),
     })
 }

@@ -7,6 +7,7 @@
 //! what was wrong, so a dead letter can be fixed at its source.
 
 mod auto;
+pub mod counting;
 pub mod featbit;
 pub mod goff;
 pub mod launchdarkly;

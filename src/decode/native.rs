@@ -1081,6 +1081,7 @@ pub(crate) fn read_event(r: &mut wire::Reader<'_>, prefix: &str) -> Result<Event
             sampling_ratio: unsigned(sampling_ratio, "samplingRatio")?,
             exclude_from_summaries,
             debug,
+            counted_by_summary: false,
             meta: json(meta, "meta")?,
         }),
         1 => Event::Custom(Box::new(Custom {
@@ -1501,6 +1502,7 @@ pub(crate) mod tests {
             sampling_ratio: Some(3),
             exclude_from_summaries: true,
             debug: true,
+            counted_by_summary: false,
             meta: Some(j(
                 r#"{"source":"SERVER","metadata":{"environment":"production"}}"#,
             )),

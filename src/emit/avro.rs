@@ -833,6 +833,7 @@ mod tests {
             sampling_ratio: Some(3),
             exclude_from_summaries: false,
             debug: false,
+            counted_by_summary: false,
             meta: None,
         }
     }

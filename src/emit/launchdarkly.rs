@@ -487,6 +487,7 @@ mod tests {
                 sampling_ratio: Some(4),
                 exclude_from_summaries: false,
                 debug,
+                counted_by_summary: false,
                 meta: None,
             }),
             debug,

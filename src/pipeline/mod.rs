@@ -25,6 +25,7 @@
 
 pub mod checkpoint;
 pub(crate) mod fit;
+mod guard;
 pub mod pool;
 
 use std::sync::Arc;
@@ -41,6 +42,7 @@ use rdkafka::{Message as _, Offset, TopicPartitionList};
 
 use crate::admin::Admin;
 use crate::config::{Config, FuturePolicy};
+use crate::decode::counting::{self, CountFrom};
 use crate::decode::{DecodeError, Decoded, Decoder, Dialect, Reason};
 use crate::emit::{Emitter, OutputKind, dead_letter_id, header, refused_id};
 use crate::metrics::Metrics;
@@ -176,6 +178,57 @@ struct State {
     hard_stop: Arc<AtomicBool>,
     admin: Arc<Admin>,
     counters: Counters,
+    /// The counting rule of each input topic seen, with its guard.
+    counting: Vec<TopicCounting>,
+}
+
+/// One input topic's counting rule ([`crate::decode::counting`]), the guard that
+/// watches it, and its counters.
+#[derive(Debug)]
+struct TopicCounting {
+    topic: String,
+    count_from: CountFrom,
+    guard: guard::Guard,
+    /// Evaluations and summaries not counted.
+    not_counted: [Pending; 2],
+    mismatches: [Counter; 3],
+    /// Each kind of mismatch is logged once per worker.
+    warned: [bool; 3],
+}
+
+impl TopicCounting {
+    fn new(metrics: &Metrics, topic: &str, count_from: CountFrom) -> Self {
+        let labels = |kind: &str| vec![("topic", topic.to_owned()), ("kind", kind.to_owned())];
+        Self {
+            topic: topic.to_owned(),
+            count_from,
+            guard: guard::Guard::new(count_from),
+            not_counted: ["evaluation", "summary"]
+                .map(|k| Pending::new(metrics.not_counted.get_or_create(&labels(k)).clone())),
+            mismatches: guard::Mismatch::ALL.map(|m| {
+                metrics
+                    .count_mismatches
+                    .get_or_create(&labels(m.code()))
+                    .clone()
+            }),
+            warned: [false; 3],
+        }
+    }
+
+    /// Counts and, once per kind, logs what the guard found.
+    fn report(&mut self, found: &guard::Findings) {
+        for m in guard::Mismatch::ALL {
+            let i = m as usize;
+            if found.counts[i] == 0 {
+                continue;
+            }
+            self.mismatches[i].inc_by(found.counts[i]);
+            if !std::mem::replace(&mut self.warned[i], true) {
+                let flag = found.example[i].as_deref().unwrap_or_default();
+                tracing::warn!("{}", m.advice(&self.topic, flag, self.count_from));
+            }
+        }
+    }
 }
 
 /// A shared counter and the count of this worker not yet added to it.
@@ -354,6 +407,7 @@ impl Pipeline {
                 stats: Stats::default(),
                 hard_stop,
                 counters: Counters::new(&admin.metrics),
+                counting: Vec::new(),
                 admin,
             },
         })
@@ -495,6 +549,9 @@ impl State {
     /// the sums over workers: each adds the change since its last report.
     fn update_metrics(&mut self) {
         self.counters.flush();
+        for c in &mut self.counting {
+            c.not_counted.iter_mut().for_each(Pending::flush);
+        }
         let m = &self.admin.metrics;
         let now = [
             self.engine.open_windows(),
@@ -724,6 +781,7 @@ impl State {
         self.decoder
             .decode(m.payload().unwrap_or_default(), &mut self.decoded);
         self.bound_event_times(m.timestamp().to_millis(), replaying);
+        self.apply_counting_rule(topic, replaying);
         if !replaying {
             self.counters.record(
                 &self.admin.metrics,
@@ -761,6 +819,33 @@ impl State {
         part.next_offset = Some(offset + 1);
         part.read_to = Some(offset + 1);
         self.send_outputs(Some(m))
+    }
+
+    /// Marks what the topic's counting rule leaves uncounted ([`counting::apply`]); the
+    /// guard sees the record first, and neither counts nor warns during a replay.
+    fn apply_counting_rule(&mut self, topic: &str, replaying: bool) {
+        let i = match self.counting.iter().position(|c| c.topic == topic) {
+            Some(i) => i,
+            None => {
+                let count_from = self.config.input.count_from(topic);
+                let c = TopicCounting::new(&self.admin.metrics, topic, count_from);
+                self.counting.push(c);
+                self.counting.len() - 1
+            }
+        };
+        let c = &mut self.counting[i];
+        if !replaying {
+            let mut found = guard::Findings::default();
+            c.guard.observe(&self.decoded.events, self.now, &mut found);
+            if !found.is_empty() {
+                c.report(&found);
+            }
+        }
+        let decided = counting::apply(c.count_from, &mut self.decoded.events);
+        if !replaying {
+            c.not_counted[0].count += u64::from(decided.evaluations_not_counted);
+            c.not_counted[1].count += u64::from(decided.summaries_not_counted);
+        }
     }
 
     /// Event time is bounded by the record's timestamp: an event dated more than
@@ -1092,6 +1177,13 @@ impl State {
         let due = self.last_commit.elapsed() >= self.config.processing.commit_interval
             || !self.engine.idle_due(self.now).is_empty();
         if due {
+            for c in &mut self.counting {
+                let mut found = guard::Findings::default();
+                c.guard.tick(self.now, &mut found);
+                if !found.is_empty() {
+                    c.report(&found);
+                }
+            }
             self.commit_cycle(consumer, true)?;
         }
         Ok(())

@@ -114,6 +114,8 @@ pub struct Counts {
     pub events: u64,
     pub evaluations_counted: u64,
     pub excluded_from_summaries: u64,
+    /// Evaluations not counted because a summary counts them (`decode::counting`).
+    pub counted_by_summary: u64,
     pub late_corrected: u64,
     pub late_dead_lettered: u64,
     pub late_dropped: u64,
@@ -446,7 +448,7 @@ impl PartitionState {
                 if index_on && !ev.debug {
                     self.index.first_sighting_of(&ev.context, t.as_millis());
                 }
-                if ev.debug || ev.exclude_from_summaries {
+                if ev.debug || ev.exclude_from_summaries || ev.counted_by_summary {
                     return;
                 }
                 if let Some(acc) = self.replay_acc(shared, t, at) {
@@ -631,9 +633,11 @@ impl Engine {
                 let index_at = (index_on && !ev.debug && st.index_due(shared, &ev.context, t))
                     .then_some(out.len());
                 let verdict = gate.judge(&ev, pos);
-                if ev.debug || ev.exclude_from_summaries {
+                if ev.debug || ev.exclude_from_summaries || ev.counted_by_summary {
                     if ev.exclude_from_summaries {
                         shared.counts.excluded_from_summaries += 1;
+                    } else if ev.counted_by_summary {
+                        shared.counts.counted_by_summary += 1;
                     }
                 } else {
                     let w = shared.window_of(t);

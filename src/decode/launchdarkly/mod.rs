@@ -419,6 +419,7 @@ fn evaluation(
         sampling_ratio: raw.sampling_ratio,
         exclude_from_summaries: raw.exclude_from_summaries.unwrap_or(false),
         debug,
+        counted_by_summary: false,
         meta: None,
     }))
 }
