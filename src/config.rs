@@ -792,6 +792,20 @@ impl Config {
                 ));
             }
         }
+        let have = crate::features::builtin();
+        for (prefix, props) in [
+            ("kafka.properties", &self.kafka.properties),
+            ("kafka.consumer_properties", &self.kafka.consumer_properties),
+            ("kafka.producer_properties", &self.kafka.producer_properties),
+        ] {
+            problems.extend(crate::features::missing(prefix, props, have));
+        }
+        if let [first, ..] = crate::features::missing_codecs(have)[..] {
+            problems.push(format!(
+                "this build's Kafka client (librdkafka) cannot read {first}-compressed record batches (builtin.features: {}); rebuild with every codec",
+                have.iter().cloned().collect::<Vec<_>>().join(",")
+            ));
+        }
         if self.kafka.instance_id.as_deref() == Some("") {
             problems.push(
                 "kafka.instance_id: must not be empty (leave it out for a dynamic member)"

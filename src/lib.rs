@@ -13,6 +13,7 @@
 //! | [`source`] | the consumer group over the input topics; rebalances queued for the pipeline |
 //! | [`sink`] | the producer (idempotent or transactional) writing output topics and dead letters |
 //! | [`pipeline`] | `flagtally run`: the loop, commit cycles, checkpoints, recovery by replay |
+//! | [`features`] | what the linked Kafka client can do (TLS, SASL, codecs) against what the config asks |
 //! | [`config`] | the configuration file: TOML/YAML, environment overrides, checks |
 //! | [`reload`] | SIGHUP: re-read the file, apply what can change live |
 //! | [`metrics`] | the Prometheus registry |
@@ -29,6 +30,7 @@ pub mod config;
 pub mod decode;
 pub mod emit;
 pub mod event;
+pub mod features;
 pub mod generate;
 pub mod metrics;
 pub mod offline;

@@ -170,6 +170,12 @@ fn capture(sdk: Sdk) -> &'static Capture {
 /// `flagtally summarize` over `file`; returns its summaries' tally and its output
 /// feature events.
 fn summarize(file: &std::path::Path, args: &[&str]) -> (Tally, u64) {
+    let (tally, features, _) = summarize_output(file, args);
+    (tally, features)
+}
+
+/// [`summarize`], and the output lines too.
+fn summarize_output(file: &std::path::Path, args: &[&str]) -> (Tally, u64, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_flagtally"))
         .arg("summarize")
         .args(args)
@@ -188,7 +194,7 @@ fn summarize(file: &std::path::Path, args: &[&str]) -> (Tally, u64) {
         let v = v.get("event").cloned().unwrap_or(v);
         features += u64::from(v["kind"] == "feature");
     }
-    (tally, features)
+    (tally, features, stdout)
 }
 
 fn check_summarize(sdk: Sdk) {
@@ -226,6 +232,24 @@ fn check_summarize(sdk: Sdk) {
         expected.evaluations() + c.count("feature"),
         "one event per record under payload counts tracked evaluations twice"
     );
+    // Chained roll-ups: flagtally's own 10 s summaries, re-read into hour windows,
+    // stay exact — the summary stream alone under the default, or every output (its
+    // feature events beside its summaries) counted from summaries.
+    let (_, _, first) = summarize_output(&c.file, &["--window", "10s"]);
+    let summaries: String = first
+        .lines()
+        .filter(|l| l.contains(r#""kind":"summary""#))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let chained = c.file.with_extension("chained.ndjson");
+    for (lines, args) in [
+        (summaries, &["--window", "1h"][..]),
+        (first, &["--window", "1h", "--count-from", "summaries"][..]),
+    ] {
+        std::fs::write(&chained, lines).unwrap();
+        let (got, _) = summarize(&chained, args);
+        assert_eq!(got.counters, expected.counters, "{sdk:?}: chained {args:?}");
+    }
 }
 
 #[test]
