@@ -13,17 +13,16 @@
 ############################################################################ builder
 FROM rust:1.95-bookworm AS builder
 
-# rdkafka-sys builds the bundled librdkafka with its mklove ./configure + `make libs`:
-# a C/C++ toolchain, make, pkg-config and `patch` (rdkafka-sys patches the sources
-# before building). `libz` feature: libz-sys links the system zlib when pkg-config
-# finds zlib1g-dev (else it compiles its own copy). python3 lets librdkafka generate
-# its linker script (optional; configure skips it without python3). cmake is not used
-# by the default (non-`cmake-build`) path but is cheap insurance if that feature is
-# ever enabled. The rust image already has most of these; listing them keeps the
-# build independent of what the base image happens to ship.
+# rdkafka-sys builds the bundled librdkafka with CMake (the `cmake-build` feature), and
+# with it OpenSSL (`ssl-vendored`: perl and make), libcurl (`curl-static`, for OIDC
+# token fetch) and zstd from source: a C/C++ toolchain, cmake, make, perl, pkg-config
+# and `patch` (rdkafka-sys patches the sources before building). `libz` feature:
+# libz-sys links the system zlib when pkg-config finds zlib1g-dev (else it compiles its
+# own copy). The rust image already has most of these; listing them keeps the build
+# independent of what the base image happens to ship.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
-        build-essential cmake pkg-config zlib1g-dev patch python3 \
+        build-essential cmake perl pkg-config zlib1g-dev patch python3 \
  && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /src

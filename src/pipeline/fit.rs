@@ -64,6 +64,34 @@ pub fn forwarded_name(name: &str) -> Cow<'_, str> {
     }
 }
 
+/// A forwarded header's name from its bytes: a UTF-8 name as [`forwarded_name`]; a name
+/// that is not UTF-8 (the Kafka protocol allows any bytes) as [`RAW_NAME_PREFIX`] and
+/// the bytes percent-encoded (every byte outside ASCII `!`..`~`, and `%`, as `%XX`).
+/// Lossless, and unambiguous: no input name can produce the prefix, since input names
+/// starting with `flagtally-` are forwarded under [`FORWARDED_PREFIX`].
+pub fn forwarded_name_bytes(name: &[u8]) -> Cow<'_, str> {
+    match std::str::from_utf8(name) {
+        Ok(text) => forwarded_name(text),
+        Err(_) => {
+            use std::fmt::Write as _;
+            let mut out = String::with_capacity(RAW_NAME_PREFIX.len() + name.len() * 3);
+            out.push_str(RAW_NAME_PREFIX);
+            for &b in name {
+                if (b'!'..=b'~').contains(&b) && b != b'%' {
+                    out.push(char::from(b));
+                } else {
+                    let _ = write!(out, "%{b:02X}");
+                }
+            }
+            Cow::Owned(out)
+        }
+    }
+}
+
+/// The name under which a header whose name is not UTF-8 is forwarded
+/// ([`forwarded_name_bytes`]).
+pub const RAW_NAME_PREFIX: &str = "flagtally-raw-name:";
+
 /// How much of a payload fits in `max` bytes beside `overhead` bytes of key and
 /// headers: the whole of it, or a prefix (then `Some(original length)`).
 pub fn fit_payload(value: &[u8], overhead: usize, max: usize) -> (&[u8], Option<usize>) {
@@ -147,5 +175,18 @@ mod tests {
         assert!(is_permanent(RDKafkaErrorCode::TopicAuthorizationFailed));
         assert!(!is_permanent(RDKafkaErrorCode::RequestTimedOut));
         assert!(!is_permanent(RDKafkaErrorCode::NotEnoughReplicas));
+    }
+
+    #[test]
+    fn header_names_that_are_not_utf8_are_forwarded_losslessly() {
+        assert_eq!(forwarded_name_bytes(b"trace-id"), "trace-id");
+        assert_eq!(
+            forwarded_name_bytes(b"flagtally-id"),
+            format!("{FORWARDED_PREFIX}flagtally-id")
+        );
+        assert_eq!(
+            forwarded_name_bytes(b"a\xff b%\x00"),
+            "flagtally-raw-name:a%FF%20b%25%00"
+        );
     }
 }

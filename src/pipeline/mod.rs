@@ -36,7 +36,6 @@ use anyhow::Context as _;
 use prometheus_client::metrics::counter::Counter;
 use rdkafka::consumer::{CommitMode, Consumer as _};
 use rdkafka::error::KafkaError;
-use rdkafka::message::Headers as _;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Message as _, Offset, TopicPartitionList};
 
@@ -1049,20 +1048,16 @@ impl State {
     }
 
     /// Writes an input record (key, value, headers, timestamp) to `topic`, with `extra`
-    /// headers and its source position. Input headers named `flagtally-*` are renamed
-    /// ([`fit::forwarded_name`]); the payload is cut to what the dead-letter topic
+    /// headers and its source position. Input headers named `flagtally-*` are renamed,
+    /// and names that are not UTF-8 percent-encoded ([`fit::forwarded_name_bytes`]); the payload is cut to what the dead-letter topic
     /// accepts, flagged by [`dead_letter_header::TRUNCATED`].
     fn forward(&self, m: &Record<'_>, topic: &str, extra: &[(&str, &[u8])]) -> anyhow::Result<()> {
         let partition = m.partition().to_string();
         let offset = m.offset().to_string();
         let input: Vec<(std::borrow::Cow<'_, str>, &[u8])> = m
-            .headers()
-            .map(|hs| {
-                hs.iter()
-                    .map(|h| (fit::forwarded_name(h.key), h.value.unwrap_or_default()))
-                    .collect()
-            })
-            .unwrap_or_default();
+            .header_bytes()
+            .map(|(name, value)| (fit::forwarded_name_bytes(name), value.unwrap_or_default()))
+            .collect();
         let mut pairs: Vec<(&str, &[u8])> = input.iter().map(|(k, v)| (k.as_ref(), *v)).collect();
         pairs.extend_from_slice(extra);
         pairs.push((dead_letter_header::SOURCE_TOPIC, m.topic().as_bytes()));

@@ -27,7 +27,6 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance};
-use rdkafka::message::Headers as _;
 use rdkafka::{ClientContext, Message as _, Offset, TopicPartitionList};
 
 use crate::admin::Admin;
@@ -187,10 +186,11 @@ impl std::fmt::Debug for Worker {
     }
 }
 
+/// A header's value as text, read as bytes: any producer may write to the topics a sink
+/// reads, and a header name that is not UTF-8 must not panic the sink.
 fn header_text(m: &rdkafka::message::BorrowedMessage<'_>, name: &str) -> Option<String> {
-    m.headers()
-        .and_then(|hs| hs.iter().find(|h| h.key == name))
-        .and_then(|h| h.value)
+    crate::source::Record::of(m)
+        .header(name)
         .map(|v| String::from_utf8_lossy(v).into_owned())
 }
 

@@ -189,6 +189,44 @@ impl<'a> Record<'a> {
         Self(unsafe { &*m.ptr() })
     }
 
+    /// The record's headers as bytes, `(name, value)`, in order. Header names are
+    /// bytes in the Kafka protocol, and any producer can send one that is not UTF-8:
+    /// rdkafka's own accessor ([`Message::headers`], then `Headers::iter`/`get`) panics
+    /// on such a name, so flagtally reads every input header through this instead.
+    pub fn header_bytes(&self) -> impl Iterator<Item = (&'a [u8], Option<&'a [u8]>)> + 'a {
+        let mut hs = std::ptr::null_mut();
+        // SAFETY: the record is live; librdkafka parses its headers once and keeps
+        // them with the record, so they live as long as it does ('a).
+        let err = unsafe { rd::rd_kafka_message_headers(self.0, &mut hs) };
+        let hs = (err == rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && !hs.is_null())
+            .then_some(hs);
+        (0..).map_while(move |idx| {
+            let hs = hs?;
+            let mut name = std::ptr::null();
+            let mut value = std::ptr::null();
+            let mut size = 0;
+            // SAFETY: `hs` is the record's live header list; librdkafka writes the
+            // three out-parameters, or returns an error past the last header.
+            let err =
+                unsafe { rd::rd_kafka_header_get_all(hs, idx, &mut name, &mut value, &mut size) };
+            if err != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR || name.is_null() {
+                return None;
+            }
+            // SAFETY: a header's name is a C string and its value `size` bytes (or
+            // null), both owned by the header list, which lives as long as the record.
+            let name = unsafe { CStr::from_ptr(name) }.to_bytes();
+            Some((name, unsafe { bytes(value, size) }))
+        })
+    }
+
+    /// The value of the first header named exactly `name` (a present header without a
+    /// value is `Some(&[])`).
+    pub fn header(&self, name: &str) -> Option<&'a [u8]> {
+        self.header_bytes()
+            .find(|(n, _)| *n == name.as_bytes())
+            .map(|(_, v)| v.unwrap_or_default())
+    }
+
     fn checked(m: &'a rd::rd_kafka_message_t) -> KafkaResult<Self> {
         match m.err {
             rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR => Ok(Self(m)),
@@ -261,6 +299,8 @@ impl Message for Record<'_> {
         }
     }
 
+    /// rdkafka's header list: its accessors panic on a name that is not UTF-8, so
+    /// flagtally's own code reads [`Record::header_bytes`] instead.
     fn headers(&self) -> Option<&BorrowedHeaders> {
         let mut hs = std::ptr::null_mut();
         // SAFETY: the record is live; librdkafka parses its headers once and keeps
