@@ -16,7 +16,7 @@
 //! a summary: a stream of plain evaluations pays one branch per event.
 
 use rustc_hash::{FxHashMap, FxHashSet};
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 
 use crate::decode::counting::CountFrom;
 use crate::event::Event;
@@ -136,14 +136,14 @@ impl Guard {
                     }
                     remember(&mut self.counted_evaluations, h);
                 }
-                Event::Evaluation(ev) => {
-                    if self.count_from == CountFrom::Summaries && !has_summary {
-                        let h = hash(&ev.flag_key);
-                        if !self.counted_summaries.contains(&h) && self.waiting.len() < MAX_FLAGS {
-                            self.waiting
-                                .entry(h)
-                                .or_insert_with(|| (now_ms, ev.flag_key.to_string()));
-                        }
+                Event::Evaluation(ev)
+                    if self.count_from == CountFrom::Summaries && !has_summary =>
+                {
+                    let h = hash(&ev.flag_key);
+                    if !self.counted_summaries.contains(&h) && self.waiting.len() < MAX_FLAGS {
+                        self.waiting
+                            .entry(h)
+                            .or_insert_with(|| (now_ms, ev.flag_key.to_string()));
                     }
                 }
                 Event::Summary(s) => {
@@ -184,9 +184,7 @@ fn remember(set: &mut FxHashSet<u64>, h: u64) {
 }
 
 fn hash(flag: &str) -> u64 {
-    let mut h = rustc_hash::FxBuildHasher.build_hasher();
-    flag.hash(&mut h);
-    h.finish()
+    rustc_hash::FxBuildHasher.hash_one(flag)
 }
 
 #[cfg(test)]
