@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::*;
@@ -67,12 +66,9 @@ fn every_codec_in_and_out() {
             Duration::from_secs(4),
             |_| false,
         ));
-        let mut per_key: BTreeMap<_, u64> = BTreeMap::new();
-        for ((flag, variation, version, _), n) in window_tally(dedupe(&recs).values()) {
-            *per_key.entry((flag, variation, version)).or_default() += n;
-        }
+        let got = per_key(window_tally(dedupe(&recs).values()));
         assert_eq!(
-            per_key, tally.counters,
+            got, tally.counters,
             "inputs in every codec, outputs in {out}"
         );
         let features = read_until(

@@ -12,7 +12,6 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use flagtally::generate::Tally;
 use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::{BaseRecord, Producer as _};
 
@@ -124,21 +123,10 @@ batch_timeout = "300ms"
         Duration::from_secs(60),
         summed_counters(expected + 1),
     );
-    let got = window_tally(dedupe(&recs).values());
-    let mut all = Tally::default();
-    for ((flag, variation, version, _), n) in got {
-        *all.counters.entry((flag, variation, version)).or_default() += n;
-    }
+    let mut got = per_key(window_tally(dedupe(&recs).values()));
     let late_key = ("late-flag".to_owned(), "0".to_owned(), "1".to_owned());
-    assert_eq!(
-        all.counters.remove(&late_key),
-        Some(1),
-        "the late correction"
-    );
-    assert_eq!(
-        all.counters, tally.counters,
-        "every good evaluation counted"
-    );
+    assert_eq!(got.remove(&late_key), Some(1), "the late correction");
+    assert_eq!(got, tally.counters, "every good evaluation counted");
     // Two dead letters, their bad header names forwarded percent-encoded.
     let dlq = read_until(broker, &t.dead_letter, Duration::from_secs(30), {
         let mut n = 0;

@@ -295,12 +295,8 @@ fn check_run(sdk: Sdk, records: &[Vec<u8>], input_section: &str) -> String {
         Duration::from_secs(6),
         |_| false,
     ));
-    let got = window_tally(dedupe(&recs).values());
-    let mut per_key: BTreeMap<_, u64> = BTreeMap::new();
-    for ((flag, variation, version, _), n) in got {
-        *per_key.entry((flag, variation, version)).or_default() += n;
-    }
-    assert_eq!(per_key, expected.counters, "{sdk:?}: counters on Kafka");
+    let got = per_key(window_tally(dedupe(&recs).values()));
+    assert_eq!(got, expected.counters, "{sdk:?}: counters on Kafka");
     let features = read_until(
         broker,
         &t.feature,

@@ -510,6 +510,15 @@ pub fn window_tally<'a>(summaries: impl IntoIterator<Item = &'a Rec>) -> WindowT
     out
 }
 
+/// A window tally's counters summed over windows: per (flag, variation, version).
+pub fn per_key(t: WindowTally) -> BTreeMap<(String, String, String), u64> {
+    let mut out = BTreeMap::new();
+    for ((flag, variation, version, _), n) in t {
+        *out.entry((flag, variation, version)).or_default() += n;
+    }
+    out
+}
+
 pub fn total(t: &WindowTally) -> u64 {
     t.values().sum()
 }
