@@ -95,8 +95,14 @@ pub fn missing<'a>(
     for (key, value) in props {
         for (feature, what) in needs(key, value) {
             if !have.contains(feature) {
+                // `ssl.*` values may be secrets (`ssl.key.password`): never echoed.
+                let shown = if key.starts_with("ssl.") {
+                    String::new()
+                } else {
+                    format!(" = {value:?}")
+                };
                 problems.push(format!(
-                    "{prefix}.\"{key}\" = {value:?}: needs {what}, which this build's Kafka client (librdkafka) lacks: its builtin.features are {}",
+                    "{prefix}.\"{key}\"{shown}: needs {what}, which this build's Kafka client (librdkafka) lacks: its builtin.features are {}",
                     have.iter().cloned().collect::<Vec<_>>().join(",")
                 ));
             }
@@ -146,7 +152,7 @@ mod tests {
             ("security.protocol", "SASL_SSL"),
             ("sasl.mechanisms", "SCRAM-SHA-512"),
             ("compression.type", "zstd"),
-            ("ssl.ca.location", "/ca.pem"),
+            ("ssl.key.password", "hunter2"),
             ("sasl.username", "u"),
             ("compression.codec", "gzip"),
         ]
@@ -164,6 +170,16 @@ mod tests {
             problems
                 .iter()
                 .all(|p| p.contains("builtin.features are gzip,lz4"))
+        );
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.starts_with("kafka.properties.\"ssl.key.password\": needs TLS")),
+            "{problems:#?}"
+        );
+        assert!(
+            problems.iter().all(|p| !p.contains("hunter2")),
+            "no secret echoed"
         );
         assert_eq!(missing_codecs(&have), ["zstd"]);
     }

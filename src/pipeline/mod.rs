@@ -1049,8 +1049,9 @@ impl State {
 
     /// Writes an input record (key, value, headers, timestamp) to `topic`, with `extra`
     /// headers and its source position. Input headers named `flagtally-*` are renamed,
-    /// and names that are not UTF-8 percent-encoded ([`fit::forwarded_name_bytes`]); the payload is cut to what the dead-letter topic
-    /// accepts, flagged by [`dead_letter_header::TRUNCATED`].
+    /// and names that are not UTF-8 percent-encoded ([`fit::forwarded_name_bytes`]); the
+    /// payload is cut to what the dead-letter topic accepts, flagged by
+    /// [`dead_letter_header::TRUNCATED`].
     fn forward(&self, m: &Record<'_>, topic: &str, extra: &[(&str, &[u8])]) -> anyhow::Result<()> {
         let partition = m.partition().to_string();
         let offset = m.offset().to_string();
