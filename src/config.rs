@@ -168,7 +168,10 @@ pub struct SinkConfig {
     /// webhook, segment: requests per second, at most (evenly spaced).
     #[serde(default)]
     pub rate_limit: Option<u32>,
-    /// webhook, segment: the whole request's timeout.
+    /// webhook, segment: the whole request's timeout (connecting: at most 5 s of
+    /// it); postgres: the connect timeout and how long a connection may stay
+    /// unanswered (keepalives, `TCP_USER_TIMEOUT`) before it is dropped and the write
+    /// retried.
     #[serde(
         default = "default_http_timeout",
         deserialize_with = "positive_duration"
@@ -299,6 +302,7 @@ impl SinkConfig {
             schema: self.schema.clone(),
             create_tables: self.create_tables,
             featbit_env_id: self.featbit_env_id.clone(),
+            timeout: self.timeout,
         }
     }
 }

@@ -23,12 +23,18 @@ struct Request {
 }
 
 /// Records requests; answers 503 while `down`, and 400 (recording nothing) to a
-/// request whose body holds `reject`.
+/// request whose body holds `reject`. While `redirect`, a POST is answered `302 Found`
+/// to `/moved`, and a GET (of `/moved`) 200, recording nothing, as a misconfigured
+/// endpoint would; `gets` counts those GETs. While `hang`, a request is read and never
+/// answered (the connection stays open).
 struct Receiver {
     addr: String,
     requests: Arc<Mutex<Vec<Request>>>,
     down: Arc<AtomicBool>,
     reject: Arc<Mutex<Option<String>>>,
+    redirect: Arc<AtomicBool>,
+    hang: Arc<AtomicBool>,
+    gets: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Receiver {
@@ -38,20 +44,26 @@ impl Receiver {
         let requests = Arc::new(Mutex::new(Vec::new()));
         let down = Arc::new(AtomicBool::new(false));
         let reject: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
+        let redirect = Arc::new(AtomicBool::new(false));
+        let hang = Arc::new(AtomicBool::new(false));
+        let gets = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let (r, d, x) = (
             Arc::clone(&requests),
             Arc::clone(&down),
             Arc::clone(&reject),
         );
+        let (rd, hg, gt) = (Arc::clone(&redirect), Arc::clone(&hang), Arc::clone(&gets));
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(stream) = stream else { continue };
                 let (r, d, x) = (Arc::clone(&r), Arc::clone(&d), Arc::clone(&x));
+                let (rd, hg, gt) = (Arc::clone(&rd), Arc::clone(&hg), Arc::clone(&gt));
                 std::thread::spawn(move || {
                     let mut reader = BufReader::new(stream.try_clone().unwrap());
                     let mut headers = BTreeMap::new();
                     let mut line = String::new();
                     reader.read_line(&mut line).unwrap();
+                    let get = line.starts_with("GET ");
                     loop {
                         line.clear();
                         reader.read_line(&mut line).unwrap();
@@ -73,7 +85,17 @@ impl Receiver {
                         .unwrap()
                         .as_ref()
                         .is_some_and(|m| String::from_utf8_lossy(&body).contains(m.as_str()));
-                    let status = if d.load(Ordering::Relaxed) {
+                    if hg.load(Ordering::Relaxed) {
+                        // Never answered: the client's timeout must end it.
+                        std::thread::sleep(Duration::from_secs(120));
+                        return;
+                    }
+                    let status = if get {
+                        gt.fetch_add(1, Ordering::Relaxed);
+                        "200 OK"
+                    } else if rd.load(Ordering::Relaxed) {
+                        "302 Found\r\nLocation: /moved"
+                    } else if d.load(Ordering::Relaxed) {
                         "503 Service Unavailable"
                     } else if rejected {
                         "400 Bad Request"
@@ -98,6 +120,9 @@ impl Receiver {
             requests,
             down,
             reject,
+            redirect,
+            hang,
+            gets,
         }
     }
 
@@ -447,5 +472,109 @@ retry_max = "1s"
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(delivered(), tally.tracked, "everything else exactly once");
     assert!(d.log_text().contains("bisecting"), "{}", d.log_text());
+    assert!(d.stop(Duration::from_secs(20)).success());
+}
+
+/// A receiver that answers its POSTs with `302 Found` (to a path that answers GET with
+/// 200), then one that never answers: neither counts as delivered. The redirect is a
+/// configuration error in `/readyz`, naming the `Location`; the hanging request ends at
+/// the sink's `timeout`. Once the receiver answers properly, every event arrives,
+/// exactly once.
+#[test]
+fn redirects_and_silent_receivers_deliver_nothing_until_fixed() {
+    let (broker, t, tally) = setup(2000);
+    let rx = Receiver::start();
+    rx.redirect.store(true, Ordering::Relaxed);
+    let admin = format!("127.0.0.1:{}", free_port());
+    let cfg = format!(
+        r#"{base}
+[[sinks]]
+name = "hook"
+type = "webhook"
+topics = ["{feature}"]
+url = "http://{addr}/events"
+secret = "s3cret"
+headers = {{ "X-Api-Key" = "key-1" }}
+max_events = 100
+batch_timeout = "200ms"
+retry_initial = "100ms"
+retry_max = "500ms"
+timeout = "2s"
+"#,
+        base = base(&broker, &t),
+        feature = t.feature,
+        addr = rx.addr,
+    );
+    let d = Flagtally::start_with_env(
+        &cfg,
+        &unique("hook-redirect"),
+        &[("FLAGTALLY__ADMIN__LISTEN", &admin)],
+    );
+    assert!(
+        eventually(Duration::from_secs(60), || {
+            http_get(&admin, "/readyz")
+                .is_some_and(|(s, body)| s == 503 && body.contains("HTTP 302 redirect to /moved"))
+        }),
+        "{:?}\n{}",
+        http_get(&admin, "/readyz"),
+        d.log_text()
+    );
+    let delivered = || {
+        http_get(&admin, "/metrics").map_or(String::new(), |(_, body)| {
+            body.lines()
+                .filter(|l| l.starts_with("flagtally_sink_records_total"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+    };
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        rx.gets.load(Ordering::Relaxed),
+        0,
+        "the redirect was followed"
+    );
+    assert!(rx.requests().is_empty());
+    assert!(
+        delivered().lines().all(|l| l.ends_with(" 0")),
+        "{}",
+        delivered()
+    );
+    // Now a receiver that reads requests and never answers.
+    rx.hang.store(true, Ordering::Relaxed);
+    rx.redirect.store(false, Ordering::Relaxed);
+    assert!(
+        eventually(Duration::from_secs(30), || d
+            .log_text()
+            .contains("timeout: global")),
+        "{}",
+        d.log_text()
+    );
+    assert!(rx.requests().is_empty());
+    rx.hang.store(false, Ordering::Relaxed);
+    let events = || {
+        let mut by_key: BTreeMap<String, u64> = BTreeMap::new();
+        for r in rx.requests() {
+            let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+            by_key.insert(
+                r.headers["idempotency-key"].clone(),
+                v["events"].as_array().unwrap().len() as u64,
+            );
+        }
+        by_key.values().sum::<u64>()
+    };
+    assert!(
+        eventually(Duration::from_secs(60), || events() >= tally.tracked),
+        "{} of {}; log:\n{}",
+        events(),
+        tally.tracked,
+        d.log_text()
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(events(), tally.tracked);
+    assert!(eventually(Duration::from_secs(10), || http_get(
+        &admin, "/readyz"
+    )
+    .is_some_and(|(s, _)| s == 200)));
+    assert_eq!(rx.gets.load(Ordering::Relaxed), 0);
     assert!(d.stop(Duration::from_secs(20)).success());
 }

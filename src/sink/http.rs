@@ -50,6 +50,9 @@ pub struct HttpSettings {
     pub timeout: Duration,
 }
 
+/// The longest wait for a TCP (and TLS) connection, within the request's `timeout`.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
 pub struct Http {
     settings: HttpSettings,
     agent: ureq::Agent,
@@ -69,6 +72,12 @@ impl Http {
     pub fn new(settings: HttpSettings) -> Self {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .timeout_global(Some(settings.timeout))
+            .timeout_connect(Some(settings.timeout.min(CONNECT_TIMEOUT)))
+            // A redirect is never followed: ureq would turn the POST into a GET
+            // without a body (301/302/303), which a 2xx would then "acknowledge", and
+            // send the credentials, the signature and the idempotency key to whatever
+            // host `Location` names. The 3xx comes back to `post` as an answer.
+            .max_redirects(0)
             .http_status_as_error(false)
             .build()
             .into();
@@ -153,6 +162,21 @@ impl Http {
         let status = resp.status().as_u16();
         match status {
             200..=299 => Ok(()),
+            // A configuration error (the URL is not the endpoint): reported in
+            // `/readyz` and retried until an operator fixes the URL; nothing is set
+            // aside and nothing counts as delivered.
+            300..=399 => {
+                let location = resp
+                    .headers()
+                    .get("location")
+                    .map(|l| String::from_utf8_lossy(l.as_bytes()).into_owned());
+                let location =
+                    crate::pipeline::fit::cap(location.as_deref().unwrap_or("(no Location)"), 512);
+                anyhow::bail!(
+                    "POST {}: HTTP {status} redirect to {location}: flagtally does not follow redirects; set the sink's url to the endpoint itself",
+                    self.settings.url
+                )
+            }
             // The request itself is refused: a retry would be refused again. Not so
             // for 401, 403 and 404: wrong credentials or URL are the destination's
             // configuration, fixed by an operator (reported, retried), not a reason to

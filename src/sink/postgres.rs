@@ -12,6 +12,7 @@
 //! re-emitted upstream.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use postgres::binary_copy::BinaryCopyInWriter;
@@ -155,6 +156,28 @@ pub struct PostgresSettings {
     pub create_tables: bool,
     /// Also fill FeatBit's `events` table, with this environment id.
     pub featbit_env_id: Option<String>,
+    /// Connecting, and how long a connection may stay silent: the connect timeout
+    /// (unless the URL sets one), TCP keepalives and `TCP_USER_TIMEOUT`, so a
+    /// half-open connection fails the write (retried on a new one) instead of
+    /// hanging the sink, its reload and shutdown.
+    pub timeout: Duration,
+}
+
+/// The connection settings of `url` with the sink's timeouts.
+fn connection_config(url: &str, timeout: Duration) -> anyhow::Result<postgres::Config> {
+    let mut config: postgres::Config = url
+        .parse()
+        .context("the postgres sink's url is not a libpq connection string or URL")?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(timeout);
+    }
+    config
+        .keepalives(true)
+        .keepalives_idle(timeout)
+        .keepalives_interval((timeout / 3).max(Duration::from_secs(1)))
+        .keepalives_retries(3)
+        .tcp_user_timeout(timeout);
+    Ok(config)
 }
 
 /// A connection and the statements it needs.
@@ -192,8 +215,9 @@ impl Postgres {
     /// The connection, opened (schema, tables, staging table) when there is none.
     fn client(&mut self) -> anyhow::Result<&mut Client> {
         if self.client.is_none() {
-            let mut client =
-                Client::connect(&self.settings.url, NoTls).context("connecting to PostgreSQL")?;
+            let mut client = connection_config(&self.settings.url, self.settings.timeout)?
+                .connect(NoTls)
+                .context("connecting to PostgreSQL")?;
             let schema = quote_ident(&self.settings.schema);
             if self.settings.create_tables {
                 client

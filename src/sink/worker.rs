@@ -16,8 +16,10 @@
 //! - A panic in a sink is caught: the sink is reported not ready and restarted.
 //! - Group offsets are committed after the destination acknowledged (for lag
 //!   monitoring; resuming uses the destination's position).
-//! - A rebalance drops the batch being gathered and re-reads the destination's
-//!   positions.
+//! - A rebalance drops the revoked partitions' records from the batch being gathered
+//!   (all of them under an eager rebalance; under `cooperative-sticky` the kept
+//!   partitions' records stay, as their fetch positions go on) and re-reads the
+//!   destination's positions.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -133,14 +135,29 @@ impl Backoff {
 #[derive(Default)]
 struct SinkContext {
     rebalanced: AtomicBool,
+    /// Partitions revoked since the worker last looked: their records leave the batch
+    /// being gathered (their new owner reads them from the last commit).
+    revoked: Mutex<Vec<(String, i32)>>,
 }
 
 impl ClientContext for SinkContext {}
 
 impl ConsumerContext for SinkContext {
     fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if matches!(rebalance, Rebalance::Assign(_) | Rebalance::Revoke(_)) {
-            self.rebalanced.store(true, Ordering::Relaxed);
+        match rebalance {
+            Rebalance::Revoke(tpl) => {
+                self.revoked
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .extend(
+                        tpl.elements()
+                            .iter()
+                            .map(|e| (e.topic().to_owned(), e.partition())),
+                    );
+                self.rebalanced.store(true, Ordering::Relaxed);
+            }
+            Rebalance::Assign(_) => self.rebalanced.store(true, Ordering::Relaxed),
+            Rebalance::Error(_) => {}
         }
     }
 }
@@ -165,6 +182,25 @@ pub struct Worker {
 
 type DeadLetterProducer =
     crate::sink::kafka::PolledProducer<rdkafka::producer::DefaultProducerContext>;
+
+impl SinkRecord {
+    fn of(m: &rdkafka::message::BorrowedMessage<'_>) -> Self {
+        let offset = m.offset();
+        Self {
+            topic: m.topic().to_owned(),
+            partition: m.partition(),
+            offset,
+            kind: header_text(m, header::KIND).unwrap_or_default(),
+            id: header_text(m, header::ID)
+                .unwrap_or_else(|| format!("{}/{}/{}", m.topic(), m.partition(), offset)),
+            value: m.payload().unwrap_or_default().to_vec(),
+            window_start: header_text(m, header::WINDOW_START).and_then(|v| v.parse().ok()),
+            window_end: header_text(m, header::WINDOW_END).and_then(|v| v.parse().ok()),
+            late: header_text(m, header::LATE).is_some_and(|v| v == "true"),
+            source: header_text(m, header::SOURCE),
+        }
+    }
+}
 
 /// The next offset per topic partition after the records of `slice`.
 fn positions_of(slice: &[SinkRecord]) -> BTreeMap<(String, i32), i64> {
@@ -461,54 +497,60 @@ impl Worker {
         let mut positions: BTreeMap<(String, i32), i64> = BTreeMap::new();
         let mut started = Instant::now();
         while !stop.load(Ordering::Relaxed) {
-            let msg = self.consumer.poll(Duration::from_millis(100));
+            let polled = match self.consumer.poll(Duration::from_millis(100)) {
+                Some(Ok(m)) => Some(SinkRecord::of(&m)),
+                Some(Err(e)) => {
+                    tracing::warn!(sink = %self.name, "consumer: {e}");
+                    None
+                }
+                None => None,
+            };
             if self
                 .consumer
                 .context()
                 .rebalanced
                 .swap(false, Ordering::Relaxed)
             {
-                batch.clear();
-                positions.clear();
+                // Only the revoked partitions' records leave the batch. Under an eager
+                // rebalance that is all of them, and every partition assigned again
+                // resumes from its last commit. Under `cooperative-sticky` the kept
+                // partitions go on from their fetch position: dropping their records
+                // here would lose them.
+                let revoked = std::mem::take(
+                    &mut *self
+                        .consumer
+                        .context()
+                        .revoked
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner),
+                );
+                if !revoked.is_empty() {
+                    batch.retain(|r| {
+                        !revoked
+                            .iter()
+                            .any(|(t, p)| *t == r.topic && *p == r.partition)
+                    });
+                    positions = positions_of(&batch);
+                }
                 if let Err(e) = self.load_positions(stop) {
                     if stop.load(Ordering::Relaxed) {
                         break;
                     }
                     return Err(e);
                 }
-                continue;
+                // The record polled with the rebalance is from a partition still
+                // assigned: it is kept, below.
             }
-            if let Some(msg) = msg {
-                let m = match msg {
-                    Ok(m) => m,
-                    Err(e) => {
-                        tracing::warn!(sink = %self.name, "consumer: {e}");
-                        continue;
-                    }
-                };
+            if let Some(r) = polled {
+                let key = (r.topic.clone(), r.partition);
+                if self.floor.get(&key).is_some_and(|f| r.offset < *f) {
+                    continue;
+                }
                 if batch.is_empty() {
                     started = Instant::now();
                 }
-                let offset = m.offset();
-                let key = (m.topic().to_owned(), m.partition());
-                if self.floor.get(&key).is_some_and(|f| offset < *f) {
-                    continue;
-                }
-                batch.push(SinkRecord {
-                    topic: m.topic().to_owned(),
-                    partition: m.partition(),
-                    offset,
-                    kind: header_text(&m, header::KIND).unwrap_or_default(),
-                    id: header_text(&m, header::ID)
-                        .unwrap_or_else(|| format!("{}/{}/{}", m.topic(), m.partition(), offset)),
-                    value: m.payload().unwrap_or_default().to_vec(),
-                    window_start: header_text(&m, header::WINDOW_START)
-                        .and_then(|v| v.parse().ok()),
-                    window_end: header_text(&m, header::WINDOW_END).and_then(|v| v.parse().ok()),
-                    late: header_text(&m, header::LATE).is_some_and(|v| v == "true"),
-                    source: header_text(&m, header::SOURCE),
-                });
-                positions.insert((m.topic().to_owned(), m.partition()), offset + 1);
+                positions.insert(key, r.offset + 1);
+                batch.push(r);
             }
             let full = batch.len() >= self.config.batch_size
                 || batch.iter().map(|r| r.value.len()).sum::<usize>() >= self.config.batch_bytes;
