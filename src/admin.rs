@@ -40,6 +40,8 @@ pub struct Health {
     beats: [AtomicU64; MAX_WORKERS],
     /// Each sink's problem (`None`: delivering).
     sinks: Mutex<BTreeMap<String, Option<String>>>,
+    /// A fatal error ends the process: not ready from then on.
+    failed: Mutex<Option<String>>,
 }
 
 impl Default for Health {
@@ -51,6 +53,7 @@ impl Default for Health {
             draining: AtomicBool::new(false),
             beats: std::array::from_fn(|_| AtomicU64::new(0)),
             sinks: Mutex::new(BTreeMap::new()),
+            failed: Mutex::new(None),
         }
     }
 }
@@ -149,6 +152,13 @@ impl Health {
             .find_map(|(name, p)| p.as_ref().map(|p| format!("sink {name}: {p}")))
     }
 
+    /// A fatal error: the process is about to exit (first reason kept).
+    pub fn set_failed(&self, reason: &str) {
+        if let Ok(mut f) = self.failed.lock() {
+            f.get_or_insert_with(|| reason.to_owned());
+        }
+    }
+
     pub fn set_draining(&self) {
         self.draining.store(true, Ordering::Relaxed);
     }
@@ -165,7 +175,9 @@ impl Health {
 
     /// Why the process is not ready, for `/readyz`'s body.
     pub fn readiness(&self) -> String {
-        if self.is_draining() {
+        if let Some(reason) = self.failed.lock().ok().and_then(|f| f.clone()) {
+            format!("failed: {reason}")
+        } else if self.is_draining() {
             "draining".to_owned()
         } else if !self.outputs_connected() {
             "outputs not connected".to_owned()
@@ -286,5 +298,25 @@ pub mod notify {
     /// How often to ping the watchdog: half of `WATCHDOG_USEC`, or never.
     pub fn watchdog_interval() -> Option<std::time::Duration> {
         sd_notify::watchdog_enabled().map(|d| d / 2)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fatal_error_makes_the_process_not_ready_for_good() {
+        let h = Health::default();
+        h.set_outputs_connected(0, true);
+        h.set_assigned(0, true);
+        assert_eq!(h.readiness(), "ready");
+        h.set_failed("fatal Kafka consumer error (FencedInstanceId): fenced");
+        h.set_failed("a second one");
+        assert_eq!(
+            h.readiness(),
+            "failed: fatal Kafka consumer error (FencedInstanceId): fenced"
+        );
+        assert!(!h.is_ready());
     }
 }

@@ -179,3 +179,32 @@ fn a_static_member_restarts_without_a_rebalance() {
     assert!(a.stop(Duration::from_secs(25)).success());
     assert!(b.stop(Duration::from_secs(25)).success());
 }
+
+/// Two instances with the same `kafka.instance_id`: the broker fences the first when
+/// the second joins (`FENCED_INSTANCE_ID`, fatal to its consumer). The fenced instance
+/// does not linger as a zombie that logs and stays ready: it exits non-zero, naming
+/// the error, and the other instance goes on reading.
+#[test]
+fn a_fenced_static_member_exits_non_zero() {
+    let broker = broker();
+    let t = Topics::create(broker, 2);
+    let (records, tally) = generated(4_000, 41);
+    let config = t.config_with_threads(broker, WINDOW, 1).replace(
+        &format!("group_id = \"{}\"", t.group),
+        &format!("group_id = \"{}\"\ninstance_id = \"same\"", t.group),
+    );
+    let mut a = Flagtally::start(&config, &format!("{}-a", t.group));
+    a.wait_log("partitions assigned", 1, Duration::from_secs(60));
+    let b = Flagtally::start(&config, &format!("{}-b", t.group));
+    let status = a.wait(Duration::from_secs(60));
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "the fenced instance exits non-zero ({status:?}); log a:\n{}",
+        a.log_text()
+    );
+    let log = a.log_text();
+    assert!(log.contains("fatal Kafka consumer error"), "{log}");
+    produce(broker, &t.input, 2, &records);
+    assert_exact(broker, &t, &records, &tally);
+    assert!(b.stop(Duration::from_secs(25)).success());
+}

@@ -367,6 +367,28 @@ fn now_ms() -> i64 {
 const KAFKA_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Pipeline {
+    /// Ends the worker when its consumer or producer hit a fatal error (for example
+    /// `FENCED_INSTANCE_ID`: another instance joined with the same
+    /// `kafka.instance_id`). Such a client delivers nothing more, and a process that
+    /// only logged it would stay alive and ready without doing anything: the instance
+    /// turns not ready, and the process exits non-zero so that systemd or the
+    /// orchestrator restarts it with fresh clients. Nothing is committed on the way out:
+    /// the restart resumes from the last commit.
+    fn fail_on_fatal_error(&self) -> anyhow::Result<()> {
+        let fatal = self
+            .consumer
+            .client()
+            .fatal_error()
+            .map(|e| ("consumer", e))
+            .or_else(|| self.state.producer.fatal_error().map(|e| ("producer", e)));
+        let Some((client, (code, reason))) = fatal else {
+            return Ok(());
+        };
+        let text = format!("fatal Kafka {client} error ({code:?}): {reason}");
+        self.state.admin.health.set_failed(&text);
+        anyhow::bail!("{text}; exiting so that the service manager restarts the instance")
+    }
+
     /// Connects to the broker (consumer subscribed, producer ready). `hard_stop` makes
     /// any wait for the broker give up (a second signal).
     pub fn new(
@@ -499,6 +521,7 @@ impl Pipeline {
                     None => break,
                 }
             }
+            self.fail_on_fatal_error()?;
             self.state.commit_cycle_if_due(&self.consumer)?;
             self.state.update_metrics();
             if last_report.elapsed() >= Duration::from_secs(10) {

@@ -468,6 +468,13 @@ pub fn headers<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> Owne
 }
 
 impl Producer {
+    /// The fatal error this producer hit, if any (fenced by a newer instance with the
+    /// same `transactional.id`, an idempotence violation): it can send nothing more.
+    pub fn fatal_error(&self) -> Option<(rdkafka::types::RDKafkaErrorCode, String)> {
+        use rdkafka::producer::Producer as _;
+        self.inner.client().fatal_error()
+    }
+
     pub fn new(config: &Config, admin: Arc<Admin>) -> Result<Self, KafkaError> {
         let mut cc = ClientConfig::new();
         cc.set("bootstrap.servers", &config.kafka.brokers)
