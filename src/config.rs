@@ -574,7 +574,12 @@ pub struct ProcessingSection {
     /// Outputs and offsets in one Kafka transaction per commit (brokers with
     /// transactions only).
     pub exactly_once: bool,
-    /// `transactional.id` in exactly-once mode; default `flagtally-<group>-<host>`.
+    /// `transactional.id` in exactly-once mode: stable across restarts of one
+    /// instance, distinct between instances. A template: `{group}`, `{instance_id}`,
+    /// `{hostname}` (the kernel's: a StatefulSet pod's stable name), `{machine_id}`
+    /// (`/etc/machine-id`: a host under systemd), `{env:NAME}` (a variable, e.g. the
+    /// pod name from the downward API). Default, when `kafka.instance_id` is set:
+    /// `flagtally-{group}-{instance_id}`; exactly-once mode without either is refused.
     pub transactional_id: Option<String>,
     /// Where partition checkpoints are kept (created, compacted, if missing). Several
     /// groups may share it: keys start with the group id.
@@ -594,7 +599,73 @@ pub struct ProcessingSection {
     pub worker: usize,
 }
 
+/// The longest transactional id accepted (Kafka allows longer, but an id this long
+/// is a template gone wrong).
+const MAX_TRANSACTIONAL_ID: usize = 200;
+
 impl ProcessingSection {
+    /// The transactional id of this process (before [`ProcessingSection::per_worker`]):
+    /// `processing.transactional_id` with its placeholders filled, else
+    /// `flagtally-<group>-<instance_id>`. An error names what is missing.
+    pub fn transactional_id(
+        &self,
+        kafka: &KafkaConfig,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<String, String> {
+        let template = match (&self.transactional_id, &kafka.instance_id) {
+            (Some(t), _) => t.clone(),
+            (None, Some(_)) => "flagtally-{group}-{instance_id}".to_owned(),
+            (None, None) => {
+                return Err("processing.exactly_once needs a stable id per instance, and none is configured: \
+                     set processing.transactional_id (a template: \"flagtally-{machine_id}\" on hosts under systemd, \
+                     \"flagtally-{hostname}\" in a Kubernetes StatefulSet, \"flagtally-{env:POD_NAME}\" with the downward API, \
+                     or a literal per instance) or kafka.instance_id; without one, every instance would share an id \
+                     and fence the others in a restart loop".to_owned());
+            }
+        };
+        let key = "processing.transactional_id";
+        let mut out = String::with_capacity(template.len());
+        let mut rest = template.as_str();
+        while let Some(open) = rest.find('{') {
+            out.push_str(&rest[..open]);
+            let Some(close) = rest[open..].find('}') else {
+                return Err(format!("{key}: an unclosed \"{{\" in {template:?}"));
+            };
+            let name = &rest[open + 1..open + close];
+            let value = match name {
+                "group" => Some(kafka.group_id.clone()),
+                "instance_id" => kafka.instance_id.clone(),
+                "hostname" => std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .ok()
+                    .or_else(|| env("HOSTNAME")),
+                "machine_id" => std::fs::read_to_string("/etc/machine-id").ok(),
+                _ => match name.strip_prefix("env:") {
+                    Some(var) => env(var),
+                    None => {
+                        return Err(format!(
+                            "{key}: unknown placeholder {{{name}}} (known: {{group}}, {{instance_id}}, {{hostname}}, {{machine_id}}, {{env:NAME}})"
+                        ));
+                    }
+                },
+            };
+            let value = value.map(|v| v.trim().to_owned()).unwrap_or_default();
+            if value.is_empty() {
+                return Err(format!(
+                    "{key}: {{{name}}} is unset or empty on this machine (template {template:?})"
+                ));
+            }
+            out.push_str(&value);
+            rest = &rest[open + close + 1..];
+        }
+        out.push_str(rest);
+        if out.is_empty() || out.len() > MAX_TRANSACTIONAL_ID {
+            return Err(format!(
+                "{key}: {out:?} must have 1 to {MAX_TRANSACTIONAL_ID} bytes"
+            ));
+        }
+        Ok(out)
+    }
+
     /// The number of workers: `threads`, or the cores available when 0.
     pub fn workers(&self) -> usize {
         match self.threads {
@@ -818,6 +889,13 @@ impl Config {
         }
         if self.kafka.group_id.is_empty() {
             problems.push("kafka.group_id: must not be empty".to_owned());
+        }
+        if self.processing.exactly_once
+            && let Err(e) = self
+                .processing
+                .transactional_id(&self.kafka, &|k| std::env::var(k).ok())
+        {
+            problems.push(e);
         }
         if self.kafka.brokers.is_empty() {
             problems.push("kafka.brokers: must not be empty".to_owned());
@@ -1308,6 +1386,7 @@ mod tests {
             ("FLAGTALLY__KAFKA__BROKERS", "broker-a:9092,broker-b:9092"),
             ("FLAGTALLY__WINDOW__SIZE", "5m"),
             ("FLAGTALLY__PROCESSING__EXACTLY_ONCE", "true"),
+            ("FLAGTALLY__PROCESSING__TRANSACTIONAL_ID", "flagtally-pod-0"),
             ("FLAGTALLY__KAFKA__INPUT_TOPICS", r#"["x", "y"]"#),
             ("FLAGTALLY__OUTPUT__TOPICS__FEATURE", "features"),
             ("FLAGTALLY__INPUT__MAX_RECORD_BYTES", "1MiB"),
@@ -1370,6 +1449,62 @@ output:
             ["full_events.overrides", "log.level"]
         );
         assert!(changed_paths(&a, &a).is_empty());
+    }
+
+    #[test]
+    fn exactly_once_needs_an_explicit_stable_id() {
+        let base = "[kafka]\ninput_topics = [\"in\"]\ngroup_id = \"g\"\n[output]\ndead_letter_topic = \"d\"\ntopics.summary = \"s\"\n[processing]\nexactly_once = true\n";
+        let e = Config::parse(base).unwrap_err();
+        assert!(
+            e.contains("processing.exactly_once needs a stable id per instance"),
+            "{e}"
+        );
+        assert!(
+            e.contains("{machine_id}") && e.contains("{hostname}"),
+            "{e}"
+        );
+        let c = Config::parse(&base.replace(
+            "[processing]",
+            "[processing]\ntransactional_id = \"t-{group}\"",
+        ))
+        .unwrap();
+        let no_env = |_: &str| None;
+        assert_eq!(
+            c.processing.transactional_id(&c.kafka, &no_env).unwrap(),
+            "t-g"
+        );
+        let c = Config::parse(
+            &base.replace("group_id = \"g\"", "group_id = \"g\"\ninstance_id = \"a\""),
+        )
+        .unwrap();
+        assert_eq!(
+            c.processing.transactional_id(&c.kafka, &no_env).unwrap(),
+            "flagtally-g-a"
+        );
+        let with = |t: &str| {
+            let mut c = c.clone();
+            c.processing.transactional_id = Some(t.to_owned());
+            c.processing
+                .transactional_id(&c.kafka, &|k| (k == "POD").then(|| "pod-1\n".to_owned()))
+        };
+        assert_eq!(with("x-{env:POD}-{instance_id}").unwrap(), "x-pod-1-a");
+        assert!(
+            with("x-{env:NOPE}")
+                .unwrap_err()
+                .contains("{env:NOPE} is unset or empty")
+        );
+        assert!(
+            with("x-{colour}")
+                .unwrap_err()
+                .contains("unknown placeholder {colour}")
+        );
+        assert!(with("x-{group").unwrap_err().contains("unclosed"));
+        assert!(
+            with(&"x".repeat(201))
+                .unwrap_err()
+                .contains("1 to 200 bytes")
+        );
+        assert!(!with("{hostname}").unwrap().is_empty());
     }
 }
 

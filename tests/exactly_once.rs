@@ -376,3 +376,80 @@ fn a_second_instance_with_the_same_transactional_id_fences_the_first() {
     report(&format!("exactly-once, zombie fenced: {counts}"));
     assert!(b.stop(Duration::from_secs(25)).success());
 }
+
+/// Two instances from one configuration file and one environment but for the id source
+/// (`transactional_id = "…-{env:FLAGTALLY_TEST_POD}"`, the way a StatefulSet or a
+/// per-host unit tells its instances apart) run side by side: distinct transactional
+/// ids, neither fences the other, both stay up while input flows, and the outputs are
+/// exactly once. (The same id fencing the older instance is
+/// `a_second_instance_with_the_same_transactional_id_fences_the_first`.)
+#[test]
+fn instances_with_distinct_ids_from_one_template_run_side_by_side() {
+    let broker = broker();
+    let t = Topics::create(broker, 4);
+    let (records, tally) = eos_input(20_000, 53);
+    let config = eos_config(broker, &t).replace(
+        &format!("transactional_id = \"{}-tx\"", t.group),
+        "transactional_id = \"flagtally-{group}-{env:FLAGTALLY_TEST_POD}\"",
+    );
+    let (h, _) = produce_paced(
+        broker,
+        &t.input,
+        Arc::new(records),
+        4,
+        10,
+        Duration::from_millis(500),
+    );
+    let start = |pod: &str| {
+        Flagtally::start_with_env(
+            &config,
+            &format!("{}-{pod}", t.group),
+            &[
+                ("FLAGTALLY__ADMIN__LISTEN", "off"),
+                ("FLAGTALLY_TEST_POD", pod),
+            ],
+        )
+    };
+    let mut a = start("pod-0");
+    a.wait_log("partitions assigned", 1, Duration::from_secs(60));
+    let mut b = start("pod-1");
+    b.wait_log("partitions assigned", 1, Duration::from_secs(60));
+    h.join().unwrap();
+    let counts = assert_exactly_once(broker, &t, &tally);
+    for d in [&mut a, &mut b] {
+        assert!(
+            d.wait(Duration::from_millis(10)).is_none(),
+            "both instances still up; log:\n{}",
+            d.log_text()
+        );
+        let lower = d.log_text().to_lowercase();
+        assert!(!lower.contains("fenced"), "{}", d.log_text());
+    }
+    report(&format!(
+        "exactly-once, two instances, ids from a template: {counts}"
+    ));
+    assert!(a.stop(Duration::from_secs(25)).success());
+    assert!(b.stop(Duration::from_secs(25)).success());
+}
+
+/// `validate` refuses exactly-once mode with no id source, naming the choices.
+#[test]
+fn exactly_once_without_an_id_source_is_refused_by_validate() {
+    let t = Topics::named();
+    let config = eos_config("127.0.0.1:9", &t)
+        .replace(&format!("transactional_id = \"{}-tx\"\n", t.group), "");
+    let path = std::env::temp_dir().join(format!("{}.toml", unique("eos-noid")));
+    std::fs::write(&path, config).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_flagtally"))
+        .args(["validate", "--config"])
+        .arg(&path)
+        .env_remove("FLAGTALLY__PROCESSING__TRANSACTIONAL_ID")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("processing.exactly_once needs a stable id per instance"),
+        "{err}"
+    );
+}

@@ -513,19 +513,12 @@ impl Producer {
         );
         let transactional = config.processing.exactly_once;
         if transactional {
+            // Stable across restarts of this instance, distinct between instances: a
+            // restart fences (and aborts) its predecessor's transaction at once.
             let id = config
                 .processing
-                .transactional_id
-                .clone()
-                .unwrap_or_else(|| {
-                    // Stable across restarts of this instance, distinct between
-                    // instances: a restart fences (and aborts) its predecessor's
-                    // transaction at once.
-                    let me = config.kafka.instance_id.clone().unwrap_or_else(|| {
-                        std::env::var("HOSTNAME").unwrap_or_else(|_| "local".to_owned())
-                    });
-                    format!("flagtally-{}-{me}", config.kafka.group_id)
-                });
+                .transactional_id(&config.kafka, &|k| std::env::var(k).ok())
+                .map_err(|e| KafkaError::ClientCreation(e))?;
             // Each worker its own producer and transaction (Kafka Streams' model too).
             cc.set("transactional.id", config.processing.per_worker(&id));
         }
