@@ -490,3 +490,131 @@ fn a_clock_a_year_ahead_causes_no_late_corrections() {
     assert_eq!(per_key, tally.counters, "every evaluation counted once");
     assert!(f.stop(Duration::from_secs(25)).success());
 }
+
+/// Forged time: two records carry an evaluation dated in the year 275 760, one with a
+/// producer timestamp (CreateTime) just as forged — on a topic that accepts any, as
+/// Kafka before 4.0 does by default (`message.timestamp.after.max.ms`) — and one with
+/// no timestamp at all. Before, neither was bounded and the partition's watermark moved
+/// to that year for good; now both are bounded by the processing clock as well: they
+/// count at the time they are read, and the records that follow (dated minutes ahead,
+/// as a fast clock would) are not late.
+#[test]
+fn forged_record_times_cannot_move_the_watermark() {
+    let broker = broker();
+    let t = Topics::create(broker, 1);
+    // The input topic again, under its own name, accepting any timestamp.
+    let input = unique("in-anytime");
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", broker)
+        .create()
+        .unwrap();
+    let topic = NewTopic::new(&input, 1, TopicReplication::Fixed(1))
+        .set("message.timestamp.after.max.ms", "9223372036854775807");
+    for r in block_on(admin.create_topics(&[topic], &AdminOptions::new())).unwrap() {
+        r.unwrap();
+    }
+    let now = now_ms();
+    let batch = |start_ms: i64, seed: u64| {
+        let mut g = Generator::new(GenConfig {
+            dialect: GenDialect::Launchdarkly,
+            flags: 5,
+            start_ms,
+            step_ms: 5,
+            seed,
+            ..GenConfig::default()
+        });
+        let records: Vec<Vec<u8>> = (0..10_000).map(|_| g.next_record()).collect();
+        (records, g.into_tally())
+    };
+    let (before, mut tally) = batch(now - 600_000, 61);
+    let (after, tally_after) = batch(now + 600_000, 67);
+    for (k, n) in tally_after.counters {
+        *tally.counters.entry(k).or_default() += n;
+    }
+    const YEAR_275760: i64 = 8_640_000_000_000_000;
+    let forged = feature(YEAR_275760, "forged", "mallory").into_bytes();
+    *tally
+        .counters
+        .entry(("forged".to_owned(), "0".to_owned(), "1".to_owned()))
+        .or_default() += 2;
+    let p = producer(broker);
+    let mut send_at = |v: &[u8], ts: i64| {
+        let rec: BaseRecord<'_, [u8], [u8]> =
+            BaseRecord::to(&input).partition(0).payload(v).timestamp(ts);
+        flagtally::sink::kafka::send_waiting(&p, rec, &|| false).unwrap();
+    };
+    for (i, v) in before.iter().enumerate() {
+        send_at(v, now - 600_000 + 5 * i as i64);
+    }
+    send_at(&forged, YEAR_275760);
+    send_at(&forged, -1);
+    for (i, v) in after.iter().enumerate() {
+        send_at(v, now + 600_000 + 5 * i as i64);
+    }
+    p.flush(Duration::from_secs(60)).unwrap();
+    // What the broker kept: the forged timestamp, and none at all.
+    let stamps: Vec<rdkafka::Timestamp> = {
+        use rdkafka::Message as _;
+        use rdkafka::consumer::{BaseConsumer, Consumer as _};
+        let c: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", broker)
+            .set("group.id", unique("stamps"))
+            .create()
+            .unwrap();
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        tpl.add_partition_offset(&input, 0, rdkafka::Offset::Offset(10_000))
+            .unwrap();
+        c.assign(&tpl).unwrap();
+        let mut out = Vec::new();
+        while out.len() < 2 {
+            if let Some(Ok(m)) = c.poll(Duration::from_secs(5)) {
+                out.push(m.timestamp());
+            }
+        }
+        out
+    };
+    assert_eq!(
+        stamps,
+        [
+            rdkafka::Timestamp::CreateTime(YEAR_275760),
+            rdkafka::Timestamp::NotAvailable
+        ]
+    );
+    let config = t
+        .config(
+            broker,
+            "size = \"10s\"\nlateness = \"2s\"\nidle_timeout = \"2s\"",
+        )
+        .replace(&format!("[\"{}\"]", t.input), &format!("[\"{input}\"]"));
+    let f = Flagtally::start(&config, &t.group);
+    let recs = read_until(
+        broker,
+        &t.summary,
+        Duration::from_secs(180),
+        summed_counters(tally.evaluations()),
+    );
+    let unique_recs = dedupe(&recs);
+    let late = unique_recs
+        .values()
+        .filter(|r| r.header("flagtally-late") == Some("true"))
+        .count();
+    assert_eq!(late, 0, "no late corrections; log:\n{}", f.log_text());
+    assert_eq!(
+        per_key(window_tally(unique_recs.values())),
+        tally.counters,
+        "every evaluation counted once"
+    );
+    // The forged evaluations count at the time they were read, not in their year.
+    let forged_windows: Vec<i64> = window_tally(unique_recs.values())
+        .into_keys()
+        .filter(|(flag, ..)| flag == "forged")
+        .map(|(.., start)| start)
+        .collect();
+    assert!(
+        forged_windows
+            .iter()
+            .all(|w| (now - WINDOW_MS..now + 600_000).contains(w)),
+        "{forged_windows:?}"
+    );
+    assert!(f.stop(Duration::from_secs(25)).success());
+}

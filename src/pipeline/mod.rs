@@ -870,15 +870,19 @@ impl State {
         }
     }
 
-    /// Event time is bounded by the record's timestamp: an event dated more than
-    /// `input.max_future_skew` past it (a client with a wrong clock) is clamped to the
-    /// record's timestamp or dead-lettered, so it cannot drag the watermark ahead and
-    /// make every later event of its partition late. The timestamp is part of the log,
-    /// so a replay decides the same.
+    /// Event time is bounded by the record's timestamp and by the processing clock,
+    /// whichever is earlier: an event dated more than `input.max_future_skew` past it
+    /// (a client with a wrong clock, or a forged date) is clamped to it or
+    /// dead-lettered, so it cannot drag the watermark ahead and make every later event
+    /// of its partition late. The record's timestamp is the broker's own on a topic
+    /// with `message.timestamp.type = LogAppendTime`, and the producer's (CreateTime,
+    /// forgeable: Kafka before 4.0 accepts any) otherwise; a record without one is
+    /// bounded by the clock alone. The timestamp is part of the log, so a replay
+    /// decides the same, except where the clock decided (a timestamp ahead of the
+    /// clock, or none): an event dated between the first reading's bound and the
+    /// replay's (as far apart as the replay is late) can be decided otherwise.
     fn bound_event_times(&mut self, record_ms: Option<i64>, replaying: bool) {
-        let Some(ts) = record_ms else {
-            return;
-        };
+        let ts = record_ms.map_or(self.now, |ts| ts.min(self.now));
         let limit_ms =
             i64::try_from(self.config.input.max_future_skew.as_millis()).unwrap_or(i64::MAX);
         let bound = crate::event::EventTime::from_millis(ts.saturating_add(limit_ms));
