@@ -538,7 +538,7 @@ fn forged_record_times_cannot_move_the_watermark() {
         .entry(("forged".to_owned(), "0".to_owned(), "1".to_owned()))
         .or_default() += 2;
     let p = producer(broker);
-    let mut send_at = |v: &[u8], ts: i64| {
+    let send_at = |v: &[u8], ts: i64| {
         let rec: BaseRecord<'_, [u8], [u8]> =
             BaseRecord::to(&input).partition(0).payload(v).timestamp(ts);
         flagtally::sink::kafka::send_waiting(&p, rec, &|| false).unwrap();
@@ -617,4 +617,206 @@ fn forged_record_times_cannot_move_the_watermark() {
         "{forged_windows:?}"
     );
     assert!(f.stop(Duration::from_secs(25)).success());
+}
+
+/// A dead-letter topic with `max.message.bytes` 3 000, in both modes: an 8 KB
+/// undecodable record with a 2.5 KB header among good ones becomes one dead letter cut to
+/// fit (the header dropped and counted, the payload truncated), and one whose 3.2 KB
+/// Kafka key alone is over the limit becomes a stub (source position, reason, sizes).
+/// Before, at-least-once mode lost both ("the broker refused a dead letter") and
+/// exactly-once mode aborted and rewound forever, committing nothing.
+#[test]
+fn dead_letters_fit_a_small_dead_letter_topic_in_both_modes() {
+    for exactly_once in [false, true] {
+        let broker = broker();
+        let t = Topics::create(broker, 1);
+        let dlq = unique("dlq-small");
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", broker)
+            .create()
+            .unwrap();
+        let topic =
+            NewTopic::new(&dlq, 1, TopicReplication::Fixed(1)).set("max.message.bytes", "3000");
+        for r in block_on(admin.create_topics(&[topic], &AdminOptions::new())).unwrap() {
+            r.unwrap();
+        }
+        let mut g = Generator::new(GenConfig {
+            dialect: GenDialect::Launchdarkly,
+            flags: 3,
+            seed: 71,
+            ..GenConfig::default()
+        });
+        let good: Vec<Vec<u8>> = (0..100).map(|_| g.next_record()).collect();
+        let tally = g.into_tally();
+        let p = producer(broker);
+        let big_header = "h".repeat(2500);
+        let big_key = vec![b'k'; 3200];
+        let undecodable = vec![b'x'; 8192];
+        for (i, v) in good.iter().enumerate() {
+            if i == 30 {
+                let rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&t.input)
+                    .partition(0)
+                    .payload(undecodable.as_slice())
+                    .headers(OwnedHeaders::new().insert(Header {
+                        key: "trace",
+                        value: Some(big_header.as_bytes()),
+                    }));
+                flagtally::sink::kafka::send_waiting(&p, rec, &|| false).unwrap();
+            }
+            if i == 60 {
+                let rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&t.input)
+                    .partition(0)
+                    .key(big_key.as_slice())
+                    .payload(b"not json".as_slice());
+                flagtally::sink::kafka::send_waiting(&p, rec, &|| false).unwrap();
+            }
+            send(&p, &t.input, 0, v);
+        }
+        p.flush(Duration::from_secs(30)).unwrap();
+        let mut config = t
+            .config(broker, "size = \"10s\"\nidle_timeout = \"1s\"")
+            .replace(
+                &format!("dead_letter_topic = \"{}\"", t.dead_letter),
+                &format!("dead_letter_topic = \"{dlq}\""),
+            );
+        if exactly_once {
+            config = config.replace(
+                "[processing]\n",
+                &format!(
+                    "[processing]\nexactly_once = true\ntransactional_id = \"{}-tx\"\n",
+                    t.group
+                ),
+            );
+        }
+        let f = Flagtally::start(&config, &t.group);
+        let recs = read_until(
+            broker,
+            &t.summary,
+            Duration::from_secs(90),
+            summed_counters(tally.evaluations()),
+        );
+        assert_eq!(
+            per_key(window_tally(dedupe(&recs).values())),
+            tally.counters,
+            "exactly_once = {exactly_once}: every good evaluation; log:\n{}",
+            f.log_text()
+        );
+        let letters = dedupe(&read_until(
+            broker,
+            &dlq,
+            Duration::from_secs(60),
+            distinct_ids(2),
+        ));
+        assert_eq!(
+            letters.len(),
+            2,
+            "exactly_once = {exactly_once}: {letters:?}"
+        );
+        let cut = letters
+            .values()
+            .find(|r| r.header("flagtally-source-offset") == Some("30"))
+            .expect("the cut dead letter");
+        assert_eq!(cut.header("flagtally-headers-dropped"), Some("1"));
+        assert_eq!(cut.header("flagtally-truncated"), Some("8192"));
+        assert!(cut.header("trace").is_none());
+        assert!(cut.value.len() > 1000, "{} bytes kept", cut.value.len());
+        assert_eq!(cut.header("flagtally-error-reason"), Some("undetected"));
+        let stub = letters
+            .values()
+            .find(|r| r.header("flagtally-source-offset") == Some("61"))
+            .expect("the stub");
+        assert_eq!(stub.header("flagtally-stub"), Some("true"));
+        assert_eq!(
+            stub.header("flagtally-stub-sizes"),
+            Some("value=8;key=3200;headers=0")
+        );
+        assert!(stub.key.is_none() && stub.value.is_empty());
+        assert!(stub.header("flagtally-error-reason").is_some());
+        let log = f.log_text();
+        assert!(!log.contains("refused a dead letter"), "{log}");
+        assert!(!log.contains("aborting the transaction"), "{log}");
+        assert!(f.stop(Duration::from_secs(25)).success());
+    }
+}
+
+/// The dead-letter topic's `max.message.bytes` is lowered to 3 000 while flagtally runs
+/// (it read 1 MiB at startup): the broker refuses an 8 KB dead letter, which is then
+/// written as its stub — in at-least-once mode at once, in exactly-once mode after one
+/// abort and re-read — and the good records around it are all counted.
+#[test]
+fn a_dead_letter_the_broker_refuses_is_written_as_its_stub_in_both_modes() {
+    use rdkafka::admin::{AlterConfig, ResourceSpecifier};
+    for exactly_once in [false, true] {
+        let broker = broker();
+        let t = Topics::create(broker, 1);
+        let mut g = Generator::new(GenConfig {
+            dialect: GenDialect::Launchdarkly,
+            flags: 3,
+            seed: 73,
+            ..GenConfig::default()
+        });
+        let good: Vec<Vec<u8>> = (0..100).map(|_| g.next_record()).collect();
+        let tally = g.into_tally();
+        let mut config = t.config(broker, "size = \"10s\"\nidle_timeout = \"1s\"");
+        if exactly_once {
+            config = config.replace(
+                "[processing]\n",
+                &format!(
+                    "[processing]\nexactly_once = true\ntransactional_id = \"{}-tx\"\n",
+                    t.group
+                ),
+            );
+        }
+        let f = Flagtally::start(&config, &t.group);
+        f.wait_log("partitions assigned", 1, Duration::from_secs(60));
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", broker)
+            .create()
+            .unwrap();
+        let alter = AlterConfig::new(ResourceSpecifier::Topic(&t.dead_letter))
+            .set("max.message.bytes", "3000");
+        for r in block_on(admin.alter_configs(&[alter], &AdminOptions::new())).unwrap() {
+            r.unwrap();
+        }
+        let p = producer(broker);
+        for (i, v) in good.iter().enumerate() {
+            if i == 50 {
+                send(&p, &t.input, 0, &[b'x'; 8192]);
+            }
+            send(&p, &t.input, 0, v);
+        }
+        p.flush(Duration::from_secs(30)).unwrap();
+        let recs = read_until(
+            broker,
+            &t.summary,
+            Duration::from_secs(90),
+            summed_counters(tally.evaluations()),
+        );
+        assert_eq!(
+            per_key(window_tally(dedupe(&recs).values())),
+            tally.counters,
+            "exactly_once = {exactly_once}; log:\n{}",
+            f.log_text()
+        );
+        let letters = dedupe(&read_until(
+            broker,
+            &t.dead_letter,
+            Duration::from_secs(60),
+            distinct_ids(1),
+        ));
+        let stub = letters.values().next().expect("a dead letter");
+        assert_eq!(
+            stub.header("flagtally-stub"),
+            Some("true"),
+            "exactly_once = {exactly_once}; log:\n{}",
+            f.log_text()
+        );
+        assert_eq!(
+            stub.header("flagtally-stub-sizes"),
+            Some("value=8192;key=0;headers=0")
+        );
+        assert_eq!(stub.header("flagtally-source-offset"), Some("50"));
+        assert!(f.log_text().contains("writing its stub") || exactly_once);
+        assert!(f.stop(Duration::from_secs(25)).success());
+    }
 }

@@ -104,6 +104,97 @@ pub fn fit_payload(value: &[u8], overhead: usize, max: usize) -> (&[u8], Option<
     (&value[..room.min(value.len())], Some(value.len()))
 }
 
+/// Longest header value a dead letter's stub keeps.
+pub const MAX_STUB_VALUE: usize = 256;
+
+/// Bytes a record needs in a batch beyond its key, value and header bytes (the batch
+/// header, per-record lengths and varints), with room to spare.
+pub const RECORD_MARGIN: usize = 512;
+
+/// Bytes one header takes in a record, about (name, value, their lengths).
+pub fn header_size(name: &str, value: &[u8]) -> usize {
+    name.len() + value.len() + 8
+}
+
+/// How a dead letter fits its topic: which forwarded input headers it keeps (the
+/// first `headers_kept`, in order) and how much of the payload, or that nothing but a
+/// stub fits ([`stub_headers`]). Deterministic: the same record and limit always give
+/// the same dead letter, so a replay writes the same content under the same id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fit {
+    Whole,
+    Cut {
+        headers_kept: usize,
+        value_kept: usize,
+    },
+    Stub,
+}
+
+/// [`Fit`] for a dead letter of `own` bytes of flagtally's headers, a key, input
+/// headers of the sizes given and a payload, within `limit` bytes. Input headers get at
+/// most half of what is left beside the key and flagtally's headers (those that do
+/// not fit are dropped, their count in a header), the payload the rest (cut, its
+/// original length in a header).
+pub fn fit_dead_letter(
+    limit: usize,
+    own: usize,
+    key: usize,
+    input_headers: &[usize],
+    value: usize,
+) -> Fit {
+    // Room for the headers a cut adds (truncated, headers dropped).
+    const CUT_HEADERS: usize = 96;
+    let all = own + key + input_headers.iter().sum::<usize>() + value;
+    if all <= limit {
+        return Fit::Whole;
+    }
+    let Some(budget) = limit.checked_sub(own + key + CUT_HEADERS) else {
+        return Fit::Stub;
+    };
+    let mut used = 0;
+    let mut headers_kept = 0;
+    for h in input_headers {
+        if used + h > budget / 2 {
+            break;
+        }
+        used += h;
+        headers_kept += 1;
+    }
+    Fit::Cut {
+        headers_kept,
+        value_kept: value.min(budget - used),
+    }
+}
+
+/// The headers of a dead letter's stub: flagtally's own headers of the full dead
+/// letter (id, kind, reason, source position …), each value capped to
+/// [`MAX_STUB_VALUE`], with [`STUB`] and the sizes of what was left out. No key, no
+/// payload, no input headers: a record that cannot be described within its topic's
+/// limit is still accounted for.
+pub fn stub_headers(
+    own: &[(&str, &[u8])],
+    value_bytes: usize,
+    key_bytes: usize,
+    header_bytes: usize,
+) -> Vec<(String, Vec<u8>)> {
+    let mut out: Vec<(String, Vec<u8>)> = own
+        .iter()
+        .filter(|(k, _)| *k != STUB && *k != STUB_SIZES)
+        .map(|(k, v)| ((*k).to_owned(), v[..v.len().min(MAX_STUB_VALUE)].to_vec()))
+        .collect();
+    out.push((STUB.to_owned(), b"true".to_vec()));
+    out.push((
+        STUB_SIZES.to_owned(),
+        format!("value={value_bytes};key={key_bytes};headers={header_bytes}").into_bytes(),
+    ));
+    out
+}
+
+/// Present on a dead letter's stub.
+pub const STUB: &str = "flagtally-stub";
+/// A stub's record sizes: `value=…;key=…;headers=…` (bytes of the record described).
+pub const STUB_SIZES: &str = "flagtally-stub-sizes";
+
 /// Produce errors that a retry cannot cure: the record itself, or the permission to
 /// write it, is refused. Rewinding on one would loop forever.
 pub fn is_permanent(code: RDKafkaErrorCode) -> bool {
@@ -124,6 +215,37 @@ pub fn is_permanent(code: RDKafkaErrorCode) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dead_letters_fit_or_become_stubs() {
+        assert_eq!(fit_dead_letter(3000, 400, 10, &[100], 1000), Fit::Whole);
+        // 2.5 KB of input headers and an 8 KB payload in a 3 000-byte topic: the header
+        // is dropped (over half the room) and the payload cut to what is left.
+        let f = fit_dead_letter(3000 - RECORD_MARGIN, 400, 10, &[2500], 8000);
+        let Fit::Cut {
+            headers_kept,
+            value_kept,
+        } = f
+        else {
+            panic!("{f:?}")
+        };
+        assert_eq!(headers_kept, 0);
+        assert!(value_kept > 1000 && 400 + 10 + value_kept + 96 <= 3000 - RECORD_MARGIN);
+        // Small headers are kept in order, up to half the room.
+        assert_eq!(
+            fit_dead_letter(2000, 100, 0, &[300, 300, 300, 300], 5000),
+            Fit::Cut {
+                headers_kept: 2,
+                value_kept: 2000 - 100 - 96 - 600
+            }
+        );
+        // A key or own headers beyond the limit: a stub.
+        assert_eq!(fit_dead_letter(1000, 400, 700, &[], 0), Fit::Stub);
+        let own: [(&str, &[u8]); 2] = [("flagtally-id", b"x"), ("flagtally-error", &[b'e'; 4000])];
+        let stub = stub_headers(&own, 8000, 700, 2500);
+        assert_eq!(stub[1].1.len(), MAX_STUB_VALUE);
+        assert_eq!(stub.last().unwrap().1, b"value=8000;key=700;headers=2500");
+    }
     use crate::decode::{Dialect, Reason};
 
     #[test]

@@ -71,6 +71,8 @@ pub mod dead_letter_header {
     pub const REFUSED_KIND: &str = "flagtally-refused-kind";
     /// For a record a warehouse sink's destination refused: the sink's name.
     pub const SINK: &str = "flagtally-sink";
+    /// Present when input headers were left out to fit: how many.
+    pub const HEADERS_DROPPED: &str = "flagtally-headers-dropped";
 }
 
 /// Most output ids remembered as refused (they are set aside again on a replay).
@@ -172,7 +174,9 @@ struct State {
     /// Ids of outputs the broker refused for good: a replay sets them aside at once (in
     /// exactly-once mode a refusal aborts the transaction, and the re-read must not
     /// send the record again).
-    diverted: std::collections::HashSet<String>,
+    /// How often each was refused: a dead letter refused once is written again as its
+    /// stub, one refused twice is given up (counted, logged).
+    diverted: std::collections::HashMap<String, u8>,
     stats: Stats,
     hard_stop: Arc<AtomicBool>,
     admin: Arc<Admin>,
@@ -424,7 +428,7 @@ impl Pipeline {
                 now: now_ms(),
                 failures_seen: 0,
                 sent_since_commit: false,
-                diverted: std::collections::HashSet::new(),
+                diverted: std::collections::HashMap::new(),
                 stats: Stats::default(),
                 hard_stop,
                 counters: Counters::new(&admin.metrics),
@@ -1008,7 +1012,7 @@ impl State {
                         .iter()
                         .find(|(k, _)| *k == header::ID)
                         .is_some_and(|(_, id)| {
-                            std::str::from_utf8(id).is_ok_and(|id| self.diverted.contains(id))
+                            std::str::from_utf8(id).is_ok_and(|id| self.diverted.contains_key(id))
                         });
             if diverted {
                 let why = KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge);
@@ -1086,51 +1090,121 @@ impl State {
             .header_bytes()
             .map(|(name, value)| (fit::forwarded_name_bytes(name), value.unwrap_or_default()))
             .collect();
-        let mut pairs: Vec<(&str, &[u8])> = input.iter().map(|(k, v)| (k.as_ref(), *v)).collect();
-        pairs.extend_from_slice(extra);
-        pairs.push((dead_letter_header::SOURCE_TOPIC, m.topic().as_bytes()));
-        pairs.push((dead_letter_header::SOURCE_PARTITION, partition.as_bytes()));
-        pairs.push((dead_letter_header::SOURCE_OFFSET, offset.as_bytes()));
+        let mut own: Vec<(&str, &[u8])> = extra.to_vec();
+        own.push((dead_letter_header::SOURCE_TOPIC, m.topic().as_bytes()));
+        own.push((dead_letter_header::SOURCE_PARTITION, partition.as_bytes()));
+        own.push((dead_letter_header::SOURCE_OFFSET, offset.as_bytes()));
         self.send_fitted(
             topic,
             m.key(),
             m.payload().unwrap_or_default(),
-            pairs,
+            &input,
+            own,
             m.timestamp().to_millis(),
         )
     }
 
-    /// Sends a dead letter (or late event) cut to fit `output.max_dead_letter_bytes`. A
-    /// refusal of the dead letter itself is counted and logged: nothing else can take it.
+    /// Sends a dead letter (or late event) fitted to its topic: within
+    /// `output.max_dead_letter_bytes` and the topic's own `max.message.bytes`
+    /// ([`fit::fit_dead_letter`]: input headers dropped past half the room, the payload
+    /// cut); where not even the key and flagtally's headers fit, or where the broker
+    /// refused it before (`diverted`), as its stub ([`fit::stub_headers`]). A dead letter
+    /// refused twice is given up: counted and logged, never a rewind loop.
     fn send_fitted(
         &self,
         topic: &str,
         key: Option<&[u8]>,
         value: &[u8],
-        pairs: Vec<(&str, &[u8])>,
+        input: &[(std::borrow::Cow<'_, str>, &[u8])],
+        own: Vec<(&str, &[u8])>,
         timestamp_ms: Option<i64>,
     ) -> anyhow::Result<()> {
-        let overhead = key.map_or(0, <[u8]>::len)
-            + pairs
-                .iter()
-                .map(|(k, v)| k.len() + v.len() + 8)
-                .sum::<usize>();
-        let (value, truncated) =
-            fit::fit_payload(value, overhead, self.config.output.max_dead_letter_bytes);
-        let original = truncated.map(|n| n.to_string());
-        let truncation = original
+        let refusals = own
+            .iter()
+            .find(|(k, _)| *k == header::ID)
+            .and_then(|(_, id)| std::str::from_utf8(id).ok())
+            .and_then(|id| self.diverted.get(id))
+            .copied()
+            .unwrap_or(0);
+        if refusals >= 2 {
+            self.dead_letter_refused(topic, "refused again as a stub");
+            return Ok(());
+        }
+        let limit = self.config.output.max_dead_letter_bytes.min(
+            self.producer
+                .topic_limit(topic)
+                .saturating_sub(fit::RECORD_MARGIN),
+        );
+        let key_len = key.map_or(0, <[u8]>::len);
+        let own_size: usize = own.iter().map(|(k, v)| fit::header_size(k, v)).sum();
+        let input_sizes: Vec<usize> = input.iter().map(|(k, v)| fit::header_size(k, v)).collect();
+        let plan = if refusals >= 1 {
+            fit::Fit::Stub
+        } else {
+            fit::fit_dead_letter(limit, own_size, key_len, &input_sizes, value.len())
+        };
+        let (headers_kept, value_kept) = match plan {
+            fit::Fit::Whole => (input.len(), value.len()),
+            fit::Fit::Cut {
+                headers_kept,
+                value_kept,
+            } => (headers_kept, value_kept),
+            fit::Fit::Stub => {
+                let stub = fit::stub_headers(&own, value.len(), key_len, input_sizes.iter().sum());
+                if stub
+                    .iter()
+                    .map(|(k, v)| fit::header_size(k, v))
+                    .sum::<usize>()
+                    > limit
+                {
+                    self.dead_letter_refused(topic, "not even its stub fits the topic");
+                    return Ok(());
+                }
+                let outgoing = Outgoing {
+                    topic,
+                    key: None,
+                    value: &[],
+                    headers: headers(stub.iter().map(|(k, v)| (k.as_str(), v.as_slice()))),
+                    timestamp_ms,
+                    summary: false,
+                };
+                return self.send_dead_letter(topic, outgoing);
+            }
+        };
+        let original = (value_kept < value.len()).then(|| value.len().to_string());
+        let dropped =
+            (headers_kept < input.len()).then(|| (input.len() - headers_kept).to_string());
+        let cut = original
             .as_deref()
-            .map(|n| (dead_letter_header::TRUNCATED, n.as_bytes()));
+            .map(|n| (dead_letter_header::TRUNCATED, n.as_bytes()))
+            .into_iter()
+            .chain(
+                dropped
+                    .as_deref()
+                    .map(|n| (dead_letter_header::HEADERS_DROPPED, n.as_bytes())),
+            );
         let outgoing = Outgoing {
             topic,
             key,
-            value,
-            headers: headers(pairs.into_iter().chain(truncation)),
+            value: &value[..value_kept],
+            headers: headers(
+                input[..headers_kept]
+                    .iter()
+                    .map(|(k, v)| (k.as_ref(), *v))
+                    .chain(own)
+                    .chain(cut),
+            ),
             timestamp_ms,
             summary: false,
         };
-        let sent = self.producer.send(outgoing, &self.give_up());
-        match sent {
+        self.send_dead_letter(topic, outgoing)
+    }
+
+    /// Queues a fitted dead letter; a refusal the producer reports at once is counted
+    /// and logged (one reported later by the broker comes back through
+    /// [`State::set_aside`]).
+    fn send_dead_letter(&self, topic: &str, outgoing: Outgoing<'_>) -> anyhow::Result<()> {
+        match self.producer.send(outgoing, &self.give_up()) {
             Ok(()) => Ok(()),
             Err(e) if e.rdkafka_error_code().is_some_and(fit::is_permanent) => {
                 self.dead_letter_refused(topic, &e.to_string());
@@ -1161,12 +1235,24 @@ impl State {
         let is_dead_letter =
             r.kind.as_deref() == Some("dead-letter") || dlq.as_deref() == Some(r.topic.as_str());
         if let Some(id) = &r.id {
-            if self.diverted.len() >= MAX_DIVERTED {
-                self.diverted.clear();
-            }
-            self.diverted.insert(id.clone());
+            self.divert(id);
         }
-        let Some(dlq) = dlq.filter(|_| !is_dead_letter) else {
+        if is_dead_letter {
+            // Written again as its stub (headers only), unless it was the stub.
+            if r.own_headers.iter().any(|(k, _)| k == fit::STUB) {
+                self.dead_letter_refused(&r.topic, &r.error);
+                return Ok(());
+            }
+            tracing::warn!(topic = %r.topic, id = ?r.id, "the broker refused a dead letter ({}); writing its stub", r.error);
+            let own: Vec<(&str, &[u8])> = r
+                .own_headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_slice()))
+                .collect();
+            self.sent_since_commit = true;
+            return self.send_fitted(&r.topic, r.key.as_deref(), &r.value, &[], own, None);
+        }
+        let Some(dlq) = dlq else {
             self.dead_letter_refused(&r.topic, &r.error);
             return Ok(());
         };
@@ -1193,7 +1279,16 @@ impl State {
             pairs.push((dead_letter_header::TRUNCATED, original.as_bytes()));
         }
         self.sent_since_commit = true;
-        self.send_fitted(&dlq, r.key.as_deref(), &r.value, pairs, None)
+        self.send_fitted(&dlq, r.key.as_deref(), &r.value, &[], pairs, None)
+    }
+
+    /// Remembers one more refusal of the output `id`.
+    fn divert(&mut self, id: &str) {
+        if self.diverted.len() >= MAX_DIVERTED {
+            self.diverted.clear();
+        }
+        let n = self.diverted.entry(id.to_owned()).or_default();
+        *n = n.saturating_add(1);
     }
 
     fn commit_cycle_if_due(&mut self, consumer: &Source) -> anyhow::Result<()> {
@@ -1266,7 +1361,7 @@ impl State {
                 // re-read set those records aside before they are sent.
                 for r in &refused {
                     if let Some(id) = &r.id {
-                        self.diverted.insert(id.clone());
+                        self.divert(id);
                     }
                 }
                 tracing::warn!(

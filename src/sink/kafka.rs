@@ -57,6 +57,27 @@ pub struct Refused {
     pub id: Option<String>,
     pub kind: Option<String>,
     pub error: String,
+    /// flagtally's own headers of the record (each value capped), for a dead letter's
+    /// stub ([`crate::pipeline::fit::stub_headers`]).
+    pub own_headers: Vec<(String, Vec<u8>)>,
+}
+
+/// flagtally's own headers among `headers` (not forwarded input headers), values
+/// capped to [`crate::pipeline::fit::MAX_STUB_VALUE`].
+fn own_headers<'a>(
+    headers: impl Iterator<Item = rdkafka::message::Header<'a, &'a [u8]>>,
+) -> Vec<(String, Vec<u8>)> {
+    use crate::pipeline::fit;
+    headers
+        .filter(|h| h.key.starts_with(fit::OWN_PREFIX) && !h.key.starts_with(fit::RAW_NAME_PREFIX))
+        .map(|h| {
+            let v = h.value.unwrap_or_default();
+            (
+                h.key.to_owned(),
+                v[..v.len().min(fit::MAX_STUB_VALUE)].to_vec(),
+            )
+        })
+        .collect()
 }
 
 impl Refused {
@@ -80,6 +101,7 @@ impl Refused {
             id: header(crate::emit::header::ID),
             kind: header(crate::emit::header::KIND),
             error: error.to_string(),
+            own_headers: own_headers(rec.headers.iter()),
         }
     }
 }
@@ -185,6 +207,9 @@ impl ProducerContext for Deliveries {
                     id: header(crate::emit::header::ID),
                     kind: header(crate::emit::header::KIND),
                     error: e.to_string(),
+                    own_headers: msg
+                        .headers()
+                        .map_or_else(Vec::new, |hs| own_headers(hs.iter())),
                 };
                 self.admin
                     .metrics
@@ -518,7 +543,7 @@ impl Producer {
             let id = config
                 .processing
                 .transactional_id(&config.kafka, &|k| std::env::var(k).ok())
-                .map_err(|e| KafkaError::ClientCreation(e))?;
+                .map_err(KafkaError::ClientCreation)?;
             // Each worker its own producer and transaction (Kafka Streams' model too).
             cc.set("transactional.id", config.processing.per_worker(&id));
         }
