@@ -578,3 +578,105 @@ timeout = "2s"
     assert_eq!(rx.gets.load(Ordering::Relaxed), 0);
     assert!(d.stop(Duration::from_secs(20)).success());
 }
+
+/// The sink's dead-letter topic refuses a dead letter (its `max.message.bytes` lowered
+/// to 1 500 after the sink started, so the sink's 3 KB dead letter is over it): the
+/// refusal is seen in the delivery report before the sink moves on, and the dead
+/// letter is written again as its stub (source position, reason, sizes). Everything
+/// else is delivered.
+#[test]
+fn a_sink_dead_letter_the_broker_refuses_is_confirmed_as_its_stub() {
+    use flagtally::sink::kafka::block_on;
+    use rdkafka::admin::{AdminClient, AdminOptions, AlterConfig, ResourceSpecifier};
+    let broker = broker().to_owned();
+    let t = Topics::create(&broker, 1);
+    let rx = Receiver::start();
+    *rx.reject.lock().unwrap() = Some("poison-flag".to_owned());
+    let cfg = format!(
+        r#"{base}
+[[sinks]]
+name = "hook"
+type = "webhook"
+topics = ["{feature}"]
+url = "http://{addr}/events"
+max_events = 100
+batch_timeout = "200ms"
+retry_initial = "100ms"
+retry_max = "1s"
+"#,
+        base = base(&broker, &t),
+        feature = t.feature,
+        addr = rx.addr,
+    );
+    let d = Flagtally::start(&cfg, &unique("hook-dlq-stub"));
+    d.wait_log("partitions assigned", 1, Duration::from_secs(60));
+    std::thread::sleep(Duration::from_secs(2));
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &broker)
+        .create()
+        .unwrap();
+    let alter =
+        AlterConfig::new(ResourceSpecifier::Topic(&t.dead_letter)).set("max.message.bytes", "1500");
+    for r in block_on(admin.alter_configs(&[alter], &AdminOptions::new())).unwrap() {
+        r.unwrap();
+    }
+    let blob = "b".repeat(3000);
+    let mut records: Vec<Vec<u8>> = (0..50)
+        .map(|i| {
+            format!(
+                r#"{{"kind":"feature","creationDate":1767225600{i:03},"key":"good-flag","version":1,"userKey":"u{i}","variation":0,"value":true,"trackEvents":true}}"#
+            )
+            .into_bytes()
+        })
+        .collect();
+    records.insert(
+        25,
+        format!(
+            r#"{{"kind":"feature","creationDate":1767225600500,"key":"poison-flag","version":1,"context":{{"kind":"user","key":"p","blob":"{blob}"}},"variation":0,"value":true,"trackEvents":true}}"#
+        )
+        .into_bytes(),
+    );
+    produce(&broker, &t.input, 1, &records);
+    let letters = dedupe(&read_until(
+        &broker,
+        &t.dead_letter,
+        Duration::from_secs(60),
+        distinct_ids(1),
+    ));
+    let stub = letters.values().next().expect("the stub");
+    assert_eq!(
+        stub.header("flagtally-stub"),
+        Some("true"),
+        "{}",
+        d.log_text()
+    );
+    assert_eq!(stub.header("flagtally-error-reason"), Some("sink_rejected"));
+    assert_eq!(stub.header("flagtally-sink"), Some("hook"));
+    assert_eq!(
+        stub.header("flagtally-source-topic"),
+        Some(t.feature.as_str())
+    );
+    assert!(
+        stub.header("flagtally-stub-sizes")
+            .unwrap()
+            .starts_with("value=3"),
+        "{:?}",
+        stub.header("flagtally-stub-sizes")
+    );
+    let delivered = || {
+        rx.requests()
+            .iter()
+            .map(|r| {
+                let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+                v["events"].as_array().unwrap().len()
+            })
+            .sum::<usize>()
+    };
+    assert!(eventually(Duration::from_secs(30), || delivered() >= 50));
+    assert!(
+        d.log_text().contains("writing its stub"),
+        "{}",
+        d.log_text()
+    );
+    assert!(d.stop(Duration::from_secs(20)).success());
+}

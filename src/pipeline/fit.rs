@@ -92,18 +92,6 @@ pub fn forwarded_name_bytes(name: &[u8]) -> Cow<'_, str> {
 /// ([`forwarded_name_bytes`]).
 pub const RAW_NAME_PREFIX: &str = "flagtally-raw-name:";
 
-/// How much of a payload fits in `max` bytes beside `overhead` bytes of key and
-/// headers: the whole of it, or a prefix (then `Some(original length)`).
-pub fn fit_payload(value: &[u8], overhead: usize, max: usize) -> (&[u8], Option<usize>) {
-    // Room for the truncation header itself.
-    const TRUNCATION_HEADER: usize = 64;
-    if overhead + value.len() <= max {
-        return (value, None);
-    }
-    let room = max.saturating_sub(overhead + TRUNCATION_HEADER);
-    (&value[..room.min(value.len())], Some(value.len()))
-}
-
 /// Longest header value a dead letter's stub keeps.
 pub const MAX_STUB_VALUE: usize = 256;
 
@@ -279,16 +267,6 @@ mod tests {
         assert_eq!(forwarded_name("FlagTally-Kind"), "original-FlagTally-Kind");
         assert_eq!(forwarded_name("traceparent"), "traceparent");
         assert_eq!(forwarded_name("é"), "é");
-    }
-
-    #[test]
-    fn payloads_fit_with_room_for_the_header() {
-        let v = vec![b'x'; 1000];
-        assert_eq!(fit_payload(&v, 100, 2000), (&v[..], None));
-        let (cut, original) = fit_payload(&v, 100, 600);
-        assert_eq!(original, Some(1000));
-        assert!(cut.len() + 100 + 64 <= 600);
-        assert_eq!(fit_payload(&v, 700, 600).0.len(), 0);
     }
 
     #[test]

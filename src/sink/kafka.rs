@@ -285,7 +285,6 @@ pub const DEFAULT_TOPIC_LIMIT: usize = 1_048_588;
 /// ones included, so the producer's `batch.size` is kept under the smallest limit, and
 /// an output over its topic's limit is set aside before it is sent.
 fn topic_limits(config: &Config) -> std::collections::HashMap<String, usize> {
-    use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
     let mut topics: Vec<&str> = crate::emit::OutputKind::ALL
         .iter()
         .filter_map(|k| config.output.topics.topic(*k))
@@ -295,16 +294,29 @@ fn topic_limits(config: &Config) -> std::collections::HashMap<String, usize> {
     // carries them); librdkafka refuses a DescribeConfigs naming a resource twice.
     topics.sort_unstable();
     topics.dedup();
+    if !config.output.describe_topics {
+        return topics
+            .iter()
+            .map(|t| ((*t).to_owned(), DEFAULT_TOPIC_LIMIT))
+            .collect();
+    }
+    describe_limits(&config.kafka, &topics)
+}
+
+/// The `max.message.bytes` of each of `topics` (distinct), as the broker describes it;
+/// Kafka's default for any it would not describe.
+pub fn describe_limits(
+    kafka: &crate::config::KafkaConfig,
+    topics: &[&str],
+) -> std::collections::HashMap<String, usize> {
+    use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
     let mut limits: std::collections::HashMap<String, usize> = topics
         .iter()
         .map(|t| ((*t).to_owned(), DEFAULT_TOPIC_LIMIT))
         .collect();
-    if !config.output.describe_topics {
-        return limits;
-    }
     let mut cc = ClientConfig::new();
-    cc.set("bootstrap.servers", &config.kafka.brokers);
-    config.kafka.apply(&mut cc, &Default::default());
+    cc.set("bootstrap.servers", &kafka.brokers);
+    kafka.apply(&mut cc, &Default::default());
     let Ok(admin) = cc.create::<AdminClient<rdkafka::client::DefaultClientContext>>() else {
         return limits;
     };

@@ -174,14 +174,103 @@ pub struct Worker {
     /// Per topic partition: the destination holds everything before this offset.
     floor: BTreeMap<(String, i32), i64>,
     /// Records the destination refuses for good go here, with the reason.
-    dead_letters: Option<(String, DeadLetterProducer)>,
-    /// Dead letters sent and not yet known to be acknowledged: flushed before the
-    /// destination's position or the group offset can move past their records.
-    unflushed: bool,
+    dead_letters: Option<DeadLetters>,
 }
 
-type DeadLetterProducer =
-    crate::sink::kafka::PolledProducer<rdkafka::producer::DefaultProducerContext>;
+/// A sink's dead-letter topic: its producer, its `max.message.bytes`, and the dead
+/// letters sent and not yet confirmed (flushed, each delivery report seen) — none may
+/// be outstanding when the destination's position or the group offset moves past
+/// their records.
+struct DeadLetters {
+    topic: String,
+    producer: crate::sink::kafka::PolledProducer<Confirmations>,
+    limit: usize,
+    unconfirmed: Vec<Letter>,
+}
+
+impl DeadLetters {
+    /// Queues `letter` with `key` and `value`, fitted to the topic; as its stub when it
+    /// is one or nothing but a stub fits.
+    fn send(&self, letter: &Letter, key: &[u8], value: &[u8]) -> anyhow::Result<()> {
+        use crate::pipeline::fit;
+        let own_size: usize = letter.own.iter().map(|(k, v)| fit::header_size(k, v)).sum();
+        let plan = if letter.stub {
+            fit::Fit::Stub
+        } else {
+            fit::fit_dead_letter(self.limit, own_size, key.len(), &[], value.len())
+        };
+        let own: Vec<(&str, &[u8])> = letter
+            .own
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_slice()))
+            .collect();
+        let (pairs, key, value) = if plan == fit::Fit::Stub {
+            let stub = fit::stub_headers(&own, letter.value_len, letter.key_len, 0);
+            (stub, None, &[][..])
+        } else {
+            let kept = match plan {
+                fit::Fit::Cut { value_kept, .. } => value_kept,
+                _ => value.len(),
+            };
+            let mut pairs = letter.own.clone();
+            if kept < value.len() {
+                pairs.push((
+                    crate::pipeline::dead_letter_header::TRUNCATED.to_owned(),
+                    value.len().to_string().into_bytes(),
+                ));
+            }
+            (pairs, Some(key), &value[..kept])
+        };
+        let hs = crate::sink::kafka::headers(pairs.iter().map(|(k, v)| (k.as_str(), v.as_slice())));
+        let mut record: rdkafka::producer::BaseRecord<'_, [u8], [u8]> =
+            rdkafka::producer::BaseRecord::to(&self.topic)
+                .payload(value)
+                .headers(hs);
+        if let Some(key) = key {
+            record = record.key(key);
+        }
+        crate::sink::kafka::send_waiting(&self.producer, record, &|| false)
+            .with_context(|| format!("writing a dead letter to {}", self.topic))?;
+        Ok(())
+    }
+}
+
+/// What a dead letter's stub needs: flagtally's headers and the sizes left out.
+struct Letter {
+    id: String,
+    own: Vec<(String, Vec<u8>)>,
+    value_len: usize,
+    key_len: usize,
+    stub: bool,
+}
+
+/// Delivery reports of the dead-letter producer: the ids of the dead letters the
+/// broker refused.
+#[derive(Default)]
+struct Confirmations {
+    failed: Mutex<Vec<(String, String)>>,
+}
+
+impl ClientContext for Confirmations {}
+
+impl rdkafka::producer::ProducerContext for Confirmations {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &rdkafka::message::DeliveryResult<'_>, _: ()) {
+        use rdkafka::message::Headers as _;
+        if let Err((e, m)) = result {
+            let id = m
+                .headers()
+                .and_then(|hs| hs.iter().find(|h| h.key == header::ID))
+                .and_then(|h| h.value)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+                .unwrap_or_default();
+            if let Ok(mut f) = self.failed.lock() {
+                f.push((id, e.to_string()));
+            }
+        }
+    }
+}
 
 impl SinkRecord {
     fn of(m: &rdkafka::message::BorrowedMessage<'_>) -> Self {
@@ -244,10 +333,23 @@ impl Worker {
                     .set("enable.idempotence", "true")
                     .set("acks", "all");
                 kafka.apply(&mut pc, &kafka.producer_properties);
-                let producer: DeadLetterProducer = pc.create().with_context(|| {
-                    format!("sink {}: creating its dead-letter producer", config.name)
-                })?;
-                Some((topic.clone(), producer))
+                let producer = pc
+                    .create_with_context(Confirmations::default())
+                    .with_context(|| {
+                        format!("sink {}: creating its dead-letter producer", config.name)
+                    })?;
+                let limit = crate::sink::kafka::describe_limits(kafka, &[topic.as_str()])
+                    .get(topic.as_str())
+                    .copied()
+                    .unwrap_or(crate::sink::kafka::DEFAULT_TOPIC_LIMIT);
+                Some(DeadLetters {
+                    topic: topic.clone(),
+                    producer,
+                    limit: limit
+                        .saturating_sub(crate::pipeline::fit::RECORD_MARGIN)
+                        .min(1_000_000),
+                    unconfirmed: Vec::new(),
+                })
             }
             None => None,
         };
@@ -275,7 +377,6 @@ impl Worker {
             admin,
             floor: BTreeMap::new(),
             dead_letters,
-            unflushed: false,
         })
     }
 
@@ -365,22 +466,23 @@ impl Worker {
     }
 
     /// A record the destination refuses for good: to the sink's dead-letter topic with
-    /// the reason (acknowledged before the next write: [`Worker::flush_dead_letters`]),
-    /// or, without one, logged and counted.
+    /// the reason (confirmed before the next write: [`Worker::flush_dead_letters`]),
+    /// fitted to the topic's `max.message.bytes` (the payload cut, or a stub where not
+    /// even the key and headers fit); without a dead-letter topic, logged and counted.
     fn set_aside(&mut self, r: &SinkRecord, error: &str) -> anyhow::Result<()> {
         use crate::pipeline::dead_letter_header as dl;
         self.counter(|m| &m.sink_rejected).inc();
-        let Some((topic, producer)) = &self.dead_letters else {
+        let Some(letters) = &mut self.dead_letters else {
             tracing::error!(sink = %self.name, id = %r.id, "the destination refused a record for good ({error}); no dead-letter topic: dropped");
             return Ok(());
         };
-        tracing::warn!(sink = %self.name, id = %r.id, topic, "the destination refused a record for good ({error}); it goes to the dead-letter topic");
+        tracing::warn!(sink = %self.name, id = %r.id, topic = %letters.topic, "the destination refused a record for good ({error}); it goes to the dead-letter topic");
         let id = crate::emit::refused_id(&format!("{}/{}", self.name, r.id))
             .hyphenated()
             .to_string();
         let error = crate::pipeline::fit::cap(error, crate::pipeline::fit::MAX_ERROR_BYTES);
         let (partition, offset) = (r.partition.to_string(), r.offset.to_string());
-        let hs = crate::sink::kafka::headers([
+        let own: Vec<(String, Vec<u8>)> = [
             (header::ID, id.as_bytes()),
             (header::KIND, b"dead-letter".as_slice()),
             (dl::ERROR, error.as_bytes()),
@@ -390,26 +492,59 @@ impl Worker {
             (dl::SOURCE_TOPIC, r.topic.as_bytes()),
             (dl::SOURCE_PARTITION, partition.as_bytes()),
             (dl::SOURCE_OFFSET, offset.as_bytes()),
-        ]);
-        let (value, _) = crate::pipeline::fit::fit_payload(&r.value, 4096, 1_000_000);
-        let record: rdkafka::producer::BaseRecord<'_, [u8], [u8]> =
-            rdkafka::producer::BaseRecord::to(topic)
-                .key(r.id.as_bytes())
-                .payload(value)
-                .headers(hs);
-        crate::sink::kafka::send_waiting(producer, record, &|| false)
-            .with_context(|| format!("sink {}: writing a dead letter", self.name))?;
-        self.unflushed = true;
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_vec()))
+        .collect();
+        let letter = Letter {
+            id,
+            own,
+            value_len: r.value.len(),
+            key_len: r.id.len(),
+            stub: false,
+        };
+        letters.send(&letter, r.id.as_bytes(), &r.value)?;
+        letters.unconfirmed.push(letter);
         Ok(())
     }
 
-    /// Waits until every dead letter sent is acknowledged.
+    /// Waits until every dead letter sent is confirmed. One the broker refused is sent
+    /// again as its stub (and confirmed in turn); a refused stub is given up, logged.
     fn flush_dead_letters(&mut self) -> anyhow::Result<()> {
-        if let (true, Some((_, producer))) = (self.unflushed, &self.dead_letters) {
-            crate::sink::kafka::flush_threaded(producer, Duration::from_secs(60))
+        use rdkafka::producer::Producer as _;
+        let Some(letters) = &mut self.dead_letters else {
+            return Ok(());
+        };
+        while !letters.unconfirmed.is_empty() {
+            crate::sink::kafka::flush_threaded(&letters.producer, Duration::from_secs(60))
                 .with_context(|| format!("sink {}: writing dead letters", self.name))?;
+            let failed = std::mem::take(
+                &mut *letters
+                    .producer
+                    .context()
+                    .failed
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner),
+            );
+            let mut sent = std::mem::take(&mut letters.unconfirmed);
+            for (id, e) in failed {
+                let Some(mut letter) = sent
+                    .iter()
+                    .position(|l| l.id == id)
+                    .map(|i| sent.swap_remove(i))
+                else {
+                    continue;
+                };
+                if letter.stub {
+                    tracing::error!(sink = %self.name, id, "the broker refused a dead letter's stub ({e}); given up");
+                    continue;
+                }
+                tracing::warn!(sink = %self.name, id, "the broker refused a dead letter ({e}); writing its stub");
+                letter.stub = true;
+                letters.send(&letter, &[], &[])?;
+                letters.unconfirmed.push(letter);
+            }
         }
-        self.unflushed = false;
         Ok(())
     }
 
