@@ -35,6 +35,9 @@ pub struct Metrics {
     pub count_mismatches: Family<Labels, Counter>,
     /// Records written to the dead-letter topic.
     pub dead_letters: Counter,
+    /// Distinct context kinds left out of summaries past `MAX_CONTEXT_KINDS` per flag
+    /// and window.
+    pub context_kinds_dropped: Counter,
     /// Output events written, per kind.
     pub events_out: Family<Labels, Counter>,
     /// Late events, per policy (`correction`, `dead-letter`, `drop`).
@@ -105,6 +108,7 @@ impl Metrics {
             not_counted: Family::default(),
             count_mismatches: Family::default(),
             dead_letters: Counter::default(),
+            context_kinds_dropped: Counter::default(),
             events_out: Family::default(),
             late_events: Family::default(),
             future_events: Family::default(),
@@ -245,6 +249,11 @@ impl Metrics {
             "sink_panics",
             "Panics caught in a sink (each restarts the sink), per sink",
             metrics.sink_panics.clone(),
+        );
+        r.register(
+            "context_kinds_dropped",
+            "Distinct context kinds left out of a summary past the limit per flag and window (64)",
+            metrics.context_kinds_dropped.clone(),
         );
         r.register(
             "config_reloads",

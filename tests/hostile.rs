@@ -138,6 +138,42 @@ fn corpus(t: i64) -> Vec<Case> {
         ),
         case(feature(1, "past", "u"), None),
         case(feature(-5, "negative", "u"), None),
+        // Context kinds: a multi-kind context with 65 kinds, a summary flag naming 65.
+        case(
+            {
+                let kinds: Vec<String> = (0..65)
+                    .map(|i| format!(r#""k{i}":{{"key":"x"}}"#))
+                    .collect();
+                format!(
+                    r#"{{"kind":"feature","creationDate":{t},"key":"f","version":1,"context":{{"kind":"multi",{}}},"variation":0,"value":true}}"#,
+                    kinds.join(",")
+                )
+            },
+            Some("too_many_kinds"),
+        ),
+        case(
+            {
+                let kinds: Vec<String> = (0..65).map(|i| format!(r#""k{i}""#)).collect();
+                format!(
+                    r#"{{"kind":"summary","startDate":{t},"endDate":{t},"features":{{"f":{{"default":false,"counters":[{{"variation":0,"version":1,"value":true,"count":1}}],"contextKinds":[{}]}}}}}}"#,
+                    kinds.join(",")
+                )
+            },
+            Some("too_many_kinds"),
+        ),
+        // FeatBit: 10 001 variations inside one entry (depth 3, past the limits pass).
+        case(
+            {
+                let one = format!(
+                    r#"{{"featureFlagKey":"f","variation":{{"id":"v","value":"true"}},"timestamp":{t}}}"#
+                );
+                format!(
+                    r#"[{{"user":{{"keyId":"u"}},"variations":[{}]}}]"#,
+                    vec![one; 10_001].join(",")
+                )
+            },
+            Some("too_many_events"),
+        ),
     ];
     // Forged headers on a bad record: its dead letter must carry them renamed.
     cases.push(Case {

@@ -261,19 +261,47 @@ fn payload(bytes: &[u8], limits: &Limits, out: &mut Decoded) {
             Ok(parsed) => parsed,
             Err(e) => return out.errors.push(e),
         };
+    // The limits pass counts the entries (elements at the top level), not what they
+    // hold (variations and metrics, one level further down): those are counted here,
+    // against the same limit, before any of them is read.
+    let mut budget = limits.max_events;
     for (i, raw) in entries.into_iter().enumerate() {
-        if let Err(e) = entry(i, origin.bytes(raw), limits, out) {
-            out.errors.push(e);
+        match entry(i, origin.bytes(raw), limits, &mut budget, out) {
+            Ok(()) => {}
+            Err(e) if matches!(e.reason, Reason::TooManyEvents { .. }) => {
+                // Refused whole, like a record past the limits pass.
+                out.events.clear();
+                out.errors.clear();
+                return out.errors.push(e);
+            }
+            Err(e) => out.errors.push(e),
         }
     }
 }
 
 /// One entry: its user, then each variation and metric on its own.
-fn entry(i: usize, bytes: &[u8], limits: &Limits, out: &mut Decoded) -> Result<(), DecodeError> {
+fn entry(
+    i: usize,
+    bytes: &[u8],
+    limits: &Limits,
+    budget: &mut usize,
+    out: &mut Decoded,
+) -> Result<(), DecodeError> {
     let prefix = || format!("[{i}]");
     refuse_array(bytes, prefix)?;
     let mut scratch = None;
     let (entry, origin) = util::parse_container::<Entry<'_>>(D, prefix, bytes, &mut scratch)?;
+    let n =
+        entry.variations.as_ref().map_or(0, Vec::len) + entry.metrics.as_ref().map_or(0, Vec::len);
+    *budget = budget.checked_sub(n).ok_or_else(|| {
+        DecodeError::new(
+            D,
+            "",
+            Reason::TooManyEvents {
+                limit: limits.max_events,
+            },
+        )
+    })?;
     let user_path = format!("[{i}].user");
     let Some(user) = entry.user else {
         return Err(DecodeError::new(D, user_path, Reason::Missing));

@@ -100,6 +100,26 @@ pub enum Reason {
     Undetected(String),
     #[error("avro: {0}")]
     Avro(String),
+    #[error("{count} context kinds, over the limit of {limit}")]
+    TooManyKinds { count: usize, limit: usize },
+}
+
+/// Most context kinds in one multi-kind context, and in one summary flag's
+/// `contextKinds` (input and output alike): LaunchDarkly's contexts carry a handful. A
+/// record past it is dead-lettered (`too_many_kinds`); a window's flag collects at most
+/// this many distinct kinds from its evaluations, and further ones are left out of its
+/// summary and counted (`flagtally_context_kinds_dropped_total`).
+pub const MAX_CONTEXT_KINDS: usize = 64;
+
+/// [`Reason::TooManyKinds`] when `count` is over [`MAX_CONTEXT_KINDS`].
+pub(crate) fn check_kinds(count: usize) -> Result<(), Reason> {
+    if count > MAX_CONTEXT_KINDS {
+        return Err(Reason::TooManyKinds {
+            count,
+            limit: MAX_CONTEXT_KINDS,
+        });
+    }
+    Ok(())
 }
 
 impl Reason {
@@ -122,6 +142,7 @@ impl Reason {
             Self::UnknownKind(_) => "unknown_kind",
             Self::Undetected(_) => "undetected",
             Self::Avro(_) => "avro",
+            Self::TooManyKinds { .. } => "too_many_kinds",
         }
     }
 }

@@ -311,6 +311,8 @@ pub(crate) fn validate(
                         v.bounded(&format!("{p}.counters[{j}].version"), s)?;
                     }
                 }
+                crate::decode::check_kinds(f.context_kinds.len())
+                    .map_err(|r| v.err(&format!("{p}.contextKinds"), r))?;
                 for (j, k) in f.context_kinds.iter().enumerate() {
                     v.kind(&format!("{p}.contextKinds[{j}]"), k)?;
                 }
@@ -402,6 +404,7 @@ impl Check<'_> {
 
     fn contexts(&self, field: &str, c: &mut Contexts) -> Result<(), DecodeError> {
         let keys_path = at(field, "keys");
+        crate::decode::check_kinds(c.keys.len()).map_err(|r| self.err(&keys_path, r))?;
         if c.keys.is_empty() {
             return Err(self.err(
                 &keys_path,

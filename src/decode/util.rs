@@ -390,6 +390,8 @@ pub(crate) fn context(
     };
     match kind {
         Some("multi") => {
+            super::check_kinds(shape.others.len())
+                .map_err(|r| DecodeError::new(dialect, path, r))?;
             let mut keys: SmallVec<[ContextKey; 1]> = SmallVec::new();
             for (name, sub) in &shape.others {
                 let sub_path = at(path, name);

@@ -425,6 +425,7 @@ mod tests {
             default: Json::string("d1"),
             counters,
             context_kinds: vec!["org".into(), "user".into()],
+            kinds_dropped: 0,
             late: false,
             reason: CloseReason::Watermark,
             part: 0,

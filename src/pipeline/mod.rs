@@ -962,6 +962,14 @@ impl State {
         let outputs = std::mem::take(&mut self.outputs);
         for out in &outputs {
             let kind = OutputKind::of(out);
+            if let Output::Summary(s) = out
+                && s.kinds_dropped > 0
+            {
+                self.admin
+                    .metrics
+                    .context_kinds_dropped
+                    .inc_by(u64::from(s.kinds_dropped));
+            }
             let Some(topic) = self.config.output.topics.topic(kind) else {
                 continue;
             };

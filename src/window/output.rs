@@ -112,8 +112,10 @@ pub struct ClosedSummary {
     pub default: Json,
     /// Sorted by (variation, version): no variation first, then indexes, then names.
     pub counters: Vec<Counter>,
-    /// Sorted, distinct.
+    /// Sorted, distinct, at most [`crate::decode::MAX_CONTEXT_KINDS`].
     pub context_kinds: Vec<CompactString>,
+    /// Distinct kinds left out past that limit (not part of the summary's content).
+    pub kinds_dropped: u32,
     /// An additive correction for a window already emitted (late events).
     pub late: bool,
     pub reason: CloseReason,

@@ -34,6 +34,8 @@ struct FlagAcc {
     default: Option<Json>,
     counters: SmallVec<[CounterAcc; 2]>,
     kinds: SmallVec<[CompactString; 2]>,
+    /// Distinct kinds left out past [`crate::decode::MAX_CONTEXT_KINDS`].
+    kinds_dropped: u32,
     start_date: i64,
     end_date: i64,
 }
@@ -44,6 +46,7 @@ impl FlagAcc {
             default: None,
             counters: SmallVec::new(),
             kinds: SmallVec::new(),
+            kinds_dropped: 0,
             start_date: i64::MAX,
             end_date: i64::MIN,
         }
@@ -77,8 +80,14 @@ impl FlagAcc {
         true
     }
 
+    /// Adds a kind: at most [`crate::decode::MAX_CONTEXT_KINDS`] distinct ones (each
+    /// insert then costs a bounded search and shift); further ones are counted.
     fn kind(&mut self, kind: &str) {
         if let Err(at) = self.kinds.binary_search_by(|k| k.as_str().cmp(kind)) {
+            if self.kinds.len() >= crate::decode::MAX_CONTEXT_KINDS {
+                self.kinds_dropped = self.kinds_dropped.saturating_add(1);
+                return;
+            }
             self.kinds.insert(at, kind.into());
         }
     }
@@ -214,6 +223,7 @@ impl WindowAcc {
                     default: acc.default.unwrap_or_else(Json::null),
                     counters,
                     context_kinds: acc.kinds.into_vec(),
+                    kinds_dropped: acc.kinds_dropped,
                     late,
                     reason,
                     part: self.part,

@@ -770,3 +770,24 @@ fn scoped_and_unscoped_flags_close_sorted_by_scope_then_flag() {
         ]
     );
 }
+
+/// A flag collects at most `MAX_CONTEXT_KINDS` distinct kinds per window; each further
+/// one is left out and counted, and every evaluation is still counted.
+#[test]
+fn context_kinds_per_flag_are_bounded_and_counted() {
+    let mut e = engine(WindowConfig::default());
+    let mut out = Vec::new();
+    let n = crate::decode::MAX_CONTEXT_KINDS + 6;
+    for i in 0..n {
+        let mut ev = eval("flag1", Some(0), Some(1), 1000);
+        let kind = format!("kind{i:03}");
+        ev.context = Contexts::multi(&[(kind.as_str(), "k")]);
+        e.push(&pos(0, i as i64), Event::evaluation(ev), 0, &mut out);
+    }
+    e.flush_all(&mut out);
+    let s = summaries(&out);
+    assert_eq!(s.len(), 1);
+    assert_eq!(s[0].context_kinds.len(), crate::decode::MAX_CONTEXT_KINDS);
+    assert_eq!(s[0].kinds_dropped, 6);
+    assert_eq!(s[0].counters[0].count, n as u64);
+}

@@ -636,6 +636,8 @@ fn summary(
                 count,
             });
         }
+        crate::decode::check_kinds(flag.context_kinds.len())
+            .map_err(|r| DecodeError::new(D, format!("{flag_path}.contextKinds"), r))?;
         let mut context_kinds = Vec::with_capacity(flag.context_kinds.len());
         for (i, k) in flag.context_kinds.iter().enumerate() {
             context_kinds.push(util::key(
