@@ -89,10 +89,12 @@ fn outputs_for(broker: &str, input: &str) -> Topics {
 }
 
 fn config(broker: &str, t: &Topics, threads: usize, exactly_once: bool) -> String {
-    // `[processing]` is the configuration's last section.
+    // `[processing]` is the configuration's last section; exactly-once mode needs a
+    // stable id per instance (workers after the first add `-1`, `-2`, …).
     format!(
-        "{}exactly_once = {exactly_once}\n",
-        t.config_with_threads(broker, WINDOW, threads)
+        "{}exactly_once = {exactly_once}\ntransactional_id = \"{}-tx\"\n",
+        t.config_with_threads(broker, WINDOW, threads),
+        t.group
     )
 }
 
