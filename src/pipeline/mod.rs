@@ -1452,7 +1452,7 @@ impl State {
                 .group_metadata()
                 .context("the consumer has no group metadata")?;
             self.producer
-                .commit_transaction(&tpl, &group, KAFKA_TIMEOUT)
+                .commit_transaction(&tpl, &group, KAFKA_TIMEOUT, &self.give_up())
         } else {
             // The checkpoints are sent: wait for them whatever it takes. Going on
             // without knowing whether an idle checkpoint landed could let a replay

@@ -638,15 +638,26 @@ impl Producer {
 
     /// Exactly-once: commits the open transaction with the consumer's offsets, then
     /// opens the next one.
+    ///
+    /// A call that fails with a retriable error (the broker out of reach: the call
+    /// timed out) is retried until it succeeds, fails otherwise, or `give_up` says to
+    /// stop: librdkafka keeps the commit in progress, and an abort meanwhile is refused
+    /// ("Conflicting commit_transaction API call is already in progress" — found by the
+    /// chaos run: a broker killed mid-commit ended two exactly-once instances).
     pub fn commit_transaction(
         &self,
         offsets: &TopicPartitionList,
         group: &ConsumerGroupMetadata,
         timeout: Duration,
+        give_up: &dyn Fn() -> bool,
     ) -> Result<(), KafkaError> {
-        self.inner
-            .send_offsets_to_transaction(offsets, group, timeout)?;
-        self.inner.commit_transaction(timeout)?;
+        retrying("sending the offsets to the transaction", give_up, || {
+            self.inner
+                .send_offsets_to_transaction(offsets, group, timeout)
+        })?;
+        retrying("committing the transaction", give_up, || {
+            self.inner.commit_transaction(timeout)
+        })?;
         self.inner.begin_transaction()
     }
 
@@ -663,7 +674,35 @@ impl Producer {
         if let Err(e) = flush_threaded(&self.inner, timeout) {
             tracing::warn!("records still in flight before aborting the transaction ({e})");
         }
-        self.inner.abort_transaction(timeout)?;
+        retrying("aborting the transaction", &|| false, || {
+            self.inner.abort_transaction(timeout)
+        })?;
         self.inner.begin_transaction()
     }
 }
+
+/// Runs a transactional call again while it fails with an error librdkafka calls
+/// retriable (a timeout while the broker is out of reach), until `give_up`; at most
+/// [`TXN_RETRIES`] times, a bound on a broker that never comes back.
+fn retrying(
+    what: &str,
+    give_up: &dyn Fn() -> bool,
+    mut call: impl FnMut() -> Result<(), KafkaError>,
+) -> Result<(), KafkaError> {
+    let mut tries = 0;
+    loop {
+        match call() {
+            Err(KafkaError::Transaction(e))
+                if e.is_retriable() && tries < TXN_RETRIES && !give_up() =>
+            {
+                tries += 1;
+                tracing::warn!("{what}: {e}; retrying");
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Retries of one transactional call (each waits up to its timeout, 10 s): about an
+/// hour, longer than any broker restart, shorter than forever.
+const TXN_RETRIES: u32 = 360;
