@@ -14,6 +14,7 @@
 #            (the real clients whose payloads tests/sdk_counting.rs counts); the broker
 #            and SeaweedFS are stopped at exit
 #   tests    unit, property, vector, end-to-end and broker tests (cargo test)
+#   chaos    scripts/chaos.sh for 60 s per mode: random faults, outputs checked exactly
 #   docs     cargo doc, warnings denied
 #   fuzz     type-checks every fuzz target (cargo check; the sanitizer build belongs to
 #            the fuzzing runs, README "Fuzzing")
@@ -52,6 +53,11 @@ step "tests"
 # failed run reports all its failures.
 RUST_TEST_THREADS=2 cargo test --all-targets --no-fail-fast --quiet 2>&1 | tee /tmp/flagtally-test.log
 cargo test --doc --quiet
+
+step "chaos (short)"
+# The chaos run's short version: 60 s of random faults per mode (scripts/chaos.sh; the
+# default is 20 minutes per mode).
+bash scripts/chaos.sh --minutes 1 --mode both 2>&1 | tee -a /tmp/flagtally-test.log
 
 step "docs"
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --quiet
