@@ -58,7 +58,7 @@ pub struct Refused {
     pub kind: Option<String>,
     pub error: String,
     /// flagtally's own headers of the record (each value capped), for a dead letter's
-    /// stub ([`crate::pipeline::fit::stub_headers`]).
+    /// stub.
     pub own_headers: Vec<(String, Vec<u8>)>,
 }
 

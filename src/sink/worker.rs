@@ -244,11 +244,12 @@ struct Letter {
     stub: bool,
 }
 
-/// Delivery reports of the dead-letter producer: the ids of the dead letters the
-/// broker refused.
+/// Delivery reports of the dead-letter producer: the ids of the dead letters that
+/// failed, each with the error and whether it is permanent (a refusal: the dead letter
+/// itself can never be written).
 #[derive(Default)]
 struct Confirmations {
-    failed: Mutex<Vec<(String, String)>>,
+    failed: Mutex<Vec<(String, String, bool)>>,
 }
 
 impl ClientContext for Confirmations {}
@@ -265,8 +266,11 @@ impl rdkafka::producer::ProducerContext for Confirmations {
                 .and_then(|h| h.value)
                 .map(|v| String::from_utf8_lossy(v).into_owned())
                 .unwrap_or_default();
+            let permanent = e
+                .rdkafka_error_code()
+                .is_some_and(crate::pipeline::fit::is_permanent);
             if let Ok(mut f) = self.failed.lock() {
-                f.push((id, e.to_string()));
+                f.push((id, e.to_string(), permanent));
             }
         }
     }
@@ -527,7 +531,13 @@ impl Worker {
                     .unwrap_or_else(std::sync::PoisonError::into_inner),
             );
             let mut sent = std::mem::take(&mut letters.unconfirmed);
-            for (id, e) in failed {
+            for (id, e, permanent) in failed {
+                if !permanent {
+                    // Not delivered, but not refused either (the broker out of reach
+                    // past the producer's timeout): the sink restarts from its
+                    // destination's position and sets the record aside again.
+                    anyhow::bail!("sink {}: a dead letter was not delivered: {e}", self.name);
+                }
                 let Some(mut letter) = sent
                     .iter()
                     .position(|l| l.id == id)
