@@ -24,7 +24,7 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::io::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -95,34 +95,9 @@ impl Receiver {
                 let Ok(stream) = stream else { continue };
                 let (e, f, h) = (Arc::clone(&e), Arc::clone(&f), Arc::clone(&h));
                 std::thread::spawn(move || {
-                    let Ok(clone) = stream.try_clone() else {
+                    let Some(HttpRequest { body, .. }) = read_http_request(&stream) else {
                         return;
                     };
-                    let mut reader = BufReader::new(clone);
-                    let mut line = String::new();
-                    let mut length = 0usize;
-                    if reader.read_line(&mut line).is_err() {
-                        return;
-                    }
-                    loop {
-                        line.clear();
-                        if reader.read_line(&mut line).is_err() {
-                            return;
-                        }
-                        let l = line.trim_end();
-                        if l.is_empty() {
-                            break;
-                        }
-                        if let Some((k, v)) = l.split_once(':')
-                            && k.eq_ignore_ascii_case("content-length")
-                        {
-                            length = v.trim().parse().unwrap_or(0);
-                        }
-                    }
-                    let mut body = vec![0; length];
-                    if reader.read_exact(&mut body).is_err() {
-                        return;
-                    }
                     if h.load(Ordering::Relaxed) {
                         std::thread::sleep(Duration::from_secs(60));
                         return;
@@ -283,22 +258,7 @@ fn run(exactly_once: bool) {
     let broker_name = unique("chaos");
     let broker = start_broker(&broker_name);
     let url = postgres_url();
-    let pg: postgres::Config = url.parse().unwrap();
-    let (host, port) = match (&pg.get_hosts()[0], pg.get_ports()[0]) {
-        (postgres::config::Host::Tcp(h), p) => (h.clone(), p),
-        _ => panic!("FLAGTALLY_TEST_POSTGRES must be a TCP address"),
-    };
-    let proxy = CutProxy::start(&format!("{host}:{port}"));
-    let password = pg
-        .get_password()
-        .map(|p| format!(":{}", String::from_utf8_lossy(p)))
-        .unwrap_or_default();
-    let proxied = format!(
-        "postgresql://{}{password}@{}/{}",
-        pg.get_user().unwrap_or("postgres"),
-        proxy.addr,
-        pg.get_dbname().unwrap_or("postgres")
-    );
+    let (proxy, proxied) = CutProxy::postgres(&url);
     let rx = Receiver::start();
     let t = Topics::create(&broker, PARTITIONS);
     let schema = unique("ft_chaos").replace('-', "_");

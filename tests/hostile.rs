@@ -540,15 +540,12 @@ fn forged_record_times_cannot_move_the_watermark() {
     let t = Topics::create(broker, 1);
     // The input topic again, under its own name, accepting any timestamp.
     let input = unique("in-anytime");
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", broker)
-        .create()
-        .unwrap();
-    let topic = NewTopic::new(&input, 1, TopicReplication::Fixed(1))
-        .set("message.timestamp.after.max.ms", "9223372036854775807");
-    for r in block_on(admin.create_topics(&[topic], &AdminOptions::new())).unwrap() {
-        r.unwrap();
-    }
+    create_topic_with(
+        broker,
+        &input,
+        1,
+        &[("message.timestamp.after.max.ms", "9223372036854775807")],
+    );
     let now = now_ms();
     let batch = |start_ms: i64, seed: u64| {
         let mut g = Generator::new(GenConfig {
@@ -667,15 +664,7 @@ fn dead_letters_fit_a_small_dead_letter_topic_in_both_modes() {
         let broker = broker();
         let t = Topics::create(broker, 1);
         let dlq = unique("dlq-small");
-        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-            .set("bootstrap.servers", broker)
-            .create()
-            .unwrap();
-        let topic =
-            NewTopic::new(&dlq, 1, TopicReplication::Fixed(1)).set("max.message.bytes", "3000");
-        for r in block_on(admin.create_topics(&[topic], &AdminOptions::new())).unwrap() {
-            r.unwrap();
-        }
+        create_topic_with(broker, &dlq, 1, &[("max.message.bytes", "3000")]);
         let mut g = Generator::new(GenConfig {
             dialect: GenDialect::Launchdarkly,
             flags: 3,
@@ -781,7 +770,6 @@ fn dead_letters_fit_a_small_dead_letter_topic_in_both_modes() {
 /// abort and re-read — and the good records around it are all counted.
 #[test]
 fn a_dead_letter_the_broker_refuses_is_written_as_its_stub_in_both_modes() {
-    use rdkafka::admin::{AlterConfig, ResourceSpecifier};
     for exactly_once in [false, true] {
         let broker = broker();
         let t = Topics::create(broker, 1);
@@ -805,15 +793,7 @@ fn a_dead_letter_the_broker_refuses_is_written_as_its_stub_in_both_modes() {
         }
         let f = Flagtally::start(&config, &t.group);
         f.wait_log("partitions assigned", 1, Duration::from_secs(60));
-        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-            .set("bootstrap.servers", broker)
-            .create()
-            .unwrap();
-        let alter = AlterConfig::new(ResourceSpecifier::Topic(&t.dead_letter))
-            .set("max.message.bytes", "3000");
-        for r in block_on(admin.alter_configs(&[alter], &AdminOptions::new())).unwrap() {
-            r.unwrap();
-        }
+        alter_topic(broker, &t.dead_letter, "max.message.bytes", "3000");
         let p = producer(broker);
         for (i, v) in good.iter().enumerate() {
             if i == 50 {

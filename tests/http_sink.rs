@@ -6,7 +6,7 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::io::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -59,27 +59,12 @@ impl Receiver {
                 let (r, d, x) = (Arc::clone(&r), Arc::clone(&d), Arc::clone(&x));
                 let (rd, hg, gt) = (Arc::clone(&rd), Arc::clone(&hg), Arc::clone(&gt));
                 std::thread::spawn(move || {
-                    let mut reader = BufReader::new(stream.try_clone().unwrap());
-                    let mut headers = BTreeMap::new();
-                    let mut line = String::new();
-                    reader.read_line(&mut line).unwrap();
+                    let HttpRequest {
+                        line,
+                        headers,
+                        body,
+                    } = read_http_request(&stream).unwrap();
                     let get = line.starts_with("GET ");
-                    loop {
-                        line.clear();
-                        reader.read_line(&mut line).unwrap();
-                        let l = line.trim_end();
-                        if l.is_empty() {
-                            break;
-                        }
-                        if let Some((k, v)) = l.split_once(':') {
-                            headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_owned());
-                        }
-                    }
-                    let n: usize = headers
-                        .get("content-length")
-                        .map_or(0, |v| v.parse().unwrap());
-                    let mut body = vec![0; n];
-                    reader.read_exact(&mut body).unwrap();
                     let rejected = x
                         .lock()
                         .unwrap()
@@ -586,8 +571,6 @@ timeout = "2s"
 /// else is delivered.
 #[test]
 fn a_sink_dead_letter_the_broker_refuses_is_confirmed_as_its_stub() {
-    use flagtally::sink::kafka::block_on;
-    use rdkafka::admin::{AdminClient, AdminOptions, AlterConfig, ResourceSpecifier};
     let broker = broker().to_owned();
     let t = Topics::create(&broker, 1);
     let rx = Receiver::start();
@@ -611,15 +594,7 @@ retry_max = "1s"
     let d = Flagtally::start(&cfg, &unique("hook-dlq-stub"));
     d.wait_log("partitions assigned", 1, Duration::from_secs(60));
     std::thread::sleep(Duration::from_secs(2));
-    let admin: AdminClient<rdkafka::client::DefaultClientContext> = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &broker)
-        .create()
-        .unwrap();
-    let alter =
-        AlterConfig::new(ResourceSpecifier::Topic(&t.dead_letter)).set("max.message.bytes", "1500");
-    for r in block_on(admin.alter_configs(&[alter], &AdminOptions::new())).unwrap() {
-        r.unwrap();
-    }
+    alter_topic(&broker, &t.dead_letter, "max.message.bytes", "1500");
     let blob = "b".repeat(3000);
     let mut records: Vec<Vec<u8>> = (0..50)
         .map(|i| {

@@ -171,22 +171,7 @@ fn crashes_during_writes_lose_and_double_nothing() {
 #[test]
 fn a_database_outage_delays_but_loses_and_doubles_nothing() {
     let url = postgres_url();
-    let pg: postgres::Config = url.parse().unwrap();
-    let (host, port) = match (&pg.get_hosts()[0], pg.get_ports()[0]) {
-        (postgres::config::Host::Tcp(h), p) => (h.clone(), p),
-        _ => panic!("FLAGTALLY_TEST_POSTGRES must be a TCP address"),
-    };
-    let proxy = CutProxy::start(&format!("{host}:{port}"));
-    let password = pg
-        .get_password()
-        .map(|p| format!(":{}", String::from_utf8_lossy(p)))
-        .unwrap_or_default();
-    let proxied = format!(
-        "postgresql://{}{password}@{}/{}",
-        pg.get_user().unwrap_or("postgres"),
-        proxy.addr,
-        pg.get_dbname().unwrap_or("postgres")
-    );
+    let (proxy, proxied) = CutProxy::postgres(&url);
     let (broker, t, records, tally) = setup(20_000);
     let schema = unique("ft_pgout").replace('-', "_");
     let d = Flagtally::start(&config(&t, &broker, &proxied, &schema), &unique("pgout"));

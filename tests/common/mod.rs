@@ -99,6 +99,34 @@ pub fn create_topics(broker: &str, topics: &[(&str, i32)]) {
     }
 }
 
+/// Creates one topic with topic-level settings (`max.message.bytes`, …).
+pub fn create_topic_with(broker: &str, topic: &str, partitions: i32, settings: &[(&str, &str)]) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", broker)
+        .create()
+        .unwrap();
+    let new = settings.iter().fold(
+        NewTopic::new(topic, partitions, TopicReplication::Fixed(1)),
+        |t, (k, v)| t.set(k, v),
+    );
+    for r in block_on(admin.create_topics(&[new], &AdminOptions::new())).unwrap() {
+        r.unwrap_or_else(|(t, e)| panic!("creating topic {t}: {e}"));
+    }
+}
+
+/// Changes one setting of an existing topic (while flagtally runs, say).
+pub fn alter_topic(broker: &str, topic: &str, name: &str, value: &str) {
+    use rdkafka::admin::{AlterConfig, ResourceSpecifier};
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", broker)
+        .create()
+        .unwrap();
+    let alter = AlterConfig::new(ResourceSpecifier::Topic(topic)).set(name, value);
+    for r in block_on(admin.alter_configs(&[alter], &AdminOptions::new())).unwrap() {
+        r.unwrap();
+    }
+}
+
 /// A topic's configuration value, as the broker describes it.
 pub fn topic_config(broker: &str, topic: &str, name: &str) -> Option<String> {
     use rdkafka::admin::ResourceSpecifier;
@@ -762,6 +790,44 @@ pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     false
 }
 
+/// One HTTP/1.1 request read from `stream`: its request line, its headers (names
+/// lower-cased) and its body (`Content-Length` bytes); `None` if the client went away.
+pub struct HttpRequest {
+    pub line: String,
+    pub headers: BTreeMap<String, String>,
+    pub body: Vec<u8>,
+}
+
+pub fn read_http_request(stream: &std::net::TcpStream) -> Option<HttpRequest> {
+    use std::io::{BufRead as _, Read as _};
+    let mut reader = std::io::BufReader::new(stream.try_clone().ok()?);
+    let mut line = String::new();
+    reader.read_line(&mut line).ok()?;
+    let mut headers = BTreeMap::new();
+    let mut header = String::new();
+    loop {
+        header.clear();
+        reader.read_line(&mut header).ok()?;
+        let h = header.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_owned());
+        }
+    }
+    let n: usize = headers
+        .get("content-length")
+        .map_or(0, |v| v.parse().unwrap_or(0));
+    let mut body = vec![0; n];
+    reader.read_exact(&mut body).ok()?;
+    Some(HttpRequest {
+        line,
+        headers,
+        body,
+    })
+}
+
 /// A TCP proxy to `target` that can be cut: while down, every open connection is closed
 /// and new ones are refused (accepted and dropped). Stands in for a destination outage.
 pub struct CutProxy {
@@ -805,6 +871,27 @@ impl CutProxy {
             }
         });
         Self { addr, down, conns }
+    }
+
+    /// A proxy in front of the test PostgreSQL at `url`, and the URL through it.
+    pub fn postgres(url: &str) -> (Self, String) {
+        let pg: postgres::Config = url.parse().unwrap();
+        let (host, port) = match (&pg.get_hosts()[0], pg.get_ports()[0]) {
+            (postgres::config::Host::Tcp(h), p) => (h.clone(), p),
+            _ => panic!("FLAGTALLY_TEST_POSTGRES must be a TCP address"),
+        };
+        let proxy = Self::start(&format!("{host}:{port}"));
+        let password = pg
+            .get_password()
+            .map(|p| format!(":{}", String::from_utf8_lossy(p)))
+            .unwrap_or_default();
+        let proxied = format!(
+            "postgresql://{}{password}@{}/{}",
+            pg.get_user().unwrap_or("postgres"),
+            proxy.addr,
+            pg.get_dbname().unwrap_or("postgres")
+        );
+        (proxy, proxied)
     }
 
     /// Cuts every connection and refuses new ones until [`CutProxy::restore`].
