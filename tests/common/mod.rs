@@ -19,6 +19,7 @@ use flagtally::window::{Engine, EngineConfig, Output, PartitionId, SourcePos, Wi
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
+use rdkafka::error::KafkaResult;
 use rdkafka::message::Headers as _;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer as _};
 use rdkafka::{ClientConfig, Message as _};
@@ -142,22 +143,31 @@ pub fn topic_config(broker: &str, topic: &str, name: &str) -> Option<String> {
 }
 
 /// The (low, high) watermarks of each partition of `topic`: a low one above 0 where
-/// the broker deleted the oldest records.
+/// the broker deleted the oldest records. Retries for up to a minute, so a test that
+/// restarts the broker can ask while leadership is still moving.
 pub fn watermarks(broker: &str, topic: &str) -> Vec<(i64, i64)> {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", broker)
         .create()
         .unwrap();
-    let md = c
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .unwrap();
-    let partitions = md.topics().first().map_or(0, |t| t.partitions().len());
-    (0..partitions as i32)
-        .map(|p| {
-            c.fetch_watermarks(topic, p, Duration::from_secs(10))
-                .unwrap()
-        })
-        .collect()
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut attempt = || -> KafkaResult<Vec<(i64, i64)>> {
+        let md = c.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+        let partitions = md.topics().first().map_or(0, |t| t.partitions().len());
+        (0..partitions as i32)
+            .map(|p| c.fetch_watermarks(topic, p, Duration::from_secs(10)))
+            .collect()
+    };
+    loop {
+        match attempt() {
+            Ok(w) => return w,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("watermarks of {topic}: {e}; retrying");
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Err(e) => panic!("watermarks of {topic}: {e}"),
+        }
+    }
 }
 
 /// The high watermark of partition 0 of `topic`.
