@@ -151,7 +151,7 @@ pub fn watermarks(broker: &str, topic: &str) -> Vec<(i64, i64)> {
         .create()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
-    let mut attempt = || -> KafkaResult<Vec<(i64, i64)>> {
+    let attempt = || -> KafkaResult<Vec<(i64, i64)>> {
         let md = c.fetch_metadata(Some(topic), Duration::from_secs(10))?;
         let partitions = md.topics().first().map_or(0, |t| t.partitions().len());
         (0..partitions as i32)
