@@ -445,6 +445,7 @@ pub struct WindowSection {
     pub idle_timeout: Option<Duration>,
     pub late_policy: LatePolicy,
     pub max_open_windows: usize,
+    pub max_late_corrections: usize,
     pub max_keys: usize,
 }
 
@@ -460,6 +461,7 @@ impl Default for WindowSection {
                 .map(|t| Duration::from_millis(t.unsigned_abs())),
             late_policy: w.late_policy,
             max_open_windows: w.max_open_windows,
+            max_late_corrections: w.max_late_corrections,
             max_keys: w.max_keys,
         }
     }
@@ -839,6 +841,22 @@ impl Config {
     }
 
     /// What single keys cannot tell: every problem, each with its path.
+    /// Whether the largest checkpoint these window settings allow fits a checkpoint
+    /// topic whose `max.message.bytes` is `limit`; if not, what to change.
+    pub fn checkpoint_fits(&self, limit: usize) -> Result<(), String> {
+        let worst = crate::pipeline::checkpoint::worst_case_bytes(&self.engine_config().window);
+        let room = limit.saturating_sub(crate::pipeline::fit::RECORD_MARGIN);
+        if worst <= room {
+            return Ok(());
+        }
+        Err(format!(
+            "window: a checkpoint under these settings can take {worst} bytes, more than the {room} the checkpoint topic {:?} takes (max.message.bytes {limit}); lower window.max_open_windows ({}), window.max_late_corrections ({}) or window.lateness ÷ window.size, or raise the topic's max.message.bytes",
+            self.processing.checkpoint_topic,
+            self.window.max_open_windows,
+            self.window.max_late_corrections,
+        ))
+    }
+
     pub fn check(&self) -> Vec<String> {
         let mut problems = Vec::new();
         if self.kafka.input_topics.is_empty() {
@@ -857,6 +875,21 @@ impl Config {
             if value == 0 {
                 problems.push(format!("{key}: must be at least 1"));
             }
+        }
+        for (key, value) in [
+            ("window.max_open_windows", self.window.max_open_windows),
+            (
+                "window.max_late_corrections",
+                self.window.max_late_corrections,
+            ),
+            ("window.max_keys", self.window.max_keys),
+        ] {
+            if value == 0 {
+                problems.push(format!("{key}: must be at least 1"));
+            }
+        }
+        if let Err(e) = self.checkpoint_fits(crate::sink::kafka::DEFAULT_TOPIC_LIMIT) {
+            problems.push(e);
         }
         // A pattern subscription (`^…`) may match any name; plain names must be inputs.
         let patterns = self.kafka.input_topics.iter().any(|t| t.starts_with('^'));
@@ -1056,6 +1089,7 @@ impl Config {
                 idle_timeout_ms: w.idle_timeout.map(millis),
                 late_policy: w.late_policy,
                 max_open_windows: w.max_open_windows,
+                max_late_corrections: w.max_late_corrections,
                 max_keys: w.max_keys,
             },
             index: IndexConfig {

@@ -38,6 +38,10 @@ pub struct Metrics {
     /// Distinct context kinds left out of summaries past `MAX_CONTEXT_KINDS` per flag
     /// and window.
     pub context_kinds_dropped: Counter,
+    /// Late corrections closed early because `window.max_late_corrections` were open.
+    pub corrections_closed_early: Counter,
+    /// Partitions restored from a checkpoint made under other window settings.
+    pub window_settings_changes: Counter,
     /// Output events written, per kind.
     pub events_out: Family<Labels, Counter>,
     /// Late events, per policy (`correction`, `dead-letter`, `drop`).
@@ -109,6 +113,8 @@ impl Metrics {
             count_mismatches: Family::default(),
             dead_letters: Counter::default(),
             context_kinds_dropped: Counter::default(),
+            corrections_closed_early: Counter::default(),
+            window_settings_changes: Counter::default(),
             events_out: Family::default(),
             late_events: Family::default(),
             future_events: Family::default(),
@@ -254,6 +260,16 @@ impl Metrics {
             "context_kinds_dropped",
             "Distinct context kinds left out of a summary past the limit per flag and window (64)",
             metrics.context_kinds_dropped.clone(),
+        );
+        r.register(
+            "late_corrections_closed_early",
+            "Late corrections closed early because window.max_late_corrections were open in a partition",
+            metrics.corrections_closed_early.clone(),
+        );
+        r.register(
+            "window_settings_changes",
+            "Partitions restored from a checkpoint made under other window settings (each starts a new settings epoch)",
+            metrics.window_settings_changes.clone(),
         );
         r.register(
             "config_reloads",

@@ -810,6 +810,7 @@ mod tests {
             part: 1,
             first_offset: 7,
             first_index: 0,
+            epoch: 0,
         }
     }
 

@@ -431,6 +431,7 @@ mod tests {
             part: 0,
             first_offset: 0,
             first_index: 0,
+            epoch: 0,
         })
     }
 

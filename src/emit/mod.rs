@@ -350,6 +350,11 @@ pub fn record_id(out: &Output) -> Uuid {
                 field(&s.first_offset.to_le_bytes());
                 field(&s.first_index.to_le_bytes());
             }
+            if s.epoch > 0 {
+                // Ids of epoch 0 are those from before epochs existed.
+                field(b"epoch");
+                field(&s.epoch.to_le_bytes());
+            }
         }
         other => {
             if let Some(SourcePos {

@@ -23,7 +23,16 @@
 //!   outputs acknowledged); re-reading starts at the lowest `a` offset, or `n`;
 //! - `t`, `w` max event time and watermark (`-` for none); `i` 1 when idle;
 //! - `a` open accumulators: window start / `o`pen or `l`ate / part / offset.index;
-//! - `p` next part numbers of windows closed early: window start / part.
+//! - `p` next part numbers of windows closed early: window start / part;
+//! - `s` the window settings: size / offset / fingerprint (16 hex digits), and `e` the
+//!   settings epoch (see `window`); both absent in checkpoints written before them,
+//!   which are taken to match the running settings.
+//!
+//! A checkpoint's size is bounded by the window settings alone ([`worst_case_bytes`]):
+//! at most `max_open_windows` + `max_late_corrections` accumulators and
+//! lateness ÷ size + 2 part numbers, each of bounded width. It holds no keys, contexts
+//! or counters: those are rebuilt by re-reading. The daemon refuses to start when that
+//! bound does not fit the checkpoint topic's `max.message.bytes`.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -39,7 +48,7 @@ use rdkafka::{Message as _, Offset, TopicPartitionList};
 
 use crate::config::Config;
 use crate::sink::kafka::block_on;
-use crate::window::{AccMark, Checkpoint, PartitionId};
+use crate::window::{AccMark, Checkpoint, PartitionId, Settings, WindowConfig};
 
 /// Reads checkpoints back from the checkpoint topic.
 pub struct Store {
@@ -288,7 +297,40 @@ pub fn encode(cp: &Checkpoint) -> String {
         let sep = if k == 0 { "" } else { "," };
         let _ = write!(s, "{sep}{start}/{part}");
     }
+    if let Some(w) = cp.settings {
+        let _ = write!(
+            s,
+            ";s={}/{}/{:016x};e={}",
+            w.size_ms, w.offset_ms, w.fingerprint, cp.epoch
+        );
+    }
     s
+}
+
+/// The longest a field can print: an i64 (sign and 19 digits) and a u32.
+const I64_WIDTH: usize = 20;
+const U32_WIDTH: usize = 10;
+
+/// The most bytes a checkpoint made under `window` can take: fixed fields, every
+/// accumulator the caps allow and every part number the lateness allows, each at its
+/// widest. Pure arithmetic on the settings; [`encode`] never writes more.
+pub fn worst_case_bytes(window: &WindowConfig) -> usize {
+    let fixed = "ft1;n=;t=;w=;i=1;a=;p=;s=//;e=".len() + 5 * I64_WIDTH + 16 + U32_WIDTH;
+    // `start/l/part/offset.index,`
+    let mark = I64_WIDTH + 3 + U32_WIDTH + 1 + I64_WIDTH + 1 + U32_WIDTH + 1;
+    // `start/part,`
+    let part = I64_WIDTH + 1 + U32_WIDTH + 1;
+    let marks = window
+        .max_open_windows
+        .max(1)
+        .saturating_add(window.max_late_corrections.max(1));
+    // Windows closed early lie between the watermark less one window and the newest
+    // event time (see `window::PartitionState::next_part`).
+    let parts = usize::try_from(window.allowed_lateness_ms.max(0) / window.size_ms.max(1) + 2)
+        .unwrap_or(usize::MAX);
+    fixed
+        .saturating_add(marks.saturating_mul(mark))
+        .saturating_add(parts.saturating_mul(part))
 }
 
 /// Why a checkpoint record could not be read.
@@ -374,6 +416,31 @@ fn parse(s: &str) -> Result<Checkpoint, String> {
             .ok_or_else(|| format!("p: {p:?} is not start/part"))?;
         next_part.push((int(start, "p")?, small(part, "p")?));
     }
+    let (settings, epoch) = match parts.next() {
+        None => (None, 0),
+        Some(f) => {
+            let w = f
+                .strip_prefix("s=")
+                .ok_or_else(|| format!("expected field s, found {f:?}"))?;
+            let bad = || format!("s: {w:?} is not size/offset/fingerprint");
+            let mut it = w.split('/');
+            let (Some(size), Some(offset), Some(print), None) =
+                (it.next(), it.next(), it.next(), it.next())
+            else {
+                return Err(bad());
+            };
+            let settings = Settings {
+                size_ms: int(size, "s")?,
+                offset_ms: int(offset, "s")?,
+                fingerprint: u64::from_str_radix(print, 16).map_err(|_| bad())?,
+            };
+            let e = parts
+                .next()
+                .and_then(|f| f.strip_prefix("e="))
+                .ok_or("missing field e")?;
+            (Some(settings), small(e, "e")?)
+        }
+    };
     if let Some(extra) = parts.next() {
         return Err(format!("unexpected field {extra:?}"));
     }
@@ -384,6 +451,8 @@ fn parse(s: &str) -> Result<Checkpoint, String> {
         idle,
         open,
         next_part,
+        settings,
+        epoch,
     })
 }
 
@@ -414,17 +483,74 @@ mod tests {
             any::<bool>(),
             proptest::collection::vec(mark, 0..5),
             proptest::collection::vec((any::<i64>(), any::<u32>()), 0..3),
+            any::<Option<(i64, i64, u64, u32)>>(),
         )
             .prop_map(
-                |(next_offset, max_time, watermark, idle, open, next_part)| Checkpoint {
+                |(next_offset, max_time, watermark, idle, open, next_part, settings)| Checkpoint {
                     next_offset,
                     max_time,
                     watermark,
                     idle,
                     open,
                     next_part,
+                    settings: settings.map(|(size_ms, offset_ms, fingerprint, _)| Settings {
+                        size_ms,
+                        offset_ms,
+                        fingerprint,
+                    }),
+                    epoch: settings.map_or(0, |s| s.3),
                 },
             )
+    }
+
+    /// A checkpoint at the bound: every accumulator and part number the settings allow,
+    /// every number at its widest.
+    fn widest(window: &WindowConfig) -> Checkpoint {
+        let marks = window.max_open_windows + window.max_late_corrections;
+        let parts = (window.allowed_lateness_ms / window.size_ms + 2) as usize;
+        Checkpoint {
+            next_offset: i64::MIN,
+            max_time: Some(i64::MIN),
+            watermark: Some(i64::MIN),
+            idle: true,
+            open: (0..marks)
+                .map(|_| AccMark {
+                    window_start: i64::MIN,
+                    late: true,
+                    part: u32::MAX,
+                    first: (i64::MIN, u32::MAX),
+                })
+                .collect(),
+            next_part: vec![(i64::MIN, u32::MAX); parts],
+            settings: Some(Settings {
+                size_ms: i64::MIN,
+                offset_ms: i64::MIN,
+                fingerprint: u64::MAX,
+            }),
+            epoch: u32::MAX,
+        }
+    }
+
+    #[test]
+    fn the_worst_case_bounds_the_widest_checkpoint_tightly() {
+        for window in [
+            WindowConfig::default(),
+            WindowConfig {
+                size_ms: 1_000,
+                allowed_lateness_ms: 3_600_000,
+                max_open_windows: 3,
+                max_late_corrections: 1,
+                ..WindowConfig::default()
+            },
+        ] {
+            let text = encode(&widest(&window));
+            // Within the two list separators the bound counts and a list does not end with.
+            let worst = worst_case_bytes(&window);
+            assert!(text.len() <= worst && text.len() + 2 >= worst, "{window:?}");
+            assert_eq!(decode(&text).unwrap(), Some(widest(&window)));
+        }
+        // The defaults: about 21 KB, far below Kafka's default 1 MiB.
+        assert!(worst_case_bytes(&WindowConfig::default()) < 25_000);
     }
 
     proptest! {

@@ -24,7 +24,7 @@
 //! run's, with the same ids.
 
 pub mod checkpoint;
-pub(crate) mod fit;
+pub mod fit;
 mod guard;
 pub mod pool;
 
@@ -273,6 +273,8 @@ struct Counters {
     replayed: Pending,
     /// Engine late counts already reported (correction, dead-letter, drop).
     late_seen: [u64; 3],
+    /// Corrections closed early and settings changes, as last published.
+    engine_seen: [u64; 2],
     /// Open windows, distinct keys and assigned partitions last added to the gauges.
     gauges: [i64; 3],
 }
@@ -294,6 +296,7 @@ impl Counters {
                 .collect(),
             replayed: Pending::new(metrics.replayed_records.clone()),
             late_seen: [0; 3],
+            engine_seen: [0; 2],
             gauges: [0; 3],
         }
     }
@@ -401,12 +404,16 @@ impl Pipeline {
         admin: Arc<Admin>,
     ) -> anyhow::Result<Self> {
         let engine = Engine::new(Self::engine_config(&config))?;
+        // The checkpoint topic first: the producer sizes its batches to its limit too.
+        let store = checkpoint::Store::new(&config).context("opening the checkpoint topic")?;
         let producer =
             Producer::new(&config, Arc::clone(&admin)).context("creating the producer")?;
         producer
             .check_connection(KAFKA_TIMEOUT)
             .with_context(|| format!("reaching the brokers {}", config.kafka.brokers))?;
-        let store = checkpoint::Store::new(&config).context("opening the checkpoint topic")?;
+        config
+            .checkpoint_fits(producer.record_limit(store.topic()))
+            .map_err(anyhow::Error::msg)?;
         admin
             .health
             .set_outputs_connected(config.processing.worker, true);
@@ -603,6 +610,14 @@ impl State {
                     .inc_by(late[i] - self.counters.late_seen[i]);
                 self.counters.late_seen[i] = late[i];
             }
+        }
+        let now = [c.corrections_closed_early, c.settings_changes];
+        for (i, counter) in [&m.corrections_closed_early, &m.window_settings_changes]
+            .into_iter()
+            .enumerate()
+        {
+            counter.inc_by(now[i].saturating_sub(self.counters.engine_seen[i]));
+            self.counters.engine_seen[i] = now[i];
         }
     }
 

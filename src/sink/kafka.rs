@@ -274,11 +274,19 @@ pub struct Producer {
     transactional: bool,
     /// Each output topic's `max.message.bytes`, as the broker described it.
     limits: std::collections::HashMap<String, usize>,
+    /// The producer's own `message.max.bytes`.
+    message_max: usize,
 }
 
 /// Kafka's default `max.message.bytes` (1 MiB + 12), assumed for a topic the broker
 /// would not describe.
 pub const DEFAULT_TOPIC_LIMIT: usize = 1_048_588;
+
+/// The producer's `message.max.bytes`: room for an output as large as the largest
+/// input record plus headers (a user's `[kafka.producer_properties]` may change it).
+fn message_max_bytes(config: &Config) -> usize {
+    (config.input.max_record_bytes + (64 << 10)).max(1_000_000)
+}
 
 /// The `max.message.bytes` of every output topic (and the dead-letter topic). The limit
 /// applies to a whole record batch: a batch over it fails every record in it, small
@@ -289,6 +297,7 @@ fn topic_limits(config: &Config) -> std::collections::HashMap<String, usize> {
         .iter()
         .filter_map(|k| config.output.topics.topic(*k))
         .chain(config.output.dead_letter_topic.as_deref())
+        .chain([config.processing.checkpoint_topic.as_str()])
         .collect();
     // Outputs may share a topic (feature and index events, as LaunchDarkly's stream
     // carries them); librdkafka refuses a DescribeConfigs naming a resource twice.
@@ -527,12 +536,7 @@ impl Producer {
             // Room for an output as large as the largest input record plus headers; the
             // broker's own limit (max.message.bytes) may still refuse it, and then
             // the record is set aside as a dead letter (`Refused`).
-            .set(
-                "message.max.bytes",
-                (config.input.max_record_bytes + (64 << 10))
-                    .max(1_000_000)
-                    .to_string(),
-            );
+            .set("message.max.bytes", message_max_bytes(config).to_string());
         let limits = topic_limits(config);
         // A batch never larger than the smallest topic limit (less the batch's own
         // overhead), so no small record fails with a large neighbour.
@@ -562,6 +566,10 @@ impl Producer {
         config
             .kafka
             .apply(&mut cc, &config.kafka.producer_properties);
+        let message_max = cc
+            .get("message.max.bytes")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(DEFAULT_TOPIC_LIMIT);
         let inner: PolledProducer<Deliveries> = cc.create_with_context(Deliveries {
             delivered: AtomicU64::new(0),
             failed: AtomicU64::new(0),
@@ -580,6 +588,7 @@ impl Producer {
             inner,
             transactional,
             limits,
+            message_max,
         })
     }
 
@@ -589,6 +598,12 @@ impl Producer {
             .get(topic)
             .copied()
             .unwrap_or(DEFAULT_TOPIC_LIMIT)
+    }
+
+    /// The largest record this producer can write to `topic`: the smaller of the
+    /// topic's `max.message.bytes` and the producer's own `message.max.bytes`.
+    pub fn record_limit(&self, topic: &str) -> usize {
+        self.topic_limit(topic).min(self.message_max)
     }
 
     /// Whether a record of about `bytes` (key, value and headers) fits `topic`'s

@@ -11,15 +11,22 @@
 //!   open windows close at once (their end becomes its watermark), so windows close
 //!   even when traffic stops. The watermark does not otherwise follow the wall clock:
 //!   where an event is counted must depend on the input alone (replay, below);
-//! - memory is bounded by `max_open_windows` and `max_keys` (distinct flag × variation
-//!   × version counters in open windows), both per partition; hitting a cap closes the
-//!   partition's oldest window early (flagged, counted), never drops counts;
+//! - memory is bounded by `max_open_windows`, `max_late_corrections` and `max_keys`
+//!   (distinct flag × variation × version counters in open windows), all per
+//!   partition; hitting a cap closes the partition's oldest window (or correction)
+//!   early (flagged, counted), never drops counts. The caps also bound a checkpoint
+//!   (`pipeline::checkpoint::worst_case_bytes`);
 //! - the same events with the same ticks yield the same outputs, in the same order;
 //! - recovery: [`Engine::checkpoint`] describes a partition's state after some offset
 //!   in a few numbers (watermark, and which accumulators are open since where);
 //!   [`Engine::restore`] plus re-reading from [`Checkpoint::replay_from`] rebuilds
 //!   exactly that state, emitting nothing for the re-read part; from the checkpoint's
-//!   offset on, outputs are the same as the first run's, byte for byte.
+//!   offset on, outputs are the same as the first run's, byte for byte;
+//! - a checkpoint carries the window settings it was made under ([`Settings`]). Restored
+//!   under other settings, the partition re-reads with the checkpoint's window grid,
+//!   closes everything it held at the checkpoint's offset (flagged early) and goes on
+//!   under the new settings in a new *settings epoch*, which is part of every summary id
+//!   from then on: no summary of the old settings shares an id with one of the new.
 
 mod gate;
 mod index;
@@ -66,7 +73,42 @@ pub struct WindowConfig {
     pub idle_timeout_ms: Option<i64>,
     pub late_policy: LatePolicy,
     pub max_open_windows: usize,
+    /// Late corrections open at once per partition; one more closes the oldest.
+    pub max_late_corrections: usize,
     pub max_keys: usize,
+}
+
+impl WindowConfig {
+    /// What a checkpoint records of these settings: the window grid, and a fingerprint
+    /// of everything that decides where a window closes.
+    pub fn settings(&self) -> Settings {
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        for n in [
+            self.size_ms,
+            self.offset_ms,
+            self.allowed_lateness_ms,
+            self.late_policy as i64,
+            self.max_open_windows as i64,
+            self.max_late_corrections as i64,
+            self.max_keys as i64,
+        ] {
+            h.update(&n.to_le_bytes());
+        }
+        Settings {
+            size_ms: self.size_ms,
+            offset_ms: self.offset_ms,
+            fingerprint: h.digest(),
+        }
+    }
+}
+
+/// The window settings a checkpoint was made under.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Settings {
+    pub size_ms: i64,
+    pub offset_ms: i64,
+    /// XXH3-64 of size, offset, lateness, late policy and the three caps.
+    pub fingerprint: u64,
 }
 
 impl Default for WindowConfig {
@@ -78,6 +120,7 @@ impl Default for WindowConfig {
             idle_timeout_ms: Some(30_000),
             late_policy: LatePolicy::Correction,
             max_open_windows: 64,
+            max_late_corrections: 256,
             max_keys: 1_000_000,
         }
     }
@@ -120,6 +163,10 @@ pub struct Counts {
     pub late_dead_lettered: u64,
     pub late_dropped: u64,
     pub early_closes: u64,
+    /// Late corrections closed early because `max_late_corrections` were open.
+    pub corrections_closed_early: u64,
+    /// Partitions restored from a checkpoint made under other window settings.
+    pub settings_changes: u64,
     pub summaries: u64,
     pub full_events: u64,
     pub debug_events: u64,
@@ -153,6 +200,11 @@ pub struct Checkpoint {
     pub open: Vec<AccMark>,
     /// Next part numbers of windows closed early and not yet passed by the watermark.
     pub next_part: Vec<(i64, u32)>,
+    /// The settings it was made under; `None` in checkpoints older than the field,
+    /// which are taken to match.
+    pub settings: Option<Settings>,
+    /// The settings epoch: how many times this partition's settings changed.
+    pub epoch: u32,
 }
 
 impl Checkpoint {
@@ -165,6 +217,8 @@ impl Checkpoint {
             idle: false,
             open: Vec::new(),
             next_part: Vec::new(),
+            settings: None,
+            epoch: 0,
         }
     }
 
@@ -197,6 +251,13 @@ struct PartitionState {
     index_on: bool,
     /// Set while re-reading input that was already processed (see [`Checkpoint`]).
     replay: Option<Checkpoint>,
+    /// The window grid (size, offset) the re-read part was counted on.
+    replay_grid: (i64, i64),
+    /// The restored checkpoint was made under other settings: what it held closes when
+    /// the re-read part ends.
+    settings_changed: bool,
+    /// Part of every summary id when above 0 (see the module documentation).
+    epoch: u32,
 }
 
 /// Settings and totals shared by all partitions.
@@ -207,15 +268,19 @@ struct Shared {
     keys: usize,
 }
 
+/// The window of grid (size, offset) that holds `t`.
+fn window_on(grid: (i64, i64), t: EventTime) -> Window {
+    let (size, offset) = grid;
+    let start = (t.as_millis() - offset).div_euclid(size) * size + offset;
+    Window {
+        start: EventTime::from_millis(start),
+        end: EventTime::from_millis(start + size),
+    }
+}
+
 impl Shared {
     fn window_of(&self, t: EventTime) -> Window {
-        let size = self.window.size_ms;
-        let start =
-            (t.as_millis() - self.window.offset_ms).div_euclid(size) * size + self.window.offset_ms;
-        Window {
-            start: EventTime::from_millis(start),
-            end: EventTime::from_millis(start + size),
-        }
+        window_on((self.window.size_ms, self.window.offset_ms), t)
     }
 
     fn close(
@@ -268,6 +333,9 @@ impl PartitionState {
             index: IndexCache::new(cfg.capacity, cfg.flush_interval_ms),
             keys: 0,
             replay: None,
+            replay_grid: (1, 0),
+            settings_changed: false,
+            epoch: 0,
         }
     }
 
@@ -285,10 +353,16 @@ impl PartitionState {
             return match shared.window.late_policy {
                 LatePolicy::Correction => {
                     shared.counts.late_corrected += 1;
+                    if !self.corrections.contains_key(&start) {
+                        while self.corrections.len() >= shared.window.max_late_corrections.max(1) {
+                            self.close_oldest_correction(shared, pid, out);
+                        }
+                    }
+                    let epoch = self.epoch;
                     Some(
                         self.corrections
                             .entry(start)
-                            .or_insert_with(|| WindowAcc::new(w, 0)),
+                            .or_insert_with(|| WindowAcc::new(w, 0, epoch)),
                     )
                 }
                 LatePolicy::DeadLetter => {
@@ -306,7 +380,7 @@ impl PartitionState {
                 self.close_oldest_early(shared, pid, out);
             }
             let part = self.next_part.get(&start).copied().unwrap_or(0);
-            self.open.insert(start, WindowAcc::new(w, part));
+            self.open.insert(start, WindowAcc::new(w, part, self.epoch));
         }
         self.open.get_mut(&start)
     }
@@ -322,6 +396,22 @@ impl PartitionState {
             shared.counts.early_closes += 1;
             self.keys -= acc.keys;
             shared.close(acc, pid, false, CloseReason::Early, out);
+        }
+    }
+
+    /// Closes the correction of the oldest window: a later late event of that window
+    /// starts another, told apart by where it starts (see `emit::record_id`).
+    fn close_oldest_correction(
+        &mut self,
+        shared: &mut Shared,
+        pid: &PartitionId,
+        out: &mut Vec<Output>,
+    ) {
+        if let Some((_, acc)) = self.corrections.pop_first() {
+            shared.counts.corrections_closed_early += 1;
+            shared.counts.early_closes += 1;
+            self.keys -= acc.keys;
+            shared.close(acc, pid, true, CloseReason::Early, out);
         }
     }
 
@@ -410,7 +500,11 @@ impl PartitionState {
         if let Some(end) = newest_end {
             self.watermark = self.watermark.max(end);
         }
-        self.next_part.clear();
+        // A window closed early and still ahead of the watermark keeps its next part
+        // number: reopening it as part 0 would repeat an id already emitted.
+        let (wm, size) = (self.watermark, shared.window.size_ms);
+        self.next_part
+            .retain(|start, _| start.saturating_add(size) > wm);
         self.close_corrections(shared, pid, out);
     }
 
@@ -451,14 +545,14 @@ impl PartitionState {
                 if ev.debug || ev.exclude_from_summaries || ev.counted_by_summary {
                     return;
                 }
-                if let Some(acc) = self.replay_acc(shared, t, at) {
+                if let Some(acc) = self.replay_acc(t, at) {
                     let new = acc.add_evaluation(ev, at);
                     shared.keys += new;
                     self.keys += new;
                 }
             }
             Event::Summary(s) => {
-                if let Some(acc) = self.replay_acc(shared, s.end_date, at) {
+                if let Some(acc) = self.replay_acc(s.end_date, at) {
                     let new = acc.add_summary(s, at);
                     shared.keys += new;
                     self.keys += new;
@@ -480,13 +574,8 @@ impl PartitionState {
         }
     }
 
-    fn replay_acc(
-        &mut self,
-        shared: &Shared,
-        t: EventTime,
-        at: (i64, u32),
-    ) -> Option<&mut WindowAcc> {
-        let start = shared.window_of(t).start.as_millis();
+    fn replay_acc(&mut self, t: EventTime, at: (i64, u32)) -> Option<&mut WindowAcc> {
+        let start = window_on(self.replay_grid, t).start.as_millis();
         let since = |late: bool| {
             self.replay.as_ref().and_then(|cp| {
                 cp.open
@@ -524,7 +613,12 @@ impl PartitionState {
         if cp.idle {
             self.idle_mark = Some(now_ms);
             self.close_all(shared, pid, CloseReason::Idle, out);
+        } else if self.settings_changed {
+            // What the old settings held closes here, in the new epoch; the new
+            // settings start from this offset with nothing open.
+            self.close_all(shared, pid, CloseReason::Early, out);
         }
+        self.settings_changed = false;
     }
 
     fn replay_start(&self) -> Option<i64> {
@@ -819,7 +913,10 @@ impl Engine {
     /// checkpoint it was restored from is returned unchanged.
     pub fn checkpoint(&self, pid: &PartitionId, next_offset: i64, idle: bool) -> Checkpoint {
         let Some(st) = self.partitions.get(pid) else {
-            return Checkpoint::fresh(next_offset);
+            return Checkpoint {
+                settings: Some(self.shared.window.settings()),
+                ..Checkpoint::fresh(next_offset)
+            };
         };
         if let Some(cp) = &st.replay {
             return cp.clone();
@@ -844,6 +941,8 @@ impl Engine {
                 .chain(st.corrections.iter().map(mark(true)))
                 .collect(),
             next_part: st.next_part.iter().map(|(s, p)| (*s, *p)).collect(),
+            settings: Some(self.shared.window.settings()),
+            epoch: st.epoch,
         }
     }
 
@@ -859,12 +958,29 @@ impl Engine {
     ) {
         self.revoke(pid);
         let mut st = PartitionState::new(&self.index);
+        let now = self.shared.window.settings();
+        let then = cp.settings.unwrap_or(now);
+        st.replay_grid = (then.size_ms.max(1), then.offset_ms);
+        st.epoch = cp.epoch;
+        if then != now {
+            st.settings_changed = true;
+            st.epoch = cp.epoch.saturating_add(1);
+            self.shared.counts.settings_changes += 1;
+            tracing::warn!(
+                partition = %pid,
+                from = ?then,
+                to = ?now,
+                offset = cp.next_offset,
+                epoch = st.epoch,
+                "the window settings changed since this partition's checkpoint: what it held closes at the checkpoint's offset, and the new settings start there in a new settings epoch"
+            );
+        }
         for m in &cp.open {
             let w = Window {
                 start: EventTime::from_millis(m.window_start),
-                end: EventTime::from_millis(m.window_start + self.shared.window.size_ms),
+                end: EventTime::from_millis(m.window_start + st.replay_grid.0),
             };
-            let acc = WindowAcc::new(w, m.part);
+            let acc = WindowAcc::new(w, m.part, st.epoch);
             if m.late {
                 st.corrections.insert(m.window_start, acc);
             } else {

@@ -127,6 +127,9 @@ pub struct ClosedSummary {
     pub first_offset: i64,
     /// Index, within the record at `first_offset`, of the first event counted.
     pub first_index: u32,
+    /// The partition's settings epoch: 0 until its window settings first change, then
+    /// one more at each change. Part of the record id when above 0.
+    pub epoch: u32,
 }
 
 /// Everything the engine emits, in the order it must be produced.

@@ -112,10 +112,12 @@ pub(crate) struct WindowAcc {
     pub first: (i64, u32),
     /// The part number this accumulator will close as (see [`ClosedSummary::part`]).
     pub part: u32,
+    /// The partition's settings epoch (see [`ClosedSummary::epoch`]).
+    pub epoch: u32,
 }
 
 impl WindowAcc {
-    pub fn new(window: Window, part: u32) -> Self {
+    pub fn new(window: Window, part: u32, epoch: u32) -> Self {
         Self {
             window,
             unscoped: HashMap::default(),
@@ -123,6 +125,7 @@ impl WindowAcc {
             keys: 0,
             first: (i64::MAX, u32::MAX),
             part,
+            epoch,
         }
     }
 
@@ -229,6 +232,7 @@ impl WindowAcc {
                     part: self.part,
                     first_offset: self.first.0,
                     first_index: self.first.1,
+                    epoch: self.epoch,
                 });
             }
         }

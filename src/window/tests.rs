@@ -518,11 +518,12 @@ proptest! {
     /// Whatever the order (events arrive up to the lateness bound out of order, or
     /// later, as corrections), every evaluation not excluded is counted exactly once.
     #[test]
-    fn every_evaluation_is_counted_once(events in arb_evals(), lateness in 0..(3 * 60 * SEC), max_open in 1..4usize) {
+    fn every_evaluation_is_counted_once(events in arb_evals(), lateness in 0..(3 * 60 * SEC), max_open in 1..4usize, max_corrections in 1..3usize) {
         let expected = events.iter().filter(|(_, e)| !e.exclude_from_summaries).count() as u64;
         let out = run(&events, WindowConfig {
             allowed_lateness_ms: lateness,
             max_open_windows: max_open,
+            max_late_corrections: max_corrections,
             ..WindowConfig::default()
         });
         prop_assert_eq!(total(&out), expected);
@@ -629,8 +630,34 @@ fn replay_config() -> WindowConfig {
         allowed_lateness_ms: 30 * SEC,
         idle_timeout_ms: Some(60 * SEC),
         max_open_windows: 3,
+        max_late_corrections: 1,
         max_keys: 5,
         ..WindowConfig::default()
+    }
+}
+
+/// Settings that differ from [`replay_config`]: `which` picks the grid or a cap.
+fn other_config(which: u8) -> WindowConfig {
+    let base = replay_config();
+    match which % 4 {
+        0 => WindowConfig {
+            size_ms: 30 * SEC,
+            ..base
+        },
+        1 => WindowConfig {
+            offset_ms: 20 * SEC,
+            ..base
+        },
+        2 => WindowConfig {
+            max_open_windows: 1,
+            max_keys: 2,
+            ..base
+        },
+        _ => WindowConfig {
+            allowed_lateness_ms: 90 * SEC,
+            max_late_corrections: 3,
+            ..base
+        },
     }
 }
 
@@ -691,6 +718,125 @@ proptest! {
         second.finish_replay(&pid, 0, &mut out2);
         prop_assert_eq!(summaries(&out1), summaries(&out2));
     }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    /// Restarted under other window settings from a checkpoint, a partition closes what
+    /// it held at the checkpoint's offset and goes on in a new settings epoch: with what
+    /// the first run emitted before the checkpoint, every evaluation is counted exactly
+    /// once, and no summary id of the new settings is one the old settings emitted —
+    /// not even after the checkpoint (what an at-least-once run may have sent before
+    /// it stopped).
+    #[test]
+    fn changed_settings_start_clean_at_the_checkpoint(recs in arb_records(), cut in 0usize..80, which in any::<u8>()) {
+        let cut = cut % recs.len();
+        let pid = PartitionId::new("in", 0);
+        let mut first = engine(replay_config());
+        let mut out1 = Vec::new();
+        let (cp, emitted) = run_records(&mut first, &recs, 0, Some(cut), &mut out1).unwrap();
+
+        let mut second = engine(other_config(which));
+        let mut out2 = Vec::new();
+        second.restore(&pid, cp.clone(), 0, &mut out2);
+        run_records(&mut second, &recs, usize::try_from(cp.replay_from()).unwrap(), None, &mut out2);
+
+        let expected: u64 = recs.iter().map(|r| r.events.len() as u64).sum();
+        prop_assert_eq!(total(&out1[..emitted]) + total(&out2), expected);
+        prop_assert_eq!(second.counts().settings_changes, 1);
+        let old: std::collections::HashSet<uuid::Uuid> =
+            out1.iter().filter(|o| matches!(o, Output::Summary(_))).map(crate::emit::record_id).collect();
+        for s in summaries(&out2) {
+            prop_assert_eq!(s.epoch, 1);
+            prop_assert!(!old.contains(&crate::emit::record_id(&Output::Summary(s.clone()))));
+        }
+        // Restarted again under the new settings, the epoch stays.
+        let again = second.checkpoint(&pid, recs.len() as i64, false);
+        prop_assert_eq!(again.epoch, 1);
+        let mut third = engine(other_config(which));
+        third.restore(&pid, again, 0, &mut Vec::new());
+        prop_assert_eq!(third.counts().settings_changes, 0);
+    }
+}
+
+#[test]
+fn late_corrections_are_capped_and_the_checkpoint_with_them() {
+    let pid = PartitionId::new("in", 0);
+    let window = WindowConfig {
+        max_late_corrections: 3,
+        ..WindowConfig::default()
+    };
+    let mut e = engine(window.clone());
+    let mut out = Vec::new();
+    // Move the watermark far ahead, then send one late event into each of 50 past
+    // minutes, twice over.
+    e.push(
+        &pos(0, 0),
+        Event::evaluation(eval("f", Some(0), Some(1), 100 * 60 * SEC)),
+        0,
+        &mut out,
+    );
+    let mut offset = 1;
+    for _ in 0..2 {
+        for minute in 0..50 {
+            e.push(
+                &pos(0, offset),
+                Event::evaluation(eval("f", Some(0), Some(1), minute * 60 * SEC)),
+                0,
+                &mut out,
+            );
+            offset += 1;
+            let cp = e.checkpoint(&pid, offset, false);
+            assert!(cp.open.iter().filter(|m| m.late).count() <= 3);
+            assert!(
+                crate::pipeline::checkpoint::encode(&cp).len()
+                    <= crate::pipeline::checkpoint::worst_case_bytes(&window)
+            );
+        }
+    }
+    // 47 in the first round; 48 in the second (minutes 48 and 49 were still open).
+    assert_eq!(e.counts().corrections_closed_early, 95);
+    e.flush_all(&mut out);
+    assert_eq!(total(&out), 101);
+    let ids: std::collections::HashSet<uuid::Uuid> =
+        out.iter().map(crate::emit::record_id).collect();
+    assert_eq!(ids.len(), out.len(), "every correction has its own id");
+}
+
+#[test]
+fn an_idle_close_keeps_the_part_numbers_of_windows_ahead_of_it() {
+    // The key cap closes every open window; the idle close that follows must not
+    // forget that minute 0 is at part 1, or minute 0 would be emitted twice as part 0.
+    let mut e = engine(WindowConfig {
+        max_keys: 1,
+        ..WindowConfig::default()
+    });
+    let mut out = Vec::new();
+    e.push(
+        &pos(0, 0),
+        Event::evaluation(eval("f", Some(0), Some(1), SEC)),
+        0,
+        &mut out,
+    );
+    e.push(
+        &pos(0, 1),
+        Event::evaluation(eval("g", Some(0), Some(1), SEC)),
+        0,
+        &mut out,
+    );
+    e.tick(10 * 60 * SEC, &mut out);
+    e.push(
+        &pos(0, 2),
+        Event::evaluation(eval("f", Some(0), Some(1), 2 * SEC)),
+        20 * 60 * SEC,
+        &mut out,
+    );
+    e.flush_all(&mut out);
+    assert_eq!(total(&out), 3);
+    let ids: std::collections::HashSet<uuid::Uuid> =
+        out.iter().map(crate::emit::record_id).collect();
+    assert_eq!(ids.len(), out.len());
 }
 
 #[test]

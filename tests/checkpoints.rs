@@ -1,0 +1,250 @@
+//! Checkpoints on Apache Kafka: one partition's checkpoint driven to its topic's limit
+//! by late corrections (issue 25, item 3), and a restart under changed window settings
+//! (item 10).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use flagtally::window::WindowConfig;
+use rdkafka::producer::Producer as _;
+
+fn feature(t: i64, key: &str, user: &str) -> Vec<u8> {
+    format!(
+        r#"{{"kind":"feature","creationDate":{t},"key":"{key}","version":1,"userKey":"{user}","variation":0,"value":true,"default":false}}"#
+    )
+    .into_bytes()
+}
+
+fn now_ms() -> i64 {
+    i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap()
+}
+
+/// The checkpoint records of partition 0 of `input`, in order.
+fn checkpoints(broker: &str, t: &Topics) -> Vec<String> {
+    let key = format!("{}/{}/0", t.group, t.input);
+    read_until(
+        broker,
+        &format!("{}-checkpoints", t.group),
+        Duration::from_secs(10),
+        |_| false,
+    )
+    .into_iter()
+    .filter(|r| r.key.as_deref() == Some(key.as_bytes()))
+    .map(|r| String::from_utf8(r.value).unwrap())
+    .collect()
+}
+
+/// The settings of the test below, with `corrections` late corrections allowed.
+fn window(corrections: usize) -> (String, WindowConfig) {
+    let text = format!(
+        "size = \"1s\"\nlateness = \"1s\"\nidle_timeout = \"off\"\nmax_open_windows = 4\nmax_late_corrections = {corrections}"
+    );
+    let config = WindowConfig {
+        size_ms: 1_000,
+        allowed_lateness_ms: 1_000,
+        idle_timeout_ms: None,
+        max_open_windows: 4,
+        max_late_corrections: corrections,
+        ..WindowConfig::default()
+    };
+    (text, config)
+}
+
+/// A checkpoint topic sized to the largest checkpoint the settings allow: a setting
+/// one correction larger is refused at start, naming what to change; at the limit,
+/// 400 late events in 400 different past seconds hold the partition at its cap of 40
+/// open corrections (the most a checkpoint can describe) through a SIGKILL and a
+/// restart, every checkpoint fits, and every evaluation is counted once.
+#[test]
+fn a_checkpoint_full_of_late_corrections_fits_its_topic() {
+    let broker = broker();
+    let t = Topics::create(broker, 1);
+    let (text, settings) = window(40);
+    let worst = flagtally::pipeline::checkpoint::worst_case_bytes(&settings);
+    let limit = worst + flagtally::pipeline::fit::RECORD_MARGIN;
+    let topic = format!("{}-checkpoints", t.group);
+    alter_topic(broker, &topic, "max.message.bytes", &limit.to_string());
+    // The broker answers the change before its metadata shows it.
+    assert!(eventually(Duration::from_secs(30), || topic_config(
+        broker,
+        &topic,
+        "max.message.bytes"
+    ) == Some(
+        limit.to_string()
+    )));
+
+    // One correction more than fits: refused before anything is read.
+    let (over, _) = window(41);
+    let mut refused = Flagtally::start(&t.config(broker, &over), &unique("refused"));
+    let status = refused
+        .wait(Duration::from_secs(60))
+        .expect("refused at start");
+    assert!(!status.success());
+    let log = refused.log_text();
+    assert!(
+        log.contains("window.max_late_corrections (41)") && log.contains("max.message.bytes"),
+        "{log}"
+    );
+
+    // At the limit: runs, and its checkpoints fit.
+    let config = t.config_with_threads(broker, &text, 1);
+    let mut f = Flagtally::start(&config, &t.group);
+    let now = now_ms();
+    let p = producer(broker);
+    send(&p, &t.input, 0, &feature(now, "f", "u0"));
+    for i in 0..400 {
+        send(
+            &p,
+            &t.input,
+            0,
+            &feature(now - 10_000 - i * 1_000, "f", "u1"),
+        );
+    }
+    p.flush(Duration::from_secs(60)).unwrap();
+    // A checkpoint holding the full set of corrections is written…
+    let full = |cp: &String| cp.matches("/l/").count() == 40;
+    assert!(
+        eventually(Duration::from_secs(60), || checkpoints(broker, &t)
+            .iter()
+            .any(full)),
+        "{}",
+        f.log_text()
+    );
+    // …and read back by a restart after a crash.
+    f.crash();
+    f = Flagtally::start(&config, &t.group);
+    f.wait_log("checkpoints loaded", 1, Duration::from_secs(60));
+    // The watermark moves on: the last corrections close with the open window, and
+    // the event at +5 s with its own (the one at +10 s stays open).
+    send(&p, &t.input, 0, &feature(now + 5_000, "f", "u2"));
+    send(&p, &t.input, 0, &feature(now + 10_000, "f", "u3"));
+    p.flush(Duration::from_secs(60)).unwrap();
+    let summaries = read_until(
+        broker,
+        &t.summary,
+        Duration::from_secs(120),
+        summed_counters(402),
+    );
+    assert_eq!(total(&window_tally(dedupe(&summaries).values())), 402);
+    let all = checkpoints(broker, &t);
+    let largest = all.iter().map(String::len).max().unwrap();
+    assert!(
+        largest <= worst,
+        "a checkpoint of {largest} bytes, over the bound {worst}"
+    );
+    // The bound assumes every number at its widest (20 characters); real ones are
+    // shorter, so a checkpoint at the cap takes about a third of it.
+    assert!(
+        all.iter().any(full),
+        "the corrections never filled a checkpoint: largest {largest} of {worst}"
+    );
+    let log = f.log_text();
+    assert!(!log.contains("ERROR"), "{log}");
+    assert!(f.stop(Duration::from_secs(30)).success());
+    report(&format!(
+        "checkpoints: 40 open corrections, largest checkpoint {largest} B of a {worst} B bound (topic limit {limit} B)"
+    ));
+}
+
+/// Restarted under other window settings (a graceful stop, then `window.size` 10 s →
+/// 20 s and `max_open_windows` 64 → 8), each partition closes what it held at its
+/// checkpoint and continues in a new settings epoch: no id names two contents, every
+/// evaluation is counted once, and the change is logged and counted in a metric.
+#[test]
+fn changed_window_settings_start_at_the_checkpoint_in_a_new_epoch() {
+    let broker = broker();
+    let t = Topics::create(broker, 2);
+    let before = t.config_with_threads(
+        broker,
+        "size = \"10s\"\nlateness = \"2s\"\nidle_timeout = \"off\"",
+        1,
+    );
+    let after = t.config_with_threads(
+        broker,
+        "size = \"20s\"\nlateness = \"2s\"\nidle_timeout = \"off\"\nmax_open_windows = 8",
+        1,
+    );
+    let now = now_ms() - 120_000;
+    let p = producer(broker);
+    let mut sent = 0u64;
+    let mut burst = |from: i64, n: i64| {
+        for i in 0..n {
+            let partition = (i % 2) as i32;
+            send(
+                &p,
+                &t.input,
+                partition,
+                &feature(now + from + i * 50, &format!("f{}", i % 3), "u"),
+            );
+            sent += 1;
+        }
+        p.flush(Duration::from_secs(60)).unwrap();
+    };
+    let f = Flagtally::start(&before, &t.group);
+    burst(0, 600);
+    // Windows still open at the stop: the last 2 s of event time and more.
+    f.wait_log("checkpoints loaded", 1, Duration::from_secs(60));
+    assert!(eventually(Duration::from_secs(60), || {
+        read_until(broker, &t.summary, Duration::from_secs(2), |_| false).len() >= 4
+    }));
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(f.stop(Duration::from_secs(30)).success());
+
+    let admin = format!("127.0.0.1:{}", free_port());
+    let g = Flagtally::start_with_env(
+        &after,
+        &t.group,
+        &[("FLAGTALLY__ADMIN__LISTEN", admin.as_str())],
+    );
+    burst(30_000, 600);
+    // Move both partitions' watermarks past everything.
+    burst(200_000, 2);
+    let summaries = read_until(
+        broker,
+        &t.summary,
+        Duration::from_secs(120),
+        summed_counters(sent - 2),
+    );
+    // `dedupe` asserts that every repeated id repeats the same bytes.
+    let unique = dedupe(&summaries);
+    assert_eq!(total(&window_tally(unique.values())), sent - 2);
+    let log = g.log_text();
+    assert_eq!(
+        log.matches("the window settings changed since this partition's checkpoint")
+            .count(),
+        2,
+        "{log}"
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || http_get(&admin, "/metrics")
+            .is_some_and(
+                |(_, body)| body.contains("flagtally_window_settings_changes_total 2")
+            )),
+        "{log}"
+    );
+    // Both grids' windows appear: 10 s ones from before, 20 s ones after.
+    let sizes: std::collections::BTreeSet<i64> = unique
+        .values()
+        .map(|r| {
+            r.header("flagtally-window-end")
+                .unwrap()
+                .parse::<i64>()
+                .unwrap()
+                - r.header("flagtally-window-start")
+                    .unwrap()
+                    .parse::<i64>()
+                    .unwrap()
+        })
+        .collect();
+    assert_eq!(sizes, [10_000, 20_000].into_iter().collect());
+    assert!(g.stop(Duration::from_secs(30)).success());
+}
