@@ -42,6 +42,8 @@ pub struct Health {
     sinks: Mutex<BTreeMap<String, Option<String>>>,
     /// A fatal error ends the process: not ready from then on.
     failed: Mutex<Option<String>>,
+    /// A problem reading the input (see [`Health::set_input_problem`]).
+    input_problem: Mutex<Option<String>>,
 }
 
 impl Default for Health {
@@ -54,6 +56,7 @@ impl Default for Health {
             beats: std::array::from_fn(|_| AtomicU64::new(0)),
             sinks: Mutex::new(BTreeMap::new()),
             failed: Mutex::new(None),
+            input_problem: Mutex::new(None),
         }
     }
 }
@@ -152,6 +155,14 @@ impl Health {
             .find_map(|(name, p)| p.as_ref().map(|p| format!("sink {name}: {p}")))
     }
 
+    /// A problem reading the input (an unreadable record batch being skipped), or
+    /// `None` once it is over.
+    pub fn set_input_problem(&self, problem: Option<String>) {
+        if let Ok(mut p) = self.input_problem.lock() {
+            *p = problem;
+        }
+    }
+
     /// A fatal error: the process is about to exit (first reason kept).
     pub fn set_failed(&self, reason: &str) {
         if let Ok(mut f) = self.failed.lock() {
@@ -183,6 +194,8 @@ impl Health {
             "outputs not connected".to_owned()
         } else if self.assigned.load(Ordering::Relaxed) & self.all_workers() == 0 {
             "no partitions assigned".to_owned()
+        } else if let Some(p) = self.input_problem.lock().ok().and_then(|p| p.clone()) {
+            format!("input: {p}")
         } else if let Some(p) = self.sink_problem() {
             p
         } else {

@@ -374,6 +374,9 @@ pub struct InputConfig {
     #[serde(deserialize_with = "any_duration")]
     pub max_future_skew: Duration,
     pub future_policy: FuturePolicy,
+    /// What happens at a record batch the Kafka client cannot read (corrupt, or in a
+    /// format it lacks): `skip` (default) | `stop`.
+    pub unreadable_batches: UnreadablePolicy,
     /// Where evaluations are counted from, for every input topic without a setting of
     /// its own in `input.topics` (`decode::counting`): `payload` (default) | `summaries` |
     /// `events`.
@@ -412,6 +415,19 @@ pub enum FuturePolicy {
     DeadLetter,
 }
 
+/// What happens at a record batch the Kafka client cannot read. librdkafka fetches
+/// such a batch again and again, so left alone its partition would stall there.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UnreadablePolicy {
+    /// Find where the batch ends, write one dead letter naming its offset range
+    /// (reason `unreadable_batch`), and read on past it.
+    #[default]
+    Skip,
+    /// Exit 1 with an error naming the partition and offset (`/readyz` says it first).
+    Stop,
+}
+
 impl Default for InputConfig {
     fn default() -> Self {
         let limits = Limits::default();
@@ -424,6 +440,7 @@ impl Default for InputConfig {
             max_events_per_record: limits.max_events,
             max_future_skew: Duration::from_secs(3600),
             future_policy: FuturePolicy::Clamp,
+            unreadable_batches: UnreadablePolicy::Skip,
             count_from: CountFrom::Payload,
             topics: BTreeMap::new(),
         }

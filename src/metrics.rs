@@ -38,6 +38,8 @@ pub struct Metrics {
     /// Distinct context kinds left out of summaries past `MAX_CONTEXT_KINDS` per flag
     /// and window.
     pub context_kinds_dropped: Counter,
+    /// Record batches the Kafka client could not read, per topic and policy.
+    pub unreadable_batches: Family<Labels, Counter>,
     /// Late corrections closed early because `window.max_late_corrections` were open.
     pub corrections_closed_early: Counter,
     /// Partitions restored from a checkpoint made under other window settings.
@@ -114,6 +116,7 @@ impl Metrics {
             dead_letters: Counter::default(),
             context_kinds_dropped: Counter::default(),
             corrections_closed_early: Counter::default(),
+            unreadable_batches: Family::default(),
             window_settings_changes: Counter::default(),
             events_out: Family::default(),
             late_events: Family::default(),
@@ -260,6 +263,11 @@ impl Metrics {
             "context_kinds_dropped",
             "Distinct context kinds left out of a summary past the limit per flag and window (64)",
             metrics.context_kinds_dropped.clone(),
+        );
+        r.register(
+            "unreadable_batches",
+            "Record batches the Kafka client could not read (corrupt, or a format it lacks), per topic and policy (input.unreadable_batches)",
+            metrics.unreadable_batches.clone(),
         );
         r.register(
             "late_corrections_closed_early",

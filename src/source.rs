@@ -23,7 +23,7 @@ use crate::config::Config;
 use crate::window::PartitionId;
 
 use records::RecordQueue;
-pub use records::{BATCH, Batch, Record};
+pub use records::{BATCH, Batch, ReadError, Record, unreadable_batch_end};
 
 /// A change of assignment.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -63,6 +63,9 @@ pub mod dead_letter_header {
     pub const SOURCE_TOPIC: &str = "flagtally-source-topic";
     pub const SOURCE_PARTITION: &str = "flagtally-source-partition";
     pub const SOURCE_OFFSET: &str = "flagtally-source-offset";
+    /// For an unreadable record batch: the last offset it holds (the first is
+    /// `flagtally-source-offset`).
+    pub const SOURCE_OFFSET_LAST: &str = "flagtally-source-offset-last";
     /// For a late event: its index within the record.
     pub const EVENT_INDEX: &str = "flagtally-event-index";
     /// Present when the payload was cut to fit: the original payload's length.
@@ -171,6 +174,9 @@ struct State {
     now: i64,
     failures_seen: u64,
     sent_since_commit: bool,
+    /// Exactly-once: the open transaction failed (the producer refuses sends with
+    /// `State`): nothing more is sent until it is aborted and the partitions rewound.
+    abortable: std::cell::Cell<bool>,
     /// Ids of outputs the broker refused for good: a replay sets them aside at once (in
     /// exactly-once mode a refusal aborts the transaction, and the re-read must not
     /// send the record again).
@@ -435,6 +441,7 @@ impl Pipeline {
                 now: now_ms(),
                 failures_seen: 0,
                 sent_since_commit: false,
+                abortable: std::cell::Cell::new(false),
                 diverted: std::collections::HashMap::new(),
                 stats: Stats::default(),
                 hard_stop,
@@ -512,7 +519,7 @@ impl Pipeline {
                 for record in batch.iter() {
                     match record {
                         Ok(r) => self.state.process(&r)?,
-                        Err(e) => tracing::warn!("consumer: {e}"),
+                        Err(e) => self.state.read_error(&self.consumer, &e)?,
                     }
                 }
             }
@@ -533,6 +540,7 @@ impl Pipeline {
                 }
             }
             self.fail_on_fatal_error()?;
+            self.state.abort_if_failed(&self.consumer)?;
             self.state.commit_cycle_if_due(&self.consumer)?;
             self.state.update_metrics();
             if last_report.elapsed() >= Duration::from_secs(10) {
@@ -862,6 +870,150 @@ impl State {
         self.send_outputs(Some(m))
     }
 
+    /// An error librdkafka reported in a record's place. An unreadable record batch
+    /// follows `input.unreadable_batches`: librdkafka would fetch it again and again,
+    /// stalling its partition. Any other error is librdkafka's to retry.
+    fn read_error(
+        &mut self,
+        consumer: &Source,
+        e: &crate::source::ReadError,
+    ) -> anyhow::Result<()> {
+        if !e.is_unreadable_batch() {
+            tracing::warn!("consumer: {e}");
+            return Ok(());
+        }
+        let Some(i) = self.part_index(&e.topic, e.partition) else {
+            return Ok(());
+        };
+        if self.parts[i].read_to.is_some_and(|n| e.offset < n) {
+            // Reported again from a fetch made before the skip below.
+            return Ok(());
+        }
+        let policy = self.config.input.unreadable_batches;
+        let what = format!(
+            "unreadable record batch at {}/{} offset {} ({:?}: {})",
+            e.topic, e.partition, e.offset, e.code, e.reason
+        );
+        if policy == crate::config::UnreadablePolicy::Stop {
+            self.count_unreadable(&e.topic, "stop");
+            let text = format!(
+                "{what}; input.unreadable_batches = \"stop\": exiting (\"skip\" dead-letters it and reads on)"
+            );
+            self.admin.health.set_failed(&text);
+            anyhow::bail!(text);
+        }
+        self.admin
+            .health
+            .set_input_problem(Some(format!("{what}; skipping it")));
+        let mut probe = rdkafka::ClientConfig::new();
+        probe.set("bootstrap.servers", &self.config.kafka.brokers);
+        self.config
+            .kafka
+            .apply(&mut probe, &self.config.kafka.consumer_properties);
+        probe
+            .set("group.id", format!("{}-probe", self.config.kafka.group_id))
+            .set("isolation.level", "read_committed");
+        let end = match crate::source::unreadable_batch_end(
+            &probe,
+            &e.topic,
+            e.partition,
+            e.offset,
+            &self.give_up(),
+        ) {
+            Ok(end) => end,
+            Err(err) => {
+                // The next fetch reports the batch again, and the search starts over.
+                tracing::warn!("{what}: finding where it ends failed ({err}); trying again");
+                return Ok(());
+            }
+        };
+        self.count_unreadable(&e.topic, "skip");
+        let part = &self.parts[i];
+        let replaying = e.offset < part.replay_until;
+        tracing::error!(
+            topic = %e.topic,
+            partition = e.partition,
+            from = e.offset,
+            to = end - 1,
+            replaying,
+            "{what}: skipped offsets {}–{}{}",
+            e.offset,
+            end - 1,
+            if replaying { " (dead-lettered before the restart)" } else { "; dead-lettered" }
+        );
+        if !replaying && e.offset >= part.replay_from {
+            self.dead_letter_unreadable(e, end, &what)?;
+        }
+        let now = self.now;
+        let part = &mut self.parts[i];
+        if replaying && end >= part.replay_until {
+            self.engine
+                .finish_replay(&part.at.partition, now, &mut self.outputs);
+        }
+        part.next_offset = Some(end);
+        part.read_to = Some(end);
+        consumer
+            .seek(&e.topic, e.partition, Offset::Offset(end), KAFKA_TIMEOUT)
+            .with_context(|| {
+                format!(
+                    "seeking {}/{} past the unreadable batch",
+                    e.topic, e.partition
+                )
+            })?;
+        self.admin.health.set_input_problem(None);
+        self.send_outputs(None)
+    }
+
+    fn count_unreadable(&self, topic: &str, policy: &str) {
+        self.admin
+            .metrics
+            .unreadable_batches
+            .get_or_create(&vec![
+                ("topic", topic.to_owned()),
+                ("policy", policy.to_owned()),
+            ])
+            .inc();
+    }
+
+    /// The dead letter of an unreadable batch: no key, no payload (none could be
+    /// read), its offset range in the source headers.
+    fn dead_letter_unreadable(
+        &mut self,
+        e: &crate::source::ReadError,
+        end: i64,
+        what: &str,
+    ) -> anyhow::Result<()> {
+        let Some(topic) = self.config.output.dead_letter_topic.clone() else {
+            return Ok(());
+        };
+        self.stats.dead_letters += 1;
+        self.admin.metrics.dead_letters.inc();
+        let id = dead_letter_id(&e.topic, e.partition, e.offset)
+            .hyphenated()
+            .to_string();
+        let (partition, offset, last) = (
+            e.partition.to_string(),
+            e.offset.to_string(),
+            (end - 1).to_string(),
+        );
+        let text = fit::cap(what, fit::MAX_PATH_BYTES * 4);
+        let own: Vec<(&str, &[u8])> = vec![
+            (header::ID, id.as_bytes()),
+            (header::KIND, b"dead-letter"),
+            (dead_letter_header::ERROR, text.as_bytes()),
+            (dead_letter_header::REASON, b"unreadable_batch"),
+            (dead_letter_header::DIALECT, b"-"),
+            (dead_letter_header::PATH, b""),
+            (dead_letter_header::COUNT, b"1"),
+            (dead_letter_header::SOURCE_TOPIC, e.topic.as_bytes()),
+            (dead_letter_header::SOURCE_PARTITION, partition.as_bytes()),
+            (dead_letter_header::SOURCE_OFFSET, offset.as_bytes()),
+            (dead_letter_header::SOURCE_OFFSET_LAST, last.as_bytes()),
+        ];
+        self.sent_since_commit = true;
+        self.send_fitted(&topic, None, &[], &[], own, None)
+    }
+
     /// Marks what the topic's counting rule leaves uncounted ([`counting::apply`]); the
     /// guard sees the record first, and neither counts nor warns during a replay.
     fn apply_counting_rule(&mut self, topic: &str, replaying: bool) {
@@ -1066,6 +1218,7 @@ impl State {
                     drop(again);
                     self.set_aside(refused)?;
                 }
+                Err(e) if self.transaction_failed(&e) => break,
                 Err(e) => return Err(e).with_context(|| format!("producing to {topic}")),
             }
         }
@@ -1233,8 +1386,36 @@ impl State {
                 self.dead_letter_refused(topic, &e.to_string());
                 Ok(())
             }
+            Err(e) if self.transaction_failed(&e) => Ok(()),
             Err(e) => Err(e).with_context(|| format!("producing to {topic}")),
         }
+    }
+
+    /// Whether a send failed because the open transaction did (exactly-once mode): a
+    /// broker restart can leave it needing an abort ("skipped sequence numbers …
+    /// requires epoch bump", found by a 20-minute chaos run), and the producer then
+    /// refuses every send with `State`. Marks it for [`State::abort_if_failed`]; what
+    /// was not sent is re-read after the rewind.
+    fn transaction_failed(&self, e: &KafkaError) -> bool {
+        let failed = self.producer.is_transactional()
+            && e.rdkafka_error_code() == Some(RDKafkaErrorCode::State);
+        if failed && !self.abortable.replace(true) {
+            tracing::warn!("the transaction failed ({e}); aborting it and rewinding");
+        }
+        failed
+    }
+
+    /// Aborts a failed transaction and rewinds every partition to its last checkpoint.
+    fn abort_if_failed(&mut self, consumer: &Source) -> anyhow::Result<()> {
+        if !self.abortable.get() {
+            return Ok(());
+        }
+        self.outputs.clear();
+        self.producer
+            .abort_transaction(KAFKA_TIMEOUT)
+            .context("aborting the failed transaction")?;
+        self.abortable.set(false);
+        self.rewind(consumer)
     }
 
     /// The dead-letter topic itself refused a record: it is lost to Kafka, so it is at
@@ -1353,6 +1534,10 @@ impl State {
 
     fn commit_cycle_inner(&mut self, consumer: &Source, close_idle: bool) -> anyhow::Result<bool> {
         self.last_commit = Instant::now();
+        if self.abortable.get() {
+            self.abort_if_failed(consumer)?;
+            return Ok(false);
+        }
         if consumer.assignment_lost() {
             // The session timed out (a broker outage, a stall): another member may own
             // these partitions already. No checkpoint and no idle close from here — an
@@ -1443,19 +1628,22 @@ impl State {
             }
             tracing::debug!(partition = %part.pid(), offset, checkpoint = %text, "checkpoint");
             let key = self.store.key(part.pid());
-            self.producer
-                .send(
-                    Outgoing {
-                        topic: self.store.topic(),
-                        key: Some(key.as_bytes()),
-                        value: text.as_bytes(),
-                        headers: headers([(header::KIND, b"checkpoint".as_slice())]),
-                        timestamp_ms: None,
-                        summary: false,
-                    },
-                    &self.give_up(),
-                )
-                .context("writing a checkpoint")?;
+            let sent = self.producer.send(
+                Outgoing {
+                    topic: self.store.topic(),
+                    key: Some(key.as_bytes()),
+                    value: text.as_bytes(),
+                    headers: headers([(header::KIND, b"checkpoint".as_slice())]),
+                    timestamp_ms: None,
+                    summary: false,
+                },
+                &self.give_up(),
+            );
+            match sent {
+                Ok(()) => {}
+                Err(e) if self.transaction_failed(&e) => return Ok(false),
+                Err(e) => return Err(e).context("writing a checkpoint"),
+            }
             planned.push((i, text));
         }
         if planned.is_empty() && !(transactional && self.sent_since_commit) {

@@ -153,7 +153,7 @@ impl<'c> Batch<'c> {
 
     /// The records in the order read (within a partition, the log's order), each a
     /// record or the error librdkafka reported in its place.
-    pub fn iter(&self) -> impl Iterator<Item = KafkaResult<Record<'_>>> {
+    pub fn iter(&self) -> impl Iterator<Item = Result<Record<'_>, ReadError>> {
         self.records.iter().map(|m| {
             // SAFETY: held records are live until `clear`, which needs `&mut self`.
             Record::checked(unsafe { m.as_ref() })
@@ -227,15 +227,164 @@ impl<'a> Record<'a> {
             .map(|(_, v)| v.unwrap_or_default())
     }
 
-    fn checked(m: &'a rd::rd_kafka_message_t) -> KafkaResult<Self> {
-        match m.err {
-            rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR => Ok(Self(m)),
-            rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR__PARTITION_EOF => {
-                Err(KafkaError::PartitionEOF(m.partition))
-            }
-            e => Err(KafkaError::MessageConsumption(RDKafkaErrorCode::from(e))),
+    fn checked(m: &'a rd::rd_kafka_message_t) -> Result<Self, ReadError> {
+        if m.err == rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
+            return Ok(Self(m));
+        }
+        Err(ReadError::of(m))
+    }
+}
+
+/// An error librdkafka reported in a record's place, with where it happened when it
+/// says (a fetch error names its partition and offset).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReadError {
+    pub code: RDKafkaErrorCode,
+    /// Empty when the error names no topic.
+    pub topic: String,
+    /// −1 when the error names no partition, likewise the offset.
+    pub partition: i32,
+    pub offset: i64,
+    /// librdkafka's text (e.g. "Decompression (codec 0x4) of message at 50 … failed").
+    pub reason: String,
+}
+
+impl ReadError {
+    fn of(m: &rd::rd_kafka_message_t) -> Self {
+        // SAFETY: `m` is a live error message: its topic handle, when set, and its
+        // error string (librdkafka's `rd_kafka_message_errstr`) live as long as it.
+        let topic = if m.rkt.is_null() {
+            String::new()
+        } else {
+            unsafe { CStr::from_ptr(rd::rd_kafka_topic_name(m.rkt)) }
+                .to_string_lossy()
+                .into_owned()
+        };
+        let text = unsafe { rd::rd_kafka_message_errstr(m) };
+        let reason = if text.is_null() {
+            String::new()
+        } else {
+            unsafe { CStr::from_ptr(text) }
+                .to_string_lossy()
+                .into_owned()
+        };
+        Self {
+            code: RDKafkaErrorCode::from(m.err),
+            topic,
+            partition: m.partition,
+            offset: m.offset,
+            reason,
         }
     }
+
+    /// A record batch the client cannot read at a known position: corrupt (a
+    /// failed checksum or decompression, a malformed batch) or in a codec or format
+    /// it lacks. librdkafka fetches such a batch again and again: left alone, the
+    /// partition stalls there.
+    pub fn is_unreadable_batch(&self) -> bool {
+        matches!(
+            self.code,
+            RDKafkaErrorCode::BadMessage
+                | RDKafkaErrorCode::BadCompression
+                | RDKafkaErrorCode::NotImplemented
+                | RDKafkaErrorCode::InvalidRecord
+                | RDKafkaErrorCode::InvalidMessage
+        ) && !self.topic.is_empty()
+            && self.partition >= 0
+            && self.offset >= 0
+    }
+}
+
+impl std::fmt::Display for ReadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.topic.is_empty() {
+            write!(f, "{:?}: {}", self.code, self.reason)
+        } else {
+            write!(
+                f,
+                "{}/{} offset {}: {:?}: {}",
+                self.topic, self.partition, self.offset, self.code, self.reason
+            )
+        }
+    }
+}
+
+/// Where the record batch that `client` cannot read at `offset` of a partition ends:
+/// the first offset past it. librdkafka reports such a batch at its base offset and
+/// does not say where it ends, so this asks a consumer of its own (assigned, no group)
+/// to read from offsets past it: a read inside the batch fails again at the same base,
+/// a read past it does not (a record, another batch's error, or the end of the
+/// partition). Doubling, then bisecting: about 2 × log2(batch length) reads.
+pub fn unreadable_batch_end(
+    client: &rdkafka::ClientConfig,
+    topic: &str,
+    partition: i32,
+    base: i64,
+    give_up: &dyn Fn() -> bool,
+) -> KafkaResult<i64> {
+    use rdkafka::consumer::{BaseConsumer, Consumer as _};
+    let consumer: BaseConsumer = client
+        .clone()
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .remove("group.instance.id")
+        .create()?;
+    let (_, high) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(10))?;
+    // Whether reading from `at` fails at `base`.
+    let inside = |at: i64| -> KafkaResult<bool> {
+        if at >= high {
+            return Ok(false);
+        }
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        tpl.add_partition_offset(topic, partition, rdkafka::Offset::Offset(at))?;
+        consumer.assign(&tpl)?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let client = consumer.client().native_ptr();
+        loop {
+            if give_up() || std::time::Instant::now() > deadline {
+                return Err(KafkaError::Global(RDKafkaErrorCode::OperationTimedOut));
+            }
+            // SAFETY: the client is live; a returned message is ours to read and
+            // destroy, once.
+            let Some(m) = NonNull::new(unsafe { rd::rd_kafka_consumer_poll(client, 200) }) else {
+                continue;
+            };
+            let (err, offset) = {
+                let m = unsafe { m.as_ref() };
+                (ReadError::of(m), m.offset)
+            };
+            unsafe { rd::rd_kafka_message_destroy(m.as_ptr()) };
+            match err.code {
+                RDKafkaErrorCode::NoError | RDKafkaErrorCode::PartitionEOF => return Ok(false),
+                _ if err.is_unreadable_batch() && err.partition == partition => {
+                    return Ok(offset == base);
+                }
+                // Anything else (a broker reconnecting): librdkafka retries.
+                _ => {}
+            }
+        }
+    };
+    // `inside(base)` holds; find an offset where it does not, then the boundary.
+    let (mut lo, mut step) = (base, 1i64);
+    let mut hi = loop {
+        let at = base.saturating_add(step).min(high);
+        if !inside(at)? {
+            break at;
+        }
+        lo = at;
+        step = step.saturating_mul(2);
+    };
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        if inside(mid)? {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    consumer.unassign()?;
+    hi = hi.max(base + 1);
+    Ok(hi)
 }
 
 /// `len` bytes at `ptr`, or `None` for a null pointer (no key, no value).
