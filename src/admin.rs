@@ -44,6 +44,8 @@ pub struct Health {
     failed: Mutex<Option<String>>,
     /// A problem reading the input (see [`Health::set_input_problem`]).
     input_problem: Mutex<Option<String>>,
+    /// Topics the configuration needs and the broker lacks, in one line.
+    missing_topics: Mutex<Option<String>>,
 }
 
 impl Default for Health {
@@ -57,6 +59,7 @@ impl Default for Health {
             sinks: Mutex::new(BTreeMap::new()),
             failed: Mutex::new(None),
             input_problem: Mutex::new(None),
+            missing_topics: Mutex::new(None),
         }
     }
 }
@@ -163,6 +166,13 @@ impl Health {
         }
     }
 
+    /// Topics the configuration needs and the broker lacks (`None`: all there).
+    pub fn set_missing_topics(&self, line: Option<String>) {
+        if let Ok(mut m) = self.missing_topics.lock() {
+            *m = line;
+        }
+    }
+
     /// A fatal error: the process is about to exit (first reason kept).
     pub fn set_failed(&self, reason: &str) {
         if let Ok(mut f) = self.failed.lock() {
@@ -190,6 +200,8 @@ impl Health {
             format!("failed: {reason}")
         } else if self.is_draining() {
             "draining".to_owned()
+        } else if let Some(line) = self.missing_topics.lock().ok().and_then(|m| m.clone()) {
+            line
         } else if !self.outputs_connected() {
             "outputs not connected".to_owned()
         } else if self.assigned.load(Ordering::Relaxed) & self.all_workers() == 0 {

@@ -57,6 +57,47 @@ pub enum Command {
     /// Load generator: write realistic raw evaluation records to a topic on any broker,
     /// then print the exact tally a correct processor must count.
     Gen(GenArgs),
+    /// The topics a configuration reads and writes: `check` lists the missing ones
+    /// (exit 1 if any), `create` makes them (idempotent).
+    #[command(subcommand)]
+    Topics(TopicsCommand),
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum TopicsCommand {
+    /// List every topic the configuration names, and which the broker lacks.
+    Check(TopicsCheckArgs),
+    /// Create the missing ones: input and output topics with `--partitions`, the
+    /// checkpoint topic compacted with one partition, output topics with `--retention`.
+    Create(TopicsCreateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TopicsCheckArgs {
+    /// The configuration file.
+    #[arg(long, short, env = "FLAGTALLY_CONFIG")]
+    pub config: std::path::PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct TopicsCreateArgs {
+    /// The configuration file.
+    #[arg(long, short, env = "FLAGTALLY_CONFIG")]
+    pub config: std::path::PathBuf,
+    /// Partitions of input and output topics (more partitions: more instances and
+    /// workers can share the work).
+    #[arg(long, default_value_t = 6)]
+    pub partitions: i32,
+    /// Replication factor (default: the broker's `default.replication.factor`).
+    #[arg(long)]
+    pub replication_factor: Option<i32>,
+    /// `retention.ms` of output, dead-letter and late topics, e.g. `7d`; `broker` keeps
+    /// the broker's default. Their records carry event time as their timestamp.
+    #[arg(long, default_value = "7d")]
+    pub retention: String,
+    /// Print what would be created, create nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Args)]
@@ -71,6 +112,9 @@ pub struct ValidateArgs {
     /// The configuration file (TOML, or YAML when it ends in .yaml/.yml).
     #[arg(long, short, env = "FLAGTALLY_CONFIG")]
     pub config: std::path::PathBuf,
+    /// Also connect to the brokers and report each missing topic (exit 1 if any).
+    #[arg(long)]
+    pub broker: bool,
 }
 
 #[derive(Debug, Args)]
@@ -108,6 +152,10 @@ pub struct GenArgs {
     pub brokers: String,
     #[arg(long)]
     pub topic: String,
+    /// Create the topic with this many partitions if it is missing (without it, a
+    /// missing topic is an error naming the command that creates it).
+    #[arg(long)]
+    pub partitions: Option<i32>,
     /// How many records to write.
     #[arg(long, default_value_t = 100_000)]
     pub count: u64,

@@ -39,4 +39,5 @@ pub mod quickstart;
 pub mod reload;
 pub mod sink;
 pub mod source;
+pub mod topics;
 pub mod window;

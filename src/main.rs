@@ -14,7 +14,7 @@ use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{EnvFilter, reload};
 
 use flagtally::admin::{self, Admin, notify};
-use flagtally::cli::{Cli, Command, GenArgs, QuickstartArgs, RunArgs, ValidateArgs};
+use flagtally::cli::{Cli, Command, GenArgs, QuickstartArgs, RunArgs, TopicsCommand, ValidateArgs};
 use flagtally::config::{Config, LogFormat};
 use flagtally::emit::Emitter;
 use flagtally::offline;
@@ -96,6 +96,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 Command::Quickstart(args) => quickstart(&args),
                 Command::Gen(args) => generate(&args).map(|()| ExitCode::SUCCESS),
+                Command::Topics(command) => topics(&command),
                 Command::Run(_) | Command::Validate(_) => unreachable!("handled above"),
             }
         }
@@ -118,11 +119,86 @@ fn validate(args: &ValidateArgs) -> ExitCode {
                 topics.join(", "),
                 config.output.dead_letter_topic.as_deref().unwrap_or("-"),
             );
-            ExitCode::SUCCESS
+            if !args.broker {
+                return ExitCode::SUCCESS;
+            }
+            let planned = flagtally::topics::plan(&config, &Default::default());
+            match flagtally::topics::missing(&config, &planned) {
+                Ok(missing) if missing.is_empty() => {
+                    println!("  broker {}: every topic exists", config.kafka.brokers);
+                    ExitCode::SUCCESS
+                }
+                Ok(missing) => {
+                    let _ = writeln!(
+                        std::io::stderr(),
+                        "{}",
+                        flagtally::topics::missing_line(&missing, &args.config)
+                    );
+                    ExitCode::FAILURE
+                }
+                Err(e) => {
+                    let _ = writeln!(
+                        std::io::stderr(),
+                        "kafka.brokers {}: cannot read the cluster's topics: {e}",
+                        config.kafka.brokers
+                    );
+                    ExitCode::FAILURE
+                }
+            }
         }
         Err(e) => {
             let _ = writeln!(std::io::stderr(), "{e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// `flagtally topics check|create`.
+fn topics(command: &TopicsCommand) -> anyhow::Result<ExitCode> {
+    use flagtally::topics::{Layout, Outcome, create, describe, missing, missing_line, plan};
+    match command {
+        TopicsCommand::Check(args) => {
+            let config = Config::load(&args.config)?;
+            let planned = plan(&config, &Layout::default());
+            let absent = missing(&config, &planned)
+                .with_context(|| format!("reading the topics of {}", config.kafka.brokers))?;
+            for p in &planned {
+                let state = if absent.contains(p) { "MISSING" } else { "ok" };
+                println!("{state:8}{} ({})", p.name, p.role);
+            }
+            if absent.is_empty() {
+                Ok(ExitCode::SUCCESS)
+            } else {
+                eprintln!("{}", missing_line(&absent, &args.config));
+                Ok(ExitCode::FAILURE)
+            }
+        }
+        TopicsCommand::Create(args) => {
+            let config = Config::load(&args.config)?;
+            anyhow::ensure!(args.partitions >= 1, "--partitions: at least 1");
+            let output_retention = match args.retention.as_str() {
+                "broker" => None,
+                r => Some(
+                    humantime::parse_duration(r).with_context(|| format!("--retention {r:?}"))?,
+                ),
+            };
+            let layout = Layout {
+                partitions: args.partitions,
+                replication: args.replication_factor.unwrap_or(-1),
+                output_retention,
+            };
+            let planned = plan(&config, &layout);
+            let done = create(&config, &planned, args.dry_run)
+                .with_context(|| format!("creating topics on {}", config.kafka.brokers))?;
+            for (p, outcome) in &done {
+                let verb = match outcome {
+                    Outcome::Exists => "exists",
+                    Outcome::Created => "created",
+                    Outcome::WouldCreate => "would create",
+                };
+                println!("{verb:13}{}", describe(p));
+            }
+            Ok(ExitCode::SUCCESS)
         }
     }
 }
@@ -157,6 +233,7 @@ fn run_daemon(args: &RunArgs) -> anyhow::Result<()> {
             .with_context(|| format!("admin.listen: cannot serve on {addr}"))?;
         tracing::info!("admin: http://{bound}/metrics, /healthz, /readyz");
     }
+    watch_missing_topics(&config, &args.config, Arc::clone(&admin));
     if let Some(interval) = notify::watchdog_interval() {
         // Fed while the pipeline shows progress; a hung pipeline stops feeding it and
         // systemd restarts the service.
@@ -313,6 +390,7 @@ fn generate(args: &GenArgs) -> anyhow::Result<()> {
         cc.set(k, v);
     }
     let producer: PolledProducer<DefaultProducerContext> = cc.create()?;
+    ensure_topic(&cc, &args.topic, args.partitions)?;
     let bar = indicatif::ProgressBar::new(args.count);
     bar.set_style(
         indicatif::ProgressStyle::with_template(
@@ -345,6 +423,80 @@ fn generate(args: &GenArgs) -> anyhow::Result<()> {
             t.tracked
         );
     }
+    Ok(())
+}
+
+/// Names the topics the configuration needs and the broker lacks, in one ERROR line
+/// and in `/readyz`, checking again every 10 s until none is missing (the checkpoint
+/// topic is left out: flagtally creates it).
+fn watch_missing_topics(config: &Config, path: &std::path::Path, admin: Arc<Admin>) {
+    let config = config.clone();
+    let path = path.to_owned();
+    let spawned = std::thread::Builder::new()
+        .name("topic-check".into())
+        .spawn(move || {
+            let mut planned = flagtally::topics::plan(&config, &Default::default());
+            planned.retain(|p| p.name != config.processing.checkpoint_topic);
+            let mut logged = String::new();
+            loop {
+                match flagtally::topics::missing(&config, &planned) {
+                    Ok(missing) if missing.is_empty() => {
+                        admin.health.set_missing_topics(None);
+                        return;
+                    }
+                    Ok(missing) => {
+                        let line = flagtally::topics::missing_line(&missing, &path);
+                        if line != logged {
+                            tracing::error!("{line}");
+                            logged.clone_from(&line);
+                        }
+                        admin.health.set_missing_topics(Some(line));
+                    }
+                    Err(e) => tracing::debug!("checking topics: {e}"),
+                }
+                std::thread::sleep(Duration::from_secs(10));
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!("checking topics: {e}");
+    }
+}
+
+/// Makes sure `gen` has a topic to write to: creates it with `partitions` when asked,
+/// else fails at once (a producer would retry a missing topic for a long time) naming
+/// the option that creates it.
+fn ensure_topic(
+    cc: &rdkafka::ClientConfig,
+    topic: &str,
+    partitions: Option<i32>,
+) -> anyhow::Result<()> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = cc.create()?;
+    let md = admin
+        .inner()
+        .fetch_metadata(None, Duration::from_secs(15))
+        .context("reading the cluster's topics")?;
+    if md
+        .topics()
+        .iter()
+        .any(|t| t.name() == topic && t.error().is_none())
+    {
+        return Ok(());
+    }
+    let Some(n) = partitions else {
+        anyhow::bail!(
+            "topic {topic:?} does not exist; add --partitions N to create it, or create it with `flagtally topics create --config <your config>`"
+        );
+    };
+    let new = NewTopic::new(topic, n, TopicReplication::Fixed(-1));
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(15)));
+    for r in flagtally::sink::kafka::block_on(admin.create_topics([&new], &options))? {
+        match r {
+            Ok(_) | Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((t, e)) => anyhow::bail!("creating topic {t}: {e}"),
+        }
+    }
+    eprintln!("created topic {topic} with {n} partitions");
     Ok(())
 }
 
