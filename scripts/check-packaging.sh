@@ -542,8 +542,12 @@ if isinstance(doc, dict) and isinstance(doc.get("services"), dict):
     advertised = kenv.get("KAFKA_ADVERTISED_LISTENERS") or ""
     check("kafka:9092" in advertised and "localhost:29092" in advertised, "compose:kafka",
           "advertises kafka:9092 (containers) and localhost:29092 (host)")
-    check(any(str(p).startswith("29092:") for p in kafka.get("ports") or []),
-          "compose:kafka", "publishes 29092 for the host listener")
+    check(any(str(p).startswith("127.0.0.1:29092:") for p in kafka.get("ports") or []),
+          "compose:kafka", "publishes 29092 for the host listener, on 127.0.0.1 only")
+    for svc_name, svc in services.items():
+        for port in svc.get("ports") or []:
+            check(str(port).startswith("127.0.0.1:"), f"compose:{svc_name}",
+                  f"publishes {port} on 127.0.0.1 only")
     hc_test = " ".join(strings((kafka.get("healthcheck") or {}).get("test")))
     check("kafka-topics.sh" in hc_test and "--list" in hc_test, "compose:kafka",
           "healthcheck lists topics with kafka-topics.sh")
