@@ -11,23 +11,6 @@ use common::*;
 use flagtally::window::WindowConfig;
 use rdkafka::producer::Producer as _;
 
-fn feature(t: i64, key: &str, user: &str) -> Vec<u8> {
-    format!(
-        r#"{{"kind":"feature","creationDate":{t},"key":"{key}","version":1,"userKey":"{user}","variation":0,"value":true,"default":false}}"#
-    )
-    .into_bytes()
-}
-
-fn now_ms() -> i64 {
-    i64::try_from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis(),
-    )
-    .unwrap()
-}
-
 /// The checkpoint records of partition 0 of `input`, in order.
 fn checkpoints(broker: &str, t: &Topics) -> Vec<String> {
     let key = format!("{}/{}/0", t.group, t.input);
@@ -100,13 +83,13 @@ fn a_checkpoint_full_of_late_corrections_fits_its_topic() {
     let mut f = Flagtally::start(&config, &t.group);
     let now = now_ms();
     let p = producer(broker);
-    send(&p, &t.input, 0, &feature(now, "f", "u0"));
+    send(&p, &t.input, 0, feature(now, "f", "u0").as_bytes());
     for i in 0..400 {
         send(
             &p,
             &t.input,
             0,
-            &feature(now - 10_000 - i * 1_000, "f", "u1"),
+            feature(now - 10_000 - i * 1_000, "f", "u1").as_bytes(),
         );
     }
     p.flush(Duration::from_secs(60)).unwrap();
@@ -125,8 +108,8 @@ fn a_checkpoint_full_of_late_corrections_fits_its_topic() {
     f.wait_log("checkpoints loaded", 1, Duration::from_secs(60));
     // The watermark moves on: the last corrections close with the open window, and
     // the event at +5 s with its own (the one at +10 s stays open).
-    send(&p, &t.input, 0, &feature(now + 5_000, "f", "u2"));
-    send(&p, &t.input, 0, &feature(now + 10_000, "f", "u3"));
+    send(&p, &t.input, 0, feature(now + 5_000, "f", "u2").as_bytes());
+    send(&p, &t.input, 0, feature(now + 10_000, "f", "u3").as_bytes());
     p.flush(Duration::from_secs(60)).unwrap();
     let summaries = read_until(
         broker,
@@ -183,7 +166,7 @@ fn changed_window_settings_start_at_the_checkpoint_in_a_new_epoch() {
                 &p,
                 &t.input,
                 partition,
-                &feature(now + from + i * 50, &format!("f{}", i % 3), "u"),
+                feature(now + from + i * 50, &format!("f{}", i % 3), "u").as_bytes(),
             );
             sent += 1;
         }

@@ -9,7 +9,7 @@
 mod common;
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use common::*;
 use flagtally::decode::{Decoded, Decoder, Dialect, Limits};
@@ -25,22 +25,6 @@ const WINDOW_MS: i64 = 10_000;
 
 /// Header name/value pairs to send with a record.
 type Headers = Vec<(&'static str, &'static str)>;
-
-fn now_ms() -> i64 {
-    i64::try_from(
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_millis(),
-    )
-    .unwrap()
-}
-
-fn feature(t: i64, key: &str, user: &str) -> String {
-    format!(
-        r#"{{"kind":"feature","creationDate":{t},"key":"{key}","version":1,"userKey":"{user}","variation":0,"value":true,"default":false}}"#
-    )
-}
 
 /// One bad (or borderline) record, the reason its dead letter must carry (`None`: the
 /// decoder's own verdict, computed below), and headers to send with it.

@@ -15,13 +15,6 @@ use common::*;
 use rdkafka::ClientConfig;
 use rdkafka::producer::Producer as _;
 
-fn feature(t: i64, user: usize) -> Vec<u8> {
-    format!(
-        r#"{{"kind":"feature","creationDate":{t},"key":"f","version":1,"userKey":"u{user}","variation":0,"value":true,"default":false}}"#
-    )
-    .into_bytes()
-}
-
 /// The segment file of partition 0 of `topic`, wherever the test broker keeps it.
 fn segment(topic: &str) -> PathBuf {
     let infra = std::env::var("FLAGTALLY_INFRA").map_or_else(
@@ -82,11 +75,7 @@ fn damage(file: &PathBuf, range: std::ops::Range<i64>) -> Vec<i64> {
 fn an_unreadable_batch_is_skipped_with_a_dead_letter_or_stops_the_instance() {
     let broker = broker();
     let t = Topics::create(broker, 1);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-        - 60_000;
+    let now = now_ms() - 60_000;
     let plain = producer(broker);
     let zstd: flagtally::sink::kafka::PolledProducer<rdkafka::producer::DefaultProducerContext> =
         ClientConfig::new()
@@ -98,7 +87,12 @@ fn an_unreadable_batch_is_skipped_with_a_dead_letter_or_stops_the_instance() {
             .unwrap();
     for (p, users) in [(&plain, 0..50), (&zstd, 50..100), (&plain, 100..150)] {
         for u in users {
-            send(p, &t.input, 0, &feature(now + u as i64, u));
+            send(
+                p,
+                &t.input,
+                0,
+                feature(now + u as i64, "f", &format!("u{u}")).as_bytes(),
+            );
         }
         p.flush(Duration::from_secs(30)).unwrap();
     }

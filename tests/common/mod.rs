@@ -916,3 +916,22 @@ impl CutProxy {
         self.down.store(false, Ordering::Relaxed);
     }
 }
+
+/// The wall clock, in ms since the epoch.
+pub fn now_ms() -> i64 {
+    i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap()
+}
+
+/// One LaunchDarkly feature event of flag `key` (variation 0, version 1) for `user`
+/// at `t`.
+pub fn feature(t: i64, key: &str, user: &str) -> String {
+    format!(
+        r#"{{"kind":"feature","creationDate":{t},"key":"{key}","version":1,"userKey":"{user}","variation":0,"value":true,"default":false}}"#
+    )
+}
