@@ -25,6 +25,7 @@
 //! passed in, and outputs are returned, so the same input always yields the same bytes.
 
 pub mod admin;
+pub mod avro;
 pub mod cli;
 pub mod config;
 pub mod decode;

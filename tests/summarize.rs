@@ -207,7 +207,7 @@ fn native_avro_records_are_read_as_base64_lines() {
         let mut d = Decoded::default();
         decoder.decode(line.as_bytes(), &mut d);
         for ev in &d.events {
-            let avro = flagtally::decode::native::encode_avro(ev);
+            let avro = flagtally::avro::encode_event(ev);
             lines.push_str(&base64::engine::general_purpose::STANDARD.encode(avro));
             lines.push('\n');
         }
