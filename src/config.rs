@@ -24,6 +24,7 @@ use crate::cli::{duration, millis, parse_override, signed_duration};
 use crate::decode::counting::CountFrom;
 use crate::decode::{Decoder, Dialect, Limits};
 use crate::emit::{EmitConfig, Envelope, FeatureKey, Format, OutputKind};
+pub use crate::kafka::KafkaConfig;
 use crate::window::{EngineConfig, GateConfig, IndexConfig, LatePolicy, Override, WindowConfig};
 
 /// Environment variables starting with this override the file: `FLAGTALLY__WINDOW__SIZE=5m`
@@ -303,52 +304,6 @@ impl SinkConfig {
             create_tables: self.create_tables,
             featbit_env_id: self.featbit_env_id.clone(),
             timeout: self.timeout,
-        }
-    }
-}
-
-/// The broker, the consumer group and librdkafka pass-through properties.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct KafkaConfig {
-    /// `bootstrap.servers`.
-    pub brokers: String,
-    pub group_id: String,
-    /// Static group membership (KIP-345, `group.instance.id`): a stable name per
-    /// instance. A restarted instance gets its partitions back at once, without a
-    /// rebalance, when it returns within the session timeout; unique per instance.
-    pub instance_id: Option<String>,
-    pub input_topics: Vec<String>,
-    /// Any librdkafka property, for consumer and producer alike (security.protocol,
-    /// sasl.*, ssl.*, …).
-    #[serde(default)]
-    pub properties: BTreeMap<String, String>,
-    #[serde(default)]
-    pub consumer_properties: BTreeMap<String, String>,
-    #[serde(default)]
-    pub producer_properties: BTreeMap<String, String>,
-}
-
-impl Default for KafkaConfig {
-    fn default() -> Self {
-        Self {
-            brokers: "127.0.0.1:9092".to_owned(),
-            group_id: "flagtally".to_owned(),
-            instance_id: None,
-            input_topics: Vec::new(),
-            properties: BTreeMap::new(),
-            consumer_properties: BTreeMap::new(),
-            producer_properties: BTreeMap::new(),
-        }
-    }
-}
-
-impl KafkaConfig {
-    /// Applies the pass-through properties, shared ones then `role` ones, over
-    /// flagtally's own settings (so users can override them).
-    pub fn apply(&self, cc: &mut rdkafka::ClientConfig, role: &BTreeMap<String, String>) {
-        for (k, v) in self.properties.iter().chain(role) {
-            cc.set(k, v);
         }
     }
 }
@@ -862,7 +817,7 @@ impl Config {
     /// topic whose `max.message.bytes` is `limit`; if not, what to change.
     pub fn checkpoint_fits(&self, limit: usize) -> Result<(), String> {
         let worst = crate::pipeline::checkpoint::worst_case_bytes(&self.engine_config().window);
-        let room = limit.saturating_sub(crate::pipeline::fit::RECORD_MARGIN);
+        let room = limit.saturating_sub(crate::deadletter::fit::RECORD_MARGIN);
         if worst <= room {
             return Ok(());
         }
@@ -905,7 +860,7 @@ impl Config {
                 problems.push(format!("{key}: must be at least 1"));
             }
         }
-        if let Err(e) = self.checkpoint_fits(crate::sink::kafka::DEFAULT_TOPIC_LIMIT) {
+        if let Err(e) = self.checkpoint_fits(crate::kafka::DEFAULT_TOPIC_LIMIT) {
             problems.push(e);
         }
         // A pattern subscription (`^…`) may match any name; plain names must be inputs.
@@ -917,15 +872,15 @@ impl Config {
                 ));
             }
         }
-        let have = crate::features::builtin();
+        let have = crate::kafka::features::builtin();
         for (prefix, props) in [
             ("kafka.properties", &self.kafka.properties),
             ("kafka.consumer_properties", &self.kafka.consumer_properties),
             ("kafka.producer_properties", &self.kafka.producer_properties),
         ] {
-            problems.extend(crate::features::missing(prefix, props, have));
+            problems.extend(crate::kafka::features::missing(prefix, props, have));
         }
-        if let [first, ..] = crate::features::missing_codecs(have)[..] {
+        if let [first, ..] = crate::kafka::features::missing_codecs(have)[..] {
             problems.push(format!(
                 "this build's Kafka client (librdkafka) cannot read {first}-compressed record batches (builtin.features: {}); rebuild with every codec",
                 have.iter().cloned().collect::<Vec<_>>().join(",")

@@ -25,14 +25,16 @@
 //! passed in, and outputs are returned, so the same input always yields the same bytes.
 
 pub mod admin;
+pub mod app;
 pub mod avro;
 pub mod cli;
 pub mod config;
+pub mod deadletter;
 pub mod decode;
 pub mod emit;
 pub mod event;
-pub mod features;
 pub mod generate;
+pub mod kafka;
 pub mod metrics;
 pub mod offline;
 pub mod pipeline;

@@ -26,9 +26,9 @@ use rdkafka::{ClientConfig, Message as _};
 use crate::admin::Admin;
 use crate::config::Config;
 use crate::generate::{GenConfig, GenDialect, Generator, Tally};
+use crate::kafka::producer::PolledProducer;
 use crate::metrics::Metrics;
 use crate::pipeline::pool::Pool;
-use crate::sink::kafka::PolledProducer;
 
 /// The mock broker keeps at most 5 MiB per partition: this many records fit in the
 /// input partitions with room to spare.
@@ -297,7 +297,7 @@ fn generate(
         let rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(INPUT)
             .payload(value.as_slice())
             .key(key.as_bytes());
-        crate::sink::kafka::send_waiting(&producer, rec, &|| stop.load(Ordering::Relaxed))?;
+        crate::kafka::producer::send_waiting(&producer, rec, &|| stop.load(Ordering::Relaxed))?;
         generated.store(i + 1, Ordering::Relaxed);
     }
     producer.flush(Duration::from_secs(30))?;
@@ -384,12 +384,12 @@ fn read_outputs(
                     .map(|v| String::from_utf8_lossy(v).into_owned())
             };
             let line = serde_json::json!({
-                "error": header(crate::pipeline::dead_letter_header::ERROR),
-                "reason": header(crate::pipeline::dead_letter_header::REASON),
+                "error": header(crate::deadletter::header::ERROR),
+                "reason": header(crate::deadletter::header::REASON),
                 "source": format!("{}/{}/{}",
-                    header(crate::pipeline::dead_letter_header::SOURCE_TOPIC).unwrap_or_default(),
-                    header(crate::pipeline::dead_letter_header::SOURCE_PARTITION).unwrap_or_default(),
-                    header(crate::pipeline::dead_letter_header::SOURCE_OFFSET).unwrap_or_default()),
+                    header(crate::deadletter::header::SOURCE_TOPIC).unwrap_or_default(),
+                    header(crate::deadletter::header::SOURCE_PARTITION).unwrap_or_default(),
+                    header(crate::deadletter::header::SOURCE_OFFSET).unwrap_or_default()),
                 "record": String::from_utf8_lossy(value),
             });
             writeln!(out, "{line}")?;

@@ -14,7 +14,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
 
 use crate::config::Config;
-use crate::sink::kafka::block_on;
+use crate::kafka::producer::block_on;
 
 const TIMEOUT: Duration = Duration::from_secs(15);
 

@@ -353,7 +353,7 @@ timeout = "3s"
                     if no_timestamp {
                         rec = rec.timestamp(-1);
                     }
-                    flagtally::sink::kafka::send_waiting(&p, rec, &|| false).unwrap();
+                    flagtally::kafka::producer::send_waiting(&p, rec, &|| false).unwrap();
                 } else {
                     send(&p, &topic, partition, &g.next_record());
                 }

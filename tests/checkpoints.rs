@@ -53,7 +53,7 @@ fn a_checkpoint_full_of_late_corrections_fits_its_topic() {
     let t = Topics::create(broker, 1);
     let (text, settings) = window(40);
     let worst = flagtally::pipeline::checkpoint::worst_case_bytes(&settings);
-    let limit = worst + flagtally::pipeline::fit::RECORD_MARGIN;
+    let limit = worst + flagtally::deadletter::fit::RECORD_MARGIN;
     let topic = format!("{}-checkpoints", t.group);
     alter_topic(broker, &topic, "max.message.bytes", &limit.to_string());
     // The broker answers the change before its metadata shows it.

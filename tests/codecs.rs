@@ -10,7 +10,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use flagtally::sink::kafka::PolledProducer;
+use flagtally::kafka::producer::PolledProducer;
 use rdkafka::ClientConfig;
 use rdkafka::producer::{DefaultProducerContext, Producer as _};
 

@@ -286,7 +286,8 @@ fn sigkill_mid_transaction_three_times_everything_exactly_once_on_kafka() {
 /// Every abort must succeed.
 #[test]
 fn an_abort_right_after_a_transactions_first_records_succeeds() {
-    use flagtally::sink::kafka::{Outgoing, Producer, headers};
+    use flagtally::kafka::producer::headers;
+    use flagtally::pipeline::producer::{Outgoing, Producer};
     let broker = broker();
     let t = Topics::create(broker, 2);
     let config = Config::parse(&eos_config(broker, &t)).unwrap();

@@ -14,7 +14,7 @@ use std::time::Duration;
 use common::*;
 use flagtally::decode::{Decoded, Decoder, Dialect, Limits};
 use flagtally::generate::{GenConfig, GenDialect, Generator};
-use flagtally::sink::kafka::block_on;
+use flagtally::kafka::producer::block_on;
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -276,7 +276,7 @@ fn hostile_records_never_stop_the_daemon_and_each_is_one_dead_letter() {
     }
     let want = expected_windows(&counted, WINDOW_MS);
 
-    let p: flagtally::sink::kafka::PolledProducer<rdkafka::producer::DefaultProducerContext> =
+    let p: flagtally::kafka::producer::PolledProducer<rdkafka::producer::DefaultProducerContext> =
         ClientConfig::new()
             .set("bootstrap.servers", broker)
             .set("enable.idempotence", "true")
@@ -296,7 +296,7 @@ fn hostile_records_never_stop_the_daemon_and_each_is_one_dead_letter() {
             .partition((i % 2) as i32)
             .payload(v.as_slice())
             .headers(headers);
-        flagtally::sink::kafka::send_waiting(&p, rec, &|| false).unwrap();
+        flagtally::kafka::producer::send_waiting(&p, rec, &|| false).unwrap();
     }
     p.flush(Duration::from_secs(120)).unwrap();
 
@@ -481,7 +481,7 @@ fn a_clock_a_year_ahead_causes_no_late_corrections() {
             .partition(0)
             .payload(v.as_slice())
             .timestamp(ts);
-        flagtally::sink::kafka::send_waiting(&p, rec, &|| false).unwrap();
+        flagtally::kafka::producer::send_waiting(&p, rec, &|| false).unwrap();
     }
     p.flush(Duration::from_secs(60)).unwrap();
     let f = Flagtally::start(
@@ -558,7 +558,7 @@ fn forged_record_times_cannot_move_the_watermark() {
     let send_at = |v: &[u8], ts: i64| {
         let rec: BaseRecord<'_, [u8], [u8]> =
             BaseRecord::to(&input).partition(0).payload(v).timestamp(ts);
-        flagtally::sink::kafka::send_waiting(&p, rec, &|| false).unwrap();
+        flagtally::kafka::producer::send_waiting(&p, rec, &|| false).unwrap();
     };
     for (i, v) in before.iter().enumerate() {
         send_at(v, now - 600_000 + 5 * i as i64);
@@ -670,14 +670,14 @@ fn dead_letters_fit_a_small_dead_letter_topic_in_both_modes() {
                         key: "trace",
                         value: Some(big_header.as_bytes()),
                     }));
-                flagtally::sink::kafka::send_waiting(&p, rec, &|| false).unwrap();
+                flagtally::kafka::producer::send_waiting(&p, rec, &|| false).unwrap();
             }
             if i == 60 {
                 let rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&t.input)
                     .partition(0)
                     .key(big_key.as_slice())
                     .payload(b"not json".as_slice());
-                flagtally::sink::kafka::send_waiting(&p, rec, &|| false).unwrap();
+                flagtally::kafka::producer::send_waiting(&p, rec, &|| false).unwrap();
             }
             send(&p, &t.input, 0, v);
         }

@@ -645,8 +645,9 @@ fn outputs_sharing_a_topic_still_get_its_size_limit() {
         .unwrap();
     let shared =
         NewTopic::new(&t.feature, 1, TopicReplication::Fixed(1)).set("max.message.bytes", "4096");
-    for r in flagtally::sink::kafka::block_on(admin.create_topics(&[shared], &AdminOptions::new()))
-        .unwrap()
+    for r in
+        flagtally::kafka::producer::block_on(admin.create_topics(&[shared], &AdminOptions::new()))
+            .unwrap()
     {
         r.unwrap();
     }
@@ -663,7 +664,7 @@ fn outputs_sharing_a_topic_still_get_its_size_limit() {
             .topic(flagtally::emit::OutputKind::Index),
         Some(t.feature.as_str())
     );
-    let producer = flagtally::sink::kafka::Producer::new(
+    let producer = flagtally::pipeline::producer::Producer::new(
         &config,
         Arc::new(flagtally::admin::Admin::default()),
     )

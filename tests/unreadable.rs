@@ -77,14 +77,15 @@ fn an_unreadable_batch_is_skipped_with_a_dead_letter_or_stops_the_instance() {
     let t = Topics::create(broker, 1);
     let now = now_ms() - 60_000;
     let plain = producer(broker);
-    let zstd: flagtally::sink::kafka::PolledProducer<rdkafka::producer::DefaultProducerContext> =
-        ClientConfig::new()
-            .set("bootstrap.servers", broker)
-            .set("enable.idempotence", "true")
-            .set("linger.ms", "50")
-            .set("compression.codec", "zstd")
-            .create()
-            .unwrap();
+    let zstd: flagtally::kafka::producer::PolledProducer<
+        rdkafka::producer::DefaultProducerContext,
+    > = ClientConfig::new()
+        .set("bootstrap.servers", broker)
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "50")
+        .set("compression.codec", "zstd")
+        .create()
+        .unwrap();
     for (p, users) in [(&plain, 0..50), (&zstd, 50..100), (&plain, 100..150)] {
         for u in users {
             send(

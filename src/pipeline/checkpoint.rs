@@ -47,7 +47,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Message as _, Offset, TopicPartitionList};
 
 use crate::config::Config;
-use crate::sink::kafka::block_on;
+use crate::kafka::producer::block_on;
 use crate::window::{AccMark, Checkpoint, PartitionId, Settings, WindowConfig};
 
 /// Reads checkpoints back from the checkpoint topic.

@@ -24,9 +24,9 @@
 //! run's, with the same ids.
 
 pub mod checkpoint;
-pub mod fit;
 mod guard;
 pub mod pool;
+pub mod producer;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -41,42 +41,16 @@ use rdkafka::{Message as _, Offset, TopicPartitionList};
 
 use crate::admin::Admin;
 use crate::config::{Config, FuturePolicy};
+use crate::deadletter::fit;
+use crate::deadletter::header as dead_letter_header;
 use crate::decode::counting::{self, CountFrom};
 use crate::decode::{DecodeError, Decoded, Decoder, Dialect, Reason};
 use crate::emit::{Emitter, OutputKind, dead_letter_id, header, refused_id};
+use crate::kafka::producer::headers;
 use crate::metrics::Metrics;
-use crate::sink::kafka::{Outgoing, Producer, Refused, headers};
 use crate::source::{Assignment, BATCH, Record, Source};
 use crate::window::{Checkpoint, Engine, Output, PartitionId, SourcePos};
-
-/// Headers added to dead letters and late events.
-pub mod dead_letter_header {
-    /// The full error text (dialect, JSON path, reason), errors joined by `; `.
-    pub const ERROR: &str = "flagtally-error";
-    /// The machine-readable reason of the first error (`invalid-json`, `late`, …).
-    pub const REASON: &str = "flagtally-error-reason";
-    pub const DIALECT: &str = "flagtally-error-dialect";
-    /// The JSON path of the first error; empty for the whole record.
-    pub const PATH: &str = "flagtally-error-path";
-    /// How many parts of the record failed (a batch record can fail in places).
-    pub const COUNT: &str = "flagtally-error-count";
-    pub const SOURCE_TOPIC: &str = "flagtally-source-topic";
-    pub const SOURCE_PARTITION: &str = "flagtally-source-partition";
-    pub const SOURCE_OFFSET: &str = "flagtally-source-offset";
-    /// For an unreadable record batch: the last offset it holds (the first is
-    /// `flagtally-source-offset`).
-    pub const SOURCE_OFFSET_LAST: &str = "flagtally-source-offset-last";
-    /// For a late event: its index within the record.
-    pub const EVENT_INDEX: &str = "flagtally-event-index";
-    /// Present when the payload was cut to fit: the original payload's length.
-    pub const TRUNCATED: &str = "flagtally-truncated";
-    /// For an output the broker refused: the kind it had.
-    pub const REFUSED_KIND: &str = "flagtally-refused-kind";
-    /// For a record a warehouse sink's destination refused: the sink's name.
-    pub const SINK: &str = "flagtally-sink";
-    /// Present when input headers were left out to fit: how many.
-    pub const HEADERS_DROPPED: &str = "flagtally-headers-dropped";
-}
+use producer::{Outgoing, Producer, Refused};
 
 /// Most output ids remembered as refused (they are set aside again on a replay).
 const MAX_DIVERTED: usize = 100_000;

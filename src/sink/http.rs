@@ -170,8 +170,10 @@ impl Http {
                     .headers()
                     .get("location")
                     .map(|l| String::from_utf8_lossy(l.as_bytes()).into_owned());
-                let location =
-                    crate::pipeline::fit::cap(location.as_deref().unwrap_or("(no Location)"), 512);
+                let location = crate::deadletter::fit::cap(
+                    location.as_deref().unwrap_or("(no Location)"),
+                    512,
+                );
                 anyhow::bail!(
                     "POST {}: HTTP {status} redirect to {location}: flagtally does not follow redirects; set the sink's url to the endpoint itself",
                     self.settings.url

@@ -4,7 +4,6 @@
 
 pub mod file;
 pub mod http;
-pub mod kafka;
 pub mod postgres;
 pub mod s3;
 pub mod worker;

@@ -183,7 +183,7 @@ pub struct Worker {
 /// their records.
 struct DeadLetters {
     topic: String,
-    producer: crate::sink::kafka::PolledProducer<Confirmations>,
+    producer: crate::kafka::producer::PolledProducer<Confirmations>,
     limit: usize,
     unconfirmed: Vec<Letter>,
 }
@@ -192,7 +192,7 @@ impl DeadLetters {
     /// Queues `letter` with `key` and `value`, fitted to the topic; as its stub when it
     /// is one or nothing but a stub fits.
     fn send(&self, letter: &Letter, key: &[u8], value: &[u8]) -> anyhow::Result<()> {
-        use crate::pipeline::fit;
+        use crate::deadletter::fit;
         let own_size: usize = letter.own.iter().map(|(k, v)| fit::header_size(k, v)).sum();
         let plan = if letter.stub {
             fit::Fit::Stub
@@ -215,13 +215,14 @@ impl DeadLetters {
             let mut pairs = letter.own.clone();
             if kept < value.len() {
                 pairs.push((
-                    crate::pipeline::dead_letter_header::TRUNCATED.to_owned(),
+                    crate::deadletter::header::TRUNCATED.to_owned(),
                     value.len().to_string().into_bytes(),
                 ));
             }
             (pairs, Some(key), &value[..kept])
         };
-        let hs = crate::sink::kafka::headers(pairs.iter().map(|(k, v)| (k.as_str(), v.as_slice())));
+        let hs =
+            crate::kafka::producer::headers(pairs.iter().map(|(k, v)| (k.as_str(), v.as_slice())));
         let mut record: rdkafka::producer::BaseRecord<'_, [u8], [u8]> =
             rdkafka::producer::BaseRecord::to(&self.topic)
                 .payload(value)
@@ -229,7 +230,7 @@ impl DeadLetters {
         if let Some(key) = key {
             record = record.key(key);
         }
-        crate::sink::kafka::send_waiting(&self.producer, record, &|| false)
+        crate::kafka::producer::send_waiting(&self.producer, record, &|| false)
             .with_context(|| format!("writing a dead letter to {}", self.topic))?;
         Ok(())
     }
@@ -268,7 +269,7 @@ impl rdkafka::producer::ProducerContext for Confirmations {
                 .unwrap_or_default();
             let permanent = e
                 .rdkafka_error_code()
-                .is_some_and(crate::pipeline::fit::is_permanent);
+                .is_some_and(crate::deadletter::fit::is_permanent);
             if let Ok(mut f) = self.failed.lock() {
                 f.push((id, e.to_string(), permanent));
             }
@@ -342,15 +343,15 @@ impl Worker {
                     .with_context(|| {
                         format!("sink {}: creating its dead-letter producer", config.name)
                     })?;
-                let limit = crate::sink::kafka::describe_limits(kafka, &[topic.as_str()])
+                let limit = crate::kafka::describe_limits(kafka, &[topic.as_str()])
                     .get(topic.as_str())
                     .copied()
-                    .unwrap_or(crate::sink::kafka::DEFAULT_TOPIC_LIMIT);
+                    .unwrap_or(crate::kafka::DEFAULT_TOPIC_LIMIT);
                 Some(DeadLetters {
                     topic: topic.clone(),
                     producer,
                     limit: limit
-                        .saturating_sub(crate::pipeline::fit::RECORD_MARGIN)
+                        .saturating_sub(crate::deadletter::fit::RECORD_MARGIN)
                         .min(1_000_000),
                     unconfirmed: Vec::new(),
                 })
@@ -474,7 +475,7 @@ impl Worker {
     /// fitted to the topic's `max.message.bytes` (the payload cut, or a stub where not
     /// even the key and headers fit); without a dead-letter topic, logged and counted.
     fn set_aside(&mut self, r: &SinkRecord, error: &str) -> anyhow::Result<()> {
-        use crate::pipeline::dead_letter_header as dl;
+        use crate::deadletter::header as dl;
         self.counter(|m| &m.sink_rejected).inc();
         let Some(letters) = &mut self.dead_letters else {
             tracing::error!(sink = %self.name, id = %r.id, "the destination refused a record for good ({error}); no dead-letter topic: dropped");
@@ -484,7 +485,7 @@ impl Worker {
         let id = crate::emit::refused_id(&format!("{}/{}", self.name, r.id))
             .hyphenated()
             .to_string();
-        let error = crate::pipeline::fit::cap(error, crate::pipeline::fit::MAX_ERROR_BYTES);
+        let error = crate::deadletter::fit::cap(error, crate::deadletter::fit::MAX_ERROR_BYTES);
         let (partition, offset) = (r.partition.to_string(), r.offset.to_string());
         let own: Vec<(String, Vec<u8>)> = [
             (header::ID, id.as_bytes()),
@@ -520,7 +521,7 @@ impl Worker {
             return Ok(());
         };
         while !letters.unconfirmed.is_empty() {
-            crate::sink::kafka::flush_threaded(&letters.producer, Duration::from_secs(60))
+            crate::kafka::producer::flush_threaded(&letters.producer, Duration::from_secs(60))
                 .with_context(|| format!("sink {}: writing dead letters", self.name))?;
             let failed = std::mem::take(
                 &mut *letters

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use flagtally::decode::{Decoded, Decoder, Dialect, Limits};
 use flagtally::emit::{EmitConfig, Emitter};
 use flagtally::generate::{GenConfig, GenDialect, Generator, Tally};
-use flagtally::sink::kafka::{PolledProducer, block_on, send_waiting};
+use flagtally::kafka::producer::{PolledProducer, block_on, send_waiting};
 use flagtally::window::{Engine, EngineConfig, Output, PartitionId, SourcePos, WindowConfig};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;

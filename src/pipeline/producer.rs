@@ -8,23 +8,22 @@
 //! authorized) would fail again on every retry: such records are kept aside as
 //! [`Refused`] for the pipeline to dead-letter, and do not count as failures.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use rdkafka::ClientContext;
 use rdkafka::TopicPartitionList;
-use rdkafka::config::{ClientConfig, FromClientConfig, FromClientConfigAndContext};
+use rdkafka::config::ClientConfig;
 use rdkafka::consumer::ConsumerGroupMetadata;
-use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{
-    BaseProducer, BaseRecord, DefaultProducerContext, DeliveryResult, Producer as _,
-    ProducerContext,
-};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::OwnedHeaders;
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer as _, ProducerContext};
 
 use crate::admin::Admin;
 use crate::config::Config;
+use crate::kafka::producer::{PolledProducer, flush_threaded, send_waiting};
+use crate::kafka::{DEFAULT_TOPIC_LIMIT, describe_limits};
 use crate::metrics::Metrics;
 
 /// Counts deliveries; remembers the last failure for the log; feeds the produce latency
@@ -63,11 +62,11 @@ pub struct Refused {
 }
 
 /// flagtally's own headers among `headers` (not forwarded input headers), values
-/// capped to [`crate::pipeline::fit::MAX_STUB_VALUE`].
+/// capped to [`crate::deadletter::fit::MAX_STUB_VALUE`].
 fn own_headers<'a>(
     headers: impl Iterator<Item = rdkafka::message::Header<'a, &'a [u8]>>,
 ) -> Vec<(String, Vec<u8>)> {
-    use crate::pipeline::fit;
+    use crate::deadletter::fit;
     headers
         .filter(|h| h.key.starts_with(fit::OWN_PREFIX) && !h.key.starts_with(fit::RAW_NAME_PREFIX))
         .map(|h| {
@@ -188,7 +187,7 @@ impl ProducerContext for Deliveries {
             }
             Err((e, msg))
                 if e.rdkafka_error_code()
-                    .is_some_and(crate::pipeline::fit::is_permanent) =>
+                    .is_some_and(crate::deadletter::fit::is_permanent) =>
             {
                 use rdkafka::Message as _;
                 use rdkafka::message::Headers as _;
@@ -278,10 +277,6 @@ pub struct Producer {
     message_max: usize,
 }
 
-/// Kafka's default `max.message.bytes` (1 MiB + 12), assumed for a topic the broker
-/// would not describe.
-pub const DEFAULT_TOPIC_LIMIT: usize = 1_048_588;
-
 /// The producer's `message.max.bytes`: room for an output as large as the largest
 /// input record plus headers (a user's `[kafka.producer_properties]` may change it).
 fn message_max_bytes(config: &Config) -> usize {
@@ -312,205 +307,12 @@ fn topic_limits(config: &Config) -> std::collections::HashMap<String, usize> {
     describe_limits(&config.kafka, &topics)
 }
 
-/// The `max.message.bytes` of each of `topics` (distinct), as the broker describes it;
-/// Kafka's default for any it would not describe.
-pub fn describe_limits(
-    kafka: &crate::config::KafkaConfig,
-    topics: &[&str],
-) -> std::collections::HashMap<String, usize> {
-    use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
-    let mut limits: std::collections::HashMap<String, usize> = topics
-        .iter()
-        .map(|t| ((*t).to_owned(), DEFAULT_TOPIC_LIMIT))
-        .collect();
-    let mut cc = ClientConfig::new();
-    cc.set("bootstrap.servers", &kafka.brokers);
-    kafka.apply(&mut cc, &Default::default());
-    let Ok(admin) = cc.create::<AdminClient<rdkafka::client::DefaultClientContext>>() else {
-        return limits;
-    };
-    let specs: Vec<ResourceSpecifier<'_>> =
-        topics.iter().map(|t| ResourceSpecifier::Topic(t)).collect();
-    let options = AdminOptions::new().request_timeout(Some(Duration::from_secs(10)));
-    match block_on(admin.describe_configs(&specs, &options)) {
-        Ok(results) => {
-            for resource in results.into_iter().flatten() {
-                let (rdkafka::admin::OwnedResourceSpecifier::Topic(topic), Some(limit)) = (
-                    &resource.specifier,
-                    resource
-                        .get("max.message.bytes")
-                        .and_then(|e| e.value.as_deref())
-                        .and_then(|v| v.parse().ok()),
-                ) else {
-                    continue;
-                };
-                limits.insert(topic.clone(), limit);
-            }
-        }
-        Err(e) => {
-            tracing::warn!("describing the output topics ({e}); assuming Kafka's default limit")
-        }
-    }
-    limits
-}
-
 impl std::fmt::Debug for Producer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Producer")
             .field("transactional", &self.transactional)
             .finish_non_exhaustive()
     }
-}
-
-/// A librdkafka producer with a thread of its own serving its delivery reports, as
-/// rdkafka's `ThreadedProducer`, without that one's idle spin.
-///
-/// rdkafka's `BaseProducer::poll(t)` waits in librdkafka for the time left to its
-/// deadline, truncated to whole milliseconds, until the deadline passes. The last wait
-/// before it is therefore 0 ms: the loop spins on the clock for the final fraction of a
-/// millisecond. `ThreadedProducer` polls for 100 ms at a time, so its thread kept about
-/// 1 % of a core busy on an idle producer, for each producer (one per pipeline worker).
-/// This thread polls for `POLL`, a whole number of milliseconds plus a few
-/// microseconds: librdkafka's wait then ends past the deadline, and the loop with it.
-/// After a delivery report the remaining wait is a fraction again, so a busy producer
-/// still spins for under a millisecond per poll, as before.
-pub struct PolledProducer<C: ProducerContext + 'static> {
-    inner: Arc<BaseProducer<C>>,
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-/// How long the polling thread's `poll` lasts: 100 ms, plus 20 µs for librdkafka's own
-/// 100 ms wait to end past rdkafka's deadline. It is also the most a drop waits for the
-/// thread.
-const POLL: Duration = Duration::from_micros(100_020);
-
-impl<C: ProducerContext + 'static> FromClientConfigAndContext<C> for PolledProducer<C> {
-    fn from_config_and_context(config: &ClientConfig, context: C) -> KafkaResult<Self> {
-        let inner = Arc::new(BaseProducer::from_config_and_context(config, context)?);
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = std::thread::Builder::new()
-            .name("producer-poll".to_owned())
-            .spawn({
-                let (inner, stop) = (Arc::clone(&inner), Arc::clone(&stop));
-                move || {
-                    while !stop.load(Ordering::Relaxed) {
-                        inner.poll(POLL);
-                    }
-                }
-            })
-            .map_err(|e| {
-                KafkaError::ClientCreation(format!("the producer's polling thread: {e}"))
-            })?;
-        Ok(Self {
-            inner,
-            stop,
-            thread: Some(thread),
-        })
-    }
-}
-
-impl FromClientConfig for PolledProducer<DefaultProducerContext> {
-    fn from_config(config: &ClientConfig) -> KafkaResult<Self> {
-        Self::from_config_and_context(config, DefaultProducerContext)
-    }
-}
-
-impl<C: ProducerContext + 'static> std::fmt::Debug for PolledProducer<C> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PolledProducer")
-            .field("in_flight", &self.inner.in_flight_count())
-            .finish_non_exhaustive()
-    }
-}
-
-impl<C: ProducerContext + 'static> std::ops::Deref for PolledProducer<C> {
-    type Target = BaseProducer<C>;
-
-    fn deref(&self) -> &BaseProducer<C> {
-        &self.inner
-    }
-}
-
-impl<C: ProducerContext + 'static> Drop for PolledProducer<C> {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take()
-            && thread.join().is_err()
-        {
-            tracing::warn!("the producer's polling thread panicked");
-        }
-    }
-}
-
-/// Queues one record. While librdkafka's queue is full (the polling thread frees it as
-/// deliveries are reported), waits (backpressure) unless `give_up` says to stop.
-pub fn send_waiting<C: ProducerContext + 'static>(
-    producer: &PolledProducer<C>,
-    mut record: BaseRecord<'_, [u8], [u8], C::DeliveryOpaque>,
-    give_up: &dyn Fn() -> bool,
-) -> Result<(), KafkaError> {
-    loop {
-        match producer.send(record) {
-            Ok(()) => return Ok(()),
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                if give_up() {
-                    return Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull));
-                }
-                record = back;
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            Err((e, _)) => return Err(e),
-        }
-    }
-}
-
-/// Waits until every record `producer` was given is acknowledged (or failed), up to
-/// `timeout`, while another thread polls it ([`PolledProducer`]). rdkafka's own `flush`
-/// polls the event queue for up to 100 ms at a time, racing the polling thread for the
-/// delivery reports: each flush cost up to 100 ms beyond the broker's answer. This one
-/// asks librdkafka to send at once (a zero-timeout flush, which skips `linger.ms`) and
-/// then watches the queue drain while the polling thread serves the reports.
-pub fn flush_threaded<C: ProducerContext + 'static>(
-    producer: &PolledProducer<C>,
-    timeout: Duration,
-) -> Result<(), KafkaError> {
-    let deadline = std::time::Instant::now() + timeout;
-    loop {
-        if producer.flush(Duration::ZERO).is_ok() || producer.in_flight_count() == 0 {
-            return Ok(());
-        }
-        if std::time::Instant::now() >= deadline {
-            return Err(KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut));
-        }
-        std::thread::sleep(Duration::from_micros(200));
-    }
-}
-
-/// Polls a future to completion on this thread (rdkafka's admin calls are futures;
-/// flagtally has no async runtime).
-pub fn block_on<F: Future>(fut: F) -> F::Output {
-    use std::task::{Context, Poll, Waker};
-    let mut fut = std::pin::pin!(fut);
-    let mut cx = Context::from_waker(Waker::noop());
-    loop {
-        if let Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
-            return v;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
-/// Builds a header list from name/value pairs.
-pub fn headers<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> OwnedHeaders {
-    pairs
-        .into_iter()
-        .fold(OwnedHeaders::new_with_capacity(12), |h, (key, value)| {
-            h.insert(Header {
-                key,
-                value: Some(value),
-            })
-        })
 }
 
 impl Producer {

@@ -1,0 +1,99 @@
+//! The Kafka client's settings (`[kafka]`): the brokers, the consumer group, and
+//! librdkafka pass-through properties; and what a topic accepts.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use rdkafka::config::ClientConfig;
+use serde::Deserialize;
+
+use super::producer::block_on;
+
+/// The broker, the consumer group and librdkafka pass-through properties.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// `bootstrap.servers`.
+    pub brokers: String,
+    pub group_id: String,
+    /// Static group membership (KIP-345, `group.instance.id`): a stable name per
+    /// instance. A restarted instance gets its partitions back at once, without a
+    /// rebalance, when it returns within the session timeout; unique per instance.
+    pub instance_id: Option<String>,
+    pub input_topics: Vec<String>,
+    /// Any librdkafka property, for consumer and producer alike (security.protocol,
+    /// sasl.*, ssl.*, …).
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+    #[serde(default)]
+    pub consumer_properties: BTreeMap<String, String>,
+    #[serde(default)]
+    pub producer_properties: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            brokers: "127.0.0.1:9092".to_owned(),
+            group_id: "flagtally".to_owned(),
+            instance_id: None,
+            input_topics: Vec::new(),
+            properties: BTreeMap::new(),
+            consumer_properties: BTreeMap::new(),
+            producer_properties: BTreeMap::new(),
+        }
+    }
+}
+
+impl KafkaConfig {
+    /// Applies the pass-through properties, shared ones then `role` ones, over
+    /// flagtally's own settings (so users can override them).
+    pub fn apply(&self, cc: &mut rdkafka::ClientConfig, role: &BTreeMap<String, String>) {
+        for (k, v) in self.properties.iter().chain(role) {
+            cc.set(k, v);
+        }
+    }
+}
+
+/// Kafka's default `max.message.bytes` (1 MiB + 12), assumed for a topic the broker
+/// would not describe.
+pub const DEFAULT_TOPIC_LIMIT: usize = 1_048_588;
+
+/// The `max.message.bytes` of each of `topics` (distinct), as the broker describes it;
+/// Kafka's default for any it would not describe.
+pub fn describe_limits(kafka: &KafkaConfig, topics: &[&str]) -> HashMap<String, usize> {
+    use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
+    let mut limits: HashMap<String, usize> = topics
+        .iter()
+        .map(|t| ((*t).to_owned(), DEFAULT_TOPIC_LIMIT))
+        .collect();
+    let mut cc = ClientConfig::new();
+    cc.set("bootstrap.servers", &kafka.brokers);
+    kafka.apply(&mut cc, &Default::default());
+    let Ok(admin) = cc.create::<AdminClient<rdkafka::client::DefaultClientContext>>() else {
+        return limits;
+    };
+    let specs: Vec<ResourceSpecifier<'_>> =
+        topics.iter().map(|t| ResourceSpecifier::Topic(t)).collect();
+    let options = AdminOptions::new().request_timeout(Some(Duration::from_secs(10)));
+    match block_on(admin.describe_configs(&specs, &options)) {
+        Ok(results) => {
+            for resource in results.into_iter().flatten() {
+                let (rdkafka::admin::OwnedResourceSpecifier::Topic(topic), Some(limit)) = (
+                    &resource.specifier,
+                    resource
+                        .get("max.message.bytes")
+                        .and_then(|e| e.value.as_deref())
+                        .and_then(|v| v.parse().ok()),
+                ) else {
+                    continue;
+                };
+                limits.insert(topic.clone(), limit);
+            }
+        }
+        Err(e) => {
+            tracing::warn!("describing the output topics ({e}); assuming Kafka's default limit")
+        }
+    }
+    limits
+}
