@@ -244,8 +244,13 @@ fn run_daemon(args: &RunArgs) -> anyhow::Result<()> {
     }
     let deadline = config.processing.shutdown_deadline;
     // Sinks stop after the pipeline's drain, so they deliver what it wrote last.
-    let sinks = crate::sink::worker::Sinks::start(config.clone(), Arc::clone(&admin))?;
-    let pool = Pool::start(&config, &hard_stop, &admin)?;
+    let sinks = crate::sink::worker::Sinks::start(config.sink_plan(), Arc::clone(&admin))?;
+    let workers = (0..config.processing.workers())
+        .map(|w| config.pipeline_plan(w))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let pool = Pool::start(workers, &hard_stop, &admin)?;
+    // What runs: the file as loaded, with the live keys of later reloads.
+    let mut running = config.clone();
     notify::ready("processing");
     {
         // On the first signal: tell systemd and the health check; the drain must then
@@ -278,15 +283,15 @@ fn run_daemon(args: &RunArgs) -> anyhow::Result<()> {
                 }
                 Outcome::Unchanged => tracing::info!("reload: the file says what is running"),
                 Outcome::Changed { live, restart } => {
-                    if let Some(config) = apply {
-                        p.apply_live(&config);
+                    if let Some(next) = apply {
+                        p.apply_live(&running.live_gate(&next));
+                        running.full_events = next.full_events.clone();
                         if live.iter().any(|k| k == "sinks" || k.starts_with("sinks.")) {
                             // The sinks restart with the new entries, on their own
                             // thread (the pipeline does not wait); each resumes from
                             // its own durable position.
-                            let mut next = p.config().clone();
-                            next.sinks = config.sinks.clone();
-                            sinks.replace(next);
+                            running.sinks = next.sinks.clone();
+                            sinks.replace(running.sink_plan());
                         }
                     }
                     if !live.is_empty() {

@@ -7,6 +7,8 @@ use clap::{Args, Parser, Subcommand};
 use crate::decode::counting::CountFrom;
 use crate::decode::{Decoder, Dialect, Limits};
 use crate::emit::{EmitConfig, Envelope, FeatureKey, Format};
+pub use crate::units::duration;
+use crate::units::{millis, signed_duration};
 use crate::window::{
     EngineConfig, FullEvents, GateConfig, IndexConfig, LatePolicy, Override, WindowConfig,
 };
@@ -293,10 +295,6 @@ fn key_value(s: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("{s:?}: expected KEY=VALUE"))
 }
 
-pub(crate) fn millis(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
-
 /// `FLAGS=always|never|producer[:N]`.
 pub(crate) fn parse_override(s: &str) -> Result<Override, String> {
     let (flags, mode) = s
@@ -326,31 +324,4 @@ pub(crate) fn parse_override(s: &str) -> Result<Override, String> {
         full_events,
         sampling_ratio: ratio,
     })
-}
-
-/// A positive duration such as `30s`, `1m`, `1h30m`.
-pub fn duration(s: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e} (try 30s, 1m, 1h)"))?;
-    if d.is_zero() {
-        return Err(format!("{s:?}: must be more than zero"));
-    }
-    Ok(d)
-}
-
-/// A duration that may be negative (`-2h`), in milliseconds.
-pub(crate) fn signed_duration(s: &str) -> Result<i64, String> {
-    let (sign, rest) = match s.strip_prefix('-') {
-        Some(rest) => (-1, rest),
-        None => (1, s),
-    };
-    if rest
-        .trim_start_matches('0')
-        .trim_end_matches(char::is_alphabetic)
-        .is_empty()
-    {
-        return Ok(0);
-    }
-    humantime::parse_duration(rest)
-        .map(|d| sign * millis(d))
-        .map_err(|e| format!("{s:?}: {e}"))
 }

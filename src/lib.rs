@@ -43,4 +43,5 @@ pub mod reload;
 pub mod sink;
 pub mod source;
 pub mod topics;
+pub mod units;
 pub mod window;

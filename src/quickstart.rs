@@ -146,7 +146,10 @@ pub fn run(opts: &Options, stop: &Arc<AtomicBool>) -> anyhow::Result<Report> {
     // The processor.
     let pipeline_stop = Arc::new(AtomicBool::new(false));
     let hard_stop = Arc::new(AtomicBool::new(false));
-    let pool = Pool::start(&config, &hard_stop, &admin)?;
+    let workers = (0..config.processing.workers())
+        .map(|w| config.pipeline_plan(w))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let pool = Pool::start(workers, &hard_stop, &admin)?;
     let processor = {
         let stop = Arc::clone(&pipeline_stop);
         std::thread::Builder::new()

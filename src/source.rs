@@ -19,7 +19,7 @@ use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, TopicPartitionList};
 
 use crate::admin::Admin;
-use crate::config::Config;
+use crate::kafka::KafkaConfig;
 use crate::window::PartitionId;
 
 use records::RecordQueue;
@@ -260,13 +260,38 @@ impl Source {
     }
 }
 
+/// What happens at a record batch the Kafka client cannot read. librdkafka fetches
+/// such a batch again and again, so left alone its partition would stall there.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UnreadablePolicy {
+    /// Find where the batch ends, write one dead letter naming its offset range
+    /// (reason `unreadable_batch`), and read on past it.
+    #[default]
+    Skip,
+    /// Exit 1 with an error naming the partition and offset (`/readyz` says it first).
+    Stop,
+}
+
+/// What the consumer takes from the configuration.
+#[derive(Clone, Debug)]
+pub struct SourceSettings {
+    /// The brokers, the group, the input topics and the client properties.
+    pub kafka: KafkaConfig,
+    /// This worker's `group.instance.id` (static membership), if any.
+    pub instance_id: Option<String>,
+    /// Exactly-once mode: offsets are committed in transactions, never on revocation.
+    pub exactly_once: bool,
+}
+
 /// Creates the consumer and subscribes it to the input topics.
-pub fn consumer(config: &Config, admin: Arc<Admin>) -> Result<Source, KafkaError> {
+pub fn consumer(settings: &SourceSettings, admin: Arc<Admin>) -> Result<Source, KafkaError> {
+    let kafka = &settings.kafka;
     let mut cc = ClientConfig::new();
-    cc.set("bootstrap.servers", &config.kafka.brokers)
+    cc.set("bootstrap.servers", &kafka.brokers)
         // Consumer lag for the metrics.
         .set("statistics.interval.ms", "5000")
-        .set("group.id", &config.kafka.group_id)
+        .set("group.id", &kafka.group_id)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
@@ -278,17 +303,15 @@ pub fn consumer(config: &Config, admin: Arc<Admin>) -> Result<Source, KafkaError
         // queue. 10 ms keeps the queue fed (drain: 150 k → 650 k records/s per worker;
         // `scripts/bench-drain.sh`).
         .set("fetch.queue.backoff.ms", "10");
-    if let Some(id) = &config.kafka.instance_id {
-        cc.set("group.instance.id", config.processing.per_worker(id));
+    if let Some(id) = &settings.instance_id {
+        cc.set("group.instance.id", id);
     }
-    config
-        .kafka
-        .apply(&mut cc, &config.kafka.consumer_properties);
+    kafka.apply(&mut cc, &kafka.consumer_properties);
     let consumer: BaseConsumer<SourceContext> = cc.create_with_context(SourceContext {
         changes: Mutex::new(Vec::new()),
         pending: AtomicBool::new(false),
         admin,
-        commit_on_revoke: !config.processing.exactly_once,
+        commit_on_revoke: !settings.exactly_once,
         closing: AtomicBool::new(false),
         revoking: Mutex::new(None),
         records: Mutex::new(None),
@@ -299,12 +322,7 @@ pub fn consumer(config: &Config, admin: Arc<Admin>) -> Result<Source, KafkaError
         *q = Some(queue);
     }
     let consumer = Source { consumer };
-    let topics: Vec<&str> = config
-        .kafka
-        .input_topics
-        .iter()
-        .map(String::as_str)
-        .collect();
+    let topics: Vec<&str> = kafka.input_topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics)?;
     Ok(consumer)
 }

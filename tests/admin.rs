@@ -67,7 +67,12 @@ fn endpoints_follow_the_pipeline() {
     let pipeline = {
         let (stop, admin) = (Arc::clone(&stop), Arc::clone(&admin));
         std::thread::spawn(move || {
-            let mut p = Pipeline::new(config, Arc::new(AtomicBool::new(false)), admin).unwrap();
+            let mut p = Pipeline::new(
+                config.pipeline_plan(0).unwrap(),
+                Arc::new(AtomicBool::new(false)),
+                admin,
+            )
+            .unwrap();
             p.run(&stop, &mut |_| {}).unwrap();
         })
     };

@@ -59,7 +59,12 @@ commit_interval = "200ms"
 fn spawn(config: Config, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Stats> {
     std::thread::spawn(move || {
         let admin = Arc::new(flagtally::admin::Admin::default());
-        let mut p = Pipeline::new(config, Arc::new(AtomicBool::new(false)), admin).unwrap();
+        let mut p = Pipeline::new(
+            config.pipeline_plan(0).unwrap(),
+            Arc::new(AtomicBool::new(false)),
+            admin,
+        )
+        .unwrap();
         p.run(&stop, &mut |_| {}).unwrap();
         p.stats().clone()
     })
@@ -291,7 +296,11 @@ fn an_abort_right_after_a_transactions_first_records_succeeds() {
     let broker = broker();
     let t = Topics::create(broker, 2);
     let config = Config::parse(&eos_config(broker, &t)).unwrap();
-    let producer = Producer::new(&config, Arc::new(flagtally::admin::Admin::default())).unwrap();
+    let producer = Producer::new(
+        &config.producer_plan(0).unwrap(),
+        Arc::new(flagtally::admin::Admin::default()),
+    )
+    .unwrap();
     for i in 0..200 {
         // Records to several partitions, added to the transaction in more than one
         // request when some arrive while the first request is in flight.

@@ -665,7 +665,7 @@ fn outputs_sharing_a_topic_still_get_its_size_limit() {
         Some(t.feature.as_str())
     );
     let producer = flagtally::pipeline::producer::Producer::new(
-        &config,
+        &config.producer_plan(0).unwrap(),
         Arc::new(flagtally::admin::Admin::default()),
     )
     .unwrap();

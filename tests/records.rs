@@ -132,7 +132,11 @@ topics.summary = "{summary}"
         summary = t.summary,
     ))
     .unwrap();
-    flagtally::source::consumer(&config, Arc::new(flagtally::admin::Admin::default())).unwrap()
+    flagtally::source::consumer(
+        &config.pipeline_plan(0).unwrap().source,
+        Arc::new(flagtally::admin::Admin::default()),
+    )
+    .unwrap()
 }
 
 /// A consumer driven as the pipeline drives it, keeping what it reads.

@@ -25,9 +25,9 @@
 use serde_json::value::RawValue;
 
 use super::Dialect;
-use super::launchdarkly::first_byte;
 use super::limits::Shape;
 use super::util::RawObject;
+use super::util::first_byte;
 
 /// The members detection asks about: each one's value's first byte, and `kind`'s
 /// string (unescaped only).

@@ -90,6 +90,21 @@ fn mark_all(events: &mut [Event]) -> u32 {
     marked
 }
 
+/// Where each input topic's evaluations are counted from: a topic's own setting
+/// (`[input.topics."name"]`), else the default (`input.count_from`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CountRules {
+    pub default: CountFrom,
+    pub topics: std::collections::BTreeMap<String, CountFrom>,
+}
+
+impl CountRules {
+    /// Where `topic`'s evaluations are counted from.
+    pub fn of(&self, topic: &str) -> CountFrom {
+        self.topics.get(topic).copied().unwrap_or(self.default)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -275,7 +275,7 @@ impl Decoder {
         // structural limits, before any reader recurses into it. The same scan gives
         // `auto` the record's top level.
         if self.dialect != Dialect::NativeAvro
-            && matches!(launchdarkly::first_byte(value), Some(b'{' | b'['))
+            && matches!(util::first_byte(value), Some(b'{' | b'['))
         {
             let scanned = if self.dialect == Dialect::Auto {
                 limits::check_shape(value, &self.limits)

@@ -25,6 +25,10 @@ pub(crate) fn at(prefix: &str, field: &str) -> String {
     }
 }
 
+pub(crate) fn first_byte(value: &[u8]) -> Option<u8> {
+    value.iter().copied().find(|b| !b.is_ascii_whitespace())
+}
+
 /// Parses `bytes` as `T`. The fast path is plain serde_json; on failure the record is
 /// parsed again, slowly, to find the path of the offending field.
 pub(crate) fn parse<'a, T: Deserialize<'a>>(

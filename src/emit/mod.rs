@@ -400,3 +400,34 @@ pub fn dead_letter_id(topic: &str, partition: i32, offset: i64) -> Uuid {
     }
     Uuid::new_v8(h.digest128().to_be_bytes())
 }
+
+/// The topic of each output kind (`[output.topics]`); a kind without one is not
+/// computed.
+#[derive(Clone, Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Topics {
+    pub summary: Option<String>,
+    pub feature: Option<String>,
+    pub debug: Option<String>,
+    pub index: Option<String>,
+    pub identify: Option<String>,
+    pub custom: Option<String>,
+    pub passthrough: Option<String>,
+    /// Late events under the `dead-letter` late policy.
+    pub late: Option<String>,
+}
+
+impl Topics {
+    pub fn topic(&self, kind: OutputKind) -> Option<&str> {
+        match kind {
+            OutputKind::Summary => self.summary.as_deref(),
+            OutputKind::Feature => self.feature.as_deref(),
+            OutputKind::Debug => self.debug.as_deref(),
+            OutputKind::Index => self.index.as_deref(),
+            OutputKind::Identify => self.identify.as_deref(),
+            OutputKind::Custom => self.custom.as_deref(),
+            OutputKind::PassThrough => self.passthrough.as_deref(),
+            OutputKind::Late => self.late.as_deref(),
+        }
+    }
+}

@@ -46,7 +46,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Message as _, Offset, TopicPartitionList};
 
-use crate::config::Config;
+use crate::kafka::KafkaConfig;
 use crate::kafka::producer::block_on;
 use crate::window::{AccMark, Checkpoint, PartitionId, Settings, WindowConfig};
 
@@ -84,12 +84,13 @@ const STABLE_WAIT: Duration = Duration::from_secs(15);
 const FIRST_LOOKBACK: i64 = 2_000;
 
 impl Store {
-    /// Connects, creating the checkpoint topic (one partition, compacted) if missing.
-    pub fn new(config: &Config) -> Result<Self, KafkaError> {
+    /// Connects to `topic` (`processing.checkpoint_topic`), creating it (one
+    /// partition, compacted) if missing.
+    pub fn new(kafka: &KafkaConfig, topic: &str) -> Result<Self, KafkaError> {
         let mut cc = ClientConfig::new();
-        cc.set("bootstrap.servers", &config.kafka.brokers);
-        config.kafka.apply(&mut cc, &Default::default());
-        let topic = config.processing.checkpoint_topic.clone();
+        cc.set("bootstrap.servers", &kafka.brokers);
+        kafka.apply(&mut cc, &Default::default());
+        let topic = topic.to_owned();
         let admin: AdminClient<DefaultClientContext> = cc.create()?;
         let new =
             NewTopic::new(&topic, 1, TopicReplication::Fixed(-1)).set("cleanup.policy", "compact");
@@ -120,10 +121,7 @@ impl Store {
         }
         let reader = cc
             .clone()
-            .set(
-                "group.id",
-                format!("{}-checkpoint-reader", config.kafka.group_id),
-            )
+            .set("group.id", format!("{}-checkpoint-reader", kafka.group_id))
             .set("enable.auto.commit", "false")
             .set("isolation.level", "read_committed")
             .set("enable.partition.eof", "true")
@@ -136,7 +134,7 @@ impl Store {
             reader,
             peek,
             topic,
-            group: config.kafka.group_id.clone(),
+            group: kafka.group_id.clone(),
         })
     }
 
@@ -331,6 +329,21 @@ pub fn worst_case_bytes(window: &WindowConfig) -> usize {
     fixed
         .saturating_add(marks.saturating_mul(mark))
         .saturating_add(parts.saturating_mul(part))
+}
+
+/// Whether every checkpoint the window settings allow fits `topic`, whose records may
+/// take `limit` bytes (its `max.message.bytes`, or the producer's, whichever is
+/// smaller); else the one line that says what to lower.
+pub fn fits(window: &WindowConfig, topic: &str, limit: usize) -> Result<(), String> {
+    let worst = worst_case_bytes(window);
+    let room = limit.saturating_sub(crate::deadletter::fit::RECORD_MARGIN);
+    if worst <= room {
+        return Ok(());
+    }
+    Err(format!(
+        "window: a checkpoint under these settings can take {worst} bytes, more than the {room} the checkpoint topic {topic:?} takes (max.message.bytes {limit}); lower window.max_open_windows ({}), window.max_late_corrections ({}) or window.lateness ÷ window.size, or raise the topic's max.message.bytes",
+        window.max_open_windows, window.max_late_corrections,
+    ))
 }
 
 /// Why a checkpoint record could not be read.

@@ -21,7 +21,7 @@ use crate::window::PartitionId;
 
 impl State {
     pub(super) fn commit_cycle_if_due(&mut self, consumer: &Source) -> anyhow::Result<()> {
-        let due = self.last_commit.elapsed() >= self.config.processing.commit_interval
+        let due = self.last_commit.elapsed() >= self.settings.commit_interval
             || !self.engine.idle_due(self.now).is_empty();
         if due {
             for c in &mut self.counting {

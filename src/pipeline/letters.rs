@@ -35,12 +35,12 @@ impl State {
             // Reported again from a fetch made before the skip below.
             return Ok(());
         }
-        let policy = self.config.input.unreadable_batches;
+        let policy = self.settings.unreadable_batches;
         let what = format!(
             "unreadable record batch at {}/{} offset {} ({:?}: {})",
             e.topic, e.partition, e.offset, e.code, e.reason
         );
-        if policy == crate::config::UnreadablePolicy::Stop {
+        if policy == crate::source::UnreadablePolicy::Stop {
             self.count_unreadable(&e.topic, "stop");
             let text = format!(
                 "{what}; input.unreadable_batches = \"stop\": exiting (\"skip\" dead-letters it and reads on)"
@@ -52,12 +52,11 @@ impl State {
             .health
             .set_input_problem(Some(format!("{what}; skipping it")));
         let mut probe = rdkafka::ClientConfig::new();
-        probe.set("bootstrap.servers", &self.config.kafka.brokers);
-        self.config
-            .kafka
-            .apply(&mut probe, &self.config.kafka.consumer_properties);
+        let kafka = &self.settings.source.kafka;
+        probe.set("bootstrap.servers", &kafka.brokers);
+        kafka.apply(&mut probe, &kafka.consumer_properties);
         probe
-            .set("group.id", format!("{}-probe", self.config.kafka.group_id))
+            .set("group.id", format!("{}-probe", kafka.group_id))
             .set("isolation.level", "read_committed");
         let end = match crate::source::unreadable_batch_end(
             &probe,
@@ -129,7 +128,7 @@ impl State {
         end: i64,
         what: &str,
     ) -> anyhow::Result<()> {
-        let Some(topic) = self.config.output.dead_letter_topic.clone() else {
+        let Some(topic) = self.settings.dead_letter_topic.clone() else {
             return Ok(());
         };
         self.stats.dead_letters += 1;
@@ -165,7 +164,7 @@ impl State {
         m: &Record<'_>,
         errors: &[DecodeError],
     ) -> anyhow::Result<()> {
-        let Some(topic) = self.config.output.dead_letter_topic.clone() else {
+        let Some(topic) = self.settings.dead_letter_topic.clone() else {
             return Ok(());
         };
         self.stats.dead_letters += 1;
@@ -248,7 +247,7 @@ impl State {
             self.dead_letter_refused(topic, "refused again as a stub");
             return Ok(());
         }
-        let limit = self.config.output.max_dead_letter_bytes.min(
+        let limit = self.settings.max_dead_letter_bytes.min(
             self.producer
                 .topic_limit(topic)
                 .saturating_sub(fit::RECORD_MARGIN),
@@ -354,7 +353,7 @@ impl State {
     /// An output the broker refused for good goes to the dead-letter topic instead,
     /// with the reason; its id is remembered so a replay sets it aside again.
     pub(super) fn set_aside(&mut self, r: Refused) -> anyhow::Result<()> {
-        let dlq = self.config.output.dead_letter_topic.clone();
+        let dlq = self.settings.dead_letter_topic.clone();
         let is_dead_letter =
             r.kind.as_deref() == Some("dead-letter") || dlq.as_deref() == Some(r.topic.as_str());
         if let Some(id) = &r.id {

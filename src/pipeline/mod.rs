@@ -43,17 +43,62 @@ use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
 
 use crate::admin::Admin;
-use crate::config::{Config, FuturePolicy};
 use crate::deadletter::fit;
 use crate::deadletter::header as dead_letter_header;
+use crate::decode::counting::CountRules;
 use crate::decode::counting::{self, CountFrom};
 use crate::decode::{DecodeError, Decoded, Decoder, Dialect, Reason};
+use crate::emit::{EmitConfig, Topics};
 use crate::emit::{Emitter, OutputKind, header};
 use crate::kafka::producer::headers;
 use crate::metrics::Metrics;
 use crate::source::{BATCH, Record, Source};
+use crate::source::{SourceSettings, UnreadablePolicy};
 use crate::window::{Engine, Output, PartitionId, SourcePos};
+use crate::window::{EngineConfig, GateConfig};
+use producer::ProducerSettings;
 use producer::{Outgoing, Producer, Refused};
+
+/// What one pipeline worker takes from the configuration (`Config::pipeline_plan`).
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// This worker's number (0 … `processing.threads` − 1).
+    pub worker: usize,
+    pub source: SourceSettings,
+    pub producer: ProducerSettings,
+    /// `processing.checkpoint_topic`.
+    pub checkpoint_topic: String,
+    pub decoder: Decoder,
+    /// The engine, computing only what some topic receives.
+    pub engine: EngineConfig,
+    pub emit: EmitConfig,
+    /// `[output.topics]`.
+    pub topics: Topics,
+    /// `output.dead_letter_topic`.
+    pub dead_letter_topic: Option<String>,
+    /// `output.max_dead_letter_bytes`.
+    pub max_dead_letter_bytes: usize,
+    /// Where each input topic's evaluations are counted from.
+    pub counting: CountRules,
+    /// `input.max_future_skew`, in ms.
+    pub max_future_skew_ms: i64,
+    pub future_policy: FuturePolicy,
+    pub unreadable_batches: UnreadablePolicy,
+    /// `processing.commit_interval`.
+    pub commit_interval: Duration,
+}
+
+/// What happens to an event dated more than `input.max_future_skew` past its record's
+/// timestamp.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FuturePolicy {
+    /// Counted at its record's timestamp.
+    #[default]
+    Clamp,
+    /// Not counted: its record goes to the dead-letter topic (reason `future_time`).
+    DeadLetter,
+}
 
 /// Most output ids remembered as refused (they are set aside again on a replay).
 const MAX_DIVERTED: usize = 100_000;
@@ -137,7 +182,7 @@ impl std::fmt::Debug for Pipeline {
 
 #[derive(Debug)]
 struct State {
-    config: Config,
+    settings: Settings,
     producer: Producer,
     store: checkpoint::Store,
     decoder: Decoder,
@@ -382,32 +427,34 @@ impl Pipeline {
     /// Connects to the broker (consumer subscribed, producer ready). `hard_stop` makes
     /// any wait for the broker give up (a second signal).
     pub fn new(
-        config: Config,
+        settings: Settings,
         hard_stop: Arc<AtomicBool>,
         admin: Arc<Admin>,
     ) -> anyhow::Result<Self> {
-        let engine = Engine::new(Self::engine_config(&config))?;
+        let engine = Engine::new(settings.engine.clone())?;
         // The checkpoint topic first: the producer sizes its batches to its limit too.
-        let store = checkpoint::Store::new(&config).context("opening the checkpoint topic")?;
-        let producer =
-            Producer::new(&config, Arc::clone(&admin)).context("creating the producer")?;
+        let store = checkpoint::Store::new(&settings.source.kafka, &settings.checkpoint_topic)
+            .context("opening the checkpoint topic")?;
+        let producer = Producer::new(&settings.producer, Arc::clone(&admin))
+            .context("creating the producer")?;
         producer
             .check_connection(KAFKA_TIMEOUT)
-            .with_context(|| format!("reaching the brokers {}", config.kafka.brokers))?;
-        config
-            .checkpoint_fits(producer.record_limit(store.topic()))
-            .map_err(anyhow::Error::msg)?;
-        admin
-            .health
-            .set_outputs_connected(config.processing.worker, true);
-        let consumer = crate::source::consumer(&config, Arc::clone(&admin))
+            .with_context(|| format!("reaching the brokers {}", settings.source.kafka.brokers))?;
+        checkpoint::fits(
+            &settings.engine.window,
+            store.topic(),
+            producer.record_limit(store.topic()),
+        )
+        .map_err(anyhow::Error::msg)?;
+        admin.health.set_outputs_connected(settings.worker, true);
+        let consumer = crate::source::consumer(&settings.source, Arc::clone(&admin))
             .context("creating the consumer")?;
         Ok(Self {
             consumer,
             state: State {
-                decoder: config.decoder(),
-                emitter: Emitter::new(config.emit_config()),
-                config,
+                decoder: settings.decoder.clone(),
+                emitter: Emitter::new(settings.emit.clone()),
+                settings,
                 producer,
                 store,
                 engine,
@@ -429,23 +476,6 @@ impl Pipeline {
         })
     }
 
-    /// The engine computes only what some topic receives: no index cache without an
-    /// index topic, no full-fidelity or debug events without their topics.
-    fn engine_config(config: &Config) -> crate::window::EngineConfig {
-        let mut ec = config.engine_config();
-        let topics = &config.output.topics;
-        ec.index.enabled &= topics.index.is_some();
-        ec.gate.debug_events &= topics.debug.is_some();
-        if topics.feature.is_none() {
-            ec.gate.overrides = vec![crate::window::Override {
-                flags: "*".to_owned(),
-                full_events: crate::window::FullEvents::Never,
-                sampling_ratio: None,
-            }];
-        }
-        ec
-    }
-
     pub fn stats(&self) -> &Stats {
         &self.state.stats
     }
@@ -453,19 +483,13 @@ impl Pipeline {
     /// Applies the settings that can change while running (a reload): the
     /// full-fidelity rules. Events from now on follow them (a replay after a restart
     /// applies the rules of its own time).
-    pub fn apply_live(&mut self, config: &Config) -> anyhow::Result<()> {
-        let mut next = self.state.config.clone();
-        next.full_events = config.full_events.clone();
+    pub fn apply_live(&mut self, gate: &GateConfig) -> anyhow::Result<()> {
         self.state
             .engine
-            .set_gate(&Self::engine_config(&next).gate)
+            .set_gate(gate)
             .context("full_events.overrides")?;
-        self.state.config = next;
+        self.state.settings.engine.gate = gate.clone();
         Ok(())
-    }
-
-    pub fn config(&self) -> &Config {
-        &self.state.config
     }
 
     /// Runs until `stop` is set, then drains: everything read is delivered and
@@ -555,7 +579,7 @@ impl Pipeline {
 impl State {
     /// This worker's index (`processing.worker`).
     fn worker(&self) -> usize {
-        self.config.processing.worker
+        self.settings.worker
     }
 
     /// This worker is alive (a loop turn, or a wait on the broker).
@@ -695,7 +719,7 @@ impl State {
         let i = match self.counting.iter().position(|c| c.topic == topic) {
             Some(i) => i,
             None => {
-                let count_from = self.config.input.count_from(topic);
+                let count_from = self.settings.counting.of(topic);
                 let c = TopicCounting::new(&self.admin.metrics, topic, count_from);
                 self.counting.push(c);
                 self.counting.len() - 1
@@ -729,8 +753,7 @@ impl State {
     /// replay's (as far apart as the replay is late) can be decided otherwise.
     fn bound_event_times(&mut self, record_ms: Option<i64>, replaying: bool) {
         let ts = record_ms.map_or(self.now, |ts| ts.min(self.now));
-        let limit_ms =
-            i64::try_from(self.config.input.max_future_skew.as_millis()).unwrap_or(i64::MAX);
+        let limit_ms = self.settings.max_future_skew_ms;
         let bound = crate::event::EventTime::from_millis(ts.saturating_add(limit_ms));
         if !self
             .decoded
@@ -740,7 +763,7 @@ impl State {
         {
             return;
         }
-        let policy = self.config.input.future_policy;
+        let policy = self.settings.future_policy;
         let mut moved = 0u64;
         match policy {
             FuturePolicy::Clamp => {
@@ -812,7 +835,7 @@ impl State {
                     .context_kinds_dropped
                     .inc_by(u64::from(s.kinds_dropped));
             }
-            let Some(topic) = self.config.output.topics.topic(kind) else {
+            let Some(topic) = self.settings.topics.topic(kind) else {
                 continue;
             };
             let rec = self.emitter.emit(out)?;

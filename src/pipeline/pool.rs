@@ -20,15 +20,15 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 
-use super::{Pipeline, Stats};
+use super::{Pipeline, Settings, Stats};
 use crate::admin::Admin;
-use crate::config::Config;
+use crate::window::GateConfig;
 
 /// What the main thread and a worker exchange between the worker's batches.
 #[derive(Debug, Default)]
 struct Mailbox {
     /// Settings to apply live (a reload), taken by the worker.
-    live: Mutex<Option<Config>>,
+    live: Mutex<Option<GateConfig>>,
     has_live: AtomicBool,
     /// The worker's totals, refreshed every loop turn.
     stats: Mutex<Stats>,
@@ -46,26 +46,25 @@ pub struct Pool {
     workers: Vec<Worker>,
     /// Set to stop every worker (a stop signal, or one worker's failure).
     stop: Arc<AtomicBool>,
-    config: Config,
 }
 
 impl Pool {
-    /// Starts `config.processing.workers()` pipelines, each connected to the broker
-    /// before this returns (the first failure to connect is the error).
+    /// Starts one pipeline per entry of `workers` (worker `i` with `workers[i]`),
+    /// each connected to the broker before this returns (the first failure to connect
+    /// is the error).
     pub fn start(
-        config: &Config,
+        workers: Vec<Settings>,
         hard_stop: &Arc<AtomicBool>,
         admin: &Arc<Admin>,
     ) -> anyhow::Result<Self> {
-        let n = config.processing.workers();
+        let n = workers.len();
         admin.health.set_workers(n);
         admin.health.beat_all();
         let stop = Arc::new(AtomicBool::new(false));
         let (started_tx, started_rx) = mpsc::channel::<(usize, Result<(), String>)>();
+        let settings = workers;
         let mut workers = Vec::with_capacity(n);
-        for worker in 0..n {
-            let mut config = config.clone();
-            config.processing.worker = worker;
+        for (worker, settings) in settings.into_iter().enumerate() {
             let mailbox = Arc::new(Mailbox::default());
             let (stop, hard_stop, admin, started) = (
                 Arc::clone(&stop),
@@ -77,7 +76,7 @@ impl Pool {
             let handle = std::thread::Builder::new()
                 .name(format!("pipeline-{worker}"))
                 .spawn(move || {
-                    let mut pipeline = match Pipeline::new(config, hard_stop, admin) {
+                    let mut pipeline = match Pipeline::new(settings, hard_stop, admin) {
                         Ok(p) => {
                             let _ = started.send((worker, Ok(())));
                             p
@@ -101,11 +100,7 @@ impl Pool {
             workers.push(Worker { handle, mailbox });
         }
         drop(started_tx);
-        let mut pool = Self {
-            workers,
-            stop,
-            config: config.clone(),
-        };
+        let mut pool = Self { workers, stop };
         for _ in 0..n {
             match started_rx.recv() {
                 Ok((_, Ok(()))) => {}
@@ -173,17 +168,13 @@ impl Pool {
         total
     }
 
-    pub fn config(&self) -> &Config {
-        &self.config
-    }
-
-    /// Hands the settings that can change while running to every worker; each applies
-    /// them before its next batch ([`Pipeline::apply_live`]).
-    pub fn apply_live(&mut self, config: &Config) {
-        self.config.full_events = config.full_events.clone();
+    /// Hands the settings that can change while running (the full-fidelity rules)
+    /// to every worker; each applies them before its next batch
+    /// ([`Pipeline::apply_live`]).
+    pub fn apply_live(&mut self, gate: &GateConfig) {
         for w in &self.workers {
             if let Ok(mut live) = w.mailbox.live.lock() {
-                *live = Some(config.clone());
+                *live = Some(gate.clone());
                 w.mailbox.has_live.store(true, Ordering::Release);
             }
         }
@@ -195,8 +186,8 @@ impl Mailbox {
     fn turn(&self, p: &mut Pipeline) {
         if self.has_live.swap(false, Ordering::Acquire) {
             let live = self.live.lock().ok().and_then(|mut l| l.take());
-            if let Some(config) = live
-                && let Err(e) = p.apply_live(&config)
+            if let Some(gate) = live
+                && let Err(e) = p.apply_live(&gate)
             {
                 tracing::error!("reload: {e:#}");
             }

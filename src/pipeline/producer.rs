@@ -21,9 +21,8 @@ use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer as _, ProducerContext};
 
 use crate::admin::Admin;
-use crate::config::Config;
 use crate::kafka::producer::{PolledProducer, flush_threaded, send_waiting};
-use crate::kafka::{DEFAULT_TOPIC_LIMIT, describe_limits};
+use crate::kafka::{DEFAULT_TOPIC_LIMIT, KafkaConfig, describe_limits};
 use crate::metrics::Metrics;
 
 /// Counts deliveries; remembers the last failure for the log; feeds the produce latency
@@ -277,34 +276,51 @@ pub struct Producer {
     message_max: usize,
 }
 
+/// What the producer takes from the configuration.
+#[derive(Clone, Debug)]
+pub struct ProducerSettings {
+    /// The brokers and the client properties.
+    pub kafka: KafkaConfig,
+    /// This worker's number (metrics, logs).
+    pub worker: usize,
+    /// Exactly-once mode: this worker's `transactional.id`, resolved; `None`: an
+    /// idempotent producer without transactions.
+    pub transactional_id: Option<String>,
+    /// The largest input record accepted (`input.max_record_bytes`): the producer's
+    /// `message.max.bytes` leaves room for an output that large plus headers.
+    pub max_record_bytes: usize,
+    /// Every topic written (outputs, dead letters, checkpoints), distinct or not.
+    pub topics: Vec<String>,
+    /// Ask the broker for each topic's `max.message.bytes` (else Kafka's default).
+    pub describe_topics: bool,
+    /// `window.lateness` in ms (a summary's latency is measured from its window's end
+    /// plus it).
+    pub lateness_ms: i64,
+}
+
 /// The producer's `message.max.bytes`: room for an output as large as the largest
 /// input record plus headers (a user's `[kafka.producer_properties]` may change it).
-fn message_max_bytes(config: &Config) -> usize {
-    (config.input.max_record_bytes + (64 << 10)).max(1_000_000)
+fn message_max_bytes(settings: &ProducerSettings) -> usize {
+    (settings.max_record_bytes + (64 << 10)).max(1_000_000)
 }
 
 /// The `max.message.bytes` of every output topic (and the dead-letter topic). The limit
 /// applies to a whole record batch: a batch over it fails every record in it, small
 /// ones included, so the producer's `batch.size` is kept under the smallest limit, and
 /// an output over its topic's limit is set aside before it is sent.
-fn topic_limits(config: &Config) -> std::collections::HashMap<String, usize> {
-    let mut topics: Vec<&str> = crate::emit::OutputKind::ALL
-        .iter()
-        .filter_map(|k| config.output.topics.topic(*k))
-        .chain(config.output.dead_letter_topic.as_deref())
-        .chain([config.processing.checkpoint_topic.as_str()])
-        .collect();
+fn topic_limits(settings: &ProducerSettings) -> std::collections::HashMap<String, usize> {
+    let mut topics: Vec<&str> = settings.topics.iter().map(String::as_str).collect();
     // Outputs may share a topic (feature and index events, as LaunchDarkly's stream
     // carries them); librdkafka refuses a DescribeConfigs naming a resource twice.
     topics.sort_unstable();
     topics.dedup();
-    if !config.output.describe_topics {
+    if !settings.describe_topics {
         return topics
             .iter()
             .map(|t| ((*t).to_owned(), DEFAULT_TOPIC_LIMIT))
             .collect();
     }
-    describe_limits(&config.kafka, &topics)
+    describe_limits(&settings.kafka, &topics)
 }
 
 impl std::fmt::Debug for Producer {
@@ -323,9 +339,9 @@ impl Producer {
         self.inner.client().fatal_error()
     }
 
-    pub fn new(config: &Config, admin: Arc<Admin>) -> Result<Self, KafkaError> {
+    pub fn new(settings: &ProducerSettings, admin: Arc<Admin>) -> Result<Self, KafkaError> {
         let mut cc = ClientConfig::new();
-        cc.set("bootstrap.servers", &config.kafka.brokers)
+        cc.set("bootstrap.servers", &settings.kafka.brokers)
             .set("statistics.interval.ms", "5000")
             .set("enable.idempotence", "true")
             .set("acks", "all")
@@ -338,8 +354,8 @@ impl Producer {
             // Room for an output as large as the largest input record plus headers; the
             // broker's own limit (max.message.bytes) may still refuse it, and then
             // the record is set aside as a dead letter (`Refused`).
-            .set("message.max.bytes", message_max_bytes(config).to_string());
-        let limits = topic_limits(config);
+            .set("message.max.bytes", message_max_bytes(settings).to_string());
+        let limits = topic_limits(settings);
         // A batch never larger than the smallest topic limit (less the batch's own
         // overhead), so no small record fails with a large neighbour.
         let smallest = limits
@@ -354,20 +370,15 @@ impl Producer {
                 .clamp(1024, 1_000_000)
                 .to_string(),
         );
-        let transactional = config.processing.exactly_once;
-        if transactional {
-            // Stable across restarts of this instance, distinct between instances: a
-            // restart fences (and aborts) its predecessor's transaction at once.
-            let id = config
-                .processing
-                .transactional_id(&config.kafka, &|k| std::env::var(k).ok())
-                .map_err(KafkaError::ClientCreation)?;
-            // Each worker its own producer and transaction (Kafka Streams' model too).
-            cc.set("transactional.id", config.processing.per_worker(&id));
+        let transactional = settings.transactional_id.is_some();
+        if let Some(id) = &settings.transactional_id {
+            // Stable across restarts of this instance, distinct between instances
+            // and workers: a restart fences (and aborts) its predecessor's
+            // transaction at once.
+            cc.set("transactional.id", id);
         }
-        config
-            .kafka
-            .apply(&mut cc, &config.kafka.producer_properties);
+        let kafka = &settings.kafka;
+        kafka.apply(&mut cc, &kafka.producer_properties);
         let message_max = cc
             .get("message.max.bytes")
             .and_then(|v| v.parse().ok())
@@ -378,9 +389,9 @@ impl Producer {
             last_error: Mutex::new(None),
             refused: Mutex::new(Vec::new()),
             admin,
-            worker: config.processing.worker,
+            worker: settings.worker,
             retries_seen: AtomicU64::new(0),
-            lateness_ms: i64::try_from(config.window.lateness.as_millis()).unwrap_or(i64::MAX),
+            lateness_ms: settings.lateness_ms,
         })?;
         if transactional {
             inner.init_transactions(Duration::from_secs(30))?;

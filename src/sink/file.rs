@@ -19,7 +19,7 @@ use apache_avro::Schema;
 use apache_avro::types::{Record, Value as AvroValue};
 use serde_json::Value;
 
-use crate::sink::worker::{Destination, SinkRecord};
+use super::destination::{Destination, SinkRecord};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -62,6 +62,121 @@ pub struct FileSettings {
     /// The compression codec: Avro `null` | `deflate`; Parquet `none` | `snappy` |
     /// `zstd`.
     pub codec: String,
+}
+
+/// The keys of a `type = "file"` sink.
+#[derive(Clone, Debug, serde::Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// The directory.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// ndjson | csv | avro | parquet.
+    #[serde(default = "default_format")]
+    pub format: FileFormat,
+    /// csv: a go-feature-flag row template instead of the header and columns.
+    #[serde(default)]
+    pub csv_template: Option<String>,
+    /// The file name template; must contain `{{ .Offset}}`.
+    #[serde(default = "default_name")]
+    pub file_name: String,
+    /// `kind=…/dt=…/hour=…/` directories by event time.
+    #[serde(default = "yes")]
+    pub partition_by_time: bool,
+    /// avro `null` | `deflate`; parquet `none` | `snappy` | `zstd` (default: `null`
+    /// for avro, `zstd` for parquet).
+    #[serde(default)]
+    pub codec: String,
+}
+
+pub(crate) fn default_format() -> FileFormat {
+    FileFormat::Ndjson
+}
+pub(crate) fn default_name() -> String {
+    DEFAULT_NAME.to_owned()
+}
+pub(crate) fn yes() -> bool {
+    true
+}
+
+/// How files are written, for the file and the S3 sinks alike (the keys both have).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileLayout {
+    pub format: FileFormat,
+    pub csv_template: Option<String>,
+    pub file_name: String,
+    pub partition_by_time: bool,
+    pub codec: String,
+}
+
+impl FileLayout {
+    /// The codec, defaulted per format.
+    fn codec(&self) -> String {
+        match (self.codec.as_str(), self.format) {
+            ("", FileFormat::Parquet) => "zstd".to_owned(),
+            ("", _) => "null".to_owned(),
+            (c, _) => c.to_owned(),
+        }
+    }
+
+    /// The settings of files written into `dir`.
+    pub fn settings(&self, dir: PathBuf) -> FileSettings {
+        FileSettings {
+            dir,
+            format: self.format,
+            csv_template: self.csv_template.clone(),
+            name_template: self.file_name.clone(),
+            partition_by_time: self.partition_by_time,
+            codec: self.codec(),
+        }
+    }
+
+    pub fn check(&self, at: &str, problems: &mut Vec<String>) {
+        if !["{{ .Offset}}", "{{ .Offset }}", "{{.Offset}}"]
+            .iter()
+            .any(|p| self.file_name.contains(p))
+        {
+            problems.push(format!(
+                "{at}.file_name: must contain {{{{ .Offset}}}} (a retried batch then replaces its files instead of adding new ones)"
+            ));
+        }
+        let codecs: &[&str] = match self.format {
+            FileFormat::Avro => &["null", "deflate"],
+            FileFormat::Parquet => &["none", "snappy", "zstd"],
+            _ => &[],
+        };
+        if !codecs.is_empty() && !codecs.contains(&self.codec().as_str()) {
+            problems.push(format!(
+                "{at}.codec: {:?}: one of {}",
+                self.codec,
+                codecs.join(", ")
+            ));
+        }
+    }
+}
+
+impl FileConfig {
+    pub fn layout(&self) -> FileLayout {
+        FileLayout {
+            format: self.format,
+            csv_template: self.csv_template.clone(),
+            file_name: self.file_name.clone(),
+            partition_by_time: self.partition_by_time,
+            codec: self.codec.clone(),
+        }
+    }
+
+    pub fn settings(&self) -> FileSettings {
+        self.layout()
+            .settings(self.path.clone().unwrap_or_default())
+    }
+
+    pub fn check(&self, at: &str, problems: &mut Vec<String>) {
+        if self.path.is_none() {
+            problems.push(format!("{at}.path: a file sink needs a directory"));
+        }
+        self.layout().check(at, problems);
+    }
 }
 
 /// The default name: go-feature-flag's, made deterministic.
@@ -128,7 +243,7 @@ fn event_time(r: &SinkRecord, e: &Value) -> i64 {
 
 /// `(YYYY-MM-DD, HH)` in UTC.
 fn date_hour(ms: i64) -> (String, String) {
-    let s = humantime::format_rfc3339_seconds(super::bounded_time(ms)).to_string();
+    let s = humantime::format_rfc3339_seconds(super::paths::bounded_time(ms)).to_string();
     (s[..10].to_owned(), s[11..13].to_owned())
 }
 
@@ -607,7 +722,7 @@ impl Files {
         for r in batch {
             let e = event(r)?;
             // Data names a directory and a file here: never a path outside the sink's.
-            let kind = super::path_component(&if r.kind.is_empty() {
+            let kind = super::paths::path_component(&if r.kind.is_empty() {
                 text(e.get("kind"))
             } else {
                 r.kind.clone()

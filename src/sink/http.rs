@@ -19,7 +19,7 @@ use hmac::{Hmac, Mac as _};
 use serde_json::{Value, json};
 use sha2::Sha256;
 
-use crate::sink::worker::{Destination, SinkRecord};
+use super::destination::{Destination, SinkRecord};
 
 /// What the endpoint speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,6 +29,138 @@ pub enum HttpFormat {
     Webhook,
     /// Segment's batch API: `{"batch":[track|identify…]}` with the write key as basic auth.
     Segment,
+}
+
+/// The keys of a `type = "webhook"` sink.
+#[derive(Clone, Debug, serde::Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// The endpoint.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Extra request headers.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// The HMAC-SHA256 secret for `X-Hub-Signature-256`.
+    #[serde(default)]
+    pub secret: Option<String>,
+    /// The `meta` object of each request.
+    #[serde(default)]
+    pub meta: BTreeMap<String, String>,
+    /// Events per request, at most.
+    #[serde(default = "default_max_events")]
+    pub max_events: usize,
+    /// Requests per second, at most (evenly spaced).
+    #[serde(default)]
+    pub rate_limit: Option<u32>,
+    /// The whole request's timeout (connecting: at most 5 s of it).
+    #[serde(
+        default = "default_timeout",
+        deserialize_with = "crate::units::de::positive_duration"
+    )]
+    pub timeout: Duration,
+}
+
+/// The keys of a `type = "segment"` sink.
+#[derive(Clone, Debug, serde::Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SegmentConfig {
+    /// The endpoint; default `https://api.segment.io/v1/batch`.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Extra request headers.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// The source's write key.
+    #[serde(default)]
+    pub write_key: Option<String>,
+    /// Events per request, at most.
+    #[serde(default = "default_max_events")]
+    pub max_events: usize,
+    /// Requests per second, at most (evenly spaced).
+    #[serde(default)]
+    pub rate_limit: Option<u32>,
+    /// The whole request's timeout (connecting: at most 5 s of it).
+    #[serde(
+        default = "default_timeout",
+        deserialize_with = "crate::units::de::positive_duration"
+    )]
+    pub timeout: Duration,
+}
+
+fn default_max_events() -> usize {
+    500
+}
+fn default_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+/// Segment's batch endpoint.
+const SEGMENT_URL: &str = "https://api.segment.io/v1/batch";
+
+/// The request keys both HTTP sinks have.
+fn check_requests(
+    max_events: usize,
+    rate_limit: Option<u32>,
+    at: &str,
+    problems: &mut Vec<String>,
+) {
+    if rate_limit == Some(0) {
+        problems.push(format!(
+            "{at}.rate_limit: must be more than zero (or left out)"
+        ));
+    }
+    if max_events == 0 {
+        problems.push(format!("{at}.max_events: must be more than zero"));
+    }
+}
+
+impl WebhookConfig {
+    pub fn settings(&self) -> HttpSettings {
+        HttpSettings {
+            format: HttpFormat::Webhook,
+            url: self.url.clone().unwrap_or_default(),
+            headers: self.headers.clone(),
+            secret: self.secret.clone(),
+            meta: self.meta.clone(),
+            write_key: None,
+            max_events: self.max_events,
+            rate_limit: self.rate_limit.and_then(NonZeroU32::new),
+            timeout: self.timeout,
+        }
+    }
+
+    pub fn check(&self, at: &str, problems: &mut Vec<String>) {
+        if self.url.as_deref().is_none_or(str::is_empty) {
+            problems.push(format!("{at}.url: a webhook sink needs the endpoint URL"));
+        }
+        check_requests(self.max_events, self.rate_limit, at, problems);
+    }
+}
+
+impl SegmentConfig {
+    pub fn settings(&self) -> HttpSettings {
+        HttpSettings {
+            format: HttpFormat::Segment,
+            url: self.url.clone().unwrap_or_else(|| SEGMENT_URL.to_owned()),
+            headers: self.headers.clone(),
+            secret: None,
+            meta: BTreeMap::new(),
+            write_key: self.write_key.clone(),
+            max_events: self.max_events,
+            rate_limit: self.rate_limit.and_then(NonZeroU32::new),
+            timeout: self.timeout,
+        }
+    }
+
+    pub fn check(&self, at: &str, problems: &mut Vec<String>) {
+        if self.write_key.as_deref().is_none_or(str::is_empty) {
+            problems.push(format!(
+                "{at}.write_key: a segment sink needs the source's write key"
+            ));
+        }
+        check_requests(self.max_events, self.rate_limit, at, problems);
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -184,7 +316,7 @@ impl Http {
             // configuration, fixed by an operator (reported, retried), not a reason to
             // set every record aside; nor 408 and 429 (try later).
             400..=499 if !matches!(status, 401 | 403 | 404 | 408 | 429) => Err(
-                super::worker::Rejected(format!("POST {}: HTTP {status}", self.settings.url))
+                super::destination::Rejected(format!("POST {}: HTTP {status}", self.settings.url))
                     .into(),
             ),
             _ => anyhow::bail!("POST {}: HTTP {status}", self.settings.url),
@@ -228,7 +360,7 @@ fn iso_time(ms: Option<i64>) -> String {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(0))
     });
-    humantime::format_rfc3339_millis(super::bounded_time(ms)).to_string()
+    humantime::format_rfc3339_millis(super::paths::bounded_time(ms)).to_string()
 }
 
 /// One Segment message per event: feature/debug → `track "Feature Flag Evaluated"`,

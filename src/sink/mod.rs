@@ -1,77 +1,173 @@
-//! Where outputs go. `kafka`: the output topics (the processor's producer). Warehouse
-//! sinks (files, object storage, PostgreSQL, HTTP) read those topics as their own
-//! consumer groups.
+//! Warehouse sinks: each reads output topics as a consumer group of its own and
+//! delivers them to one destination (files, object storage, PostgreSQL, HTTP).
+//!
+//! - [`worker`]: the loop every sink runs (read, batch, write, retry, set aside,
+//!   commit) and the supervisor that starts, restarts and replaces sinks;
+//! - [`destination`]: what a destination implements, and the records it is given;
+//! - [`file`], [`s3`], [`postgres`], [`http`]: the destinations, each with the
+//!   settings of its `[[sinks]]` entry.
+//!
+//! A `[[sinks]]` entry is read in two parts: the keys every sink has ([`Delivery`]:
+//! name, topics, batches, retries, dead letters) and the keys of its `type` ([`Kind`],
+//! one struct per type, owned by its destination's module).
 
+pub mod destination;
 pub mod file;
 pub mod http;
+pub mod paths;
 pub mod postgres;
 pub mod s3;
 pub mod worker;
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-/// The latest instant RFC 3339 can write (9999-12-31T23:59:59.999Z), in ms.
-const MAX_RFC3339_MS: i64 = 253_402_300_799_999;
+use serde::Deserialize;
 
-/// An event time in ms as a `SystemTime` that every formatter accepts: clamped to
-/// [1970, 9999] (an event dated past year 9999 would make RFC 3339 formatting panic).
-pub fn bounded_time(ms: i64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_millis(ms.clamp(0, MAX_RFC3339_MS).unsigned_abs())
+use crate::kafka::KafkaConfig;
+
+/// One `[[sinks]]` entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SinkConfig {
+    pub delivery: Delivery,
+    pub kind: Kind,
 }
 
-/// Longest path component built from data.
-pub const MAX_COMPONENT_BYTES: usize = 64;
+/// The keys every sink has: how it reads its topics and delivers them.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Delivery {
+    /// Unique; names the sink's consumer group, metrics and stored positions.
+    pub name: String,
+    /// Output topics to deliver (JSON format).
+    pub topics: Vec<String>,
+    /// The consumer group; default `flagtally-sink-<name>`.
+    #[serde(default)]
+    pub group_id: Option<String>,
+    /// Records per write, at most (files: per file, the roll by count).
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    /// Bytes per write, about (files: the roll by size).
+    #[serde(
+        default = "default_batch_bytes",
+        deserialize_with = "crate::units::de::size"
+    )]
+    pub batch_bytes: usize,
+    /// A batch is written when this old, full or not.
+    #[serde(
+        default = "default_batch_timeout",
+        deserialize_with = "crate::units::de::positive_duration"
+    )]
+    pub batch_timeout: Duration,
+    /// Backoff while the destination fails: the first wait, doubling up to `retry_max`
+    /// (with jitter).
+    #[serde(
+        default = "default_retry_initial",
+        deserialize_with = "crate::units::de::positive_duration"
+    )]
+    pub retry_initial: Duration,
+    #[serde(
+        default = "default_retry_max",
+        deserialize_with = "crate::units::de::positive_duration"
+    )]
+    pub retry_max: Duration,
+    /// Where records the destination refuses for good (HTTP 4xx, constraint
+    /// violations, unencodable values) go, with the reason; default: the processor's
+    /// `output.dead_letter_topic`.
+    #[serde(default)]
+    pub dead_letter_topic: Option<String>,
+}
 
-/// A file or object path component built from data (an event's kind): only
-/// `[A-Za-z0-9._-]` kept (anything else becomes `_`), never `.` or `..` or empty, at
-/// most [`MAX_COMPONENT_BYTES`] bytes. So no value can name a path outside the sink's
-/// place.
-pub fn path_component(text: &str) -> String {
-    let mut out: String = text
-        .chars()
-        .take(MAX_COMPONENT_BYTES)
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
-                c
-            } else {
-                '_'
-            }
+fn default_batch_size() -> usize {
+    5000
+}
+fn default_batch_timeout() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_retry_initial() -> Duration {
+    Duration::from_millis(500)
+}
+fn default_retry_max() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_batch_bytes() -> usize {
+    64 << 20
+}
+
+impl Delivery {
+    pub fn group(&self) -> String {
+        self.group_id
+            .clone()
+            .unwrap_or_else(|| format!("flagtally-sink-{}", self.name))
+    }
+
+    /// What no single key can say wrong, each problem with its path (`at`: the
+    /// entry's, `sinks[2]`).
+    pub fn check(&self, at: &str, problems: &mut Vec<String>) {
+        if self.topics.is_empty() {
+            problems.push(format!("{at}.topics: at least one topic is needed"));
+        }
+        if self.batch_size == 0 {
+            problems.push(format!("{at}.batch_size: must be more than zero"));
+        }
+    }
+}
+
+/// The keys of one sink type, by the entry's `type`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Exactly once into PostgreSQL (`schemas/postgres.sql`).
+    Postgres(postgres::PostgresConfig),
+    /// go-feature-flag-compatible webhook (`{"meta":…,"events":[…]}`, HMAC-signed).
+    Webhook(http::WebhookConfig),
+    /// Segment's batch API.
+    Segment(http::SegmentConfig),
+    /// NDJSON, CSV, Avro or Parquet files in a local directory.
+    File(file::FileConfig),
+    /// The same files as objects in an S3-compatible store.
+    S3(s3::S3Config),
+}
+
+/// The sink types, as `type` names them.
+pub const TYPES: [&str; 5] = ["postgres", "webhook", "segment", "file", "s3"];
+
+impl Kind {
+    /// Reads the keys of type `ty` (one of [`TYPES`]) with `read`, which deserialises
+    /// one struct and reports its problems (the configuration's reader: every bad key,
+    /// with its path). `None` for an unknown type, or when a key was wrong.
+    pub fn read<R: KindReader>(ty: &str, read: &mut R) -> Option<Self> {
+        Some(match ty {
+            "postgres" => Self::Postgres(read.read()?),
+            "webhook" => Self::Webhook(read.read()?),
+            "segment" => Self::Segment(read.read()?),
+            "file" => Self::File(read.read()?),
+            "s3" => Self::S3(read.read()?),
+            _ => return None,
         })
-        .collect();
-    if out.is_empty() || out.chars().all(|c| c == '.') {
-        out = out.replace('.', "_");
-        if out.is_empty() {
-            out.push('_');
+    }
+
+    /// The checks of the type's keys (`at`: the entry's path).
+    pub fn check(&self, at: &str, problems: &mut Vec<String>) {
+        match self {
+            Self::Postgres(c) => c.check(at, problems),
+            Self::Webhook(c) => c.check(at, problems),
+            Self::Segment(c) => c.check(at, problems),
+            Self::File(c) => c.check(at, problems),
+            Self::S3(c) => c.check(at, problems),
         }
     }
-    out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// Deserialises the keys of one sink type into its struct (implemented by the
+/// configuration's reader, which knows where the keys are and reports every problem).
+pub trait KindReader {
+    fn read<T: serde::de::DeserializeOwned>(&mut self) -> Option<T>;
+}
 
-    #[test]
-    fn path_components_cannot_escape() {
-        for (input, want) in [
-            ("feature", "feature"),
-            ("x/../../..", "x_.._.._.."),
-            ("..", "__"),
-            (".", "_"),
-            ("", "_"),
-            ("a\\b\0c", "a_b_c"),
-            ("é", "_"),
-        ] {
-            assert_eq!(path_component(input), want, "{input:?}");
-        }
-        assert_eq!(path_component(&"k".repeat(500)).len(), MAX_COMPONENT_BYTES);
-    }
-
-    #[test]
-    fn times_past_year_9999_format() {
-        let t = humantime::format_rfc3339_millis(bounded_time(i64::MAX)).to_string();
-        assert_eq!(t, "9999-12-31T23:59:59.999Z");
-        let t = humantime::format_rfc3339_millis(bounded_time(i64::MIN)).to_string();
-        assert_eq!(t, "1970-01-01T00:00:00.000Z");
-    }
+/// What the sinks need from the configuration: the Kafka client, the processor's
+/// dead-letter topic (the default for theirs), and the entries.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub kafka: KafkaConfig,
+    pub dead_letter_topic: Option<String>,
+    pub sinks: Vec<SinkConfig>,
 }

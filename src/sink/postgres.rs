@@ -19,7 +19,7 @@ use postgres::binary_copy::BinaryCopyInWriter;
 use postgres::types::Type;
 use postgres::{Client, NoTls};
 
-use crate::sink::worker::{Destination, SinkRecord};
+use super::destination::{Destination, SinkRecord};
 
 /// The DDL, created in the sink's schema when `create_tables` is on.
 pub const SCHEMA_SQL: &str = include_str!("../../schemas/postgres.sql");
@@ -144,6 +144,67 @@ fn inserts() -> [String; 4] {
              ON CONFLICT (id) DO NOTHING"
         ),
     ]
+}
+
+/// The keys of a `type = "postgres"` sink.
+#[derive(Clone, Debug, serde::Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresConfig {
+    /// A libpq connection string or URL.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// The schema holding the tables.
+    #[serde(default = "default_schema")]
+    pub schema: String,
+    /// Create the schema and tables when missing.
+    #[serde(default = "yes")]
+    pub create_tables: bool,
+    /// Also fill FeatBit's `events` table (`FlagValue` rows from feature events), with
+    /// this environment id.
+    #[serde(default)]
+    pub featbit_env_id: Option<String>,
+    /// The connect timeout, and how long a connection may stay unanswered (keepalives,
+    /// `TCP_USER_TIMEOUT`) before it is dropped and the write retried.
+    #[serde(
+        default = "default_timeout",
+        deserialize_with = "crate::units::de::positive_duration"
+    )]
+    pub timeout: Duration,
+}
+
+fn default_schema() -> String {
+    "flagtally".to_owned()
+}
+fn yes() -> bool {
+    true
+}
+fn default_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+impl PostgresConfig {
+    pub fn settings(&self) -> PostgresSettings {
+        PostgresSettings {
+            url: self.url.clone().unwrap_or_default(),
+            schema: self.schema.clone(),
+            create_tables: self.create_tables,
+            featbit_env_id: self.featbit_env_id.clone(),
+            timeout: self.timeout,
+        }
+    }
+
+    pub fn check(&self, at: &str, problems: &mut Vec<String>) {
+        match self.url.as_deref() {
+            None | Some("") => {
+                problems.push(format!("{at}.url: a postgres sink needs a connection URL"));
+            }
+            Some(url) => {
+                if let Err(e) = url.parse::<postgres::Config>() {
+                    problems.push(format!("{at}.url: {e}"));
+                }
+            }
+        }
+    }
 }
 
 /// Settings of a postgres sink.

@@ -13,8 +13,92 @@ use object_store::aws::AmazonS3Builder;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt as _, PutPayload};
 
-use crate::sink::file::{FileSettings, Files};
-use crate::sink::worker::{Destination, SinkRecord};
+use super::destination::{Destination, SinkRecord};
+use super::file::{FileFormat, FileLayout, FileSettings, Files};
+
+/// The keys of a `type = "s3"` sink: the bucket and how to reach it, and the file
+/// sink's layout keys.
+#[derive(Clone, Debug, serde::Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct S3Config {
+    #[serde(default)]
+    pub bucket: Option<String>,
+    /// A key prefix (`flagtally/`).
+    #[serde(default)]
+    pub prefix: String,
+    /// An S3-compatible endpoint (`http://127.0.0.1:8333`); unset for AWS.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    #[serde(default = "default_region")]
+    pub region: String,
+    /// Credentials (else `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY`).
+    #[serde(default)]
+    pub access_key_id: Option<String>,
+    #[serde(default)]
+    pub secret_access_key: Option<String>,
+    /// Path-style requests (self-hosted stores); false: virtual-hosted style.
+    #[serde(default = "super::file::yes")]
+    pub path_style: bool,
+    /// ndjson | csv | avro | parquet.
+    #[serde(default = "super::file::default_format")]
+    pub format: FileFormat,
+    #[serde(default)]
+    pub csv_template: Option<String>,
+    #[serde(default = "super::file::default_name")]
+    pub file_name: String,
+    #[serde(default = "super::file::yes")]
+    pub partition_by_time: bool,
+    #[serde(default)]
+    pub codec: String,
+}
+
+fn default_region() -> String {
+    "us-east-1".to_owned()
+}
+
+impl S3Config {
+    pub fn layout(&self) -> FileLayout {
+        FileLayout {
+            format: self.format,
+            csv_template: self.csv_template.clone(),
+            file_name: self.file_name.clone(),
+            partition_by_time: self.partition_by_time,
+            codec: self.codec.clone(),
+        }
+    }
+
+    /// The store's settings; credentials not in the file come from the environment.
+    pub fn settings(&self) -> S3Settings {
+        let env = |k: &str| std::env::var(k).unwrap_or_default();
+        S3Settings {
+            bucket: self.bucket.clone().unwrap_or_default(),
+            prefix: self.prefix.clone(),
+            endpoint: self.endpoint.clone().unwrap_or_default(),
+            region: self.region.clone(),
+            access_key_id: self
+                .access_key_id
+                .clone()
+                .unwrap_or_else(|| env("AWS_ACCESS_KEY_ID")),
+            secret_access_key: self
+                .secret_access_key
+                .clone()
+                .unwrap_or_else(|| env("AWS_SECRET_ACCESS_KEY")),
+            path_style: self.path_style,
+        }
+    }
+
+    /// The files' settings (their directory: the object keys' root).
+    pub fn file_settings(&self) -> FileSettings {
+        self.layout().settings(std::path::PathBuf::new())
+    }
+
+    pub fn check(&self, at: &str, problems: &mut Vec<String>) {
+        if self.bucket.as_deref().is_none_or(str::is_empty) {
+            problems.push(format!("{at}.bucket: an s3 sink needs a bucket"));
+        }
+        self.layout().check(at, problems);
+    }
+}
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct S3Settings {

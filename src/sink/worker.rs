@@ -31,74 +31,12 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance};
 use rdkafka::{ClientContext, Message as _, Offset, TopicPartitionList};
 
+use super::destination::{Destination, SinkRecord, is_permanent};
+use super::{Delivery, Kind, Plan, SinkConfig};
 use crate::admin::Admin;
-use crate::config::{KafkaConfig, SinkConfig};
 use crate::emit::header;
+use crate::kafka::KafkaConfig;
 use crate::metrics::Metrics;
-
-/// One output record, as destinations see it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SinkRecord {
-    pub topic: String,
-    pub partition: i32,
-    pub offset: i64,
-    /// `flagtally-kind`: summary, feature, debug, index, identify, custom, …
-    pub kind: String,
-    /// `flagtally-id`: deterministic, the same for a record written twice.
-    pub id: String,
-    pub value: Vec<u8>,
-    pub window_start: Option<i64>,
-    pub window_end: Option<i64>,
-    pub late: bool,
-    pub source: Option<String>,
-}
-
-/// A destination's refusal that no retry can change (HTTP 4xx, a value it cannot
-/// take). Destinations return it (inside `anyhow::Error`) for such answers.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct Rejected(pub String);
-
-/// Whether a write error is permanent: a [`Rejected`], a PostgreSQL data exception
-/// (SQLSTATE class 22) or integrity violation (23), or a record that is not valid JSON
-/// (serde_json) or that Avro or Parquet cannot encode. Everything else (I/O,
-/// connections, timeouts, serialization failures 40001, 5xx) is transient.
-pub fn is_permanent(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| {
-        c.is::<Rejected>()
-            || c.is::<serde_json::Error>()
-            || c.is::<apache_avro::Error>()
-            || c.is::<parquet::errors::ParquetError>()
-            || c.is::<arrow_schema::ArrowError>()
-            || c.downcast_ref::<postgres::Error>()
-                .and_then(postgres::Error::code)
-                .is_some_and(|code| {
-                    let class = &code.code()[..2];
-                    class == "22" || class == "23"
-                })
-    })
-}
-
-/// Where a sink delivers.
-pub trait Destination: Send {
-    /// Opens the connection (and whatever the destination needs) or says why not.
-    fn connect(&mut self) -> anyhow::Result<()>;
-    /// The next offset per partition of `topic` the destination holds data up to.
-    fn stored_offsets(&mut self, topic: &str) -> anyhow::Result<BTreeMap<i32, i64>>;
-    /// Whether [`Destination::write`] stores the positions with the data (exactly
-    /// once); else the group offsets are the position, committed synchronously after
-    /// each write (at least once, repeats keyed by record id).
-    fn stores_positions(&self) -> bool {
-        true
-    }
-    /// Writes `batch` and records `positions` (next offset per topic partition), all or
-    /// nothing.
-    fn write(
-        &mut self,
-        batch: &[SinkRecord],
-        positions: &BTreeMap<(String, i32), i64>,
-    ) -> anyhow::Result<()>;
-}
 
 /// Exponential backoff with full jitter.
 #[derive(Clone, Debug)]
@@ -167,7 +105,7 @@ type SinkConsumer = BaseConsumer<SinkContext>;
 /// A running sink.
 pub struct Worker {
     name: String,
-    config: SinkConfig,
+    config: Delivery,
     consumer: SinkConsumer,
     destination: Box<dyn Destination>,
     admin: Arc<Admin>,
@@ -327,7 +265,7 @@ fn header_text(m: &rdkafka::message::BorrowedMessage<'_>, name: &str) -> Option<
 impl Worker {
     pub fn new(
         kafka: &KafkaConfig,
-        config: SinkConfig,
+        config: Delivery,
         destination: Box<dyn Destination>,
         admin: Arc<Admin>,
     ) -> anyhow::Result<Self> {
@@ -735,46 +673,45 @@ impl Worker {
 /// The destination a sink's configuration names.
 fn destination_of(sink: &SinkConfig) -> anyhow::Result<Box<dyn Destination>> {
     Ok(match &sink.kind {
-        crate::config::SinkKind::Postgres => Box::new(crate::sink::postgres::Postgres::new(
-            &sink.name,
-            sink.postgres_settings(),
+        Kind::Postgres(c) => Box::new(super::postgres::Postgres::new(
+            &sink.delivery.name,
+            c.settings(),
         )),
-        crate::config::SinkKind::File => {
-            Box::new(crate::sink::file::Files::new(sink.file_settings())?)
-        }
-        crate::config::SinkKind::S3 => Box::new(crate::sink::s3::S3::new(
-            sink.s3_settings(),
-            sink.file_settings(),
-        )?),
-        crate::config::SinkKind::Webhook | crate::config::SinkKind::Segment => {
-            Box::new(crate::sink::http::Http::new(sink.http_settings()))
-        }
+        Kind::File(c) => Box::new(super::file::Files::new(c.settings())?),
+        Kind::S3(c) => Box::new(super::s3::S3::new(c.settings(), c.file_settings())?),
+        Kind::Webhook(c) => Box::new(super::http::Http::new(c.settings())),
+        Kind::Segment(c) => Box::new(super::http::Http::new(c.settings())),
     })
 }
 
 /// Starts every configured sink on its own thread. They stop when `stop` is set.
 pub fn spawn_all(
-    config: &crate::config::Config,
+    plan: &Plan,
     admin: &Arc<Admin>,
     stop: &Arc<AtomicBool>,
 ) -> anyhow::Result<Vec<std::thread::JoinHandle<()>>> {
     let mut handles = Vec::new();
-    for sink in &config.sinks {
+    for sink in &plan.sinks {
         let destination = destination_of(sink)?;
         let mut sink = sink.clone();
-        if sink.dead_letter_topic.is_none() {
+        let delivery = &mut sink.delivery;
+        if delivery.dead_letter_topic.is_none() {
             // Not a topic the sink reads itself: its refusals would come back to it.
-            sink.dead_letter_topic = config
-                .output
+            delivery.dead_letter_topic = plan
                 .dead_letter_topic
                 .clone()
-                .filter(|t| !sink.topics.contains(t));
+                .filter(|t| !delivery.topics.contains(t));
         }
-        let worker = Worker::new(&config.kafka, sink.clone(), destination, Arc::clone(admin))?;
+        let worker = Worker::new(
+            &plan.kafka,
+            sink.delivery.clone(),
+            destination,
+            Arc::clone(admin),
+        )?;
         let stop = Arc::clone(stop);
         let admin = Arc::clone(admin);
-        let kafka = config.kafka.clone();
-        let name = sink.name.clone();
+        let kafka = plan.kafka.clone();
+        let name = sink.delivery.name.clone();
         handles.push(
             std::thread::Builder::new()
                 .name(format!("sink-{name}"))
@@ -794,8 +731,8 @@ fn supervise(
     admin: &Arc<Admin>,
     stop: &AtomicBool,
 ) {
-    let name = &sink.name;
-    let mut backoff = Backoff::new(sink.retry_initial, sink.retry_max);
+    let name = &sink.delivery.name;
+    let mut backoff = Backoff::new(sink.delivery.retry_initial, sink.delivery.retry_max);
     loop {
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| worker.run(stop)));
         let problem = match outcome {
@@ -825,7 +762,7 @@ fn supervise(
             std::thread::sleep(Duration::from_millis(50));
         }
         match destination_of(sink)
-            .and_then(|d| Worker::new(kafka, sink.clone(), d, Arc::clone(admin)))
+            .and_then(|d| Worker::new(kafka, sink.delivery.clone(), d, Arc::clone(admin)))
         {
             Ok(w) => worker = w,
             Err(e) => tracing::error!(sink = %name, "restarting: {e:#}"),
@@ -839,7 +776,7 @@ pub type SinkHealth = Mutex<BTreeMap<String, Option<String>>>;
 /// What the sinks' supervisor is asked to do.
 enum Command {
     /// Run these sinks instead (a reload): the old ones stop, the new ones start.
-    Replace(Box<crate::config::Config>),
+    Replace(Box<Plan>),
     Stop,
 }
 
@@ -862,20 +799,20 @@ impl std::fmt::Debug for Sinks {
 const START: &str = "(sinks starting)";
 
 impl Sinks {
-    pub fn start(config: crate::config::Config, admin: Arc<Admin>) -> std::io::Result<Self> {
+    pub fn start(plan: Plan, admin: Arc<Admin>) -> std::io::Result<Self> {
         let (commands, inbox) = std::sync::mpsc::channel();
         let supervisor = std::thread::Builder::new()
             .name("sinks".to_owned())
-            .spawn(move || supervise_all(config, &admin, &inbox))?;
+            .spawn(move || supervise_all(plan, &admin, &inbox))?;
         Ok(Self {
             commands,
             supervisor: Some(supervisor),
         })
     }
 
-    /// Restarts the sinks with `config`'s `[[sinks]]`; returns at once.
-    pub fn replace(&self, config: crate::config::Config) {
-        let _ = self.commands.send(Command::Replace(Box::new(config)));
+    /// Restarts the sinks as `plan` says; returns at once.
+    pub fn replace(&self, plan: Plan) {
+        let _ = self.commands.send(Command::Replace(Box::new(plan)));
     }
 
     /// Stops every sink (each finishes the batch in flight) and waits for them.
@@ -887,11 +824,7 @@ impl Sinks {
     }
 }
 
-fn supervise_all(
-    mut config: crate::config::Config,
-    admin: &Arc<Admin>,
-    inbox: &std::sync::mpsc::Receiver<Command>,
-) {
+fn supervise_all(mut plan: Plan, admin: &Arc<Admin>, inbox: &std::sync::mpsc::Receiver<Command>) {
     let stop_all = |running: &mut Option<(Arc<AtomicBool>, Vec<std::thread::JoinHandle<()>>)>| {
         if let Some((stop, handles)) = running.take() {
             stop.store(true, Ordering::Relaxed);
@@ -906,7 +839,7 @@ fn supervise_all(
     loop {
         if running.is_none() && Instant::now() >= retry_at {
             let stop = Arc::new(AtomicBool::new(false));
-            match spawn_all(&config, admin, &stop) {
+            match spawn_all(&plan, admin, &stop) {
                 Ok(handles) => {
                     admin.health.set_sink(START, None);
                     backoff.reset();
@@ -924,7 +857,7 @@ fn supervise_all(
             Ok(Command::Replace(next)) => {
                 stop_all(&mut running);
                 admin.health.clear_sinks();
-                config = *next;
+                plan = *next;
                 backoff.reset();
                 retry_at = Instant::now();
             }

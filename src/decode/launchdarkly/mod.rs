@@ -19,7 +19,7 @@ use serde_json::Number;
 use serde_json::value::RawValue;
 use smallvec::SmallVec;
 
-use super::util::{self, RawText, Str, at};
+use super::util::{self, RawText, Str, at, first_byte};
 use super::{DecodeError, Decoded, Dialect, Limits, Reason};
 use crate::event::{
     ContextEvent, ContextKey, Contexts, Custom, Evaluation, Event, EventTime, FlagVersion, Json,
@@ -214,10 +214,6 @@ pub(crate) fn decode(value: &[u8], limits: &Limits, out: &mut Decoded) {
             Err(e) => out.errors.push(e),
         },
     }
-}
-
-pub(crate) fn first_byte(value: &[u8]) -> Option<u8> {
-    value.iter().copied().find(|b| !b.is_ascii_whitespace())
 }
 
 fn one(bytes: &[u8], path: &str, limits: &Limits, scope: &Scope) -> Result<Event, DecodeError> {

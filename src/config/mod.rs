@@ -12,25 +12,32 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::num::{NonZeroU32, NonZeroUsize};
+use std::num::NonZeroUsize;
 use std::path::Path;
 use std::time::Duration;
 
+use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 
-use serde::{Deserialize, Deserializer};
+mod env;
+mod plan;
+mod read;
 
-use crate::cli::{duration, millis, parse_override, signed_duration};
+pub use env::{ENV_PREFIX, apply_env, changed_paths};
+
+use crate::cli::parse_override;
 use crate::decode::counting::CountFrom;
 use crate::decode::{Decoder, Dialect, Limits};
-use crate::emit::{EmitConfig, Envelope, FeatureKey, Format, OutputKind};
+use crate::emit::{EmitConfig, Envelope, FeatureKey, Format, OutputKind, Topics};
 pub use crate::kafka::KafkaConfig;
+pub use crate::pipeline::FuturePolicy;
+use crate::sink::SinkConfig;
+pub use crate::source::UnreadablePolicy;
+use crate::units::de::{
+    any_duration, listen, optional_duration, positive_duration, signed_millis, size,
+};
+use crate::units::millis;
 use crate::window::{EngineConfig, GateConfig, IndexConfig, LatePolicy, Override, WindowConfig};
-
-/// Environment variables starting with this override the file: `FLAGTALLY__WINDOW__SIZE=5m`
-/// sets `window.size`. Segments are lower-cased; values are read as TOML values when
-/// they are one (`true`, `42`, `["a","b"]`, `"quoted"`), else as strings.
-pub const ENV_PREFIX: &str = "FLAGTALLY__";
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -53,259 +60,10 @@ pub struct Config {
     pub log: LogSection,
     #[serde(default)]
     pub admin: AdminSection,
-    /// Warehouse sinks, each its own consumer group over output topics.
-    #[serde(default)]
+    /// Warehouse sinks, each its own consumer group over output topics (read apart
+    /// from the rest: [`read::sinks`]).
+    #[serde(default, skip_deserializing)]
     pub sinks: Vec<SinkConfig>,
-}
-
-/// The kinds of sink.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum SinkKind {
-    /// Exactly once into PostgreSQL (`schemas/postgres.sql`).
-    Postgres,
-    /// go-feature-flag-compatible webhook (`{"meta":…,"events":[…]}`, HMAC-signed).
-    Webhook,
-    /// Segment's batch API.
-    Segment,
-    /// NDJSON, CSV, Avro or Parquet files in a local directory.
-    File,
-    /// The same files as objects in an S3-compatible store.
-    S3,
-}
-
-/// One `[[sinks]]` entry.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct SinkConfig {
-    /// Unique; names the sink's consumer group, metrics and stored positions.
-    pub name: String,
-    #[serde(rename = "type")]
-    pub kind: SinkKind,
-    /// Output topics to deliver (JSON format).
-    pub topics: Vec<String>,
-    /// The consumer group; default `flagtally-sink-<name>`.
-    #[serde(default)]
-    pub group_id: Option<String>,
-    /// Records per write, at most (files: per file, the roll by count).
-    #[serde(default = "default_batch_size")]
-    pub batch_size: usize,
-    /// Bytes per write, about (files: the roll by size).
-    #[serde(default = "default_batch_bytes", deserialize_with = "size")]
-    pub batch_bytes: usize,
-    /// A batch is written when this old, full or not.
-    #[serde(
-        default = "default_batch_timeout",
-        deserialize_with = "positive_duration"
-    )]
-    pub batch_timeout: Duration,
-    /// Backoff while the destination fails: the first wait, doubling up to `retry_max`
-    /// (with jitter).
-    #[serde(
-        default = "default_retry_initial",
-        deserialize_with = "positive_duration"
-    )]
-    pub retry_initial: Duration,
-    #[serde(default = "default_retry_max", deserialize_with = "positive_duration")]
-    pub retry_max: Duration,
-    /// postgres: a libpq connection string or URL; webhook, segment: the endpoint
-    /// (segment default `https://api.segment.io/v1/batch`).
-    #[serde(default)]
-    pub url: Option<String>,
-    /// file: the directory.
-    #[serde(default)]
-    pub path: Option<std::path::PathBuf>,
-    /// s3: the bucket.
-    #[serde(default)]
-    pub bucket: Option<String>,
-    /// s3: a key prefix (`flagtally/`).
-    #[serde(default)]
-    pub prefix: String,
-    /// s3: an S3-compatible endpoint (`http://127.0.0.1:8333`); unset for AWS.
-    #[serde(default)]
-    pub endpoint: Option<String>,
-    /// s3: the region.
-    #[serde(default = "default_region")]
-    pub region: String,
-    /// s3: credentials (else `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY`).
-    #[serde(default)]
-    pub access_key_id: Option<String>,
-    #[serde(default)]
-    pub secret_access_key: Option<String>,
-    /// s3: path-style requests (self-hosted stores); false: virtual-hosted style.
-    #[serde(default = "yes")]
-    pub path_style: bool,
-    /// file, s3: ndjson | csv | avro | parquet.
-    #[serde(default = "default_file_format")]
-    pub format: crate::sink::file::FileFormat,
-    /// file (csv): a go-feature-flag row template instead of the header and columns.
-    #[serde(default)]
-    pub csv_template: Option<String>,
-    /// file: the file name template; must contain `{{ .Offset}}`.
-    #[serde(default = "default_file_name")]
-    pub file_name: String,
-    /// file: `kind=…/dt=…/hour=…/` directories by event time.
-    #[serde(default = "yes")]
-    pub partition_by_time: bool,
-    /// file: avro `null` | `deflate`; parquet `none` | `snappy` | `zstd` (default:
-    /// `null` for avro, `zstd` for parquet).
-    #[serde(default)]
-    pub codec: String,
-    /// webhook, segment: extra request headers.
-    #[serde(default)]
-    pub headers: BTreeMap<String, String>,
-    /// webhook: the HMAC-SHA256 secret for `X-Hub-Signature-256`.
-    #[serde(default)]
-    pub secret: Option<String>,
-    /// webhook: the `meta` object of each request.
-    #[serde(default)]
-    pub meta: BTreeMap<String, String>,
-    /// segment: the source's write key.
-    #[serde(default)]
-    pub write_key: Option<String>,
-    /// webhook, segment: events per request, at most.
-    #[serde(default = "default_max_events")]
-    pub max_events: usize,
-    /// webhook, segment: requests per second, at most (evenly spaced).
-    #[serde(default)]
-    pub rate_limit: Option<u32>,
-    /// webhook, segment: the whole request's timeout (connecting: at most 5 s of
-    /// it); postgres: the connect timeout and how long a connection may stay
-    /// unanswered (keepalives, `TCP_USER_TIMEOUT`) before it is dropped and the write
-    /// retried.
-    #[serde(
-        default = "default_http_timeout",
-        deserialize_with = "positive_duration"
-    )]
-    pub timeout: Duration,
-    /// postgres: the schema holding the tables.
-    #[serde(default = "default_schema")]
-    pub schema: String,
-    /// postgres: create the schema and tables when missing.
-    #[serde(default = "yes")]
-    pub create_tables: bool,
-    /// postgres: also fill FeatBit's `events` table (`FlagValue` rows from feature
-    /// events), with this environment id.
-    #[serde(default)]
-    pub featbit_env_id: Option<String>,
-    /// Where records the destination refuses for good (HTTP 4xx, constraint
-    /// violations, unencodable values) go, with the reason; default: the processor's
-    /// `output.dead_letter_topic`.
-    #[serde(default)]
-    pub dead_letter_topic: Option<String>,
-}
-
-fn default_batch_size() -> usize {
-    5000
-}
-fn default_batch_timeout() -> Duration {
-    Duration::from_secs(1)
-}
-fn default_retry_initial() -> Duration {
-    Duration::from_millis(500)
-}
-fn default_retry_max() -> Duration {
-    Duration::from_secs(30)
-}
-fn default_region() -> String {
-    "us-east-1".to_owned()
-}
-fn default_batch_bytes() -> usize {
-    64 << 20
-}
-fn default_file_format() -> crate::sink::file::FileFormat {
-    crate::sink::file::FileFormat::Ndjson
-}
-fn default_file_name() -> String {
-    crate::sink::file::DEFAULT_NAME.to_owned()
-}
-fn default_max_events() -> usize {
-    500
-}
-fn default_http_timeout() -> Duration {
-    Duration::from_secs(10)
-}
-fn default_schema() -> String {
-    "flagtally".to_owned()
-}
-fn yes() -> bool {
-    true
-}
-
-impl SinkConfig {
-    pub fn group(&self) -> String {
-        self.group_id
-            .clone()
-            .unwrap_or_else(|| format!("flagtally-sink-{}", self.name))
-    }
-
-    /// The file sink's codec, defaulted per format.
-    fn file_codec(&self) -> String {
-        match (self.codec.as_str(), self.format) {
-            ("", crate::sink::file::FileFormat::Parquet) => "zstd".to_owned(),
-            ("", _) => "null".to_owned(),
-            (c, _) => c.to_owned(),
-        }
-    }
-
-    pub fn file_settings(&self) -> crate::sink::file::FileSettings {
-        crate::sink::file::FileSettings {
-            dir: self.path.clone().unwrap_or_default(),
-            format: self.format,
-            csv_template: self.csv_template.clone(),
-            name_template: self.file_name.clone(),
-            partition_by_time: self.partition_by_time,
-            codec: self.file_codec(),
-        }
-    }
-
-    pub fn s3_settings(&self) -> crate::sink::s3::S3Settings {
-        let env = |k: &str| std::env::var(k).unwrap_or_default();
-        crate::sink::s3::S3Settings {
-            bucket: self.bucket.clone().unwrap_or_default(),
-            prefix: self.prefix.clone(),
-            endpoint: self.endpoint.clone().unwrap_or_default(),
-            region: self.region.clone(),
-            access_key_id: self
-                .access_key_id
-                .clone()
-                .unwrap_or_else(|| env("AWS_ACCESS_KEY_ID")),
-            secret_access_key: self
-                .secret_access_key
-                .clone()
-                .unwrap_or_else(|| env("AWS_SECRET_ACCESS_KEY")),
-            path_style: self.path_style,
-        }
-    }
-
-    pub fn http_settings(&self) -> crate::sink::http::HttpSettings {
-        use crate::sink::http::{HttpFormat, HttpSettings};
-        let (format, default_url) = match self.kind {
-            SinkKind::Segment => (HttpFormat::Segment, "https://api.segment.io/v1/batch"),
-            _ => (HttpFormat::Webhook, ""),
-        };
-        HttpSettings {
-            format,
-            url: self.url.clone().unwrap_or_else(|| default_url.to_owned()),
-            headers: self.headers.clone(),
-            secret: self.secret.clone(),
-            meta: self.meta.clone(),
-            write_key: self.write_key.clone(),
-            max_events: self.max_events,
-            rate_limit: self.rate_limit.and_then(NonZeroU32::new),
-            timeout: self.timeout,
-        }
-    }
-
-    pub fn postgres_settings(&self) -> crate::sink::postgres::PostgresSettings {
-        crate::sink::postgres::PostgresSettings {
-            url: self.url.clone().unwrap_or_default(),
-            schema: self.schema.clone(),
-            create_tables: self.create_tables,
-            featbit_env_id: self.featbit_env_id.clone(),
-            timeout: self.timeout,
-        }
-    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -356,31 +114,6 @@ impl InputConfig {
             .and_then(|t| t.count_from)
             .unwrap_or(self.count_from)
     }
-}
-
-/// What happens to an event dated more than `input.max_future_skew` past its record's
-/// timestamp.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum FuturePolicy {
-    /// Counted at its record's timestamp.
-    #[default]
-    Clamp,
-    /// Not counted: its record goes to the dead-letter topic (reason `future_time`).
-    DeadLetter,
-}
-
-/// What happens at a record batch the Kafka client cannot read. librdkafka fetches
-/// such a batch again and again, so left alone its partition would stall there.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum UnreadablePolicy {
-    /// Find where the batch ends, write one dead letter naming its offset range
-    /// (reason `unreadable_batch`), and read on past it.
-    #[default]
-    Skip,
-    /// Exit 1 with an error naming the partition and offset (`/readyz` says it first).
-    Stop,
 }
 
 impl Default for InputConfig {
@@ -484,7 +217,7 @@ pub struct OutputSection {
     pub format: Format,
     pub feature_key: FeatureKey,
     pub envelope: Envelope,
-    pub topics: TopicsSection,
+    pub topics: Topics,
     /// Undecodable input records, with reason headers.
     pub dead_letter_topic: Option<String>,
     /// Largest dead letter (key, value and headers): what the dead-letter topic accepts
@@ -505,39 +238,10 @@ impl Default for OutputSection {
             format: Format::default(),
             feature_key: FeatureKey::default(),
             envelope: Envelope::default(),
-            topics: TopicsSection::default(),
+            topics: Topics::default(),
             dead_letter_topic: None,
             max_dead_letter_bytes: 1_000_000,
             describe_topics: true,
-        }
-    }
-}
-
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct TopicsSection {
-    pub summary: Option<String>,
-    pub feature: Option<String>,
-    pub debug: Option<String>,
-    pub index: Option<String>,
-    pub identify: Option<String>,
-    pub custom: Option<String>,
-    pub passthrough: Option<String>,
-    /// Late events under the `dead-letter` late policy.
-    pub late: Option<String>,
-}
-
-impl TopicsSection {
-    pub fn topic(&self, kind: OutputKind) -> Option<&str> {
-        match kind {
-            OutputKind::Summary => self.summary.as_deref(),
-            OutputKind::Feature => self.feature.as_deref(),
-            OutputKind::Debug => self.debug.as_deref(),
-            OutputKind::Index => self.index.as_deref(),
-            OutputKind::Identify => self.identify.as_deref(),
-            OutputKind::Custom => self.custom.as_deref(),
-            OutputKind::PassThrough => self.passthrough.as_deref(),
-            OutputKind::Late => self.late.as_deref(),
         }
     }
 }
@@ -567,10 +271,6 @@ pub struct ProcessingSection {
     /// Pipeline workers in this process, each a member of the consumer group with its
     /// own partitions, engine and producer; 0: one per core available.
     pub threads: usize,
-    /// This worker's index (set per worker, not read from the file): it suffixes the
-    /// static member id and the transactional id of workers after the first.
-    #[serde(skip)]
-    pub worker: usize,
 }
 
 /// The longest transactional id accepted (Kafka allows longer, but an id this long
@@ -578,7 +278,7 @@ pub struct ProcessingSection {
 const MAX_TRANSACTIONAL_ID: usize = 200;
 
 impl ProcessingSection {
-    /// The transactional id of this process (before [`ProcessingSection::per_worker`]):
+    /// The transactional id of this process (before each worker after the first adds `-N`):
     /// `processing.transactional_id` with its placeholders filled, else
     /// `flagtally-<group>-<instance_id>`. An error names what is missing.
     pub fn transactional_id(
@@ -648,14 +348,6 @@ impl ProcessingSection {
         }
         .min(crate::admin::MAX_WORKERS)
     }
-
-    /// `id` for this worker: unchanged for the first, `id-N` for worker N.
-    pub fn per_worker(&self, id: &str) -> String {
-        match self.worker {
-            0 => id.to_owned(),
-            n => format!("{id}-{n}"),
-        }
-    }
 }
 
 impl Default for ProcessingSection {
@@ -667,7 +359,6 @@ impl Default for ProcessingSection {
             commit_interval: Duration::from_secs(1),
             shutdown_deadline: Duration::from_secs(30),
             threads: 0,
-            worker: 0,
         }
     }
 }
@@ -751,6 +442,10 @@ impl Default for AdminSection {
     }
 }
 
+fn yes() -> bool {
+    true
+}
+
 impl Config {
     /// Reads `path` with the process environment's overrides.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -798,7 +493,14 @@ impl Config {
             tree = Value::Object(serde_json::Map::new());
         }
         let mut problems = apply_env(&mut tree, env);
-        let config = deserialize_all(tree.clone(), &mut problems);
+        let mut rest = tree.clone();
+        let sinks = match &mut rest {
+            Value::Object(map) => map.remove("sinks"),
+            _ => None,
+        };
+        let config = read::read::<Config>("", rest, &mut problems);
+        let sinks = sinks.map_or_else(Vec::new, |s| read::sinks(s, &mut problems));
+        let config = config.map(|config| Config { sinks, ..config });
         match config {
             Some(config) if problems.is_empty() => {
                 let problems = config.check();
@@ -810,23 +512,6 @@ impl Config {
             }
             _ => Err(problems),
         }
-    }
-
-    /// What single keys cannot tell: every problem, each with its path.
-    /// Whether the largest checkpoint these window settings allow fits a checkpoint
-    /// topic whose `max.message.bytes` is `limit`; if not, what to change.
-    pub fn checkpoint_fits(&self, limit: usize) -> Result<(), String> {
-        let worst = crate::pipeline::checkpoint::worst_case_bytes(&self.engine_config().window);
-        let room = limit.saturating_sub(crate::deadletter::fit::RECORD_MARGIN);
-        if worst <= room {
-            return Ok(());
-        }
-        Err(format!(
-            "window: a checkpoint under these settings can take {worst} bytes, more than the {room} the checkpoint topic {:?} takes (max.message.bytes {limit}); lower window.max_open_windows ({}), window.max_late_corrections ({}) or window.lateness ÷ window.size, or raise the topic's max.message.bytes",
-            self.processing.checkpoint_topic,
-            self.window.max_open_windows,
-            self.window.max_late_corrections,
-        ))
     }
 
     pub fn check(&self) -> Vec<String> {
@@ -915,6 +600,7 @@ impl Config {
             );
         }
         for sink in &self.sinks {
+            let sink = &sink.delivery;
             if let Some(t) = &sink.dead_letter_topic
                 && sink.topics.contains(t)
             {
@@ -950,80 +636,12 @@ impl Config {
         let mut names = std::collections::BTreeSet::new();
         for (i, sink) in self.sinks.iter().enumerate() {
             let at = format!("sinks[{i}]");
-            if sink.name.is_empty() || !names.insert(sink.name.as_str()) {
+            let name = &sink.delivery.name;
+            if name.is_empty() || !names.insert(name.as_str()) {
                 problems.push(format!("{at}.name: must be set and unique"));
             }
-            if sink.topics.is_empty() {
-                problems.push(format!("{at}.topics: at least one topic is needed"));
-            }
-            if sink.batch_size == 0 {
-                problems.push(format!("{at}.batch_size: must be more than zero"));
-            }
-            match sink.kind {
-                SinkKind::Postgres => {
-                    if sink.url.as_deref().is_none_or(str::is_empty) {
-                        problems.push(format!("{at}.url: a postgres sink needs a connection URL"));
-                    } else if let Err(e) = sink
-                        .url
-                        .as_deref()
-                        .unwrap_or_default()
-                        .parse::<postgres::Config>()
-                    {
-                        problems.push(format!("{at}.url: {e}"));
-                    }
-                }
-                SinkKind::File | SinkKind::S3 => {
-                    if sink.kind == SinkKind::File && sink.path.is_none() {
-                        problems.push(format!("{at}.path: a file sink needs a directory"));
-                    }
-                    if sink.kind == SinkKind::S3 && sink.bucket.as_deref().is_none_or(str::is_empty)
-                    {
-                        problems.push(format!("{at}.bucket: an s3 sink needs a bucket"));
-                    }
-                    if !["{{ .Offset}}", "{{ .Offset }}", "{{.Offset}}"]
-                        .iter()
-                        .any(|p| sink.file_name.contains(p))
-                    {
-                        problems.push(format!(
-                            "{at}.file_name: must contain {{{{ .Offset}}}} (a retried batch then replaces its files instead of adding new ones)"
-                        ));
-                    }
-                    let codecs: &[&str] = match sink.format {
-                        crate::sink::file::FileFormat::Avro => &["null", "deflate"],
-                        crate::sink::file::FileFormat::Parquet => &["none", "snappy", "zstd"],
-                        _ => &[],
-                    };
-                    if !codecs.is_empty() && !codecs.contains(&sink.file_codec().as_str()) {
-                        problems.push(format!(
-                            "{at}.codec: {:?}: one of {}",
-                            sink.codec,
-                            codecs.join(", ")
-                        ));
-                    }
-                }
-                SinkKind::Webhook | SinkKind::Segment => {
-                    if sink.kind == SinkKind::Webhook
-                        && sink.url.as_deref().is_none_or(str::is_empty)
-                    {
-                        problems.push(format!("{at}.url: a webhook sink needs the endpoint URL"));
-                    }
-                    if sink.kind == SinkKind::Segment
-                        && sink.write_key.as_deref().is_none_or(str::is_empty)
-                    {
-                        problems.push(format!(
-                            "{at}.write_key: a segment sink needs the source's write key"
-                        ));
-                    }
-                    if sink.rate_limit == Some(0) {
-                        problems.push(format!(
-                            "{at}.rate_limit: must be more than zero (or left out)"
-                        ));
-                    }
-                    if sink.max_events == 0 {
-                        problems.push(format!("{at}.max_events: must be more than zero"));
-                    }
-                }
-            }
+            sink.delivery.check(&at, &mut problems);
+            sink.kind.check(&at, &mut problems);
             if self.output.format != crate::emit::Format::Json {
                 problems.push(format!(
                     "{at}: sinks read JSON outputs (output.format = \"json\")"
@@ -1083,183 +701,6 @@ impl Config {
             feature_key: self.output.feature_key,
         }
     }
-}
-
-/// Applies `FLAGTALLY__…` variables to the tree; returns the ones that cannot apply.
-pub fn apply_env(tree: &mut Value, env: impl IntoIterator<Item = (String, String)>) -> Vec<String> {
-    let mut problems = Vec::new();
-    let mut vars: Vec<(String, String)> = env
-        .into_iter()
-        .filter(|(name, _)| name.starts_with(ENV_PREFIX))
-        .collect();
-    vars.sort();
-    for (name, raw) in vars {
-        let path: Vec<String> = name[ENV_PREFIX.len()..]
-            .split("__")
-            .map(str::to_ascii_lowercase)
-            .collect();
-        if path.iter().any(String::is_empty) {
-            problems.push(format!(
-                "{name}: an empty key segment (use FLAGTALLY__SECTION__KEY)"
-            ));
-            continue;
-        }
-        let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
-            .ok()
-            .and_then(|mut t| t.remove("v"))
-            .and_then(|v| serde_json::to_value(v).ok())
-            .unwrap_or(Value::String(raw));
-        let mut node = &mut *tree;
-        for (i, segment) in path.iter().enumerate() {
-            let Value::Object(map) = node else {
-                problems.push(format!("{name}: {} is not a table", path[..i].join(".")));
-                break;
-            };
-            if i + 1 == path.len() {
-                map.insert(segment.clone(), value);
-                break;
-            }
-            node = map
-                .entry(segment.clone())
-                .or_insert_with(|| Value::Object(serde_json::Map::new()));
-        }
-    }
-    problems
-}
-
-/// Deserialises `tree`; on an error, records it with its path, sets the bad key aside
-/// and tries again, so every bad key is reported in one pass.
-fn deserialize_all(mut tree: Value, problems: &mut Vec<String>) -> Option<Config> {
-    const MAX_PROBLEMS: usize = 100;
-    let mut failed = false;
-    while problems.len() < MAX_PROBLEMS {
-        match serde_path_to_error::deserialize::<_, Config>(tree.clone()) {
-            Ok(config) => return (!failed).then_some(config),
-            Err(e) => {
-                failed = true;
-                let path = e.path().to_string();
-                problems.push(format!("{path}: {}", e.inner()));
-                if !remove(&mut tree, e.path()) {
-                    return None;
-                }
-            }
-        }
-    }
-    None
-}
-
-/// Removes the key at `path` (its last map key); false when there is none to remove.
-fn remove(tree: &mut Value, path: &serde_path_to_error::Path) -> bool {
-    use serde_path_to_error::Segment;
-    let segments: Vec<&Segment> = path.iter().collect();
-    let Some((last, parents)) = segments.split_last() else {
-        return false;
-    };
-    let mut node = tree;
-    for segment in parents {
-        node = match (segment, node) {
-            (Segment::Map { key }, Value::Object(map)) => match map.get_mut(key) {
-                Some(v) => v,
-                None => return false,
-            },
-            (Segment::Seq { index }, Value::Array(items)) => match items.get_mut(*index) {
-                Some(v) => v,
-                None => return false,
-            },
-            _ => return false,
-        };
-    }
-    match (last, node) {
-        (Segment::Map { key }, Value::Object(map)) => map.remove(key).is_some(),
-        _ => false,
-    }
-}
-
-/// The dotted paths whose values differ between two merged trees.
-pub fn changed_paths(old: &Value, new: &Value) -> Vec<String> {
-    fn walk(prefix: &str, old: Option<&Value>, new: Option<&Value>, out: &mut Vec<String>) {
-        match (old, new) {
-            // A table added or removed: compare its keys with an empty table's.
-            (Some(Value::Object(a)), None) => walk(
-                prefix,
-                Some(&Value::Object(a.clone())),
-                Some(&Value::Object(serde_json::Map::new())),
-                out,
-            ),
-            (None, Some(Value::Object(b))) => walk(
-                prefix,
-                Some(&Value::Object(serde_json::Map::new())),
-                Some(&Value::Object(b.clone())),
-                out,
-            ),
-            (Some(Value::Object(a)), Some(Value::Object(b))) => {
-                let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
-                for k in keys {
-                    let path = if prefix.is_empty() {
-                        k.clone()
-                    } else {
-                        format!("{prefix}.{k}")
-                    };
-                    walk(&path, a.get(k), b.get(k), out);
-                }
-            }
-            (a, b) if a != b => out.push(prefix.to_owned()),
-            _ => {}
-        }
-    }
-    let mut out = Vec::new();
-    walk("", Some(old), Some(new), &mut out);
-    out
-}
-
-fn size<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Size {
-        Bytes(u64),
-        Text(String),
-    }
-    let bytes = match Size::deserialize(d)? {
-        Size::Bytes(n) => n,
-        Size::Text(s) => s
-            .parse::<bytesize::ByteSize>()
-            .map_err(|e| serde::de::Error::custom(format!("{s:?}: {e} (try 4MiB, 512KiB)")))?
-            .as_u64(),
-    };
-    usize::try_from(bytes).map_err(serde::de::Error::custom)
-}
-
-fn listen<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
-    let s = String::deserialize(d)?;
-    if s == "off" {
-        return Ok(None);
-    }
-    s.parse().map(Some).map_err(|e| {
-        serde::de::Error::custom(format!("{s:?}: {e} (try 127.0.0.1:9464 or \"off\")"))
-    })
-}
-
-fn positive_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    let s = String::deserialize(d)?;
-    duration(&s).map_err(serde::de::Error::custom)
-}
-
-fn any_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    let s = String::deserialize(d)?;
-    humantime::parse_duration(&s).map_err(|e| serde::de::Error::custom(format!("{s:?}: {e}")))
-}
-
-fn optional_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-    let s = String::deserialize(d)?;
-    if s == "off" {
-        return Ok(None);
-    }
-    duration(&s).map(Some).map_err(serde::de::Error::custom)
-}
-
-fn signed_millis<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
-    let s = String::deserialize(d)?;
-    signed_duration(&s).map_err(serde::de::Error::custom)
 }
 
 fn overrides<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Override>, D::Error> {
@@ -1518,7 +959,7 @@ output:
 mod documented {
     use super::*;
 
-    const DOCUMENTED: &str = include_str!("../config/flagtally.toml");
+    const DOCUMENTED: &str = include_str!("../../config/flagtally.toml");
 
     /// `config/flagtally.toml` sets every key to its default (except the topics, which
     /// have none): parsed, it equals a file that names only the topics.

@@ -1,0 +1,69 @@
+//! What a warehouse sink's destination is to the worker that feeds it: the records it
+//! is given ([`SinkRecord`]), the trait it implements ([`Destination`]), and how its
+//! errors are told apart (transient: retried; permanent: set aside).
+
+use std::collections::BTreeMap;
+
+/// One output record, as destinations see it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SinkRecord {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    /// `flagtally-kind`: summary, feature, debug, index, identify, custom, …
+    pub kind: String,
+    /// `flagtally-id`: deterministic, the same for a record written twice.
+    pub id: String,
+    pub value: Vec<u8>,
+    pub window_start: Option<i64>,
+    pub window_end: Option<i64>,
+    pub late: bool,
+    pub source: Option<String>,
+}
+
+/// A destination's refusal that no retry can change (HTTP 4xx, a value it cannot
+/// take). Destinations return it (inside `anyhow::Error`) for such answers.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Rejected(pub String);
+
+/// Whether a write error is permanent: a [`Rejected`], a PostgreSQL data exception
+/// (SQLSTATE class 22) or integrity violation (23), or a record that is not valid JSON
+/// (serde_json) or that Avro or Parquet cannot encode. Everything else (I/O,
+/// connections, timeouts, serialization failures 40001, 5xx) is transient.
+pub fn is_permanent(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.is::<Rejected>()
+            || c.is::<serde_json::Error>()
+            || c.is::<apache_avro::Error>()
+            || c.is::<parquet::errors::ParquetError>()
+            || c.is::<arrow_schema::ArrowError>()
+            || c.downcast_ref::<postgres::Error>()
+                .and_then(postgres::Error::code)
+                .is_some_and(|code| {
+                    let class = &code.code()[..2];
+                    class == "22" || class == "23"
+                })
+    })
+}
+
+/// Where a sink delivers.
+pub trait Destination: Send {
+    /// Opens the connection (and whatever the destination needs) or says why not.
+    fn connect(&mut self) -> anyhow::Result<()>;
+    /// The next offset per partition of `topic` the destination holds data up to.
+    fn stored_offsets(&mut self, topic: &str) -> anyhow::Result<BTreeMap<i32, i64>>;
+    /// Whether [`Destination::write`] stores the positions with the data (exactly
+    /// once); else the group offsets are the position, committed synchronously after
+    /// each write (at least once, repeats keyed by record id).
+    fn stores_positions(&self) -> bool {
+        true
+    }
+    /// Writes `batch` and records `positions` (next offset per topic partition), all or
+    /// nothing.
+    fn write(
+        &mut self,
+        batch: &[SinkRecord],
+        positions: &BTreeMap<(String, i32), i64>,
+    ) -> anyhow::Result<()>;
+}
