@@ -6,6 +6,9 @@
 #   lint     cargo clippy --all-targets -- -D warnings
 #   packaging  Dockerfile, docker-compose.yml and the systemd unit, checked as far as a
 #            machine without a Docker engine allows (scripts/check-packaging.sh)
+#   ops      the operator's kit (docs/ops/): alert rules checked and unit-tested, and
+#            the dashboard's queries parsed, by promtool (Debian's prometheus package,
+#            unpacked once into the infra cache; scripts/check-ops.sh)
 #   infra    Apache Kafka (jars fetched once from Maven Central, a single KRaft node on
 #            127.0.0.1, started on a fresh log directory), PostgreSQL (the machine's,
 #            started if down; installed from Debian's packages if missing), SeaweedFS
@@ -17,7 +20,7 @@
 #   chaos    scripts/chaos.sh for 60 s per mode: random faults, outputs checked exactly
 #   docs     cargo doc, warnings denied
 #   fuzz     type-checks every fuzz target (cargo check; the sanitizer build belongs to
-#            the fuzzing runs, README "Fuzzing")
+#            the fuzzing runs, docs/development.md "Fuzzing")
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -34,6 +37,9 @@ cargo clippy --all-targets --quiet -- -D warnings
 
 step "packaging"
 bash scripts/check-packaging.sh >/dev/null
+
+step "ops"
+bash scripts/check-ops.sh
 
 step "infra"
 bash scripts/infra.sh python >/dev/null

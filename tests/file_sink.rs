@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::*;
-use flagtally::generate::{GenConfig, GenDialect, Generator, Tally};
+use flagtally::generate::{GenConfig, Tally};
 
 fn read_files(dir: &Path) -> serde_json::Value {
     let out = std::process::Command::new(python())
@@ -81,16 +81,14 @@ batch_timeout = "300ms"
 }
 
 fn setup(n: usize) -> (String, Topics, Vec<Vec<u8>>, Tally) {
-    let broker = broker().to_owned();
-    let t = Topics::create(&broker, 2);
-    let mut g = Generator::new(GenConfig {
-        dialect: GenDialect::Mixed,
-        flags: 6,
-        tracked_one_in: 10,
-        ..GenConfig::default()
-    });
-    let records: Vec<Vec<u8>> = (0..n).map(|_| g.next_record()).collect();
-    (broker, t, records, g.into_tally())
+    sink_case(
+        n,
+        GenConfig {
+            flags: 6,
+            tracked_one_in: 10,
+            ..GenConfig::default()
+        },
+    )
 }
 
 fn temp_dir(name: &str) -> std::path::PathBuf {

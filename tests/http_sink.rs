@@ -125,18 +125,17 @@ fn base(broker: &str, t: &Topics) -> String {
 }
 
 fn setup(n: usize) -> (String, Topics, Tally) {
-    let broker = broker().to_owned();
-    let t = Topics::create(&broker, 2);
-    let mut g = Generator::new(GenConfig {
-        dialect: GenDialect::Mixed,
-        flags: 5,
-        contexts: 200,
-        tracked_one_in: 5,
-        ..GenConfig::default()
-    });
-    let records: Vec<Vec<u8>> = (0..n).map(|_| g.next_record()).collect();
+    let (broker, t, records, tally) = sink_case(
+        n,
+        GenConfig {
+            flags: 5,
+            contexts: 200,
+            tracked_one_in: 5,
+            ..GenConfig::default()
+        },
+    );
     produce(&broker, &t.input, 2, &records);
-    (broker, t, g.into_tally())
+    (broker, t, tally)
 }
 
 #[test]

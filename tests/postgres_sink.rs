@@ -18,17 +18,15 @@ fn count(db: &mut postgres::Client, schema: &str, table: &str) -> u64 {
 }
 
 fn setup(n: usize) -> (String, Topics, Vec<Vec<u8>>, Tally) {
-    let broker = broker().to_owned();
-    let t = Topics::create(&broker, 2);
-    let mut g = Generator::new(GenConfig {
-        dialect: GenDialect::Mixed,
-        flags: 6,
-        malformed_one_in: 100,
-        tracked_one_in: 10,
-        ..GenConfig::default()
-    });
-    let records: Vec<Vec<u8>> = (0..n).map(|_| g.next_record()).collect();
-    (broker, t, records, g.into_tally())
+    sink_case(
+        n,
+        GenConfig {
+            flags: 6,
+            malformed_one_in: 100,
+            tracked_one_in: 10,
+            ..GenConfig::default()
+        },
+    )
 }
 
 fn config(t: &Topics, broker: &str, url: &str, schema: &str) -> String {

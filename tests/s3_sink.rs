@@ -9,7 +9,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use flagtally::generate::{GenConfig, GenDialect, Generator, Tally};
+use flagtally::generate::{GenConfig, Tally};
 
 fn infra(args: &[&str]) -> String {
     let out = std::process::Command::new("bash")
@@ -48,16 +48,14 @@ fn s3py(endpoint: &str, bucket: &str, args: &[&str]) -> serde_json::Value {
 }
 
 fn setup(n: usize) -> (String, Topics, Vec<Vec<u8>>, Tally) {
-    let broker = broker().to_owned();
-    let t = Topics::create(&broker, 2);
-    let mut g = Generator::new(GenConfig {
-        dialect: GenDialect::Mixed,
-        flags: 6,
-        tracked_one_in: 10,
-        ..GenConfig::default()
-    });
-    let records: Vec<Vec<u8>> = (0..n).map(|_| g.next_record()).collect();
-    (broker, t, records, g.into_tally())
+    sink_case(
+        n,
+        GenConfig {
+            flags: 6,
+            tracked_one_in: 10,
+            ..GenConfig::default()
+        },
+    )
 }
 
 fn bucket() -> String {

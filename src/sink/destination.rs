@@ -47,17 +47,25 @@ pub fn is_permanent(e: &anyhow::Error) -> bool {
     })
 }
 
-/// Where a sink delivers.
+/// Where a sink delivers. Only [`Destination::write`] is required: by default a
+/// destination needs no connecting and keeps no positions of its own (its records are
+/// keyed by id, so a batch written twice lands once: at least once, the group offsets
+/// the position).
 pub trait Destination: Send {
     /// Opens the connection (and whatever the destination needs) or says why not.
-    fn connect(&mut self) -> anyhow::Result<()>;
-    /// The next offset per partition of `topic` the destination holds data up to.
-    fn stored_offsets(&mut self, topic: &str) -> anyhow::Result<BTreeMap<i32, i64>>;
+    fn connect(&mut self) -> anyhow::Result<()> {
+        Ok(())
+    }
     /// Whether [`Destination::write`] stores the positions with the data (exactly
-    /// once); else the group offsets are the position, committed synchronously after
-    /// each write (at least once, repeats keyed by record id).
+    /// once, read back by [`Destination::stored_offsets`]); else the group offsets are
+    /// the position, committed synchronously after each write.
     fn stores_positions(&self) -> bool {
-        true
+        false
+    }
+    /// The next offset per partition of `topic` the destination holds data up to
+    /// (none when it keeps no positions).
+    fn stored_offsets(&mut self, _topic: &str) -> anyhow::Result<BTreeMap<i32, i64>> {
+        Ok(BTreeMap::new())
     }
     /// Writes `batch` and records `positions` (next offset per topic partition), all or
     /// nothing.

@@ -20,6 +20,7 @@ use apache_avro::types::{Record, Value as AvroValue};
 use serde_json::Value;
 
 use super::destination::{Destination, SinkRecord};
+use super::record::{View, context_of};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -218,55 +219,16 @@ impl std::fmt::Debug for Files {
     }
 }
 
-/// The event inside a record (unwrapped from a Data Export envelope).
-fn event(r: &SinkRecord) -> anyhow::Result<Value> {
-    let v: Value = serde_json::from_slice(&r.value).with_context(|| {
-        format!(
-            "{}/{}/{}: not JSON (output.format must be json)",
-            r.topic, r.partition, r.offset
-        )
-    })?;
-    Ok(match v.get("event") {
-        Some(inner) if v.get("kind").is_none() => inner.clone(),
-        _ => v,
-    })
-}
-
-/// The event time that places a record: the window start for summaries, else the
-/// creation date.
-fn event_time(r: &SinkRecord, e: &Value) -> i64 {
-    r.window_start
-        .or_else(|| e.get("startDate").and_then(Value::as_i64))
-        .or_else(|| e.get("creationDate").and_then(Value::as_i64))
-        .unwrap_or(0)
-}
-
 /// `(YYYY-MM-DD, HH)` in UTC.
 fn date_hour(ms: i64) -> (String, String) {
     let s = humantime::format_rfc3339_seconds(super::paths::bounded_time(ms)).to_string();
     (s[..10].to_owned(), s[11..13].to_owned())
 }
 
+/// The context kind and key of an event (the one rule all sinks share,
+/// [`super::record::context_of`]); empty for none.
 fn context(e: &Value) -> (String, String) {
-    let c = e.get("context");
-    let kind = c
-        .and_then(|c| c.get("kind"))
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_owned();
-    let key = c
-        .and_then(|c| c.get("key"))
-        .and_then(Value::as_str)
-        .map(str::to_owned)
-        .or_else(|| {
-            e.get("contextKeys")
-                .and_then(Value::as_object)
-                .and_then(|m| m.values().next())
-                .and_then(Value::as_str)
-                .map(str::to_owned)
-        })
-        .unwrap_or_default();
-    (kind, key)
+    context_of(e).map_or_else(Default::default, |c| (c.kind, c.key))
 }
 
 fn text(v: Option<&Value>) -> String {
@@ -693,14 +655,6 @@ impl Destination for Files {
         Ok(())
     }
 
-    fn stored_offsets(&mut self, _topic: &str) -> anyhow::Result<BTreeMap<i32, i64>> {
-        Ok(BTreeMap::new())
-    }
-
-    fn stores_positions(&self) -> bool {
-        false
-    }
-
     fn write(
         &mut self,
         batch: &[SinkRecord],
@@ -720,14 +674,15 @@ impl Files {
         // (topic, partition) → directory → the file's records, in offset order.
         let mut files: BTreeMap<(String, i32), BTreeMap<String, Group<'_>>> = BTreeMap::new();
         for r in batch {
-            let e = event(r)?;
+            let view = View::of(r)?;
+            let time = view.time(r);
+            let e = view.event;
             // Data names a directory and a file here: never a path outside the sink's.
             let kind = super::paths::path_component(&if r.kind.is_empty() {
                 text(e.get("kind"))
             } else {
                 r.kind.clone()
             });
-            let time = event_time(r, &e);
             let dir = if self.settings.partition_by_time {
                 let (date, hour) = date_hour(time);
                 format!("kind={kind}/dt={date}/hour={hour}/")
@@ -791,13 +746,41 @@ mod tests {
     }
 
     #[test]
+    fn rows_name_the_context_by_the_shared_rule() {
+        // A multi-kind context: its user member, as every sink names it
+        // (sink::record); a custom event's contextKeys: the same.
+        let feature = rec(
+            1,
+            "feature",
+            r#"{"kind":"feature","creationDate":1,"key":"f","context":{"kind":"multi","org":{"key":"o"},"user":{"key":"u"}},"value":true}"#,
+        );
+        let e = View::of(&feature).unwrap().event;
+        let row = &rows(&feature, &e)[0];
+        assert_eq!(
+            (row.context_kind.as_str(), row.context_key.as_str()),
+            ("user", "u")
+        );
+        let custom = rec(
+            2,
+            "custom",
+            r#"{"kind":"custom","creationDate":1,"key":"buy","contextKeys":{"org":"o","device":"d"}}"#,
+        );
+        let e = View::of(&custom).unwrap().event;
+        let row = &rows(&custom, &e)[0];
+        assert_eq!(
+            (row.context_kind.as_str(), row.context_key.as_str()),
+            ("device", "d")
+        );
+    }
+
+    #[test]
     fn csv_quotes_and_expands_summaries() {
         let s = rec(
             1,
             "summary",
             r#"{"kind":"summary","startDate":1,"endDate":2,"features":{"f":{"default":"a,b","contextKinds":["user"],"counters":[{"variation":0,"version":3,"value":"x\"y","count":4},{"unknown":true,"value":null,"count":1}]}}}"#,
         );
-        let e = event(&s).unwrap();
+        let e = View::of(&s).unwrap().event;
         let rows = rows(&s, &e);
         assert_eq!(rows.len(), 2);
         assert_eq!(rows[1].version, "unknown");

@@ -20,6 +20,7 @@ use serde_json::{Value, json};
 use sha2::Sha256;
 
 use super::destination::{Destination, SinkRecord};
+use super::record::{View, context_of};
 
 /// What the endpoint speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -241,16 +242,7 @@ impl Http {
     pub fn body(&self, records: &[SinkRecord]) -> anyhow::Result<Option<Vec<u8>>> {
         let mut events = Vec::with_capacity(records.len());
         for r in records {
-            let value: Value = serde_json::from_slice(&r.value).with_context(|| {
-                format!(
-                    "{}/{}/{}: not JSON (output.format must be json)",
-                    r.topic, r.partition, r.offset
-                )
-            })?;
-            let event = match value.get("event") {
-                Some(inner) if value.get("kind").is_none() => inner.clone(),
-                _ => value,
-            };
+            let event = View::of(r)?.event;
             match self.settings.format {
                 HttpFormat::Webhook => events.push(event),
                 HttpFormat::Segment => {
@@ -332,28 +324,6 @@ pub fn signature(secret: &str, body: &[u8]) -> String {
     format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
 }
 
-/// The key of a context (the first one of a multi-kind context), or of `contextKeys`.
-fn context_key(event: &Value) -> Option<String> {
-    let key_of = |c: &Value| c.get("key").and_then(Value::as_str).map(str::to_owned);
-    if let Some(c) = event.get("context") {
-        if c.get("kind").and_then(Value::as_str) == Some("multi") {
-            return c
-                .as_object()?
-                .iter()
-                .find(|(k, _)| *k != "kind")
-                .and_then(|(_, v)| key_of(v));
-        }
-        return key_of(c);
-    }
-    event
-        .get("contextKeys")?
-        .as_object()?
-        .values()
-        .next()?
-        .as_str()
-        .map(str::to_owned)
-}
-
 fn iso_time(ms: Option<i64>) -> String {
     let ms = ms.unwrap_or_else(|| {
         SystemTime::now()
@@ -368,7 +338,7 @@ fn iso_time(ms: Option<i64>) -> String {
 /// (None).
 pub fn segment_message(id: &str, event: &Value) -> Option<Value> {
     let kind = event.get("kind")?.as_str()?;
-    let user = context_key(event).unwrap_or_default();
+    let user = context_of(event).map(|c| c.key).unwrap_or_default();
     let timestamp = iso_time(event.get("creationDate").and_then(Value::as_i64));
     let field = |k: &str| event.get(k).cloned().unwrap_or(Value::Null);
     match kind {
@@ -425,19 +395,6 @@ pub fn segment_message(id: &str, event: &Value) -> Option<Value> {
 }
 
 impl Destination for Http {
-    fn connect(&mut self) -> anyhow::Result<()> {
-        // Nothing to open: a bad URL fails the first request (and `/readyz`).
-        Ok(())
-    }
-
-    fn stored_offsets(&mut self, _topic: &str) -> anyhow::Result<BTreeMap<i32, i64>> {
-        Ok(BTreeMap::new())
-    }
-
-    fn stores_positions(&self) -> bool {
-        false
-    }
-
     fn write(
         &mut self,
         batch: &[SinkRecord],
@@ -494,5 +451,10 @@ mod tests {
         assert_eq!(m["event"], "checkout");
         assert_eq!(m["properties"], json!({"cart":3,"metric_value":9.5}));
         assert!(segment_message("id-4", &json!({"kind":"summary"})).is_none());
+        // A multi-kind context is keyed by its user member (the rule every sink shares,
+        // sink::record), not by the member written first.
+        let multi = json!({"kind":"feature","creationDate":1,"key":"f",
+            "context":{"kind":"multi","org":{"key":"o"},"user":{"key":"u"}},"value":true});
+        assert_eq!(segment_message("id-5", &multi).unwrap()["userId"], "u");
     }
 }

@@ -4,6 +4,8 @@
 //! - [`worker`]: the loop every sink runs (read, batch, write, retry, set aside,
 //!   commit) and the supervisor that starts, restarts and replaces sinks;
 //! - [`destination`]: what a destination implements, and the records it is given;
+//! - [`record`]: one view of an output record for every destination (the event
+//!   unwrapped from its envelope, its time, the context it is about);
 //! - [`file`], [`s3`], [`postgres`], [`http`]: the destinations, each with the
 //!   settings of its `[[sinks]]` entry.
 //!
@@ -16,6 +18,7 @@ pub mod file;
 pub mod http;
 pub mod paths;
 pub mod postgres;
+pub mod record;
 pub mod s3;
 pub mod worker;
 

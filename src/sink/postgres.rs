@@ -20,17 +20,19 @@ use postgres::types::Type;
 use postgres::{Client, NoTls};
 
 use super::destination::{Destination, SinkRecord};
+use super::record::View;
 
 /// The DDL, created in the sink's schema when `create_tables` is on.
 pub const SCHEMA_SQL: &str = include_str!("../../schemas/postgres.sql");
 
 const STAGING: &str = "CREATE TEMP TABLE IF NOT EXISTS flagtally_staging (
-    kind text NOT NULL, id text NOT NULL, body text NOT NULL,
+    kind text NOT NULL, id text NOT NULL, body text NOT NULL, context_key text,
     window_start bigint, window_end bigint, late boolean NOT NULL, source text,
     kafka_topic text NOT NULL, kafka_partition integer NOT NULL, kafka_offset bigint NOT NULL
 ) ON COMMIT DELETE ROWS";
 
-const STAGING_TYPES: [Type; 10] = [
+const STAGING_TYPES: [Type; 11] = [
+    Type::TEXT,
     Type::TEXT,
     Type::TEXT,
     Type::TEXT,
@@ -54,9 +56,9 @@ pub const FEATBIT_SQL: &str = "CREATE TABLE IF NOT EXISTS events (
     timestamp   timestamp(6) without time zone NOT NULL
 )";
 
-/// The staged event, unwrapped from a Data Export envelope when there is one.
-const EVENT: &str =
-    "(CASE WHEN s.body::jsonb ? 'kind' THEN s.body::jsonb ELSE s.body::jsonb -> 'event' END)";
+/// The staged event (unwrapped from a Data Export envelope before staging:
+/// [`super::record::View`]).
+const EVENT: &str = "s.body::jsonb";
 
 fn ms(expr: &str) -> String {
     format!("to_timestamp(({expr})::double precision / 1000.0)")
@@ -78,9 +80,7 @@ fn featbit_insert() -> String {
             {created} AT TIME ZONE 'UTC'
          FROM flagtally_staging s
          CROSS JOIN LATERAL (SELECT {EVENT} AS e) e
-         CROSS JOIN LATERAL (SELECT
-            COALESCE(e.e -> 'context' ->> 'key',
-                     (SELECT value FROM jsonb_each_text(e.e -> 'contextKeys') LIMIT 1)) AS key,
+         CROSS JOIN LATERAL (SELECT s.context_key AS key,
             e.e -> 'context' ->> 'name' AS name) u
          CROSS JOIN LATERAL (SELECT COALESCE(e.e ->> 'variationName', e.e ->> 'variation') AS id) v
          WHERE s.kind = 'feature'
@@ -318,21 +318,18 @@ impl Postgres {
         let mut tx = client.transaction()?;
         {
             let copy = tx.copy_in(
-                "COPY flagtally_staging (kind, id, body, window_start, window_end, late, source,
+                "COPY flagtally_staging (kind, id, body, context_key, window_start, window_end, late, source,
                     kafka_topic, kafka_partition, kafka_offset) FROM STDIN (FORMAT binary)",
             )?;
             let mut w = BinaryCopyInWriter::new(copy, &STAGING_TYPES);
             for r in batch {
-                let body = std::str::from_utf8(&r.value).with_context(|| {
-                    format!(
-                        "{}/{}/{}: the record is not UTF-8 JSON (output.format must be json)",
-                        r.topic, r.partition, r.offset
-                    )
-                })?;
+                let view = View::of(r)?;
+                let context_key = view.context().map(|c| c.key);
                 w.write(&[
                     &r.kind,
                     &r.id,
-                    &body,
+                    &view.text,
+                    &context_key,
                     &r.window_start,
                     &r.window_end,
                     &r.late,
@@ -367,6 +364,10 @@ impl Postgres {
 impl Destination for Postgres {
     fn connect(&mut self) -> anyhow::Result<()> {
         self.client().map(|_| ())
+    }
+
+    fn stores_positions(&self) -> bool {
+        true
     }
 
     fn stored_offsets(&mut self, topic: &str) -> anyhow::Result<BTreeMap<i32, i64>> {

@@ -177,14 +177,6 @@ impl Destination for S3 {
         Ok(())
     }
 
-    fn stored_offsets(&mut self, _topic: &str) -> anyhow::Result<BTreeMap<i32, i64>> {
-        Ok(BTreeMap::new())
-    }
-
-    fn stores_positions(&self) -> bool {
-        false
-    }
-
     fn write(
         &mut self,
         batch: &[SinkRecord],

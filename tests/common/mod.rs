@@ -214,6 +214,20 @@ pub fn generated(n: usize, seed: u64) -> (Vec<Vec<u8>>, Tally) {
     (records, g.into_tally())
 }
 
+/// A warehouse-sink test's start: the test broker, fresh topics (2 input
+/// partitions), and `n` records generated (mixed dialects) with `config`'s flags,
+/// contexts, tracked share and malformed share, with what they hold.
+pub fn sink_case(n: usize, config: GenConfig) -> (String, Topics, Vec<Vec<u8>>, Tally) {
+    let broker = broker().to_owned();
+    let t = Topics::create(&broker, 2);
+    let mut g = Generator::new(GenConfig {
+        dialect: GenDialect::Mixed,
+        ..config
+    });
+    let records: Vec<Vec<u8>> = (0..n).map(|_| g.next_record()).collect();
+    (broker, t, records, g.into_tally())
+}
+
 /// The topics one flagtally test run uses.
 #[derive(Clone, Debug)]
 pub struct Topics {
