@@ -302,11 +302,7 @@ fn run_daemon(args: &RunArgs) -> anyhow::Result<()> {
                     }
                 }
             }
-            admin
-                .metrics
-                .reloads
-                .get_or_create(&vec![("result", outcome.label().to_owned())])
-                .inc();
+            admin.metrics.reload(outcome.label());
             notify::ready("processing");
         }
         if last_status.elapsed() >= Duration::from_secs(5) {

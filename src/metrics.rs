@@ -7,6 +7,7 @@
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -14,42 +15,119 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-/// Label pairs; families are few and small, so plain vectors do.
-pub type Labels = Vec<(&'static str, String)>;
+// The label sets, each a type: a family's labels are named once, here, and the code
+// that counts passes values, never label vectors. Field order is the exposition's.
 
-/// Every metric flagtally exports. The names (without the registry's `flagtally_`
-/// prefix) are listed in the README.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ByTopic {
+    topic: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ByTopicDialect {
+    topic: String,
+    dialect: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ByTopicKind {
+    topic: String,
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ByTopicPolicy {
+    topic: String,
+    policy: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ByTopicPartition {
+    topic: String,
+    partition: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ByDialectReason {
+    dialect: &'static str,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ByKind {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ByPolicy {
+    policy: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BySink {
+    sink: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ByResult {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ByVersion {
+    version: &'static str,
+}
+
+/// One sink's counters (`kafka`: the processor's own producer).
+#[derive(Clone, Debug)]
+pub struct SinkCounters {
+    /// Records delivered.
+    pub records: Counter,
+    /// Failed writes (`kafka`: deliveries the broker refused).
+    pub errors: Counter,
+    /// Retried writes (`kafka`: librdkafka's request retries).
+    pub retries: Counter,
+    /// Records the destination refused for good (set aside as dead letters).
+    pub rejected: Counter,
+    /// Panics caught (each restarted the sink).
+    pub panics: Counter,
+}
+
+/// Every metric flagtally exports, each family with its labels; the names (without
+/// the registry's `flagtally_` prefix) are listed in docs/operations.md. Labelled
+/// families are reached through the methods below, named for what is counted: a hot
+/// path takes its handle once (a counter is an `Arc` around an atomic) and adds to it.
 pub struct Metrics {
     registry: Registry,
     /// Input records read, per topic.
-    pub records_in: Family<Labels, Counter>,
+    records_in: Family<ByTopic, Counter>,
     /// Canonical events decoded, per topic and dialect.
-    pub events_in: Family<Labels, Counter>,
+    events_in: Family<ByTopicDialect, Counter>,
     /// Decode errors, per dialect and reason code.
-    pub decode_errors: Family<Labels, Counter>,
+    decode_errors: Family<ByDialectReason, Counter>,
     /// Decoded events the counting rule did not count, per topic and kind
     /// (`evaluation`: a summary counts it; `summary`: the topic's events count it).
-    pub not_counted: Family<Labels, Counter>,
+    not_counted: Family<ByTopicKind, Counter>,
     /// Signs that an input topic's `count_from` does not suit its source, per topic and
     /// kind (`counted_twice`, `summary_not_counted`, `evaluation_not_summarized`).
-    pub count_mismatches: Family<Labels, Counter>,
+    count_mismatches: Family<ByTopicKind, Counter>,
     /// Records written to the dead-letter topic.
     pub dead_letters: Counter,
     /// Distinct context kinds left out of summaries past `MAX_CONTEXT_KINDS` per flag
     /// and window.
     pub context_kinds_dropped: Counter,
     /// Record batches the Kafka client could not read, per topic and policy.
-    pub unreadable_batches: Family<Labels, Counter>,
+    unreadable_batches: Family<ByTopicPolicy, Counter>,
     /// Late corrections closed early because `window.max_late_corrections` were open.
     pub corrections_closed_early: Counter,
     /// Partitions restored from a checkpoint made under other window settings.
     pub window_settings_changes: Counter,
     /// Output events written, per kind.
-    pub events_out: Family<Labels, Counter>,
+    events_out: Family<ByKind, Counter>,
     /// Late events, per policy (`correction`, `dead-letter`, `drop`).
-    pub late_events: Family<Labels, Counter>,
+    late_events: Family<ByPolicy, Counter>,
     /// Events dated too far past their record's timestamp, per policy.
-    pub future_events: Family<Labels, Counter>,
+    future_events: Family<ByPolicy, Counter>,
     /// Input records re-read to rebuild state after a restart, rebalance or rewind.
     pub replayed_records: Counter,
     pub open_windows: Gauge,
@@ -57,7 +135,7 @@ pub struct Metrics {
     pub distinct_keys: Gauge,
     pub assigned_partitions: Gauge,
     /// Records behind the partition's high watermark (from librdkafka's statistics).
-    pub consumer_lag: Family<Labels, Gauge>,
+    consumer_lag: Family<ByTopicPartition, Gauge>,
     /// One commit cycle: flush, checkpoints, offset commit.
     pub commit_seconds: Histogram,
     /// From send to the broker's acknowledgement, per record.
@@ -69,17 +147,17 @@ pub struct Metrics {
     /// Rewinds to the last commit after a failed delivery or transaction.
     pub rewinds: Counter,
     /// Records delivered per sink.
-    pub sink_records: Family<Labels, Counter>,
+    sink_records: Family<BySink, Counter>,
     /// Failed writes per sink (`kafka`: deliveries the broker refused).
-    pub sink_errors: Family<Labels, Counter>,
+    sink_errors: Family<BySink, Counter>,
     /// Retried writes per sink (`kafka`: librdkafka's request retries).
-    pub sink_retries: Family<Labels, Counter>,
+    sink_retries: Family<BySink, Counter>,
     /// Records a sink's destination refused for good (set aside as dead letters).
-    pub sink_rejected: Family<Labels, Counter>,
+    sink_rejected: Family<BySink, Counter>,
     /// Panics caught in sinks (each restarted the sink).
-    pub sink_panics: Family<Labels, Counter>,
+    sink_panics: Family<BySink, Counter>,
     /// SIGHUP reloads, per result (`applied`, `restart-needed`, `rejected`, `unchanged`).
-    pub reloads: Family<Labels, Counter>,
+    reloads: Family<ByResult, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -286,25 +364,25 @@ impl Metrics {
         );
         // Known label sets start at zero, so dashboards and alerts see them at once.
         for policy in ["correction", "dead-letter", "drop"] {
-            let _ = metrics
-                .late_events
-                .get_or_create(&vec![("policy", policy.to_owned())]);
+            let _ = metrics.late_events.get_or_create(&ByPolicy { policy });
         }
         for policy in ["clamp", "dead-letter"] {
-            let _ = metrics
-                .future_events
-                .get_or_create(&vec![("policy", policy.to_owned())]);
+            let _ = metrics.future_events.get_or_create(&ByPolicy { policy });
         }
-        let _ = metrics.sink_errors.get_or_create(&Self::sink("kafka"));
-        let _ = metrics.sink_retries.get_or_create(&Self::sink("kafka"));
+        let _ = metrics.sink_errors.get_or_create(&BySink {
+            sink: "kafka".to_owned(),
+        });
+        let _ = metrics.sink_retries.get_or_create(&BySink {
+            sink: "kafka".to_owned(),
+        });
         for result in ["applied", "restart-needed", "rejected", "unchanged"] {
-            let _ = metrics
-                .reloads
-                .get_or_create(&vec![("result", result.to_owned())]);
+            let _ = metrics.reloads.get_or_create(&ByResult { result });
         }
-        let info: Family<Labels, Gauge> = Family::default();
-        info.get_or_create(&vec![("version", env!("CARGO_PKG_VERSION").to_owned())])
-            .set(1);
+        let info: Family<ByVersion, Gauge> = Family::default();
+        info.get_or_create(&ByVersion {
+            version: env!("CARGO_PKG_VERSION"),
+        })
+        .set(1);
         r.register("build_info", "flagtally's version", info);
         metrics
     }
@@ -318,16 +396,97 @@ impl Metrics {
         text
     }
 
-    pub fn topic(topic: &str) -> Labels {
-        vec![("topic", topic.to_owned())]
+    /// Input records read from `topic`.
+    pub fn records_in(&self, topic: &str) -> Counter {
+        self.records_in
+            .get_or_create(&ByTopic {
+                topic: topic.to_owned(),
+            })
+            .clone()
     }
 
-    pub fn kind(kind: &str) -> Labels {
-        vec![("kind", kind.to_owned())]
+    /// Canonical events decoded from `topic` as `dialect`.
+    pub fn events_in(&self, topic: &str, dialect: &'static str) -> Counter {
+        self.events_in
+            .get_or_create(&ByTopicDialect {
+                topic: topic.to_owned(),
+                dialect,
+            })
+            .clone()
     }
 
-    pub fn sink(sink: &str) -> Labels {
-        vec![("sink", sink.to_owned())]
+    /// A part of a record `dialect` could not decode, for `reason` (a reason code).
+    pub fn decode_error(&self, dialect: &'static str, reason: &'static str) {
+        self.decode_errors
+            .get_or_create(&ByDialectReason { dialect, reason })
+            .inc();
+    }
+
+    /// Decoded events of `topic` the counting rule did not count (`kind`:
+    /// `evaluation` or `summary`).
+    pub fn not_counted(&self, topic: &str, kind: &'static str) -> Counter {
+        self.not_counted
+            .get_or_create(&ByTopicKind {
+                topic: topic.to_owned(),
+                kind,
+            })
+            .clone()
+    }
+
+    /// Signs that `topic`'s `count_from` does not suit its source, of one kind.
+    pub fn count_mismatches(&self, topic: &str, kind: &'static str) -> Counter {
+        self.count_mismatches
+            .get_or_create(&ByTopicKind {
+                topic: topic.to_owned(),
+                kind,
+            })
+            .clone()
+    }
+
+    /// A record batch of `topic` the Kafka client could not read, met under `policy`.
+    pub fn unreadable_batch(&self, topic: &str, policy: &'static str) {
+        self.unreadable_batches
+            .get_or_create(&ByTopicPolicy {
+                topic: topic.to_owned(),
+                policy,
+            })
+            .inc();
+    }
+
+    /// Output events written of `kind`.
+    pub fn events_out(&self, kind: &'static str) -> Counter {
+        self.events_out.get_or_create(&ByKind { kind }).clone()
+    }
+
+    /// Late events under `policy` (`correction`, `dead-letter`, `drop`).
+    pub fn late_events(&self, policy: &'static str) -> Counter {
+        self.late_events.get_or_create(&ByPolicy { policy }).clone()
+    }
+
+    /// Events dated too far ahead, under `policy` (`clamp`, `dead-letter`).
+    pub fn future_events(&self, policy: &'static str) -> Counter {
+        self.future_events
+            .get_or_create(&ByPolicy { policy })
+            .clone()
+    }
+
+    /// The counters of sink `name`.
+    pub fn sink(&self, name: &str) -> SinkCounters {
+        let by = BySink {
+            sink: name.to_owned(),
+        };
+        SinkCounters {
+            records: self.sink_records.get_or_create(&by).clone(),
+            errors: self.sink_errors.get_or_create(&by).clone(),
+            retries: self.sink_retries.get_or_create(&by).clone(),
+            rejected: self.sink_rejected.get_or_create(&by).clone(),
+            panics: self.sink_panics.get_or_create(&by).clone(),
+        }
+    }
+
+    /// A configuration reload, with its result's label.
+    pub fn reload(&self, result: &'static str) {
+        self.reloads.get_or_create(&ByResult { result }).inc();
     }
 
     /// Takes librdkafka's consumer statistics: lag per assigned partition.
@@ -339,10 +498,10 @@ impl Metrics {
                     continue;
                 }
                 self.consumer_lag
-                    .get_or_create(&vec![
-                        ("topic", topic.clone()),
-                        ("partition", partition.to_string()),
-                    ])
+                    .get_or_create(&ByTopicPartition {
+                        topic: topic.clone(),
+                        partition: partition.to_string(),
+                    })
                     .set(p.consumer_lag);
             }
         }
@@ -354,18 +513,16 @@ impl Metrics {
         let total: u64 = stats.brokers.values().map(|b| b.txretries).sum();
         let before = seen.swap(total, Ordering::Relaxed);
         if total > before {
-            self.sink_retries
-                .get_or_create(&Self::sink("kafka"))
-                .inc_by(total - before);
+            self.sink("kafka").retries.inc_by(total - before);
         }
     }
 
     /// Forgets a revoked partition's lag (another instance reports it now).
     pub fn forget_partition(&self, topic: &str, partition: i32) {
-        self.consumer_lag.remove(&vec![
-            ("topic", topic.to_owned()),
-            ("partition", partition.to_string()),
-        ]);
+        self.consumer_lag.remove(&ByTopicPartition {
+            topic: topic.to_owned(),
+            partition: partition.to_string(),
+        });
     }
 }
 
@@ -376,10 +533,8 @@ mod tests {
     #[test]
     fn render_names_every_family() {
         let m = Metrics::new();
-        m.records_in.get_or_create(&Metrics::topic("in")).inc();
-        m.events_out
-            .get_or_create(&Metrics::kind("summary"))
-            .inc_by(3);
+        m.records_in("in").inc();
+        m.events_out("summary").inc_by(3);
         m.produce_seconds.observe(0.002);
         let text = m.render();
         for name in [

@@ -27,7 +27,6 @@ use crate::admin::Admin;
 use crate::config::Config;
 use crate::generate::{GenConfig, GenDialect, Generator, Tally};
 use crate::kafka::producer::PolledProducer;
-use crate::metrics::Metrics;
 use crate::pipeline::pool::Pool;
 
 /// The mock broker keeps at most 5 MiB per partition: this many records fit in the
@@ -190,11 +189,7 @@ pub fn run(opts: &Options, stop: &Arc<AtomicBool>) -> anyhow::Result<Report> {
     let started = Instant::now();
     let mut tally: Option<Tally> = None;
     let mut done_at: Option<Instant> = None;
-    let records_in = admin
-        .metrics
-        .records_in
-        .get_or_create(&Metrics::topic(INPUT))
-        .clone();
+    let records_in = admin.metrics.records_in(INPUT);
     let mut last = (Instant::now(), 0u64);
     let mut rate = 0.0;
     loop {

@@ -366,13 +366,8 @@ fn problems(
 /// the labels the code gives it.
 fn fault_only_samples() -> BTreeMap<String, BTreeSet<String>> {
     let m = Metrics::new();
-    m.sink_panics.get_or_create(&Metrics::sink("s")).inc();
-    m.unreadable_batches
-        .get_or_create(&vec![
-            ("topic", "t".to_owned()),
-            ("policy", "skip".to_owned()),
-        ])
-        .inc();
+    m.sink("s").panics.inc();
+    m.unreadable_batch("t", "skip");
     let mut s = samples(&m.render());
     s.retain(|name, _| FAULT_ONLY.contains(&name.as_str()));
     assert_eq!(s.len(), FAULT_ONLY.len(), "{s:?}");

@@ -109,15 +109,8 @@ impl State {
         self.send_outputs(None)
     }
 
-    pub(super) fn count_unreadable(&self, topic: &str, policy: &str) {
-        self.admin
-            .metrics
-            .unreadable_batches
-            .get_or_create(&vec![
-                ("topic", topic.to_owned()),
-                ("policy", policy.to_owned()),
-            ])
-            .inc();
+    pub(super) fn count_unreadable(&self, topic: &str, policy: &'static str) {
+        self.admin.metrics.unreadable_batch(topic, policy);
     }
 
     /// The dead letter of an unreadable batch: no key, no payload (none could be
@@ -339,14 +332,7 @@ impl State {
     /// The dead-letter topic itself refused a record: it is lost to Kafka, so it is at
     /// least counted and logged.
     pub(super) fn dead_letter_refused(&self, topic: &str, error: &str) {
-        self.admin
-            .metrics
-            .decode_errors
-            .get_or_create(&vec![
-                ("dialect", "-".to_owned()),
-                ("reason", "dead_letter_refused".to_owned()),
-            ])
-            .inc();
+        self.admin.metrics.decode_error("-", "dead_letter_refused");
         tracing::error!(topic, "the broker refused a dead letter: {error}");
     }
 

@@ -25,6 +25,7 @@
 
 pub mod checkpoint;
 mod commit;
+mod counters;
 mod guard;
 mod letters;
 pub mod pool;
@@ -36,7 +37,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
-use prometheus_client::metrics::counter::Counter;
 use rdkafka::Message as _;
 use rdkafka::consumer::Consumer as _;
 use rdkafka::error::KafkaError;
@@ -46,16 +46,16 @@ use crate::admin::Admin;
 use crate::deadletter::fit;
 use crate::deadletter::header as dead_letter_header;
 use crate::decode::counting::CountRules;
-use crate::decode::counting::{self, CountFrom};
-use crate::decode::{DecodeError, Decoded, Decoder, Dialect, Reason};
+use crate::decode::counting::{self};
+use crate::decode::{DecodeError, Decoded, Decoder, Reason};
 use crate::emit::{EmitConfig, Topics};
 use crate::emit::{Emitter, OutputKind, header};
 use crate::kafka::producer::headers;
-use crate::metrics::Metrics;
 use crate::source::{BATCH, Record, Source};
 use crate::source::{SourceSettings, UnreadablePolicy};
 use crate::window::{Engine, Output, PartitionId, SourcePos};
 use crate::window::{EngineConfig, GateConfig};
+use counters::{Counters, Pending, TopicCounting};
 use producer::ProducerSettings;
 use producer::{Outgoing, Producer, Refused};
 
@@ -211,186 +211,6 @@ struct State {
     counters: Counters,
     /// The counting rule of each input topic seen, with its guard.
     counting: Vec<TopicCounting>,
-}
-
-/// One input topic's counting rule ([`crate::decode::counting`]), the guard that
-/// watches it, and its counters.
-#[derive(Debug)]
-struct TopicCounting {
-    topic: String,
-    count_from: CountFrom,
-    guard: guard::Guard,
-    /// Evaluations and summaries not counted.
-    not_counted: [Pending; 2],
-    mismatches: [Counter; 3],
-    /// Each kind of mismatch is logged once per worker.
-    warned: [bool; 3],
-}
-
-impl TopicCounting {
-    fn new(metrics: &Metrics, topic: &str, count_from: CountFrom) -> Self {
-        let labels = |kind: &str| vec![("topic", topic.to_owned()), ("kind", kind.to_owned())];
-        Self {
-            topic: topic.to_owned(),
-            count_from,
-            guard: guard::Guard::new(count_from),
-            not_counted: ["evaluation", "summary"]
-                .map(|k| Pending::new(metrics.not_counted.get_or_create(&labels(k)).clone())),
-            mismatches: guard::Mismatch::ALL.map(|m| {
-                metrics
-                    .count_mismatches
-                    .get_or_create(&labels(m.code()))
-                    .clone()
-            }),
-            warned: [false; 3],
-        }
-    }
-
-    /// Counts and, once per kind, logs what the guard found.
-    fn report(&mut self, found: &guard::Findings) {
-        for m in guard::Mismatch::ALL {
-            let i = m as usize;
-            if found.counts[i] == 0 {
-                continue;
-            }
-            self.mismatches[i].inc_by(found.counts[i]);
-            if !std::mem::replace(&mut self.warned[i], true) {
-                let flag = found.example[i].as_deref().unwrap_or_default();
-                tracing::warn!("{}", m.advice(&self.topic, flag, self.count_from));
-            }
-        }
-    }
-}
-
-/// A shared counter and the count of this worker not yet added to it.
-#[derive(Debug)]
-struct Pending {
-    counter: Counter,
-    count: u64,
-}
-
-impl Pending {
-    fn new(counter: Counter) -> Self {
-        Self { counter, count: 0 }
-    }
-
-    /// Adds the pending count to the shared counter.
-    fn flush(&mut self) {
-        if self.count > 0 {
-            self.counter.inc_by(std::mem::take(&mut self.count));
-        }
-    }
-}
-
-/// One input topic's counters: records, and events per dialect.
-#[derive(Debug)]
-struct TopicCounters {
-    topic: String,
-    records: Pending,
-    events: Vec<(Dialect, Pending)>,
-}
-
-/// Metric handles looked up once. Counts are kept here, per worker, and added to the
-/// shared metrics once per loop turn ([`Counters::flush`]): the workers of a process
-/// share each metric's atomic, and adding to it per record would move its cache line
-/// between their cores for every record.
-#[derive(Debug)]
-struct Counters {
-    topics: Vec<TopicCounters>,
-    outputs: Vec<Pending>,
-    replayed: Pending,
-    /// Engine late counts already reported (correction, dead-letter, drop).
-    late_seen: [u64; 3],
-    /// Corrections closed early and settings changes, as last published.
-    engine_seen: [u64; 2],
-    /// Open windows, distinct keys and assigned partitions last added to the gauges.
-    gauges: [i64; 3],
-}
-
-impl Counters {
-    fn new(metrics: &Metrics) -> Self {
-        Self {
-            topics: Vec::new(),
-            outputs: OutputKind::ALL
-                .iter()
-                .map(|k| {
-                    Pending::new(
-                        metrics
-                            .events_out
-                            .get_or_create(&Metrics::kind(k.name()))
-                            .clone(),
-                    )
-                })
-                .collect(),
-            replayed: Pending::new(metrics.replayed_records.clone()),
-            late_seen: [0; 3],
-            engine_seen: [0; 2],
-            gauges: [0; 3],
-        }
-    }
-
-    /// Counts one input record of `topic` and its events read as `dialect`.
-    fn record(&mut self, metrics: &Metrics, topic: &str, dialect: Option<Dialect>, events: u64) {
-        let i = match self.topics.iter().position(|t| t.topic == topic) {
-            Some(i) => i,
-            None => {
-                let records = metrics
-                    .records_in
-                    .get_or_create(&Metrics::topic(topic))
-                    .clone();
-                self.topics.push(TopicCounters {
-                    topic: topic.to_owned(),
-                    records: Pending::new(records),
-                    events: Vec::new(),
-                });
-                self.topics.len() - 1
-            }
-        };
-        let TopicCounters {
-            records,
-            events: dialects,
-            ..
-        } = &mut self.topics[i];
-        records.count += 1;
-        let (Some(dialect), 1..) = (dialect, events) else {
-            return;
-        };
-        let j = match dialects.iter().position(|(d, _)| *d == dialect) {
-            Some(j) => j,
-            None => {
-                let labels = vec![
-                    ("topic", topic.to_owned()),
-                    ("dialect", dialect.name().to_owned()),
-                ];
-                let counter = metrics.events_in.get_or_create(&labels).clone();
-                dialects.push((dialect, Pending::new(counter)));
-                dialects.len() - 1
-            }
-        };
-        dialects[j].1.count += events;
-    }
-
-    /// Counts one output record of `kind`.
-    fn output(&mut self, kind: OutputKind) {
-        self.outputs[kind as usize].count += 1;
-    }
-
-    /// Adds the counts kept since the last flush to the shared metrics.
-    fn flush(&mut self) {
-        for t in &mut self.topics {
-            t.records.flush();
-            t.events.iter_mut().for_each(|(_, p)| p.flush());
-        }
-        self.outputs.iter_mut().for_each(Pending::flush);
-        self.replayed.flush();
-    }
-}
-
-impl Drop for Counters {
-    /// A worker that stops, by any path, leaves no count behind.
-    fn drop(&mut self) {
-        self.flush();
-    }
 }
 
 fn now_ms() -> i64 {
@@ -614,8 +434,7 @@ impl State {
         let late = [c.late_corrected, c.late_dead_lettered, c.late_dropped];
         for (i, policy) in ["correction", "dead-letter", "drop"].iter().enumerate() {
             if late[i] > self.counters.late_seen[i] {
-                m.late_events
-                    .get_or_create(&vec![("policy", (*policy).to_owned())])
+                m.late_events(policy)
                     .inc_by(late[i] - self.counters.late_seen[i]);
                 self.counters.late_seen[i] = late[i];
             }
@@ -684,12 +503,7 @@ impl State {
             for e in &self.decoded.errors {
                 self.admin
                     .metrics
-                    .decode_errors
-                    .get_or_create(&vec![
-                        ("dialect", e.dialect.name().to_owned()),
-                        ("reason", e.reason.code().to_owned()),
-                    ])
-                    .inc();
+                    .decode_error(e.dialect.name(), e.reason.code());
             }
         }
         if !self.decoded.errors.is_empty() && !replaying {
@@ -804,11 +618,7 @@ impl State {
                 FuturePolicy::Clamp => "clamp",
                 FuturePolicy::DeadLetter => "dead-letter",
             };
-            self.admin
-                .metrics
-                .future_events
-                .get_or_create(&vec![("policy", label.to_owned())])
-                .inc_by(moved);
+            self.admin.metrics.future_events(label).inc_by(moved);
         }
     }
 
@@ -923,64 +733,5 @@ impl State {
         self.outputs = outputs;
         self.outputs.clear();
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn counts_reach_the_shared_metrics_once_per_flush_and_when_a_worker_stops() {
-        let metrics = Metrics::new();
-        let records = || {
-            metrics
-                .records_in
-                .get_or_create(&Metrics::topic("in"))
-                .get()
-        };
-        let events = || {
-            let labels = vec![
-                ("topic", "in".to_owned()),
-                ("dialect", "launchdarkly".to_owned()),
-            ];
-            metrics.events_in.get_or_create(&labels).get()
-        };
-        let summaries = || {
-            metrics
-                .events_out
-                .get_or_create(&Metrics::kind("summary"))
-                .get()
-        };
-        let mut counters = Counters::new(&metrics);
-        counters.record(&metrics, "in", Some(Dialect::Launchdarkly), 3);
-        counters.record(&metrics, "in", None, 0);
-        counters.output(OutputKind::Summary);
-        counters.replayed.count += 1;
-        assert_eq!(
-            (records(), events(), summaries()),
-            (0, 0, 0),
-            "kept until the turn ends"
-        );
-        counters.flush();
-        assert_eq!((records(), events(), summaries()), (2, 3, 1));
-        assert_eq!(metrics.replayed_records.get(), 1);
-        counters.flush();
-        assert_eq!(
-            (records(), events(), summaries()),
-            (2, 3, 1),
-            "a flush adds once"
-        );
-        // A second worker's counts add to the same metrics.
-        let mut other = Counters::new(&metrics);
-        other.record(&metrics, "in", Some(Dialect::Launchdarkly), 2);
-        drop(other);
-        counters.record(&metrics, "in", None, 0);
-        drop(counters);
-        assert_eq!(
-            (records(), events()),
-            (4, 5),
-            "a stopping worker's counts are added"
-        );
     }
 }

@@ -23,7 +23,6 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer as _, ProducerConte
 use crate::admin::Admin;
 use crate::kafka::producer::{PolledProducer, flush_threaded, send_waiting};
 use crate::kafka::{DEFAULT_TOPIC_LIMIT, KafkaConfig, describe_limits};
-use crate::metrics::Metrics;
 
 /// Counts deliveries; remembers the last failure for the log; feeds the produce latency
 /// and error metrics.
@@ -209,11 +208,7 @@ impl ProducerContext for Deliveries {
                         .headers()
                         .map_or_else(Vec::new, |hs| own_headers(hs.iter())),
                 };
-                self.admin
-                    .metrics
-                    .sink_errors
-                    .get_or_create(&Metrics::sink("kafka"))
-                    .inc();
+                self.admin.metrics.sink("kafka").errors.inc();
                 if let Ok(mut r) = self.refused.lock() {
                     r.push(refused);
                 }
@@ -221,11 +216,7 @@ impl ProducerContext for Deliveries {
             Err((e, msg)) => {
                 use rdkafka::Message as _;
                 self.failed.fetch_add(1, Ordering::Relaxed);
-                self.admin
-                    .metrics
-                    .sink_errors
-                    .get_or_create(&Metrics::sink("kafka"))
-                    .inc();
+                self.admin.metrics.sink("kafka").errors.inc();
                 let text = format!(
                     "delivery to {}/{} failed: {e}",
                     msg.topic(),

@@ -36,7 +36,6 @@ use super::{Delivery, Kind, Plan, SinkConfig};
 use crate::admin::Admin;
 use crate::emit::header;
 use crate::kafka::KafkaConfig;
-use crate::metrics::Metrics;
 
 /// Exponential backoff with full jitter.
 #[derive(Clone, Debug)]
@@ -364,7 +363,7 @@ impl Worker {
                 Ok(()) => return Ok(true),
                 Err(e) => e,
             };
-            self.counter(|m| &m.sink_errors).inc();
+            self.counters().errors.inc();
             let text = format!("{e:#}");
             if is_permanent(&e) {
                 if let [poison] = slice {
@@ -390,22 +389,13 @@ impl Worker {
                 // destination's position.
                 return Ok(false);
             }
-            self.counter(|m| &m.sink_retries).inc();
+            self.counters().retries.inc();
         }
     }
 
-    fn counter(
-        &self,
-        family: impl Fn(
-            &Metrics,
-        ) -> &prometheus_client::metrics::family::Family<
-            crate::metrics::Labels,
-            prometheus_client::metrics::counter::Counter,
-        >,
-    ) -> prometheus_client::metrics::counter::Counter {
-        family(&self.admin.metrics)
-            .get_or_create(&Metrics::sink(&self.name))
-            .clone()
+    /// This sink's counters.
+    fn counters(&self) -> crate::metrics::SinkCounters {
+        self.admin.metrics.sink(&self.name)
     }
 
     /// A record the destination refuses for good: to the sink's dead-letter topic with
@@ -414,7 +404,7 @@ impl Worker {
     /// even the key and headers fit); without a dead-letter topic, logged and counted.
     fn set_aside(&mut self, r: &SinkRecord, error: &str) -> anyhow::Result<()> {
         use crate::deadletter::header as dl;
-        self.counter(|m| &m.sink_rejected).inc();
+        self.counters().rejected.inc();
         let Some(letters) = &mut self.dead_letters else {
             tracing::error!(sink = %self.name, id = %r.id, "the destination refused a record for good ({error}); no dead-letter topic: dropped");
             return Ok(());
@@ -571,12 +561,7 @@ impl Worker {
             return Ok(());
         }
         self.load_positions(stop)?;
-        let written = self
-            .admin
-            .metrics
-            .sink_records
-            .get_or_create(&Metrics::sink(&self.name))
-            .clone();
+        let written = self.counters().records;
         let mut batch: Vec<SinkRecord> = Vec::new();
         let mut positions: BTreeMap<(String, i32), i64> = BTreeMap::new();
         let mut started = Instant::now();
@@ -744,11 +729,7 @@ fn supervise(
                     .map(|s| (*s).to_owned())
                     .or_else(|| panic.downcast_ref::<String>().cloned())
                     .unwrap_or_else(|| "a panic".to_owned());
-                admin
-                    .metrics
-                    .sink_panics
-                    .get_or_create(&Metrics::sink(name))
-                    .inc();
+                admin.metrics.sink(name).panics.inc();
                 format!("panicked: {what}")
             }
         };
