@@ -8,10 +8,10 @@ use rdkafka::{Message as _, Offset};
 
 use super::producer::{Outgoing, Refused};
 use super::{KAFKA_TIMEOUT, MAX_DIVERTED, State};
-use crate::deadletter::fit;
 use crate::deadletter::header as dead_letter_header;
+use crate::deadletter::{Refusal, fit};
 use crate::decode::DecodeError;
-use crate::emit::{dead_letter_id, header, refused_id};
+use crate::emit::{dead_letter_id, header};
 use crate::kafka::producer::headers;
 use crate::source::{Record, Source};
 
@@ -367,22 +367,20 @@ impl State {
         tracing::warn!(topic = %r.topic, id = ?r.id, "the broker refused an output ({}); it goes to the dead-letter topic", r.error);
         self.stats.dead_letters += 1;
         self.admin.metrics.dead_letters.inc();
-        let id = refused_id(r.id.as_deref().unwrap_or_default())
-            .hyphenated()
-            .to_string();
-        let error = fit::cap(&r.error, fit::MAX_ERROR_BYTES).into_owned();
+        let headers = Refusal {
+            id: r.id.as_deref().unwrap_or_default(),
+            error: &r.error,
+            reason: "refused",
+            sink: None,
+            kind: r.kind.as_deref().unwrap_or_default(),
+            topic: &r.topic,
+            partition: None,
+            offset: None,
+        }
+        .headers();
         let original = r.value_len.to_string();
-        let mut pairs: Vec<(&str, &[u8])> = vec![
-            (header::ID, id.as_bytes()),
-            (header::KIND, b"dead-letter"),
-            (dead_letter_header::ERROR, error.as_bytes()),
-            (dead_letter_header::REASON, b"refused"),
-            (dead_letter_header::SOURCE_TOPIC, r.topic.as_bytes()),
-            (
-                dead_letter_header::REFUSED_KIND,
-                r.kind.as_deref().unwrap_or_default().as_bytes(),
-            ),
-        ];
+        let mut pairs: Vec<(&str, &[u8])> =
+            headers.iter().map(|(k, v)| (*k, v.as_slice())).collect();
         if r.value.len() < r.value_len {
             pairs.push((dead_letter_header::TRUNCATED, original.as_bytes()));
         }

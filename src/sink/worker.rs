@@ -34,6 +34,7 @@ use rdkafka::{ClientContext, Message as _, Offset, TopicPartitionList};
 use super::destination::{Destination, SinkRecord, is_permanent};
 use super::{Delivery, Kind, Plan, SinkConfig};
 use crate::admin::Admin;
+use crate::deadletter::Refusal;
 use crate::emit::header;
 use crate::kafka::KafkaConfig;
 
@@ -403,32 +404,28 @@ impl Worker {
     /// fitted to the topic's `max.message.bytes` (the payload cut, or a stub where not
     /// even the key and headers fit); without a dead-letter topic, logged and counted.
     fn set_aside(&mut self, r: &SinkRecord, error: &str) -> anyhow::Result<()> {
-        use crate::deadletter::header as dl;
         self.counters().rejected.inc();
         let Some(letters) = &mut self.dead_letters else {
             tracing::error!(sink = %self.name, id = %r.id, "the destination refused a record for good ({error}); no dead-letter topic: dropped");
             return Ok(());
         };
         tracing::warn!(sink = %self.name, id = %r.id, topic = %letters.topic, "the destination refused a record for good ({error}); it goes to the dead-letter topic");
-        let id = crate::emit::refused_id(&format!("{}/{}", self.name, r.id))
-            .hyphenated()
-            .to_string();
-        let error = crate::deadletter::fit::cap(error, crate::deadletter::fit::MAX_ERROR_BYTES);
-        let (partition, offset) = (r.partition.to_string(), r.offset.to_string());
-        let own: Vec<(String, Vec<u8>)> = [
-            (header::ID, id.as_bytes()),
-            (header::KIND, b"dead-letter".as_slice()),
-            (dl::ERROR, error.as_bytes()),
-            (dl::REASON, b"sink_rejected".as_slice()),
-            (dl::SINK, self.name.as_bytes()),
-            (dl::REFUSED_KIND, r.kind.as_bytes()),
-            (dl::SOURCE_TOPIC, r.topic.as_bytes()),
-            (dl::SOURCE_PARTITION, partition.as_bytes()),
-            (dl::SOURCE_OFFSET, offset.as_bytes()),
-        ]
+        let id_of = format!("{}/{}", self.name, r.id);
+        let own: Vec<(String, Vec<u8>)> = Refusal {
+            id: &id_of,
+            error,
+            reason: "sink_rejected",
+            sink: Some(&self.name),
+            kind: &r.kind,
+            topic: &r.topic,
+            partition: Some(r.partition),
+            offset: Some(r.offset),
+        }
+        .headers()
         .into_iter()
-        .map(|(k, v)| (k.to_owned(), v.to_vec()))
+        .map(|(k, v)| (k.to_owned(), v))
         .collect();
+        let id = String::from_utf8_lossy(&own[0].1).into_owned();
         let letter = Letter {
             id,
             own,
