@@ -27,7 +27,7 @@ RUN apt-get update \
 
 WORKDIR /src
 
-# Only what `cargo build --release --bin flagtally` reads, so edits to README, tests,
+# Only what `cargo build --release --bin flagtally` reads, so edits to README, docs/, tests,
 # scripts or fuzz targets do not invalidate this layer:
 #   Cargo.toml/Cargo.lock  the manifest and the pinned dependency graph (--locked)
 #   src/                   the library and the binary

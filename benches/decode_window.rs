@@ -3,7 +3,7 @@
 //! Each iteration decodes a batch of generated records and pushes every event through
 //! the window engine (summaries, feature-event gating, index dedupe), as the processor
 //! does. Target: ≥ 2 M LaunchDarkly feature events/s. Run with `cargo bench --bench
-//! decode_window`; results are recorded in the README.
+//! decode_window`; results are recorded in docs/benchmarks.md.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure report
 

@@ -9,7 +9,7 @@
 #   bash scripts/chaos.sh [--minutes N] [--mode at-least-once|exactly-once|both] [--seed S]
 #
 # Defaults: 20 minutes per mode, both modes, seed 7. The test command (scripts/test.sh)
-# runs a short version (90 s per mode). Needs what the tests need (scripts/infra.sh:
+# runs a short version (60 s per mode). Needs what the tests need (scripts/infra.sh:
 # Apache Kafka, PostgreSQL); the broker it kills is its own. The report lines (faults
 # injected and survived, the longest recovery, evaluations lost or doubled) are appended
 # to target/test-report.txt and printed.

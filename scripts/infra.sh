@@ -256,7 +256,7 @@ group.consumer.min.heartbeat.interval.ms=500
 # (a summary with its window's end), and the tests' generated events start on
 # 2026-01-01: under the default 7-day retention the broker deletes such records within
 # minutes (its retention check runs every 5), in the middle of a test. Production
-# topics that take backfills need the same thought (README, "Output topics").
+# topics that take backfills need the same thought (docs/operations.md, "Output topics").
 log.retention.ms=-1
 # The compacted checkpoint topics are cleaned soon, as in production, only faster.
 log.cleaner.backoff.ms=1000

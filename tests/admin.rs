@@ -16,7 +16,7 @@ use flagtally::config::Config;
 use flagtally::generate::{GenConfig, GenDialect, Generator};
 use flagtally::pipeline::Pipeline;
 
-/// Every metric the README documents (Prometheus names, counters with `_total`).
+/// Every metric docs/operations.md documents (Prometheus names, counters with `_total`).
 const DOCUMENTED: &[&str] = &[
     "flagtally_records_in_total",
     "flagtally_events_in_total",

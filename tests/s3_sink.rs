@@ -1,4 +1,4 @@
-//! The S3 sink against SeaweedFS (`weed mini`, started by `scripts/infra.sh s3`, with
+//! The S3 sink against SeaweedFS (`weed server`, started by `scripts/infra.sh s3`, with
 //! credentials enforced), fed by the flagtally binary over Apache Kafka.
 //! Objects are listed and read back by pyarrow's own S3 client
 //! (`tests/python/s3_files.py`). Each test has its own bucket.

@@ -228,7 +228,7 @@ fn several_workers_write_what_one_writes() {
 
     // Four workers, started before the input exists: they join one by one (each join
     // a rebalance) while there is nothing to read. A rebalance after a commit would
-    // rebuild a partition's index cache from its replay only (README: index events
+    // rebuild a partition's index cache from its replay only (docs/guarantees.md: index events
     // after a recovery may differ), which this comparison is not about.
     let four = outputs_for(broker, &input.input);
     let f = Flagtally::start(&config(broker, &four, 4, true), &four.group);

@@ -1,4 +1,4 @@
-//! FeatBit (`featbit/featbit`) → canonical events. Formats: reference/EVENTS.md §3.
+//! FeatBit (`featbit/featbit`) → canonical events. Formats: docs/reference/events.md §3.
 //!
 //! Two shapes, told apart by the first byte:
 //! - an object: a `featbit-insights` Kafka message `{uuid, distinct_id, env_id, event,

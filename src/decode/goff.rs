@@ -1,6 +1,6 @@
 //! go-feature-flag: `FeatureEvent` and `TrackingEvent`
 //! (`thomaspoignant/go-feature-flag: exporter/feature_event.go`,
-//! `exporter/tracking_event.go`) → canonical events. Formats: reference/EVENTS.md §2.
+//! `exporter/tracking_event.go`) → canonical events. Formats: docs/reference/events.md §2.
 //!
 //! A record is one event object, a JSON array of them, or the relay's collector
 //! envelope `{"meta"|"metadata": {…}, "events": […]}`, whose meta replaces each feature

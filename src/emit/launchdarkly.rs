@@ -1,4 +1,4 @@
-//! LaunchDarkly's JSON shapes, in go-sdk-events key order (EVENTS.md §1):
+//! LaunchDarkly's JSON shapes, in go-sdk-events key order (docs/reference/events.md §1):
 //!
 //! | kind | keys, in order |
 //! |---|---|

@@ -1,5 +1,5 @@
 //! Which evaluations become full-fidelity feature events, and which get debug copies
-//! (EVENTS.md §1.2):
+//! (docs/reference/events.md §1.2):
 //!
 //! ```text
 //! producer says  = trackEvents || inExperiment      when the event carries trackEvents
