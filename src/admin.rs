@@ -233,6 +233,7 @@ pub fn router(admin: Arc<Admin>) -> Router {
 }
 
 async fn metrics(State(admin): State<Arc<Admin>>) -> impl IntoResponse {
+    admin.metrics.ready.set(i64::from(admin.health.is_ready()));
     (
         [(
             header::CONTENT_TYPE,

@@ -74,6 +74,11 @@ struct ByResult {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ByStage {
+    stage: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ByVersion {
     version: &'static str,
 }
@@ -144,6 +149,12 @@ pub struct Metrics {
     /// time) to the broker's acknowledgement of its summary.
     pub summary_latency_seconds: Histogram,
     pub commits: Counter,
+    /// Commit cycles that failed, per stage: `checkpoint` (a checkpoint, or an output
+    /// sent in the same cycle, not written or not acknowledged: the next cycle rewinds), `offsets` (the group offset commit:
+    /// retried next cycle), `transaction` (exactly-once: aborted and rewound).
+    commit_failures: Family<ByStage, Counter>,
+    /// 1 while `/readyz` answers 200, else 0 (set when scraped).
+    pub ready: Gauge,
     /// Rewinds to the last commit after a failed delivery or transaction.
     pub rewinds: Counter,
     /// Records delivered per sink.
@@ -208,6 +219,8 @@ impl Metrics {
             produce_seconds: Histogram::new(seconds_buckets()),
             summary_latency_seconds: Histogram::new(latency_buckets()),
             commits: Counter::default(),
+            commit_failures: Family::default(),
+            ready: Gauge::default(),
             rewinds: Counter::default(),
             sink_records: Family::default(),
             sink_errors: Family::default(),
@@ -308,6 +321,16 @@ impl Metrics {
             metrics.commits.clone(),
         );
         r.register(
+            "commit_failures",
+            "Commit cycles that failed, per stage (checkpoint, offsets, transaction)",
+            metrics.commit_failures.clone(),
+        );
+        r.register(
+            "ready",
+            "1 while /readyz answers 200 (partitions assigned, outputs connected, no input, sink or topic problem), else 0",
+            metrics.ready.clone(),
+        );
+        r.register(
             "rewinds",
             "Rewinds to the last commit after a failure",
             metrics.rewinds.clone(),
@@ -375,6 +398,9 @@ impl Metrics {
         let _ = metrics.sink_retries.get_or_create(&BySink {
             sink: "kafka".to_owned(),
         });
+        for stage in ["checkpoint", "offsets", "transaction"] {
+            let _ = metrics.commit_failures.get_or_create(&ByStage { stage });
+        }
         for result in ["applied", "restart-needed", "rejected", "unchanged"] {
             let _ = metrics.reloads.get_or_create(&ByResult { result });
         }
@@ -482,6 +508,11 @@ impl Metrics {
             rejected: self.sink_rejected.get_or_create(&by).clone(),
             panics: self.sink_panics.get_or_create(&by).clone(),
         }
+    }
+
+    /// A commit cycle that failed at `stage` (`checkpoint`, `offsets`, `transaction`).
+    pub fn commit_failed(&self, stage: &'static str) {
+        self.commit_failures.get_or_create(&ByStage { stage }).inc();
     }
 
     /// A configuration reload, with its result's label.

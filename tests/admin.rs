@@ -32,6 +32,8 @@ const DOCUMENTED: &[&str] = &[
     "flagtally_commit_duration_seconds",
     "flagtally_produce_latency_seconds",
     "flagtally_commits_total",
+    "flagtally_commit_failures_total",
+    "flagtally_ready",
     "flagtally_rewinds_total",
     "flagtally_sink_errors_total",
     "flagtally_sink_retries_total",

@@ -175,7 +175,10 @@ impl State {
             match sent {
                 Ok(()) => {}
                 Err(e) if self.transaction_failed(&e) => return Ok(false),
-                Err(e) => return Err(e).context("writing a checkpoint"),
+                Err(e) => {
+                    self.admin.metrics.commit_failed("checkpoint");
+                    return Err(e).context("writing a checkpoint");
+                }
             }
             planned.push((i, text));
         }
@@ -205,6 +208,7 @@ impl State {
             }
             if self.producer.deliveries().failed() > self.failures_seen {
                 // A checkpoint failed: the next cycle sees the failure and rewinds.
+                self.admin.metrics.commit_failed("checkpoint");
                 return Ok(false);
             }
             if tpl.count() > 0 {
@@ -215,6 +219,7 @@ impl State {
         };
         if let Err(e) = result {
             if transactional {
+                self.admin.metrics.commit_failed("transaction");
                 tracing::error!("transaction failed ({e}); aborting and rewinding");
                 if let Err(e) = self.producer.abort_transaction(KAFKA_TIMEOUT) {
                     anyhow::bail!("aborting the transaction failed: {e}");
@@ -223,6 +228,7 @@ impl State {
                 return Ok(false);
             }
             // The checkpoints are written: the group offset catches up next cycle.
+            self.admin.metrics.commit_failed("offsets");
             tracing::warn!("committing group offsets failed ({e}); retrying next cycle");
             if consumer.assignment_lost() {
                 // No longer a member (a failed commit is one way to learn it): another
