@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 
 use flagtally::sink::file::{FileFormat, FileSettings, Files};
 use flagtally::sink::http::{Http, HttpFormat, HttpSettings};
-use flagtally::sink::worker::SinkRecord;
+use flagtally::sink::destination::SinkRecord;
 use libfuzzer_sys::fuzz_target;
 
 fn files() -> &'static Vec<Files> {

@@ -61,7 +61,7 @@ pub struct Config {
     #[serde(default)]
     pub admin: AdminSection,
     /// Warehouse sinks, each its own consumer group over output topics (read apart
-    /// from the rest: [`read::sinks`]).
+    /// from the rest, by `read::sinks`).
     #[serde(default, skip_deserializing)]
     pub sinks: Vec<SinkConfig>,
 }

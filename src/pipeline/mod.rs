@@ -10,7 +10,7 @@
 //!    commit (nothing derived from uncommitted input is trusted);
 //! 3. write each changed partition's checkpoint to the checkpoint topic
 //!    ([`checkpoint`]) and wait for it, then commit the group offset
-//!    [`Checkpoint::replay_from`] — in exactly-once mode all of it in the transaction;
+//!    [`crate::window::Checkpoint::replay_from`] — in exactly-once mode all of it in the transaction;
 //! 4. only then close the partitions found idle in step 3's checkpoints: the decision
 //!    is durable before its outputs exist, so a replay makes the same one.
 //!

@@ -6,7 +6,7 @@
 //! - [`destination`]: what a destination implements, and the records it is given;
 //! - [`record`]: one view of an output record for every destination (the event
 //!   unwrapped from its envelope, its time, the context it is about);
-//! - [`file`], [`s3`], [`postgres`], [`http`]: the destinations, each with the
+//! - [`mod@file`], [`s3`], [`postgres`], [`http`]: the destinations, each with the
 //!   settings of its `[[sinks]]` entry.
 //!
 //! A `[[sinks]]` entry is read in two parts: the keys every sink has ([`Delivery`]:
