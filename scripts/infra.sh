@@ -219,17 +219,67 @@ running() {
   [ -f "$run/pid" ] && kill -0 "$(cat "$run/pid")" 2>/dev/null
 }
 
-# The node's configuration: test-friendly settings on top of Kafka's defaults.
+# The SCRAM user of the SASL_SSL listener (created when the log directory is formatted).
+SASL_USER=flagtally
+SASL_PASSWORD=flagtally-test-secret
+
+# Certificates for the TLS listeners, made with openssl once per run directory: a CA;
+# the broker's certificate (127.0.0.1 and localhost) as Kafka's PEM keystore (key, then
+# certificate); a client certificate for mutual TLS; one that expired in 2021; and a
+# second CA that signed none of them (a client trusting only it meets an unknown CA).
+make_certs() {
+  local d=$1
+  [ -f "$d/done" ] && return 0
+  rm -rf "$d"
+  mkdir -p "$d"
+  (
+    cd "$d"
+    ossl() { openssl "$@" 2>>"$d/openssl.log"; }
+    ossl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 3650 \
+      -subj "/CN=flagtally test CA"
+    ossl req -x509 -newkey rsa:2048 -nodes -keyout other-ca.key -out other-ca.pem -days 3650 \
+      -subj "/CN=another CA"
+    ossl req -newkey rsa:2048 -nodes -keyout broker.key -out broker.csr -subj "/CN=localhost"
+    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' >broker.ext
+    ossl x509 -req -in broker.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out broker.crt \
+      -days 3650 -extfile broker.ext
+    cat broker.key broker.crt >broker.pem
+    ossl req -newkey rsa:2048 -nodes -keyout client.key -out client.csr -subj "/CN=flagtally"
+    ossl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out client.pem \
+      -days 3650
+    # An expired client certificate: `openssl ca` takes explicit dates.
+    printf '[ca]\ndefault_ca = test\n[test]\ndatabase = index.txt\nnew_certs_dir = .\nserial = serial\ndefault_md = sha256\npolicy = any\n[any]\ncommonName = supplied\n' >ca.cnf
+    : >index.txt
+    echo 1000 >serial
+    ossl req -newkey rsa:2048 -nodes -keyout expired.key -out expired.csr -subj "/CN=flagtally-expired"
+    ossl ca -batch -notext -config ca.cnf -cert ca.pem -keyfile ca.key -in expired.csr \
+      -out expired.pem -startdate 20200101000000Z -enddate 20210101000000Z
+    chmod 600 ./*.key broker.pem
+  ) || { say "making the test certificates failed:"; cat "$d/openssl.log" >&2; exit 1; }
+  touch "$d/done"
+}
+
+# The node's configuration: test-friendly settings on top of Kafka's defaults. Three
+# client listeners: PLAINTEXT, SASL_SSL (SCRAM-SHA-512, the CA-signed certificate) and
+# SSL with client certificates required (mutual TLS).
 write_config() {
-  local port=$1 controller=$2
+  local port=$1 controller=$2 sasl=$3 ssl=$4 tls=$5
   cat >"$run/server.properties" <<PROPS
 process.roles=broker,controller
 node.id=1
-listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$controller
-advertised.listeners=PLAINTEXT://127.0.0.1:$port
+listeners=PLAINTEXT://127.0.0.1:$port,SASL_SSL://127.0.0.1:$sasl,SSL://127.0.0.1:$ssl,CONTROLLER://127.0.0.1:$controller
+advertised.listeners=PLAINTEXT://127.0.0.1:$port,SASL_SSL://127.0.0.1:$sasl,SSL://127.0.0.1:$ssl
 controller.listener.names=CONTROLLER
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,SASL_SSL:SASL_SSL,SSL:SSL,CONTROLLER:PLAINTEXT
 inter.broker.listener.name=PLAINTEXT
+ssl.keystore.type=PEM
+ssl.keystore.location=$tls/broker.pem
+ssl.truststore.type=PEM
+ssl.truststore.location=$tls/ca.pem
+listener.name.ssl.ssl.client.auth=required
+sasl.enabled.mechanisms=SCRAM-SHA-512
+listener.name.sasl_ssl.sasl.enabled.mechanisms=SCRAM-SHA-512
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
 controller.quorum.bootstrap.servers=127.0.0.1:$controller
 log.dirs=$run/data
 # One node: internal topics with one replica, few partitions (they are created on first use).
@@ -291,27 +341,39 @@ start() {
   if running; then
     say "broker '$name' already running on $(cat "$run/port")"
   else
-    local port controller
+    local port controller sasl ssl
     # A broker restarts on its previous ports and log directory when it has them
     # (clients reconnect to the address they know: the broker-restart test relies on it).
+    # A log directory formatted before the SCRAM user existed is made again.
     port=""
-    if [ -f "$run/port" ] && [ -f "$run/controller-port" ] && [ -d "$run/data" ] \
+    if [ -f "$run/port" ] && [ -f "$run/controller-port" ] && [ -f "$run/tls-ports" ] \
+        && [ -f "$run/data/.scram" ] \
         && port_free "$(cat "$run/port")" && port_free "$(cat "$run/controller-port")"; then
       port=$(cat "$run/port")
       controller=$(cat "$run/controller-port")
+      read -r sasl ssl <"$run/tls-ports"
     else
       rm -rf "$run/data"
-      port=$(free_port)
-      controller=$(free_port)
-      while [ "$controller" = "$port" ]; do controller=$(free_port); done
+      local taken=" "
+      for v in port controller sasl ssl; do
+        local p
+        p=$(free_port)
+        while [[ "$taken" == *" $p "* ]]; do p=$(free_port); done
+        taken="$taken$p "
+        printf -v "$v" '%s' "$p"
+      done
     fi
-    write_config "$port" "$controller"
+    make_certs "$run/tls"
+    write_config "$port" "$controller" "$sasl" "$ssl" "$run/tls"
     if [ ! -f "$run/data/meta.properties" ]; then
       local cluster
       cluster=$(java_kafka kafka.tools.StorageTool random-uuid 2>/dev/null | tail -1)
       java_kafka kafka.tools.StorageTool format --standalone -t "$cluster" \
-        -c "$run/server.properties" >"$run/format.log" 2>&1 \
+        -c "$run/server.properties" \
+        --add-scram "SCRAM-SHA-512=[name=$SASL_USER,password=$SASL_PASSWORD]" \
+        >"$run/format.log" 2>&1 \
         || { say "formatting the log directory failed:"; cat "$run/format.log" >&2; exit 1; }
+      touch "$run/data/.scram"
     fi
     # Started directly (no subshell around it), every stream redirected: nothing may
     # hold the caller's stdout open, or `$(infra.sh start)` would never return.
@@ -320,6 +382,7 @@ start() {
     echo $! >"$run/pid"
     echo "$port" >"$run/port"
     echo "$controller" >"$run/controller-port"
+    echo "$sasl $ssl" >"$run/tls-ports"
     if ! wait_ready "$port" "$(cat "$run/pid")"; then
       say "Apache Kafka did not answer within 90 s; logs: $run/server.log, $run/broker.out"
       tail -20 "$run/broker.out" >&2 || true
@@ -329,6 +392,12 @@ start() {
     say "Apache Kafka $KAFKA_VERSION '$name' ready on 127.0.0.1:$port (pid $(cat "$run/pid"))"
   fi
   echo "export FLAGTALLY_TEST_BROKER=127.0.0.1:$(cat "$run/port")"
+  local tls_ports
+  read -r -a tls_ports <"$run/tls-ports"
+  echo "export FLAGTALLY_TEST_BROKER_SASL_SSL=127.0.0.1:${tls_ports[0]}"
+  echo "export FLAGTALLY_TEST_BROKER_MTLS=127.0.0.1:${tls_ports[1]}"
+  echo "export FLAGTALLY_TEST_TLS=$run/tls"
+  echo "export FLAGTALLY_TEST_SASL_USER=$SASL_USER FLAGTALLY_TEST_SASL_PASSWORD=$SASL_PASSWORD"
 }
 
 # Stops the broker: SIGTERM and a wait for a clean shutdown (kill -9 after 60 s), or

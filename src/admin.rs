@@ -46,6 +46,9 @@ pub struct Health {
     input_problem: Mutex<Option<String>>,
     /// Topics the configuration needs and the broker lacks, in one line.
     missing_topics: Mutex<Option<String>>,
+    /// Why the Kafka clients cannot connect, in the configuration's terms (wrong
+    /// credentials, an untrusted certificate): cleared once outputs connect.
+    kafka_problem: Mutex<Option<String>>,
 }
 
 impl Default for Health {
@@ -60,6 +63,7 @@ impl Default for Health {
             failed: Mutex::new(None),
             input_problem: Mutex::new(None),
             missing_topics: Mutex::new(None),
+            kafka_problem: Mutex::new(None),
         }
     }
 }
@@ -130,6 +134,7 @@ impl Health {
 
     pub fn set_outputs_connected(&self, worker: usize, yes: bool) {
         if yes {
+            self.set_kafka_problem(None);
             self.connected.fetch_or(bit(worker), Ordering::Relaxed);
         } else {
             self.connected.fetch_and(!bit(worker), Ordering::Relaxed);
@@ -166,6 +171,23 @@ impl Health {
         }
     }
 
+    /// Why the Kafka clients cannot connect (`None`: they can). Returns whether this
+    /// changed it (so a problem reported on every retry is logged once).
+    pub fn set_kafka_problem(&self, problem: Option<String>) -> bool {
+        match self.kafka_problem.lock() {
+            Ok(mut p) if *p != problem => {
+                *p = problem;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Why the Kafka clients cannot connect, if known.
+    pub fn kafka_problem(&self) -> Option<String> {
+        self.kafka_problem.lock().ok().and_then(|p| p.clone())
+    }
+
     /// Topics the configuration needs and the broker lacks (`None`: all there).
     pub fn set_missing_topics(&self, line: Option<String>) {
         if let Ok(mut m) = self.missing_topics.lock() {
@@ -200,6 +222,8 @@ impl Health {
             format!("failed: {reason}")
         } else if self.is_draining() {
             "draining".to_owned()
+        } else if let Some(p) = self.kafka_problem() {
+            format!("kafka: {p}")
         } else if let Some(line) = self.missing_topics.lock().ok().and_then(|m| m.clone()) {
             line
         } else if !self.outputs_connected() {

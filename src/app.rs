@@ -197,6 +197,9 @@ fn run_daemon(args: &RunArgs) -> anyhow::Result<()> {
     let (config, tree) = Config::load_with_env(&args.config, std::env::vars())?;
     let set_log_level = init_logging(config.log.level.as_deref(), config.log.format);
     tracing::info!(version = env!("CARGO_PKG_VERSION"), config = %args.config.display(), "starting");
+    for w in &config.warnings {
+        tracing::warn!("{w}");
+    }
 
     // Signals first: a reload or stop right after start must not kill the process.
     let stop = Arc::new(AtomicBool::new(false));
@@ -241,6 +244,12 @@ fn run_daemon(args: &RunArgs) -> anyhow::Result<()> {
                 }
             }
         });
+    }
+    // The brokers first: a refusal the configuration explains is named in /readyz
+    // while the daemon waits for it to be fixed (or stopped).
+    if let Err(e) = crate::kafka::connect::first_connection(&config.kafka, &admin.health, &stop) {
+        admin.health.set_failed(&e);
+        anyhow::bail!("{e}");
     }
     let deadline = config.processing.shutdown_deadline;
     // Sinks stop after the pipeline's drain, so they deliver what it wrote last.

@@ -136,6 +136,19 @@ impl ClientContext for SourceContext {
     fn stats(&self, statistics: rdkafka::Statistics) {
         self.admin.metrics.consumer_statistics(&statistics);
     }
+
+    /// librdkafka's global errors: a connection refused for a reason in the
+    /// configuration's terms (credentials, certificates) is named in `/readyz`.
+    fn error(&self, error: KafkaError, reason: &str) {
+        match crate::kafka::security::diagnose(reason) {
+            Some(problem) => {
+                if self.admin.health.set_kafka_problem(Some(problem.clone())) {
+                    tracing::error!("{problem}");
+                }
+            }
+            None => tracing::error!("librdkafka error: {error}: {reason}"),
+        }
+    }
 }
 
 impl ConsumerContext for SourceContext {

@@ -64,6 +64,10 @@ pub struct Config {
     /// from the rest, by `read::sinks`).
     #[serde(default, skip_deserializing)]
     pub sinks: Vec<SinkConfig>,
+    /// What loading found worth a warning (a secret file others can read), for the
+    /// log once logging is set up.
+    #[serde(skip)]
+    pub warnings: Vec<String>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -500,7 +504,15 @@ impl Config {
         };
         let config = read::read::<Config>("", rest, &mut problems);
         let sinks = sinks.map_or_else(Vec::new, |s| read::sinks(s, &mut problems));
-        let config = config.map(|config| Config { sinks, ..config });
+        let mut warnings = Vec::new();
+        let config = config.map(|mut config| {
+            config.kafka.read_secret_files(&mut problems, &mut warnings);
+            Config {
+                sinks,
+                warnings,
+                ..config
+            }
+        });
         match config {
             Some(config) if problems.is_empty() => {
                 let problems = config.check();
@@ -557,8 +569,16 @@ impl Config {
                 ));
             }
         }
+        let security = self.kafka.security();
+        security.check(&mut problems);
+        let typed: BTreeMap<String, String> = security
+            .properties()
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
         let have = crate::kafka::features::builtin();
         for (prefix, props) in [
+            ("kafka", &typed),
             ("kafka.properties", &self.kafka.properties),
             ("kafka.consumer_properties", &self.kafka.consumer_properties),
             ("kafka.producer_properties", &self.kafka.producer_properties),

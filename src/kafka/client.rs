@@ -2,12 +2,14 @@
 //! librdkafka pass-through properties; and what a topic accepts.
 
 use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
 use serde::Deserialize;
 
 use super::producer::block_on;
+use super::security::{Protocol, Secret, Security};
 
 /// The broker, the consumer group and librdkafka pass-through properties.
 #[derive(Clone, Debug, Deserialize)]
@@ -29,6 +31,23 @@ pub struct KafkaConfig {
     pub consumer_properties: BTreeMap<String, String>,
     #[serde(default)]
     pub producer_properties: BTreeMap<String, String>,
+    /// `plaintext` (default) | `ssl` | `sasl_plaintext` | `sasl_ssl`.
+    pub security_protocol: Option<Protocol>,
+    /// `PLAIN` | `SCRAM-SHA-256` | `SCRAM-SHA-512` | `OAUTHBEARER`.
+    pub sasl_mechanism: Option<String>,
+    pub sasl_username: Option<String>,
+    pub sasl_password: Option<Secret>,
+    /// A file holding the password (read at start and on reload).
+    pub sasl_password_file: Option<PathBuf>,
+    /// The CA certificates (PEM) the brokers' certificates must chain to; unset: the
+    /// system's.
+    pub tls_ca_file: Option<PathBuf>,
+    /// This client's certificate (PEM), for brokers that require one (mutual TLS).
+    pub tls_cert_file: Option<PathBuf>,
+    /// Its private key (PEM).
+    pub tls_key_file: Option<PathBuf>,
+    pub tls_key_password: Option<Secret>,
+    pub tls_key_password_file: Option<PathBuf>,
 }
 
 impl Default for KafkaConfig {
@@ -41,6 +60,16 @@ impl Default for KafkaConfig {
             properties: BTreeMap::new(),
             consumer_properties: BTreeMap::new(),
             producer_properties: BTreeMap::new(),
+            security_protocol: None,
+            sasl_mechanism: None,
+            sasl_username: None,
+            sasl_password: None,
+            sasl_password_file: None,
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_key_password: None,
+            tls_key_password_file: None,
         }
     }
 }
@@ -49,9 +78,36 @@ impl KafkaConfig {
     /// Applies the pass-through properties, shared ones then `role` ones, over
     /// flagtally's own settings (so users can override them).
     pub fn apply(&self, cc: &mut rdkafka::ClientConfig, role: &BTreeMap<String, String>) {
+        for (k, v) in self.security().properties() {
+            cc.set(k, v);
+        }
         for (k, v) in self.properties.iter().chain(role) {
             cc.set(k, v);
         }
+    }
+
+    /// The TLS and SASL keys.
+    pub fn security(&self) -> Security {
+        Security {
+            security_protocol: self.security_protocol,
+            sasl_mechanism: self.sasl_mechanism.clone(),
+            sasl_username: self.sasl_username.clone(),
+            sasl_password: self.sasl_password.clone(),
+            sasl_password_file: self.sasl_password_file.clone(),
+            tls_ca_file: self.tls_ca_file.clone(),
+            tls_cert_file: self.tls_cert_file.clone(),
+            tls_key_file: self.tls_key_file.clone(),
+            tls_key_password: self.tls_key_password.clone(),
+            tls_key_password_file: self.tls_key_password_file.clone(),
+        }
+    }
+
+    /// Reads the `*_file` secrets into their keys (at load and on reload).
+    pub fn read_secret_files(&mut self, problems: &mut Vec<String>, warnings: &mut Vec<String>) {
+        let mut s = self.security();
+        s.read_secret_files(problems, warnings);
+        self.sasl_password = s.sasl_password;
+        self.tls_key_password = s.tls_key_password;
     }
 }
 

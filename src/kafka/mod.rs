@@ -3,7 +3,9 @@
 //! ([`producer`]), what the linked librdkafka can do ([`features`]), and topic limits.
 
 pub mod client;
+pub mod connect;
 pub mod features;
 pub mod producer;
+pub mod security;
 
 pub use client::{DEFAULT_TOPIC_LIMIT, KafkaConfig, describe_limits};

@@ -257,9 +257,17 @@ impl Pipeline {
             .context("opening the checkpoint topic")?;
         let producer = Producer::new(&settings.producer, Arc::clone(&admin))
             .context("creating the producer")?;
-        producer
-            .check_connection(KAFKA_TIMEOUT)
-            .with_context(|| format!("reaching the brokers {}", settings.source.kafka.brokers))?;
+        if let Err(e) = producer.check_connection(KAFKA_TIMEOUT) {
+            // A refusal the configuration explains (credentials, certificates) is
+            // named in its terms; else the broker is unreachable.
+            return Err(match admin.health.kafka_problem() {
+                Some(problem) => anyhow::anyhow!("{problem}"),
+                None => anyhow::Error::new(e).context(format!(
+                    "reaching the brokers {}",
+                    settings.source.kafka.brokers
+                )),
+            });
+        }
         checkpoint::fits(
             &settings.engine.window,
             store.topic(),

@@ -150,7 +150,12 @@ impl ClientContext for Deliveries {
     /// librdkafka's global errors. Losing every broker makes the instance not ready
     /// until the next successful commit cycle (which sets it ready again).
     fn error(&self, error: KafkaError, reason: &str) {
-        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
+        if let Some(problem) = crate::kafka::security::diagnose(reason) {
+            self.admin.health.set_outputs_connected(self.worker, false);
+            if self.admin.health.set_kafka_problem(Some(problem.clone())) {
+                tracing::error!("{problem}");
+            }
+        } else if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
             self.admin.health.set_outputs_connected(self.worker, false);
             tracing::warn!("the producer lost every broker: {reason}");
         } else {

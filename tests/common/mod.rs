@@ -31,6 +31,14 @@ pub fn repo() -> PathBuf {
 /// Runs `scripts/infra.sh start NAME` and returns the broker address. A broker of that
 /// name that was stopped or killed restarts on its log directory and port.
 pub fn start_broker(name: &str) -> String {
+    start_broker_env(name)
+        .remove("FLAGTALLY_TEST_BROKER")
+        .expect("infra.sh start names the broker")
+}
+
+/// `scripts/infra.sh start NAME`'s exports: the plaintext address, the TLS listeners'
+/// addresses, the certificates' directory, the SASL user.
+pub fn start_broker_env(name: &str) -> BTreeMap<String, String> {
     let out = Command::new("bash")
         .arg(repo().join("scripts/infra.sh"))
         .args(["start", name])
@@ -39,10 +47,59 @@ pub fn start_broker(name: &str) -> String {
         .expect("running scripts/infra.sh");
     assert!(out.status.success(), "scripts/infra.sh start {name} failed");
     let text = String::from_utf8(out.stdout).unwrap();
-    text.trim()
-        .strip_prefix("export FLAGTALLY_TEST_BROKER=")
-        .unwrap_or_else(|| panic!("unexpected infra.sh output {text:?}"))
-        .to_owned()
+    let vars: BTreeMap<String, String> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("export "))
+        .flat_map(str::split_whitespace)
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    assert!(
+        vars.contains_key("FLAGTALLY_TEST_BROKER"),
+        "unexpected infra.sh output {text:?}"
+    );
+    vars
+}
+
+/// The test broker's TLS listeners (the same cluster as [`broker`]).
+#[derive(Clone, Debug)]
+pub struct TlsBroker {
+    /// SASL_SSL, SCRAM-SHA-512, the CA-signed certificate.
+    pub sasl_ssl: String,
+    /// SSL with client certificates required.
+    pub mtls: String,
+    /// `ca.pem`, `client.pem`/`client.key`, `expired.pem`/`expired.key`,
+    /// `other-ca.pem`.
+    pub dir: PathBuf,
+    pub user: String,
+    pub password: String,
+}
+
+/// [`TlsBroker`] of the shared test broker: from the environment the test command
+/// sets, else from the broker `broker()` started.
+pub fn tls_broker() -> &'static TlsBroker {
+    static TLS: OnceLock<TlsBroker> = OnceLock::new();
+    TLS.get_or_init(|| {
+        let vars: BTreeMap<String, String> = match std::env::var("FLAGTALLY_TEST_BROKER_SASL_SSL") {
+            Ok(v) if !v.is_empty() => std::env::vars().collect(),
+            _ => {
+                let _ = broker();
+                start_broker_env("cargo-test")
+            }
+        };
+        let get = |k: &str| {
+            vars.get(k)
+                .cloned()
+                .unwrap_or_else(|| panic!("{k} is not set (scripts/infra.sh start exports it)"))
+        };
+        TlsBroker {
+            sasl_ssl: get("FLAGTALLY_TEST_BROKER_SASL_SSL"),
+            mtls: get("FLAGTALLY_TEST_BROKER_MTLS"),
+            dir: PathBuf::from(get("FLAGTALLY_TEST_TLS")),
+            user: get("FLAGTALLY_TEST_SASL_USER"),
+            password: get("FLAGTALLY_TEST_SASL_PASSWORD"),
+        }
+    })
 }
 
 /// `scripts/infra.sh ACTION NAME`: `stop` (clean), `kill` (kill -9) or `reset` (stop

@@ -1,0 +1,258 @@
+//! The daemon over TLS and SASL (Apache Kafka's own listeners, started by
+//! `scripts/infra.sh` beside the plaintext one): SASL_SSL with SCRAM-SHA-512 and a
+//! CA-verified certificate, and mutual TLS. Every client — the pipeline's consumer and
+//! producer, the checkpoint store, a file sink's consumer — connects through the
+//! configured listener, in at-least-once and exactly-once mode, and the counts stay
+//! exact. A wrong password, an unknown CA and an expired client certificate each give
+//! one error naming the setting, in the log, in `/readyz` and at exit.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+use flagtally::generate::{GenConfig, Tally};
+
+/// The `[kafka]` keys of each way in.
+fn sasl_keys(tls: &TlsBroker, password: &str, ca: &Path) -> String {
+    format!(
+        "security_protocol = \"sasl_ssl\"\nsasl_mechanism = \"SCRAM-SHA-512\"\nsasl_username = \"{}\"\nsasl_password = \"{password}\"\ntls_ca_file = \"{}\"\n",
+        tls.user,
+        ca.display()
+    )
+}
+
+fn mtls_keys(tls: &TlsBroker, cert: &str) -> String {
+    format!(
+        "security_protocol = \"ssl\"\ntls_ca_file = \"{dir}/ca.pem\"\ntls_cert_file = \"{dir}/{cert}.pem\"\ntls_key_file = \"{dir}/{cert}.key\"\n",
+        dir = tls.dir.display()
+    )
+}
+
+/// A one-worker configuration over `t`, reaching the cluster at `address` with `keys`,
+/// with a file sink (NDJSON) over the summary topic; `extra` goes under
+/// `[processing]`.
+fn config(t: &Topics, address: &str, keys: &str, dir: &Path, extra: &str) -> String {
+    let plain = broker();
+    let cfg = t
+        .config_with_threads(plain, "size = \"10s\"\nidle_timeout = \"1s\"", 1)
+        .replace(
+            &format!("brokers = \"{plain}\"\n"),
+            &format!("brokers = \"{address}\"\n{keys}"),
+        )
+        .replace("[processing]\n", &format!("[processing]\n{extra}"));
+    format!(
+        "{cfg}\n[[sinks]]\nname = \"files\"\ntype = \"file\"\ntopics = [\"{summary}\"]\npath = \"{dir}\"\nbatch_timeout = \"300ms\"\n",
+        summary = t.summary,
+        dir = dir.display()
+    )
+}
+
+fn setup(n: usize) -> (Topics, Tally) {
+    let (broker, t, records, tally) = sink_case(
+        n,
+        GenConfig {
+            flags: 5,
+            tracked_one_in: 10,
+            ..GenConfig::default()
+        },
+    );
+    produce(&broker, &t.input, 2, &records);
+    (t, tally)
+}
+
+/// The evaluations the file sink's NDJSON summaries count.
+fn file_total(dir: &Path) -> u64 {
+    fn walk(dir: &Path, total: &mut u64) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let path = e.path();
+            if path.is_dir() {
+                walk(&path, total);
+            } else if path.extension().is_some_and(|x| x == "ndjson") {
+                for line in std::fs::read_to_string(&path).unwrap_or_default().lines() {
+                    let v: serde_json::Value = serde_json::from_str(line).unwrap();
+                    for f in v["features"].as_object().into_iter().flatten() {
+                        for c in f.1["counters"].as_array().into_iter().flatten() {
+                            *total += c["count"].as_u64().unwrap();
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let mut total = 0;
+    walk(dir, &mut total);
+    total
+}
+
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir()
+        .join("flagtally-tests")
+        .join(unique(name));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Runs the daemon through `address` with `keys` until the summaries on the topic and
+/// in the sink's files count every evaluation once.
+fn runs_exactly(address: &str, keys: &str, exactly_once: bool, name: &str) {
+    let (t, tally) = setup(4_000);
+    let dir = temp_dir(name);
+    let extra = if exactly_once {
+        format!(
+            "exactly_once = true\ntransactional_id = \"{}-tx\"\n",
+            t.group
+        )
+    } else {
+        String::new()
+    };
+    let d = Flagtally::start(&config(&t, address, keys, &dir, &extra), &unique(name));
+    let want = tally.evaluations();
+    let summaries = read_until(
+        broker(),
+        &t.summary,
+        Duration::from_secs(90),
+        summed_counters(want),
+    );
+    assert!(
+        eventually(Duration::from_secs(60), || file_total(&dir) >= want),
+        "{name}: the file sink holds {} of {want}\n{}",
+        file_total(&dir),
+        d.log_text()
+    );
+    assert!(d.stop(Duration::from_secs(30)).success(), "{name}");
+    assert_eq!(total(&window_tally(&summaries)), want, "{name}: the topic");
+    assert_eq!(file_total(&dir), want, "{name}: the files");
+}
+
+#[test]
+fn the_daemon_counts_exactly_over_sasl_ssl_and_mutual_tls() {
+    let tls = tls_broker();
+    let ca = tls.dir.join("ca.pem");
+    let sasl = sasl_keys(tls, &tls.password, &ca);
+    let mtls = mtls_keys(tls, "client");
+    runs_exactly(&tls.sasl_ssl, &sasl, false, "tls-sasl");
+    runs_exactly(&tls.sasl_ssl, &sasl, true, "tls-sasl-eos");
+    runs_exactly(&tls.mtls, &mtls, false, "tls-mtls");
+    runs_exactly(&tls.mtls, &mtls, true, "tls-mtls-eos");
+}
+
+#[test]
+fn the_password_may_come_from_a_file() {
+    let tls = tls_broker();
+    let dir = temp_dir("tls-secret");
+    let file = dir.join("kafka-password");
+    std::fs::write(&file, format!("{}\n", tls.password)).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let keys = sasl_keys(tls, "unused", &tls.dir.join("ca.pem")).replace(
+        "sasl_password = \"unused\"\n",
+        &format!("sasl_password_file = \"{}\"\n", file.display()),
+    );
+    runs_exactly(&tls.sasl_ssl, &keys, false, "tls-file");
+}
+
+/// Starts the daemon with `keys` against `address`: it waits, not ready, with
+/// `/readyz` naming `setting`; stopped, it exits 1 with a last line naming it. No
+/// secret in the log.
+fn refused(address: &str, keys: &str, setting: &str, name: &str) {
+    let t = Topics::create(broker(), 1);
+    let dir = temp_dir(name);
+    let admin = format!("127.0.0.1:{}", free_port());
+    let mut d = Flagtally::start_with_env(
+        &config(&t, address, keys, &dir, ""),
+        &unique(name),
+        &[("FLAGTALLY__ADMIN__LISTEN", admin.as_str())],
+    );
+    let mut seen = None;
+    let named = eventually(Duration::from_secs(30), || {
+        seen = http_get(&admin, "/readyz");
+        seen.as_ref()
+            .is_some_and(|(s, body)| *s == 503 && body.contains(setting))
+    });
+    assert!(named, "{name}: /readyz said {seen:?}\n{}", d.log_text());
+    // Still waiting for the setting to be fixed: it retries, it does not exit.
+    assert!(d.wait(Duration::from_secs(2)).is_none(), "{}", d.log_text());
+    d.signal("TERM");
+    let status = d.wait(Duration::from_secs(30));
+    let log = d.log_text();
+    assert_eq!(status.and_then(|s| s.code()), Some(1), "{name}: {log}");
+    let last = log
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("");
+    assert!(
+        last.contains("flagtally:") && last.contains(setting),
+        "{name}: the exit line {last:?}\n{log}"
+    );
+    assert!(!log.contains("wrong-secret"), "{name}: a secret in the log");
+}
+
+#[test]
+fn refusals_name_the_setting() {
+    let tls = tls_broker();
+    let ca = tls.dir.join("ca.pem");
+    refused(
+        &tls.sasl_ssl,
+        &sasl_keys(tls, "wrong-secret", &ca),
+        "kafka.sasl_password",
+        "tls-badpw",
+    );
+    refused(
+        &tls.sasl_ssl,
+        &sasl_keys(tls, &tls.password, &tls.dir.join("other-ca.pem")),
+        "kafka.tls_ca_file",
+        "tls-unknown-ca",
+    );
+    // Mutual TLS without a client certificate.
+    refused(
+        &tls.mtls,
+        &format!(
+            "security_protocol = \"ssl\"\ntls_ca_file = \"{}\"\n",
+            ca.display()
+        ),
+        "kafka.tls_cert_file",
+        "tls-no-cert",
+    );
+}
+
+#[test]
+fn an_expired_client_certificate_is_refused_before_connecting() {
+    // flagtally reads its own certificate's validity: an expired one is a configuration
+    // error naming the file and the date, from `validate` and `run` alike.
+    let tls = tls_broker();
+    let t = Topics::create(broker(), 1);
+    let dir = temp_dir("tls-expired");
+    let cfg = config(&t, &tls.mtls, &mtls_keys(tls, "expired"), &dir, "");
+    let path = dir.join("flagtally.toml");
+    std::fs::write(&path, &cfg).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_flagtally"))
+        .args(["validate", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("kafka.tls_cert_file") && text.contains("expired on 2021-01-01"),
+        "{text}"
+    );
+    let mut d = Flagtally::start(&cfg, &unique("tls-expired"));
+    let status = d.wait(Duration::from_secs(30));
+    let log = d.log_text();
+    assert_eq!(status.and_then(|s| s.code()), Some(1), "{log}");
+    assert!(
+        log.contains("kafka.tls_cert_file") && log.contains("expired"),
+        "{log}"
+    );
+}
