@@ -6,9 +6,13 @@
 #   bash scripts/infra.sh install        fetch Apache Kafka $KAFKA_VERSION from Maven Central into
 #                                        the cache (once; about 10 s and 80 MiB)
 #   bash scripts/infra.sh start [NAME]   start a single-node KRaft broker (combined
-#                                        broker + controller); prints
-#                                        `export FLAGTALLY_TEST_BROKER=…`. A stopped broker
-#                                        restarts on the same log directory and port.
+#                                        broker + controller) with PLAINTEXT, SASL_SSL
+#                                        (SCRAM-SHA-512 user flagtally) and mutual-TLS
+#                                        listeners; prints `export FLAGTALLY_TEST_BROKER=…`
+#                                        and the TLS listeners, certificates and user
+#                                        (FLAGTALLY_TEST_BROKER_SASL_SSL, _MTLS, _TLS,
+#                                        _SASL_USER, _SASL_PASSWORD). A stopped broker
+#                                        restarts on the same log directory and ports.
 #   bash scripts/infra.sh stop [NAME]    stop it cleanly (SIGTERM, waits)
 #   bash scripts/infra.sh kill [NAME]    kill -9 it (the broker-restart test)
 #   bash scripts/infra.sh reset [NAME]   stop it and delete its log directory

