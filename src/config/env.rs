@@ -5,7 +5,10 @@ use serde_json::Value;
 
 /// Environment variables starting with this override the file: `FLAGTALLY__WINDOW__SIZE=5m`
 /// sets `window.size`. Segments are lower-cased; values are read as TOML values when
-/// they are one (`true`, `42`, `["a","b"]`, `"quoted"`), else as strings.
+/// they are one (`true`, `42`, `["a","b"]`, `"quoted"`), else as strings. An entry of
+/// an array of tables is named by its `name`: `FLAGTALLY__SINKS__WAREHOUSE__URL` sets
+/// the `url` of the `[[sinks]]` entry named `warehouse` (in the name, any character
+/// but a letter or digit matches `_`: `files-ndjson` is `FILES_NDJSON`).
 pub const ENV_PREFIX: &str = "FLAGTALLY__";
 
 /// Applies `FLAGTALLY__…` variables to the tree; returns the ones that cannot apply.
@@ -34,6 +37,28 @@ pub fn apply_env(tree: &mut Value, env: impl IntoIterator<Item = (String, String
             .unwrap_or(Value::String(raw));
         let mut node = &mut *tree;
         for (i, segment) in path.iter().enumerate() {
+            if let Value::Array(items) = node {
+                let named = items.iter_mut().find(|t| {
+                    t.get("name")
+                        .and_then(Value::as_str)
+                        .is_some_and(|n| env_name(n) == *segment)
+                });
+                match named {
+                    Some(item) if i + 1 < path.len() => {
+                        node = item;
+                        continue;
+                    }
+                    Some(_) => problems.push(format!(
+                        "{name}: names the entry {segment} of {}, not one of its keys",
+                        path[..i].join(".")
+                    )),
+                    None => problems.push(format!(
+                        "{name}: no entry of {} is named {segment}",
+                        path[..i].join(".")
+                    )),
+                }
+                break;
+            }
             let Value::Object(map) = node else {
                 problems.push(format!("{name}: {} is not a table", path[..i].join(".")));
                 break;
@@ -48,6 +73,20 @@ pub fn apply_env(tree: &mut Value, env: impl IntoIterator<Item = (String, String
         }
     }
     problems
+}
+
+/// A name as an environment variable's segment spells it: lower case, `_` for any
+/// character but a letter or digit.
+fn env_name(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 /// The dotted paths whose values differ between two merged trees.

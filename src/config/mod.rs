@@ -503,8 +503,8 @@ impl Config {
             _ => None,
         };
         let config = read::read::<Config>("", rest, &mut problems);
-        let sinks = sinks.map_or_else(Vec::new, |s| read::sinks(s, &mut problems));
         let mut warnings = Vec::new();
+        let sinks = sinks.map_or_else(Vec::new, |s| read::sinks(s, &mut problems, &mut warnings));
         let config = config.map(|mut config| {
             config.kafka.read_secret_files(&mut problems, &mut warnings);
             Config {
@@ -845,6 +845,44 @@ mod tests {
             p[0].starts_with("syntax: ") && p[0].contains("line 1"),
             "{p:?}"
         );
+    }
+
+    #[test]
+    fn sinks_are_reached_by_name_and_read_secrets_from_files() {
+        let dir = std::env::temp_dir().join(format!("flagtally-secrets-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let secret = dir.join("hook-secret");
+        std::fs::write(&secret, "s3cret\n").unwrap();
+        let text = format!(
+            "{MINIMAL}\n[[sinks]]\nname = \"audit-hook\"\ntype = \"webhook\"\ntopics = [\"sums\"]\nurl = \"https://old.example.com/\"\nsecret_file = \"{}\"\n\n[[sinks]]\nname = \"files\"\ntype = \"file\"\ntopics = [\"sums\"]\npath = \"/tmp/x\"\n",
+            secret.display()
+        );
+        let env = [
+            (
+                "FLAGTALLY__SINKS__AUDIT_HOOK__URL",
+                "https://new.example.com/hook",
+            ),
+            ("FLAGTALLY__SINKS__FILES__BATCH_SIZE", "7"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()));
+        let (c, _) = Config::from_text(&text, Syntax::Toml, env).unwrap();
+        let crate::sink::Kind::Webhook(hook) = &c.sinks[0].kind else {
+            panic!("{:?}", c.sinks[0].kind)
+        };
+        assert_eq!(hook.url.as_deref(), Some("https://new.example.com/hook"));
+        assert_eq!(hook.secret.as_deref(), Some("s3cret"));
+        assert_eq!(c.sinks[1].delivery.batch_size, 7);
+        // A sink name that is not there, and a secret given twice, are errors.
+        let env = [("FLAGTALLY__SINKS__NOPE__URL", "x")].map(|(k, v)| (k.to_owned(), v.to_owned()));
+        let e = Config::from_text(&text, Syntax::Toml, env).unwrap_err();
+        assert!(e[0].contains("no entry of sinks is named nope"), "{e:?}");
+        let twice = text.replace("secret_file", "secret = \"x\"\nsecret_file");
+        let e = Config::from_text(&twice, Syntax::Toml, []).unwrap_err();
+        assert!(
+            e.iter().any(|p| p.contains("sinks[0].secret: set both")),
+            "{e:?}"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

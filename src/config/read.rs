@@ -129,8 +129,50 @@ impl KindReader for KeysOf<'_> {
     }
 }
 
+/// The sink keys that hold secrets, each of which may be given as `<key>_file`.
+const SECRET_KEYS: [&str; 5] = [
+    "url",
+    "secret",
+    "write_key",
+    "access_key_id",
+    "secret_access_key",
+];
+
+/// Replaces each `<key>_file` of a secret key by `<key>`, read from the file.
+fn read_secret_files(
+    at: &str,
+    keys: &mut Map<String, Value>,
+    problems: &mut Vec<String>,
+    warnings: &mut Vec<String>,
+) {
+    for key in SECRET_KEYS {
+        let file_key = format!("{key}_file");
+        let Some(file) = keys.remove(&file_key) else {
+            continue;
+        };
+        let Value::String(path) = file else {
+            problems.push(format!("{at}.{file_key}: expected a path"));
+            continue;
+        };
+        if keys.contains_key(key) {
+            problems.push(format!("{at}.{key}: set both it and {key}_file; keep one"));
+            continue;
+        }
+        match crate::kafka::security::read_secret(std::path::Path::new(&path), warnings) {
+            Ok(secret) => {
+                keys.insert(key.to_owned(), Value::String(secret.expose().to_owned()));
+            }
+            Err(e) => problems.push(format!("{at}.{file_key}: {e}")),
+        }
+    }
+}
+
 /// Reads the `[[sinks]]` array.
-pub(super) fn sinks(tree: Value, problems: &mut Vec<String>) -> Vec<SinkConfig> {
+pub(super) fn sinks(
+    tree: Value,
+    problems: &mut Vec<String>,
+    warnings: &mut Vec<String>,
+) -> Vec<SinkConfig> {
     let Value::Array(entries) = tree else {
         problems.push("sinks: expected an array of tables ([[sinks]])".to_owned());
         return Vec::new();
@@ -143,6 +185,7 @@ pub(super) fn sinks(tree: Value, problems: &mut Vec<String>) -> Vec<SinkConfig> 
             problems.push(format!("{at}: expected a table"));
             continue;
         };
+        read_secret_files(&at, &mut keys, problems, warnings);
         let ty = match keys.remove("type") {
             Some(Value::String(ty)) if TYPES.contains(&ty.as_str()) => Some(ty),
             Some(Value::String(ty)) => {

@@ -219,8 +219,18 @@ impl Security {
     }
 }
 
-/// A secret from a file: its content less one trailing newline.
-fn read_secret(file: &Path, warnings: &mut Vec<String>) -> Result<Secret, String> {
+/// A secret from a file: its content less one trailing newline. A relative path is
+/// read in systemd's credentials directory (`$CREDENTIALS_DIRECTORY`, set for a unit
+/// with `LoadCredential=`) when there is one: `sasl_password_file = "kafka-password"`.
+pub fn read_secret(file: &Path, warnings: &mut Vec<String>) -> Result<Secret, String> {
+    let resolved;
+    let file = match std::env::var_os("CREDENTIALS_DIRECTORY") {
+        Some(dir) if file.is_relative() => {
+            resolved = Path::new(&dir).join(file);
+            resolved.as_path()
+        }
+        _ => file,
+    };
     let text = std::fs::read_to_string(file)
         .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
     #[cfg(unix)]

@@ -47,6 +47,50 @@ pub fn is_permanent(e: &anyhow::Error) -> bool {
     })
 }
 
+/// `url` as it may be shown (logs, `/readyz`, dead letters, errors): without its
+/// user information, its query, and any path segment that looks like a key (20 or
+/// more letters, digits, `-` or `_`, with a digit among them), each replaced by `***`.
+pub fn redact_url(url: &str) -> String {
+    let (scheme, rest) = match url.split_once("://") {
+        Some((s, r)) => (Some(s), r),
+        None => (None, url),
+    };
+    let (rest, had_query) = match rest.split_once(['?', '#']) {
+        Some((r, _)) => (r, true),
+        None => (rest, false),
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, ""),
+    };
+    let host = match authority.rsplit_once('@') {
+        Some((_, host)) => format!("***@{host}"),
+        None => authority.to_owned(),
+    };
+    let keyish = |seg: &str| {
+        seg.len() >= 20
+            && seg
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            && seg.chars().any(|c| c.is_ascii_digit())
+    };
+    let path: Vec<&str> = path
+        .split('/')
+        .map(|seg| if keyish(seg) { "***" } else { seg })
+        .collect();
+    let mut out = String::with_capacity(url.len());
+    if let Some(s) = scheme {
+        out.push_str(s);
+        out.push_str("://");
+    }
+    out.push_str(&host);
+    out.push_str(&path.join("/"));
+    if had_query {
+        out.push_str("?***");
+    }
+    out
+}
+
 /// Where a sink delivers. Only [`Destination::write`] is required: by default a
 /// destination needs no connecting and keeps no positions of its own (its records are
 /// keyed by id, so a batch written twice lands once: at least once, the group offsets
@@ -74,4 +118,34 @@ pub trait Destination: Send {
         batch: &[SinkRecord],
         positions: &BTreeMap<(String, i32), i64>,
     ) -> anyhow::Result<()>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn urls_lose_what_may_be_secret() {
+        for (url, shown) in [
+            (
+                "https://hooks.example.com/flags",
+                "https://hooks.example.com/flags",
+            ),
+            (
+                "https://user:pa55@hooks.example.com/flags?token=abc",
+                "https://***@hooks.example.com/flags?***",
+            ),
+            (
+                "https://hooks.slack.com/services/T0000/B0000/XXXXXXXXXXXXXXXXXXXX1234",
+                "https://hooks.slack.com/services/T0000/B0000/***",
+            ),
+            (
+                "postgres://flagtally:s3cret@db:5432/warehouse?sslmode=require",
+                "postgres://***@db:5432/warehouse?***",
+            ),
+            ("127.0.0.1:8080/x", "127.0.0.1:8080/x"),
+        ] {
+            assert_eq!(redact_url(url), shown, "{url}");
+        }
+    }
 }

@@ -19,7 +19,7 @@ use hmac::{Hmac, Mac as _};
 use serde_json::{Value, json};
 use sha2::Sha256;
 
-use super::destination::{Destination, SinkRecord};
+use super::destination::{Destination, SinkRecord, redact_url};
 use super::record::{View, context_of};
 
 /// What the endpoint speaks.
@@ -195,7 +195,7 @@ pub struct Http {
 impl std::fmt::Debug for Http {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Http")
-            .field("url", &self.settings.url)
+            .field("url", &redact_url(&self.settings.url))
             .field("format", &self.settings.format)
             .finish_non_exhaustive()
     }
@@ -282,7 +282,7 @@ impl Http {
         }
         let resp = req
             .send(body)
-            .with_context(|| format!("POST {}", self.settings.url))?;
+            .with_context(|| format!("POST {}", redact_url(&self.settings.url)))?;
         let status = resp.status().as_u16();
         match status {
             200..=299 => Ok(()),
@@ -299,19 +299,23 @@ impl Http {
                     512,
                 );
                 anyhow::bail!(
-                    "POST {}: HTTP {status} redirect to {location}: flagtally does not follow redirects; set the sink's url to the endpoint itself",
-                    self.settings.url
+                    "POST {}: HTTP {status} redirect to {}: flagtally does not follow redirects; set the sink's url to the endpoint itself",
+                    redact_url(&self.settings.url),
+                    redact_url(&location)
                 )
             }
             // The request itself is refused: a retry would be refused again. Not so
             // for 401, 403 and 404: wrong credentials or URL are the destination's
             // configuration, fixed by an operator (reported, retried), not a reason to
             // set every record aside; nor 408 and 429 (try later).
-            400..=499 if !matches!(status, 401 | 403 | 404 | 408 | 429) => Err(
-                super::destination::Rejected(format!("POST {}: HTTP {status}", self.settings.url))
-                    .into(),
-            ),
-            _ => anyhow::bail!("POST {}: HTTP {status}", self.settings.url),
+            400..=499 if !matches!(status, 401 | 403 | 404 | 408 | 429) => {
+                Err(super::destination::Rejected(format!(
+                    "POST {}: HTTP {status}",
+                    redact_url(&self.settings.url)
+                ))
+                .into())
+            }
+            _ => anyhow::bail!("POST {}: HTTP {status}", redact_url(&self.settings.url)),
         }
     }
 }
