@@ -316,3 +316,96 @@ fn the_managed_kafka_examples_validate() {
         assert!(!text.contains("s3cret"), "{example}: the secret printed");
     }
 }
+
+/// A receiver that answers every request with `status`, counting them.
+fn receiver(status: u16) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::Write as _;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = std::sync::Arc::clone(&hits);
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            if read_http_request(&stream).is_some() {
+                seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                );
+            }
+        }
+    });
+    (addr, hits)
+}
+
+#[test]
+fn secrets_appear_in_no_log_readiness_metric_or_dead_letter() {
+    // The broker's password (SASL_SSL), a webhook's HMAC secret and a token in its
+    // URL's query and path: the webhook refuses every request for good (400), so its
+    // records become dead letters with the error, and a second webhook fails (503), so
+    // /readyz names its error. None of the secrets may show anywhere.
+    let tls = tls_broker();
+    let (t, _tally) = setup(500);
+    let dir = temp_dir("tls-leaks");
+    let (refusing, refused) = receiver(400);
+    let (failing, failed) = receiver(503);
+    let token = "tok9SECRETtok9SECRETtok9";
+    let hmac = "hmac-SECRET-value";
+    let keys = sasl_keys(tls, &tls.password, &tls.dir.join("ca.pem"));
+    let mut cfg = config(&t, &tls.sasl_ssl, &keys, &dir, "");
+    for (name, addr) in [("refusing", &refusing), ("failing", &failing)] {
+        cfg.push_str(&format!(
+            "\n[[sinks]]\nname = \"{name}\"\ntype = \"webhook\"\ntopics = [\"{summary}\"]\nurl = \"http://user:{hmac}@{addr}/hooks/{token}?token={token}\"\nsecret = \"{hmac}\"\nbatch_timeout = \"200ms\"\nretry_initial = \"100ms\"\nretry_max = \"200ms\"\ndead_letter_topic = \"{dlq}\"\n",
+            summary = t.summary,
+            dlq = t.dead_letter,
+        ));
+    }
+    let admin = format!("127.0.0.1:{}", free_port());
+    let d = Flagtally::start_with_env(
+        &cfg,
+        &unique("tls-leaks"),
+        &[
+            ("FLAGTALLY__ADMIN__LISTEN", admin.as_str()),
+            ("RUST_LOG", "debug,rdkafka=info,librdkafka=info"),
+        ],
+    );
+    let letters = read_until(broker(), &t.dead_letter, Duration::from_secs(90), |r| {
+        r.header("flagtally-error-reason") == Some("sink_rejected")
+    });
+    let mut readyz = String::new();
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            readyz = http_get(&admin, "/readyz")
+                .map(|(_, b)| b)
+                .unwrap_or_default();
+            readyz.contains("failing")
+        }),
+        "{readyz}\n{}",
+        d.log_text()
+    );
+    let metrics = http_get(&admin, "/metrics").unwrap().1;
+    assert!(refused.load(std::sync::atomic::Ordering::Relaxed) > 0);
+    assert!(failed.load(std::sync::atomic::Ordering::Relaxed) > 0);
+    let log = d.log_text();
+    assert!(d.stop(Duration::from_secs(30)).success());
+    let letters_text: String = letters
+        .iter()
+        .flat_map(|r| {
+            r.headers
+                .values()
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(letters_text.contains("HTTP 400"), "{letters_text}");
+    for (place, text) in [
+        ("the log", &log),
+        ("/readyz", &readyz),
+        ("/metrics", &metrics),
+        ("the dead letters", &letters_text),
+    ] {
+        for secret in [tls.password.as_str(), token, hmac] {
+            assert!(!text.contains(secret), "{place} shows {secret:?}:\n{text}");
+        }
+    }
+}
