@@ -426,7 +426,8 @@ stop() {
 postgres() {
   if [ -n "${FLAGTALLY_TEST_POSTGRES:-}" ]; then
     echo "export FLAGTALLY_TEST_POSTGRES=$FLAGTALLY_TEST_POSTGRES"
-    return
+    [ -n "${FLAGTALLY_TEST_POSTGRES_CA:-}" ] && echo "export FLAGTALLY_TEST_POSTGRES_CA=$FLAGTALLY_TEST_POSTGRES_CA FLAGTALLY_TEST_POSTGRES_OTHER_CA=${FLAGTALLY_TEST_POSTGRES_OTHER_CA:-}"
+    return 0
   fi
   if ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
     if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then
@@ -453,6 +454,42 @@ postgres() {
       || say "could not set the postgres role's password (not a local Debian cluster?)"
   fi
   echo "export FLAGTALLY_TEST_POSTGRES=postgresql://postgres:flagtally@127.0.0.1:5432/postgres"
+  postgres_tls
+}
+
+# TLS for the test PostgreSQL: a CA and a server certificate for "localhost" only (not
+# 127.0.0.1: the verify-full test connects by address to see the name refused), made
+# once with openssl where the server's user can read them; the server is told with
+# ALTER SYSTEM and reloads (ssl settings apply on reload). Prints the CA's path.
+postgres_tls() {
+  command -v runuser >/dev/null && id postgres >/dev/null 2>&1 || return 0
+  local tls=/var/lib/postgresql/flagtally-tls
+  if [ ! -f "$tls/done" ]; then
+    rm -rf "$tls"
+    mkdir -p "$tls"
+    (
+      cd "$tls"
+      openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 3650 \
+        -subj "/CN=flagtally test PostgreSQL CA" 2>>openssl.log
+      openssl req -x509 -newkey rsa:2048 -nodes -keyout other-ca.key -out other-ca.pem \
+        -days 3650 -subj "/CN=another CA" 2>>openssl.log
+      openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr \
+        -subj "/CN=localhost" 2>>openssl.log
+      printf 'subjectAltName=DNS:localhost\n' >server.ext
+      openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial \
+        -out server.crt -days 3650 -extfile server.ext 2>>openssl.log
+    ) || { say "making PostgreSQL's test certificate failed"; cat "$tls/openssl.log" >&2; exit 1; }
+    chown -R postgres:postgres "$tls"
+    chmod 600 "$tls"/*.key
+    touch "$tls/done"
+  fi
+  runuser -u postgres -- psql -qX \
+    -c "ALTER SYSTEM SET ssl_cert_file = '$tls/server.crt'" \
+    -c "ALTER SYSTEM SET ssl_key_file = '$tls/server.key'" \
+    -c "ALTER SYSTEM SET ssl = on" \
+    -c "SELECT pg_reload_conf()" >/dev/null 2>&1 \
+    || { say "could not turn TLS on in the test PostgreSQL"; return 0; }
+  echo "export FLAGTALLY_TEST_POSTGRES_CA=$tls/ca.pem FLAGTALLY_TEST_POSTGRES_OTHER_CA=$tls/other-ca.pem"
 }
 
 # SeaweedFS for the S3 sink tests: `weed server` (master, volume, filer, S3) on free

@@ -380,3 +380,68 @@ fn sinks_joining_and_leaving_under_cooperative_sticky_lose_nothing() {
     }));
     assert!(a.stop(Duration::from_secs(25)).success());
 }
+
+#[test]
+fn tls_modes_encrypt_and_verify_as_libpq_does() {
+    // The test PostgreSQL serves a certificate for "localhost", signed by the CA
+    // scripts/infra.sh made. Each mode connects (or not) as libpq would.
+    use flagtally::sink::destination::Destination as _;
+    use flagtally::sink::postgres::{Postgres, PostgresSettings};
+    let env = postgres_env();
+    let ca = env
+        .get("FLAGTALLY_TEST_POSTGRES_CA")
+        .expect("infra.sh postgres turns TLS on");
+    let other = &env["FLAGTALLY_TEST_POSTGRES_OTHER_CA"];
+    let base = "postgres:flagtally@127.0.0.1:5432/postgres";
+    let by_name = "postgres:flagtally@localhost:5432/postgres";
+    let connect = |url: String| {
+        let mut p = Postgres::new(
+            "tls",
+            PostgresSettings {
+                url,
+                schema: unique("ft_tls").replace('-', "_"),
+                create_tables: true,
+                featbit_env_id: None,
+                timeout: Duration::from_secs(5),
+            },
+        );
+        p.connect().map_err(|e| format!("{e:#}"))
+    };
+    for url in [
+        format!("postgresql://{base}?sslmode=require"),
+        format!("postgresql://{base}?sslmode=verify-ca&sslrootcert={ca}"),
+        format!("postgresql://{by_name}?sslmode=verify-full&sslrootcert={ca}"),
+        format!(
+            "host=localhost user=postgres password=flagtally dbname=postgres sslmode=verify-full sslrootcert={ca}"
+        ),
+        format!("postgresql://{base}?sslmode=disable"),
+    ] {
+        connect(url.clone()).unwrap_or_else(|e| panic!("{url}: {e}"));
+    }
+    for (url, why) in [
+        (
+            format!("postgresql://{base}?sslmode=verify-full&sslrootcert={ca}"),
+            "not valid for name",
+        ),
+        (
+            format!("postgresql://{by_name}?sslmode=verify-full&sslrootcert={other}"),
+            "UnknownIssuer",
+        ),
+        (
+            format!("postgresql://{base}?sslmode=require&sslrootcert={other}"),
+            "UnknownIssuer",
+        ),
+    ] {
+        let e = connect(url.clone()).expect_err(&url);
+        assert!(e.contains("sslmode=") && e.contains(why), "{url}: {e}");
+    }
+    // Rows through a verify-full connection (TLS is required in that mode): exact.
+    let mut db = sql(&postgres_url());
+    let url = format!("postgresql://{by_name}?sslmode=verify-full&sslrootcert={ca}");
+    let (broker, t, records, tally) = setup(2_000);
+    produce(&broker, &t.input, 2, &records);
+    let schema = unique("ft_pgtls").replace('-', "_");
+    let d = Flagtally::start(&config(&t, &broker, &url, &schema), &unique("pgtls"));
+    wait_exact(&mut db, &schema, &tally, &d);
+    assert!(d.stop(Duration::from_secs(20)).success());
+}

@@ -17,6 +17,7 @@ pub mod destination;
 pub mod file;
 pub mod http;
 pub mod paths;
+pub mod pg_tls;
 pub mod postgres;
 pub mod record;
 pub mod s3;

@@ -15,9 +15,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use postgres::Client;
 use postgres::binary_copy::BinaryCopyInWriter;
 use postgres::types::Type;
-use postgres::{Client, NoTls};
 
 use super::destination::{Destination, SinkRecord};
 use super::record::View;
@@ -198,11 +198,19 @@ impl PostgresConfig {
             None | Some("") => {
                 problems.push(format!("{at}.url: a postgres sink needs a connection URL"));
             }
-            Some(url) => {
-                if let Err(e) = url.parse::<postgres::Config>() {
-                    problems.push(format!("{at}.url: {e}"));
+            Some(url) => match super::pg_tls::split(url) {
+                Err(e) => problems.push(format!("{at}.url: {e}")),
+                Ok((rest, tls)) => {
+                    if let Err(e) = rest.parse::<postgres::Config>() {
+                        problems.push(format!("{at}.url: {e}"));
+                    }
+                    if let Some(root) = &tls.root
+                        && let Err(e) = std::fs::File::open(root)
+                    {
+                        problems.push(format!("{at}.url: sslrootcert {}: {e}", root.display()));
+                    }
                 }
-            }
+            },
         }
     }
 }
@@ -225,10 +233,34 @@ pub struct PostgresSettings {
 }
 
 /// The connection settings of `url` with the sink's timeouts.
-fn connection_config(url: &str, timeout: Duration) -> anyhow::Result<postgres::Config> {
-    let mut config: postgres::Config = url
+/// How long one statement may run: a write is a few statements over a batch, so far
+/// longer than the connection's silence limit, but never unbounded.
+fn statement_timeout(timeout: Duration) -> Duration {
+    (timeout * 6).max(Duration::from_secs(60))
+}
+
+/// The connection settings of `url` with the sink's timeouts, and its TLS settings
+/// (`sslmode`, `sslrootcert`: [`super::pg_tls`]).
+fn connection_config(
+    url: &str,
+    timeout: Duration,
+) -> anyhow::Result<(postgres::Config, super::pg_tls::Tls)> {
+    let (rest, tls) = super::pg_tls::split(url).map_err(anyhow::Error::msg)?;
+    let mut config: postgres::Config = rest
         .parse()
         .context("the postgres sink's url is not a libpq connection string or URL")?;
+    config.ssl_mode(super::pg_tls::negotiate(tls.mode));
+    let options = format!(
+        "-c statement_timeout={}",
+        statement_timeout(timeout).as_millis()
+    );
+    match config.get_options() {
+        Some(o) => {
+            let joined = format!("{o} {options}");
+            config.options(&joined)
+        }
+        None => config.options(&options),
+    };
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(timeout);
     }
@@ -238,7 +270,7 @@ fn connection_config(url: &str, timeout: Duration) -> anyhow::Result<postgres::C
         .keepalives_interval((timeout / 3).max(Duration::from_secs(1)))
         .keepalives_retries(3)
         .tcp_user_timeout(timeout);
-    Ok(config)
+    Ok((config, tls))
 }
 
 /// A connection and the statements it needs.
@@ -276,9 +308,11 @@ impl Postgres {
     /// The connection, opened (schema, tables, staging table) when there is none.
     fn client(&mut self) -> anyhow::Result<&mut Client> {
         if self.client.is_none() {
-            let mut client = connection_config(&self.settings.url, self.settings.timeout)?
-                .connect(NoTls)
-                .context("connecting to PostgreSQL")?;
+            let (config, tls) = connection_config(&self.settings.url, self.settings.timeout)?;
+            let connector = super::pg_tls::connector(&tls).map_err(anyhow::Error::msg)?;
+            let mut client = config.connect(connector).with_context(|| {
+                format!("connecting to PostgreSQL (sslmode={})", tls.mode.name())
+            })?;
             let schema = quote_ident(&self.settings.schema);
             if self.settings.create_tables {
                 client

@@ -702,8 +702,18 @@ pub fn python() -> String {
 
 /// The test PostgreSQL: `FLAGTALLY_TEST_POSTGRES`, else `scripts/infra.sh postgres`.
 pub fn postgres_url() -> String {
-    if let Ok(url) = std::env::var("FLAGTALLY_TEST_POSTGRES") {
-        return url;
+    postgres_env()
+        .remove("FLAGTALLY_TEST_POSTGRES")
+        .expect("infra.sh postgres names the database")
+}
+
+/// The test PostgreSQL's exports: its URL, and the CA that signed its TLS certificate
+/// (`FLAGTALLY_TEST_POSTGRES_CA`) with a CA that did not (`…_OTHER_CA`).
+pub fn postgres_env() -> BTreeMap<String, String> {
+    if std::env::var("FLAGTALLY_TEST_POSTGRES").is_ok() {
+        return std::env::vars()
+            .filter(|(k, _)| k.starts_with("FLAGTALLY_TEST_POSTGRES"))
+            .collect();
     }
     let out = std::process::Command::new("bash")
         .arg(repo().join("scripts/infra.sh"))
@@ -713,9 +723,12 @@ pub fn postgres_url() -> String {
     assert!(out.status.success(), "{out:?}");
     String::from_utf8(out.stdout)
         .unwrap()
-        .trim()
-        .trim_start_matches("export FLAGTALLY_TEST_POSTGRES=")
-        .to_owned()
+        .lines()
+        .filter_map(|l| l.strip_prefix("export "))
+        .flat_map(str::split_whitespace)
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
 }
 
 pub fn sql(url: &str) -> postgres::Client {
