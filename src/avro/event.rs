@@ -202,9 +202,9 @@ impl std::fmt::Display for Problem {
     }
 }
 
-/// Joins a path prefix and a field name, as the decoders do: `features[2]` + `key` →
-/// `features[2].key`.
-fn at(prefix: &str, field: &str) -> String {
+/// Joins a path prefix and a field name: `features[2]` + `key` → `features[2].key`;
+/// the decoders' error paths use it too.
+pub(crate) fn at(prefix: &str, field: &str) -> String {
     if prefix.is_empty() {
         field.to_owned()
     } else if field.is_empty() {

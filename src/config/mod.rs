@@ -569,10 +569,10 @@ impl Config {
                 ));
             }
         }
-        let security = self.kafka.security();
-        security.check(&mut problems);
-        let typed: BTreeMap<String, String> = security
-            .properties()
+        self.kafka.check_security(&mut problems);
+        let typed: BTreeMap<String, String> = self
+            .kafka
+            .security_properties()
             .into_iter()
             .map(|(k, v)| (k.to_owned(), v))
             .collect();

@@ -12,18 +12,9 @@ use smallvec::SmallVec;
 use super::{DecodeError, Dialect, Limits, Reason};
 use crate::event::{ContextKey, Contexts, EventTime, Json, TimeUnit};
 
-/// Joins a path prefix and a field name: `at("events[2]", "key")` → `events[2].key`.
-pub(crate) fn at(prefix: &str, field: &str) -> String {
-    if prefix.is_empty() {
-        field.to_owned()
-    } else if field.is_empty() {
-        prefix.to_owned()
-    } else if field.starts_with('[') {
-        format!("{prefix}{field}")
-    } else {
-        format!("{prefix}.{field}")
-    }
-}
+/// Joins a path prefix and a field name: `at("events[2]", "key")` → `events[2].key`
+/// (the Avro codec's, which reports its paths the same way).
+pub(crate) use crate::avro::event::at;
 
 pub(crate) fn first_byte(value: &[u8]) -> Option<u8> {
     value.iter().copied().find(|b| !b.is_ascii_whitespace())

@@ -9,7 +9,7 @@ use rdkafka::config::ClientConfig;
 use serde::Deserialize;
 
 use super::producer::block_on;
-use super::security::{Protocol, Secret, Security};
+use super::security::{Protocol, Secret};
 
 /// The broker, the consumer group and librdkafka pass-through properties.
 #[derive(Clone, Debug, Deserialize)]
@@ -78,36 +78,12 @@ impl KafkaConfig {
     /// Applies the pass-through properties, shared ones then `role` ones, over
     /// flagtally's own settings (so users can override them).
     pub fn apply(&self, cc: &mut rdkafka::ClientConfig, role: &BTreeMap<String, String>) {
-        for (k, v) in self.security().properties() {
+        for (k, v) in self.security_properties() {
             cc.set(k, v);
         }
         for (k, v) in self.properties.iter().chain(role) {
             cc.set(k, v);
         }
-    }
-
-    /// The TLS and SASL keys.
-    pub fn security(&self) -> Security {
-        Security {
-            security_protocol: self.security_protocol,
-            sasl_mechanism: self.sasl_mechanism.clone(),
-            sasl_username: self.sasl_username.clone(),
-            sasl_password: self.sasl_password.clone(),
-            sasl_password_file: self.sasl_password_file.clone(),
-            tls_ca_file: self.tls_ca_file.clone(),
-            tls_cert_file: self.tls_cert_file.clone(),
-            tls_key_file: self.tls_key_file.clone(),
-            tls_key_password: self.tls_key_password.clone(),
-            tls_key_password_file: self.tls_key_password_file.clone(),
-        }
-    }
-
-    /// Reads the `*_file` secrets into their keys (at load and on reload).
-    pub fn read_secret_files(&mut self, problems: &mut Vec<String>, warnings: &mut Vec<String>) {
-        let mut s = self.security();
-        s.read_secret_files(problems, warnings);
-        self.sasl_password = s.sasl_password;
-        self.tls_key_password = s.tls_key_password;
     }
 }
 

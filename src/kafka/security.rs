@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use super::KafkaConfig;
+
 /// A secret value: kept, passed to the client, never printed.
 #[derive(Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(transparent)]
@@ -65,31 +67,11 @@ impl Protocol {
 /// `[kafka.properties]`).
 pub const MECHANISMS: [&str; 4] = ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"];
 
-/// The TLS and SASL keys of `[kafka]` (`KafkaConfig::security`).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Security {
-    /// `plaintext` (default) | `ssl` | `sasl_plaintext` | `sasl_ssl`.
-    pub security_protocol: Option<Protocol>,
-    /// `PLAIN` | `SCRAM-SHA-256` | `SCRAM-SHA-512` | `OAUTHBEARER`.
-    pub sasl_mechanism: Option<String>,
-    pub sasl_username: Option<String>,
-    pub sasl_password: Option<Secret>,
-    /// A file holding the password (one line; a trailing newline is dropped).
-    pub sasl_password_file: Option<PathBuf>,
-    /// The CA certificates (PEM) the brokers' certificates must chain to; unset: the
-    /// system's.
-    pub tls_ca_file: Option<PathBuf>,
-    /// This client's certificate (PEM), for brokers that require one (mutual TLS).
-    pub tls_cert_file: Option<PathBuf>,
-    /// Its private key (PEM).
-    pub tls_key_file: Option<PathBuf>,
-    pub tls_key_password: Option<Secret>,
-    pub tls_key_password_file: Option<PathBuf>,
-}
-
-impl Security {
+// The TLS and SASL keys are fields of `[kafka]` ([`KafkaConfig`]); what they mean
+// to the client, and their checks, are here.
+impl KafkaConfig {
     /// The librdkafka properties these keys set (before the pass-through ones).
-    pub fn properties(&self) -> Vec<(&'static str, String)> {
+    pub fn security_properties(&self) -> Vec<(&'static str, String)> {
         let mut out = Vec::new();
         let path = |p: &PathBuf| p.display().to_string();
         if let Some(p) = self.security_protocol {
@@ -149,7 +131,7 @@ impl Security {
 
     /// What no single key can say wrong: the combinations, and the files (readable,
     /// the client certificate within its validity).
-    pub fn check(&self, problems: &mut Vec<String>) {
+    pub fn check_security(&self, problems: &mut Vec<String>) {
         let protocol = self.security_protocol.unwrap_or(Protocol::Plaintext);
         let sasl_keys = self.sasl_mechanism.is_some()
             || self.sasl_username.is_some()
@@ -518,9 +500,9 @@ RejjU8kam7xrX2MRpF2qS+qrqc2iXAviTWNUiVGpJwTxVj5aBvwHObt8JVpsoSf1
 
     #[test]
     fn secrets_do_not_print() {
-        let s = Security {
+        let s = KafkaConfig {
             sasl_password: Some(Secret::new("hunter2")),
-            ..Security::default()
+            ..KafkaConfig::default()
         };
         assert!(!format!("{s:?}").contains("hunter2"));
     }
@@ -528,19 +510,19 @@ RejjU8kam7xrX2MRpF2qS+qrqc2iXAviTWNUiVGpJwTxVj5aBvwHObt8JVpsoSf1
     #[test]
     fn keys_are_checked_together() {
         let mut p = Vec::new();
-        Security {
+        KafkaConfig {
             sasl_username: Some("u".into()),
-            ..Security::default()
+            ..KafkaConfig::default()
         }
-        .check(&mut p);
+        .check_security(&mut p);
         assert!(p[0].starts_with("kafka.security_protocol"), "{p:?}");
         let mut p = Vec::new();
-        Security {
+        KafkaConfig {
             security_protocol: Some(Protocol::SaslSsl),
             sasl_mechanism: Some("SCRAM-SHA-512".into()),
-            ..Security::default()
+            ..KafkaConfig::default()
         }
-        .check(&mut p);
+        .check_security(&mut p);
         assert!(
             p.iter().any(|e| e.starts_with("kafka.sasl_username")),
             "{p:?}"
