@@ -5,13 +5,26 @@
 #   docker build -t flagtally:local .            (BuildKit: the default builder since Docker 23)
 #   docker run --rm -p 9464:9464 flagtally:local
 #
-# Two stages: a Rust toolchain stage that compiles the release binary (with librdkafka
-# built from source by rdkafka-sys), and a small Debian runtime stage that only holds
-# the binary, its configuration and CA certificates. Checked offline by
-# scripts/check-packaging.sh.
+# The binary comes from one of two stages, chosen by BINARY_FROM: `builder` (the
+# default), a Rust toolchain stage that compiles the release binary (with librdkafka
+# built from source by rdkafka-sys), or `prebuilt`, a binary already built, taken from
+# the build context. A small Debian runtime stage holds only the binary, its
+# configuration and CA certificates. BuildKit and `podman build` build only the stages
+# the image needs: the default never reads a prebuilt binary, `prebuilt` never pulls the
+# Rust image. The base images are build arguments too (a mirror, a local image):
+#
+#   mkdir -p ctx/config && cp target/release/flagtally ctx/ && cp config/flagtally.toml ctx/config/
+#   docker build --build-arg BINARY_FROM=prebuilt -f Dockerfile -t flagtally:local ctx
+#
+# (a context of its own: the repository's .dockerignore leaves target/ out).
+# scripts/image.sh builds it that way with podman and runs it against a test broker;
+# scripts/check-packaging.sh checks this file offline.
+ARG RUST_IMAGE=docker.io/library/rust:1.95-bookworm
+ARG RUNTIME_IMAGE=docker.io/library/debian:bookworm-slim
+ARG BINARY_FROM=builder
 
 ############################################################################ builder
-FROM rust:1.95-bookworm AS builder
+FROM ${RUST_IMAGE} AS builder
 
 # rdkafka-sys builds the bundled librdkafka with CMake (the `cmake-build` feature), and
 # with it OpenSSL (`ssl-vendored`: perl and make), libcurl (`curl-static`, for OIDC
@@ -54,11 +67,25 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     cargo build --release --locked --bin flagtally \
  && install -D -m 0755 target/release/flagtally /out/flagtally
 
+########################################################################### prebuilt
+# BINARY_FROM=prebuilt: `flagtally` from the root of the build context, as
+# `cargo build --release --bin flagtally` made it on Debian bookworm (or on a system
+# whose glibc is no newer than bookworm's 2.36: the runtime stage's ldd check below
+# fails the build otherwise).
+FROM scratch AS prebuilt
+COPY flagtally /out/flagtally
+
+# The stage the runtime copies the binary from.
+FROM ${BINARY_FROM} AS binary
+
 ############################################################################ runtime
 # debian:bookworm-slim rather than distroless/cc: the binary links the system libz
 # (zlib1g is in bookworm-slim, not in distroless/cc-debian12), and bash gives the
-# HEALTHCHECK below a way to speak HTTP without adding curl.
-FROM debian:bookworm-slim AS runtime
+# HEALTHCHECK below a way to speak HTTP without adding curl. Another RUNTIME_IMAGE must
+# be Debian bookworm as well (the builder's glibc; apt-get, groupadd and useradd below).
+FROM ${RUNTIME_IMAGE} AS runtime
+
+ARG RUNTIME_IMAGE
 
 ARG VERSION=0.1.0
 ARG REVISION=unknown
@@ -67,9 +94,10 @@ LABEL org.opencontainers.image.title="flagtally" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.revision="${REVISION}" \
       org.opencontainers.image.licenses="Apache-2.0" \
-      org.opencontainers.image.base.name="docker.io/library/debian:bookworm-slim"
+      org.opencontainers.image.base.name="${RUNTIME_IMAGE}"
 
-# ca-certificates: TLS to brokers (security.protocol=SSL/SASL_SSL in [kafka.properties]).
+# ca-certificates: TLS to brokers (kafka.security_protocol ssl or sasl_ssl) that have no
+# kafka.tls_ca_file.
 # A fixed non-root uid/gid 10001 (no login shell, no home) so volume ownership is
 # predictable; /var/lib/flagtally is its writable working directory (file sinks).
 RUN apt-get update \
@@ -80,7 +108,7 @@ RUN apt-get update \
         --home-dir /nonexistent --shell /usr/sbin/nologin flagtally \
  && install -d -o 10001 -g 10001 -m 0750 /var/lib/flagtally
 
-COPY --from=builder /out/flagtally /usr/local/bin/flagtally
+COPY --from=binary /out/flagtally /usr/local/bin/flagtally
 COPY config/flagtally.toml /etc/flagtally/flagtally.toml
 
 # Fail the image build, not the first container start, if a shared library the

@@ -7,7 +7,10 @@
 #                        volumes, quoting, $-escaping, the flagtally service's mount,
 #                        env, port and grace period, topics created by kafka-init)
 #   Dockerfile           parsed with dockerfile-parse: known instructions, >= 2 stages,
-#                        pinned base images, COPY --from names an earlier stage, the
+#                        pinned base images (ARG defaults), every stage used by the
+#                        default build or selectable by a build argument and then
+#                        providing what is copied from the stage it replaces (builder or
+#                        prebuilt binary), COPY --from names an earlier stage, the
 #                        final stage runs as a non-root USER, exec-form ENTRYPOINT/CMD,
 #                        EXPOSE/HEALTHCHECK port; the builder copies every file cargo
 #                        needs (declared targets, include_str!/include_bytes!) and no
@@ -245,11 +248,23 @@ else:
     check(not unknown, "dockerfile", "every instruction is a known Dockerfile instruction",
           ", ".join(f"line {n}: {ins}" for n, ins in unknown))
 
+    # ARGs declared before the first FROM may be used in FROM lines: their defaults
+    # are what a plain `docker build` uses.
+    global_args = {}
+
+    def expand(text):
+        return re.sub(r"\$\{(\w+)\}|\$(\w+)",
+                      lambda m: global_args.get(m.group(1) or m.group(2), m.group(0)), text)
+
     for ins in structure:
         if ins["instruction"] == "FROM":
             words = [w for w in ins["value"].split() if not w.startswith("--")]
             name = words[2] if len(words) >= 3 and words[1].lower() == "as" else None
-            stages.append({"name": name, "image": words[0] if words else "", "ins": []})
+            raw = words[0] if words else ""
+            stages.append({"name": name, "raw": raw, "image": expand(raw), "ins": []})
+        elif ins["instruction"] == "ARG" and not stages and "=" in ins["value"]:
+            k, _, v = ins["value"].partition("=")
+            global_args[k.strip()] = v.strip().strip('"')
         elif stages and ins["instruction"] != "COMMENT":
             stages[-1]["ins"].append(ins)
     check(len(stages) >= 2, "dockerfile", f"multi-stage ({len(stages)} FROM stages)",
@@ -257,13 +272,84 @@ else:
 
     stage_names = [s["name"] for s in stages]
     for idx, st in enumerate(stages):
-        img = st["image"]
-        if img in stage_names[:idx]:
-            continue  # FROM an earlier stage
+        img, raw = st["image"], st["raw"]
+        if img in stage_names[:idx] or img == "scratch":
+            continue  # FROM an earlier stage, or the empty image
+        shown = img if img == raw else f"{raw} (default {img})"
+        check("$" not in img, "dockerfile", f"stage {idx} base image {raw} has a default",
+              "an ARG before the first FROM must give it one")
         last = img.rsplit("/", 1)[-1]
         tag = last.split(":", 1)[1] if ":" in last else ""
         check(("@sha256:" in img) or (tag and tag != "latest"), "dockerfile",
-              f"stage {idx} base image {img} is pinned to a tag", "no tag or :latest")
+              f"stage {idx} base image {shown} is pinned to a tag", "no tag or :latest")
+
+    # The stages a default build runs: the final one and what it needs, through FROM
+    # and COPY --from. Any other stage must stand in for a stage that a build argument
+    # selects (FROM ${ARG} AS alias), providing every path later stages copy from it.
+    def from_refs(st):
+        for ins in st["ins"]:
+            m = re.search(r"--from=(\S+)", ins["value"]) if ins["instruction"] in ("COPY", "ADD") else None
+            if m:
+                yield m.group(1)
+
+    def stage_index(ref, before):
+        if ref.isdigit() and int(ref) < before:
+            return int(ref)
+        return next((i for i in range(before) if stage_names[i] == ref), None)
+
+    used, todo = set(), [len(stages) - 1] if stages else []
+    while todo:
+        i = todo.pop()
+        if i in used:
+            continue
+        used.add(i)
+        for ref in [stages[i]["image"], *from_refs(stages[i])]:
+            j = stage_index(ref, i)
+            if j is not None:
+                todo.append(j)
+
+    def copied_from(alias):
+        paths = set()
+        for st in stages:
+            for ins in st["ins"]:
+                if ins["instruction"] in ("COPY", "ADD") and f"--from={alias}" in ins["value"]:
+                    words = [w for w in shlex.split(ins["value"]) if not w.startswith("--")]
+                    paths.update(words[:-1])
+        return paths
+
+    def provides(st, path):
+        for ins in st["ins"]:
+            if ins["instruction"] in ("COPY", "ADD"):
+                words = [w for w in shlex.split(ins["value"]) if not w.startswith("--")]
+                dest = words[-1] if words else ""
+                if dest == path or (dest.endswith("/") and dest + os.path.basename(path) == path):
+                    return True
+            elif ins["instruction"] == "RUN" and re.search(re.escape(path) + r"(?![\w/.-])",
+                                                         ins["value"]):
+                return True
+        return False
+
+    selectable = [(i, st) for i, st in enumerate(stages) if "$" in st["raw"]
+                  and st["name"] and st["image"] in stage_names[:i]]
+    alternatives = {}  # stage index -> the build argument that selects it
+    for i, st in selectable:
+        arg = re.search(r"\w+", st["raw"]).group(0)
+        wanted = sorted(copied_from(st["name"]))
+        default = stage_index(st["image"], i)
+        for j in [default] + [j for j in range(i) if j not in used]:
+            if all(provides(stages[j], p) for p in wanted):
+                alternatives.setdefault(j, arg)
+                how = "default" if j == default else f"--build-arg {arg}={stage_names[j]}"
+                ok("dockerfile", f"stage {stage_names[j]!r} ({how}) provides "
+                                 f"{', '.join(wanted)} for COPY --from={st['name']}")
+            elif j == default:
+                fail("dockerfile", f"stage {stage_names[j]!r}, the default of {arg}, does not "
+                                   f"provide {', '.join(wanted)}")
+    for j in range(len(stages)):
+        if j not in used:
+            check(j in alternatives, "dockerfile",
+                  f"stage {stage_names[j] or j} is used (selectable by a build argument)",
+                  "no target builds it")
 
     for idx, st in enumerate(stages):
         for ins in st["ins"]:
@@ -367,7 +453,12 @@ else:
                 continue
             words = [w for w in shlex.split(ins["value"]) if not w.startswith("--")]
             for src in words[:-1]:
-                context_sources.append((idx, os.path.normpath(src)))
+                if idx in used:
+                    context_sources.append((idx, os.path.normpath(src)))
+                else:
+                    ok("context", f"COPY source {src} (stage {stage_names[idx]}, only with "
+                                  f"--build-arg {alternatives.get(idx, '?')}={stage_names[idx]}) "
+                                  "comes from that build's own context")
     for idx, src in context_sources:
         if exists_or_pending("context", src, f"COPY source (stage {idx})"):
             if dockerignored(src):

@@ -29,6 +29,11 @@
 #                                        prints `export FLAGTALLY_TEST_S3=…`
 #   bash scripts/infra.sh s3-stop [NAME]
 #   bash scripts/infra.sh s3-errors [NAME]  its log's last errors (test.sh prints them on failure)
+#   bash scripts/infra.sh registry [NAME]  Apicurio Registry $APICURIO_VERSION (from Maven Central, once;
+#                                        run on Java 21+, in-memory storage) on a free port;
+#                                        prints `export FLAGTALLY_TEST_REGISTRY=…`, its
+#                                        Confluent-compatible API (/apis/ccompat/v7)
+#   bash scripts/infra.sh registry-stop [NAME]
 #   bash scripts/infra.sh sdks           LaunchDarkly's server SDKs (Python from PyPI into the
 #                                        venv, Node from npm), pinned, for tests/sdk/; prints
 #                                        `export FLAGTALLY_TEST_LD_PYTHON=…` and
@@ -52,6 +57,9 @@ name="${2:-test}"
 run="$INFRA/run/$name"
 
 VENV="$INFRA/venv"
+# Pinned: the Schema Registry the Avro-output tests register with (it needs Java 21+).
+APICURIO_VERSION=3.3.3
+APICURIO_HOME="$INFRA/apicurio-$APICURIO_VERSION"
 # Pinned: LaunchDarkly's server SDKs whose event payloads tests/sdk/ captures.
 LD_PYTHON_SDK_VERSION=9.15.0
 LD_NODE_SDK_VERSION=9.13.7
@@ -64,8 +72,9 @@ python_env() {
     say "creating the test venv (once)"
     python3 -m venv "$VENV"
   fi
-  if ! "$VENV/bin/python" -c "import confluent_kafka, fastavro, pyarrow" 2>/dev/null; then
-    "$VENV/bin/pip" install --quiet confluent-kafka fastavro pyarrow
+  if ! "$VENV/bin/python" -c "import confluent_kafka, fastavro, pyarrow
+from confluent_kafka.schema_registry.avro import AvroDeserializer" 2>/dev/null; then
+    "$VENV/bin/pip" install --quiet "confluent-kafka[avro,schemaregistry]" fastavro pyarrow
   fi
   echo "$VENV/bin/python"
 }
@@ -420,6 +429,87 @@ stop() {
   fi
 }
 
+# A Java 21+ for Apicurio Registry: $FLAGTALLY_REGISTRY_JAVA, a JDK 21+ under
+# /usr/lib/jvm, or `java` when it is 21+ (Kafka itself stays on the default Java).
+registry_java() {
+  local j v
+  for j in "${FLAGTALLY_REGISTRY_JAVA:-}" /usr/lib/jvm/*/bin/java "$(command -v java || true)"; do
+    [ -n "$j" ] && [ -x "$j" ] || continue
+    v=$("$j" -XshowSettings:properties -version 2>&1 | sed -n 's/^ *java.specification.version = //p')
+    if [ -n "$v" ] && [ "${v%%.*}" -ge 21 ] 2>/dev/null; then echo "$j"; return; fi
+  done
+  say "no Java 21 or later found for Apicurio Registry (set FLAGTALLY_REGISTRY_JAVA)"
+  exit 1
+}
+
+install_registry() {
+  if [ -f "$APICURIO_HOME/.complete" ]; then
+    return
+  fi
+  command -v mvn >/dev/null || { say "mvn not found: Apicurio Registry is fetched from Maven Central with Maven"; exit 1; }
+  say "fetching Apicurio Registry $APICURIO_VERSION from Maven Central (once; about 160 MB)"
+  mkdir -p "$APICURIO_HOME"
+  if ! mvn -q -B dependency:copy -Dartifact="io.apicurio:apicurio-registry-app:$APICURIO_VERSION:tar.gz:all" \
+      -DoutputDirectory="$APICURIO_HOME" >"$APICURIO_HOME/fetch.log" 2>&1; then
+    say "fetching Apicurio Registry failed (mvn dependency:copy); its output:"
+    tail -30 "$APICURIO_HOME/fetch.log" >&2
+    exit 1
+  fi
+  tar xzf "$APICURIO_HOME/apicurio-registry-app-$APICURIO_VERSION-all.tar.gz" -C "$APICURIO_HOME"
+  rm -f "$APICURIO_HOME/apicurio-registry-app-$APICURIO_VERSION-all.tar.gz"
+  ls "$APICURIO_HOME/quarkus-run.jar" >/dev/null
+  touch "$APICURIO_HOME/.complete"
+}
+
+# Apicurio Registry, in-memory (a restart forgets every schema), on a free HTTP port and
+# a free management port (its default 9000 is moved off), both on 127.0.0.1.
+registry() {
+  local dir="$run-registry" java port mgmt
+  install_registry
+  mkdir -p "$dir"
+  if [ -f "$dir/pid" ] && kill -0 "$(cat "$dir/pid")" 2>/dev/null; then
+    port=$(cat "$dir/port")
+  else
+    java=$(registry_java)
+    port=$(free_port)
+    mgmt=$(free_port)
+    while [ "$mgmt" = "$port" ]; do mgmt=$(free_port); done
+    nohup "$java" -Xms128m -Xmx512m -XX:+UseSerialGC \
+      -Dquarkus.http.host=127.0.0.1 -Dquarkus.http.port="$port" \
+      -Dquarkus.management.host=127.0.0.1 -Dquarkus.management.port="$mgmt" \
+      -Dquarkus.log.level=WARN \
+      -jar "$APICURIO_HOME/quarkus-run.jar" </dev/null >"$dir/registry.log" 2>&1 &
+    echo $! >"$dir/pid"
+    echo "$port" >"$dir/port"
+    local ok=""
+    for _ in $(seq 240); do
+      if curl -sf "http://127.0.0.1:$port/apis/ccompat/v7/subjects" >/dev/null 2>&1; then ok=1; break; fi
+      kill -0 "$(cat "$dir/pid")" 2>/dev/null || break
+      sleep 0.25
+    done
+    if [ -z "$ok" ]; then
+      say "Apicurio Registry did not answer within 60 s; its log:"
+      tail -30 "$dir/registry.log" >&2
+      exit 1
+    fi
+    say "Apicurio Registry $APICURIO_VERSION '$name' ready on 127.0.0.1:$port (pid $(cat "$dir/pid"))"
+  fi
+  echo "export FLAGTALLY_TEST_REGISTRY=http://127.0.0.1:$port/apis/ccompat/v7"
+}
+
+registry_stop() {
+  local dir="$run-registry"
+  if [ -f "$dir/pid" ]; then
+    local pid
+    pid=$(cat "$dir/pid")
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 80); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
+    kill -9 "$pid" 2>/dev/null || true
+    rm -f "$dir/pid"
+    say "registry '$name' stopped"
+  fi
+}
+
 # PostgreSQL for the warehouse-sink tests: the machine's server on 127.0.0.1:5432 when it
 # answers; else start Debian's cluster (installing the packages if missing). Prints
 # `export FLAGTALLY_TEST_POSTGRES=<url>`. A preset FLAGTALLY_TEST_POSTGRES is kept.
@@ -570,6 +660,8 @@ case "$cmd" in
   s3-stop) s3_stop ;;
   s3-errors) s3_errors ;;
   postgres) postgres ;;
+  registry) registry ;;
+  registry-stop) registry_stop ;;
   start) start ;;
   stop) stop TERM ;;
   kill) stop KILL ;;

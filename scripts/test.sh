@@ -15,8 +15,9 @@
 #            started if down; installed from Debian's packages if missing), SeaweedFS
 #            (S3, from PyPI), a Python venv with confluent-kafka, fastavro and pyarrow
 #            (the independent readers), and LaunchDarkly's Python and Node server SDKs
-#            (the real clients whose payloads tests/sdk_counting.rs counts); the broker
-#            and SeaweedFS are stopped at exit
+#            (the real clients whose payloads tests/sdk_counting.rs counts), Apicurio
+#            Registry (from Maven Central, on a Java 21+: tests/schema_registry.rs); the
+#            broker, SeaweedFS and the registry are stopped at exit
 #   tests    unit, property, vector, end-to-end and broker tests (cargo test)
 #   chaos    scripts/chaos.sh for 60 s per mode: random faults, outputs checked exactly
 #   docs     cargo doc, warnings denied
@@ -49,10 +50,12 @@ eval "$(bash scripts/infra.sh start ci)"
 eval "$(bash scripts/infra.sh postgres)"
 eval "$(bash scripts/infra.sh s3 ci)"
 eval "$(bash scripts/infra.sh sdks)"
+eval "$(bash scripts/infra.sh registry ci)"
 export FLAGTALLY_TEST_BROKER FLAGTALLY_TEST_POSTGRES FLAGTALLY_TEST_S3
-export FLAGTALLY_TEST_LD_PYTHON FLAGTALLY_TEST_LD_NODE_MODULES
+export FLAGTALLY_TEST_LD_PYTHON FLAGTALLY_TEST_LD_NODE_MODULES FLAGTALLY_TEST_REGISTRY
 trap 'rc=$?; [ "$rc" = 0 ] || bash scripts/infra.sh s3-errors ci
-      bash scripts/infra.sh stop ci; bash scripts/infra.sh s3-stop ci' EXIT
+      bash scripts/infra.sh stop ci; bash scripts/infra.sh s3-stop ci
+      bash scripts/infra.sh registry-stop ci' EXIT
 
 step "tests"
 # Broker tests start flagtally processes of their own: two at a time keeps the two

@@ -49,6 +49,8 @@ pub struct Health {
     /// Why the Kafka clients cannot connect, in the configuration's terms (wrong
     /// credentials, an untrusted certificate): cleared once outputs connect.
     kafka_problem: Mutex<Option<String>>,
+    /// Why the Schema Registry cannot be used at start, if it cannot.
+    registry_problem: Mutex<Option<String>>,
 }
 
 impl Default for Health {
@@ -64,6 +66,7 @@ impl Default for Health {
             input_problem: Mutex::new(None),
             missing_topics: Mutex::new(None),
             kafka_problem: Mutex::new(None),
+            registry_problem: Mutex::new(None),
         }
     }
 }
@@ -188,6 +191,18 @@ impl Health {
         self.kafka_problem.lock().ok().and_then(|p| p.clone())
     }
 
+    /// Why the output schemas cannot be registered (`None`: they are). Returns whether
+    /// this changed it.
+    pub fn set_registry_problem(&self, problem: Option<String>) -> bool {
+        match self.registry_problem.lock() {
+            Ok(mut p) if *p != problem => {
+                *p = problem;
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Topics the configuration needs and the broker lacks (`None`: all there).
     pub fn set_missing_topics(&self, line: Option<String>) {
         if let Ok(mut m) = self.missing_topics.lock() {
@@ -224,6 +239,8 @@ impl Health {
             "draining".to_owned()
         } else if let Some(p) = self.kafka_problem() {
             format!("kafka: {p}")
+        } else if let Some(p) = self.registry_problem.lock().ok().and_then(|p| p.clone()) {
+            format!("schema registry: {p}")
         } else if let Some(line) = self.missing_topics.lock().ok().and_then(|m| m.clone()) {
             line
         } else if !self.outputs_connected() {

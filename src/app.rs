@@ -193,6 +193,52 @@ fn topics(command: &TopicsCommand) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// Avro outputs with a Schema Registry: each output kind's schema id, registered or
+/// looked up. A registry that does not answer is named in `/readyz` and asked again
+/// every few seconds until it does (or the daemon is stopped); one that refuses (an
+/// incompatible schema, wrong credentials) stops the start with its answer.
+fn output_schema_ids(
+    config: &Config,
+    health: &crate::admin::Health,
+    stop: &AtomicBool,
+) -> anyhow::Result<Option<crate::emit::avro::SchemaIds>> {
+    use crate::registry::{Client, RegistryError, outputs};
+    let Some(registry) = &config.output.schema_registry else {
+        return Ok(None);
+    };
+    if config.output.format != crate::emit::Format::Avro {
+        return Ok(None);
+    }
+    let client = Client::new(registry).map_err(anyhow::Error::msg)?;
+    loop {
+        match outputs::output_ids(&client, registry, &config.output.topics) {
+            Ok(ids) => {
+                health.set_registry_problem(None);
+                tracing::info!(
+                    registry = client.shown(),
+                    "output schemas registered: {ids:?}"
+                );
+                return Ok(Some(ids));
+            }
+            Err(RegistryError::Unavailable(e)) => {
+                if health.set_registry_problem(Some(e.clone())) {
+                    tracing::error!("schema registry: {e}; retrying every 2s");
+                }
+            }
+            Err(e) => anyhow::bail!("output.schema_registry: {e}"),
+        }
+        for _ in 0..40 {
+            if stop.load(Ordering::Relaxed) {
+                anyhow::bail!(
+                    "stopped while waiting for the schema registry {}",
+                    client.shown()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
 fn run_daemon(args: &RunArgs) -> anyhow::Result<()> {
     let (config, tree) = Config::load_with_env(&args.config, std::env::vars())?;
     let set_log_level = init_logging(config.log.level.as_deref(), config.log.format);
@@ -254,9 +300,19 @@ fn run_daemon(args: &RunArgs) -> anyhow::Result<()> {
     let deadline = config.processing.shutdown_deadline;
     // Sinks stop after the pipeline's drain, so they deliver what it wrote last.
     let sinks = crate::sink::worker::Sinks::start(config.sink_plan(), Arc::clone(&admin))?;
-    let workers = (0..config.processing.workers())
+    let schema_ids = match output_schema_ids(&config, &admin.health, &stop) {
+        Ok(ids) => ids,
+        Err(e) => {
+            admin.health.set_failed(&format!("{e:#}"));
+            return Err(e);
+        }
+    };
+    let mut workers = (0..config.processing.workers())
         .map(|w| config.pipeline_plan(w))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    for w in &mut workers {
+        w.emit.schema_ids = schema_ids;
+    }
     let pool = Pool::start(workers, &hard_stop, &admin)?;
     // What runs: the file as loaded, with the live keys of later reloads.
     let mut running = config.clone();

@@ -285,6 +285,7 @@ impl SummarizeArgs {
                 Envelope::None
             },
             feature_key: FeatureKey::Context,
+            schema_ids: None,
         }
     }
 }

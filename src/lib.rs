@@ -46,6 +46,7 @@ pub mod metrics;
 pub mod offline;
 pub mod pipeline;
 pub mod quickstart;
+pub mod registry;
 pub mod reload;
 pub mod sink;
 pub mod source;

@@ -144,3 +144,34 @@ pub fn encode_event(event: &Event) -> Vec<u8> {
     event::write_event(event, &mut buf);
     buf
 }
+
+/// Reads a datum written with `writer` and resolves it to `reader` (Avro schema
+/// resolution: fields matched by name, defaults for the missing, promotions), then
+/// writes it with `reader`: the bytes the direct codec reads. The datum must be read
+/// whole.
+pub fn resolve_datum(writer: &Schema, reader: &Parsed, datum: &[u8]) -> Result<Vec<u8>, String> {
+    let mut input = Exact {
+        rest: datum,
+        hit_end: false,
+    };
+    let value = GenericDatumReader::builder(writer)
+        .reader_schema(&reader.schema)
+        .build()
+        .and_then(|r| r.read_value(&mut input))
+        .map_err(|e| {
+            if input.hit_end {
+                format!("the datum is truncated ({} bytes): {e}", datum.len())
+            } else {
+                format!("the writer schema does not resolve to event.avsc: {e}")
+            }
+        })?;
+    if !input.rest.is_empty() {
+        return Err(format!("{} unread bytes after the datum", input.rest.len()));
+    }
+    let mut out = Vec::with_capacity(datum.len() + 16);
+    apache_avro::writer::datum::GenericDatumWriter::builder(&reader.schema)
+        .build()
+        .and_then(|w| w.write_value_ref(&mut out, &value))
+        .map_err(|e| format!("the resolved datum does not fit event.avsc: {e}"))?;
+    Ok(out)
+}

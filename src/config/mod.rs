@@ -31,6 +31,7 @@ use crate::decode::{Decoder, Dialect, Limits};
 use crate::emit::{EmitConfig, Envelope, FeatureKey, Format, OutputKind, Topics};
 pub use crate::kafka::KafkaConfig;
 pub use crate::pipeline::FuturePolicy;
+use crate::registry::RegistryConfig;
 use crate::sink::SinkConfig;
 pub use crate::source::UnreadablePolicy;
 use crate::units::de::{
@@ -234,6 +235,9 @@ pub struct OutputSection {
     /// in-process mock cluster, which does not answer DescribeConfigs.
     #[serde(skip, default = "yes")]
     pub describe_topics: bool,
+    /// A Schema Registry: Avro outputs in the Confluent wire format, and the writer
+    /// schemas of Confluent-framed `native-avro` input.
+    pub schema_registry: Option<RegistryConfig>,
 }
 
 impl Default for OutputSection {
@@ -246,6 +250,7 @@ impl Default for OutputSection {
             dead_letter_topic: None,
             max_dead_letter_bytes: 1_000_000,
             describe_topics: true,
+            schema_registry: None,
         }
     }
 }
@@ -507,6 +512,9 @@ impl Config {
         let sinks = sinks.map_or_else(Vec::new, |s| read::sinks(s, &mut problems, &mut warnings));
         let config = config.map(|mut config| {
             config.kafka.read_secret_files(&mut problems, &mut warnings);
+            if let Some(registry) = &mut config.output.schema_registry {
+                registry.read_secret_files(&mut problems, &mut warnings);
+            }
             Config {
                 sinks,
                 warnings,
@@ -570,6 +578,9 @@ impl Config {
             }
         }
         self.kafka.check_security(&mut problems);
+        if let Some(registry) = &self.output.schema_registry {
+            registry.check(&mut problems);
+        }
         let typed: BTreeMap<String, String> = self
             .kafka
             .security_properties()
@@ -719,6 +730,7 @@ impl Config {
             format: self.output.format,
             envelope: self.output.envelope.clone(),
             feature_key: self.output.feature_key,
+            schema_ids: None,
         }
     }
 }
@@ -1052,7 +1064,7 @@ mod documented {
                 match t.strip_prefix("# ") {
                     Some(rest)
                         if (rest.contains(" = ") && !rest.starts_with(' '))
-                            || rest.starts_with("[[") =>
+                            || rest.starts_with('[') =>
                     {
                         rest
                     }

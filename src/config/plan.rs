@@ -12,6 +12,19 @@ use crate::units::millis;
 use crate::window::{EngineConfig, FullEvents, GateConfig, Override};
 
 impl Config {
+    /// The decode stage, resolving Confluent-framed native Avro with the registry
+    /// when one is configured (each worker keeps the schemas it meets).
+    pub fn registry_decoder(&self) -> anyhow::Result<crate::decode::Decoder> {
+        let decoder = self.decoder();
+        let Some(registry) = &self.output.schema_registry else {
+            return Ok(decoder);
+        };
+        let native = crate::avro::event_schema().map_err(anyhow::Error::msg)?;
+        let writers = crate::registry::writers::Writers::new(registry, native.fingerprint())
+            .map_err(anyhow::Error::msg)?;
+        Ok(decoder.with_writers(std::sync::Arc::new(writers)))
+    }
+
     /// What the warehouse sinks take.
     pub fn sink_plan(&self) -> sink::Plan {
         sink::Plan {
@@ -39,7 +52,7 @@ impl Config {
             },
             producer: self.producer_plan(worker)?,
             checkpoint_topic: p.checkpoint_topic.clone(),
-            decoder: self.decoder(),
+            decoder: self.registry_decoder()?,
             engine: self.engine_for_outputs(),
             emit: self.emit_config(),
             topics: self.output.topics.clone(),

@@ -18,10 +18,12 @@ mod testing;
 mod util;
 
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use crate::event::Event;
+use crate::registry::writers::Writers;
 
 /// An input dialect. `Auto` detects the dialect of each record (see `decode::auto`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
@@ -100,6 +102,13 @@ pub enum Reason {
     Undetected(String),
     #[error("avro: {0}")]
     Avro(String),
+    /// A Confluent-framed record names a schema id the registry does not know (or
+    /// whose schema flagtally cannot read).
+    #[error("{0}")]
+    UnknownSchema(String),
+    /// The registry did not answer for the record's schema id.
+    #[error("{0}")]
+    RegistryUnavailable(String),
     #[error("{count} context kinds, over the limit of {limit}")]
     TooManyKinds { count: usize, limit: usize },
 }
@@ -142,6 +151,8 @@ impl Reason {
             Self::UnknownKind(_) => "unknown_kind",
             Self::Undetected(_) => "undetected",
             Self::Avro(_) => "avro",
+            Self::UnknownSchema(_) => "unknown_schema",
+            Self::RegistryUnavailable(_) => "registry_unavailable",
             Self::TooManyKinds { .. } => "too_many_kinds",
         }
     }
@@ -221,11 +232,26 @@ impl Decoded {
 pub struct Decoder {
     dialect: Dialect,
     limits: Limits,
+    /// Native Avro in the Confluent wire format: its writer schemas, from the
+    /// registry (`None`: every id is taken to be `event.avsc`).
+    writers: Option<Arc<Writers>>,
 }
 
 impl Decoder {
     pub fn new(dialect: Dialect, limits: Limits) -> Self {
-        Self { dialect, limits }
+        Self {
+            dialect,
+            limits,
+            writers: None,
+        }
+    }
+
+    /// Resolves the schema ids of Confluent-framed native Avro with `writers`.
+    pub fn with_writers(self, writers: Arc<Writers>) -> Self {
+        Self {
+            writers: Some(writers),
+            ..self
+        }
     }
 
     pub fn dialect(&self) -> Dialect {
@@ -259,7 +285,7 @@ impl Decoder {
             }
             Dialect::Auto => match launchdarkly::detect_in_one_pass(value, &self.limits, out) {
                 Some(Ok(Dialect::Launchdarkly)) => return,
-                Some(Ok(found)) => return decode_as(found, value, &self.limits, out),
+                Some(Ok(found)) => return self.decode_as(found, value, out),
                 Some(Err(why)) => {
                     return out.errors.push(DecodeError::new(
                         Dialect::Auto,
@@ -289,7 +315,7 @@ impl Decoder {
                 }
                 Ok(shape) if self.dialect == Dialect::Auto => {
                     match auto::detect_shape(value, &shape) {
-                        Ok(found) => decode_as(found, value, &self.limits, out),
+                        Ok(found) => self.decode_as(found, value, out),
                         Err(why) => out.errors.push(DecodeError::new(
                             Dialect::Auto,
                             "",
@@ -301,7 +327,7 @@ impl Decoder {
                 Ok(_) => {}
             }
         }
-        decode_as(self.dialect, value, &self.limits, out);
+        self.decode_as(self.dialect, value, out);
     }
 }
 
@@ -333,28 +359,30 @@ pub(crate) fn unrepresentable_number(bytes: &[u8]) -> Option<String> {
     }
 }
 
-fn decode_as(dialect: Dialect, value: &[u8], limits: &Limits, out: &mut Decoded) {
-    if dialect != Dialect::Auto {
-        out.dialect = Some(dialect);
-    }
-    match dialect {
-        Dialect::Auto => match auto::detect(value) {
-            Ok(found) => decode_as(found, value, limits, out),
-            Err(why) => {
-                out.errors
-                    .push(DecodeError::new(Dialect::Auto, "", Reason::Undetected(why)))
-            }
-        },
-        // LaunchDarkly checks number ranges itself, for free on its fast path.
-        Dialect::Launchdarkly => launchdarkly::decode(value, limits, out),
-        _ if let Some(detail) = unrepresentable_number(value) => {
-            out.errors
-                .push(DecodeError::new(dialect, "", Reason::Invalid(detail)))
+impl Decoder {
+    fn decode_as(&self, dialect: Dialect, value: &[u8], out: &mut Decoded) {
+        let limits = &self.limits;
+        if dialect != Dialect::Auto {
+            out.dialect = Some(dialect);
         }
-        Dialect::Goff => goff::decode(value, limits, out),
-        Dialect::Featbit => featbit::decode(value, limits, out),
-        Dialect::Native => native::decode_json(value, limits, out),
-        Dialect::NativeAvro => native::decode_avro(value, limits, out),
+        match dialect {
+            Dialect::Auto => match auto::detect(value) {
+                Ok(found) => self.decode_as(found, value, out),
+                Err(why) => {
+                    out.errors
+                        .push(DecodeError::new(Dialect::Auto, "", Reason::Undetected(why)))
+                }
+            },
+            // LaunchDarkly checks number ranges itself, for free on its fast path.
+            Dialect::Launchdarkly => launchdarkly::decode(value, limits, out),
+            _ if let Some(detail) = unrepresentable_number(value) => out
+                .errors
+                .push(DecodeError::new(dialect, "", Reason::Invalid(detail))),
+            Dialect::Goff => goff::decode(value, limits, out),
+            Dialect::Featbit => featbit::decode(value, limits, out),
+            Dialect::Native => native::decode_json(value, limits, out),
+            Dialect::NativeAvro => native::decode_avro(value, limits, self.writers.as_deref(), out),
+        }
     }
 }
 

@@ -27,6 +27,7 @@ use super::{DecodeError, Decoded, Dialect, Limits, Reason};
 use crate::avro::event::{Fault, Problem, read_event};
 use crate::avro::{CONFLUENT_MAGIC, event_schema, hex, wire};
 use crate::event::{Contexts, Event, EventTime, FlagVersion, Scope, VariationRef};
+use crate::registry::writers::{Lookup, Writer, Writers};
 
 /// Latest accepted time (JavaScript's limit, as in [`EventTime::from_unit`]).
 const MAX_MILLIS: i64 = 8_640_000_000_000_000;
@@ -335,26 +336,57 @@ impl Check<'_> {
 // Avro
 
 /// Decodes one native Avro record (Confluent wire format or single-object encoding).
-pub(crate) fn decode_avro(value: &[u8], limits: &Limits, out: &mut Decoded) {
-    push(avro_event(value, limits), out);
+pub(crate) fn decode_avro(
+    value: &[u8],
+    limits: &Limits,
+    writers: Option<&Writers>,
+    out: &mut Decoded,
+) {
+    push(avro_event(value, limits, writers), out);
 }
 
 fn avro_err(reason: impl Into<String>) -> DecodeError {
     DecodeError::new(Dialect::NativeAvro, "", Reason::Avro(reason.into()))
 }
 
-fn avro_event(value: &[u8], limits: &Limits) -> Result<Event, DecodeError> {
+fn avro_event(
+    value: &[u8],
+    limits: &Limits,
+    writers: Option<&Writers>,
+) -> Result<Event, DecodeError> {
     let d = Dialect::NativeAvro;
     let native = event_schema().map_err(avro_err)?;
+    let resolved;
     let datum = match value {
         [] => return Err(DecodeError::new(d, "", Reason::Empty)),
-        [CONFLUENT_MAGIC, rest @ ..] => rest.get(4..).ok_or_else(|| {
-            avro_err(format!(
-                "Confluent wire format: the 0x00 magic byte must be followed by a 4-byte \
-                 schema id, but the record has {} bytes",
-                value.len()
-            ))
-        })?,
+        [CONFLUENT_MAGIC, rest @ ..] => {
+            let (Some(id), Some(datum)) = (rest.get(..4), rest.get(4..)) else {
+                return Err(avro_err(format!(
+                    "Confluent wire format: the 0x00 magic byte must be followed by a \
+                     4-byte schema id, but the record has {} bytes",
+                    value.len()
+                )));
+            };
+            let id = u32::from_be_bytes([id[0], id[1], id[2], id[3]]);
+            match writers.map(|w| w.get(id)) {
+                // No registry: the id is taken to be event.avsc's.
+                None => datum,
+                Some(Lookup::Found(writer)) => match &*writer {
+                    Writer::Native => datum,
+                    Writer::Other(schema) => {
+                        resolved = crate::avro::resolve_datum(schema, native, datum)
+                            .map_err(|e| avro_err(format!("schema id {id}: {e}")))?;
+                        &resolved
+                    }
+                },
+                Some(Lookup::Unknown(why)) => {
+                    return Err(DecodeError::new(d, "", Reason::UnknownSchema(why)));
+                }
+                Some(Lookup::Unavailable(why)) => {
+                    return Err(DecodeError::new(d, "", Reason::RegistryUnavailable(why)));
+                }
+            }
+        }
         [0xC3, 0x01, rest @ ..] => {
             let Some(fingerprint) = rest.get(..8) else {
                 return Err(avro_err(format!(
@@ -826,7 +858,7 @@ pub(crate) mod tests {
 
     fn avro(bytes: &[u8]) -> Decoded {
         let mut out = Decoded::default();
-        decode_avro(bytes, &Limits::default(), &mut out);
+        decode_avro(bytes, &Limits::default(), None, &mut out);
         out
     }
 

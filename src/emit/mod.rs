@@ -121,6 +121,9 @@ pub struct EmitConfig {
     pub format: Format,
     pub envelope: Envelope,
     pub feature_key: FeatureKey,
+    /// Avro outputs: the Schema Registry ids, resolved at start (`None`: Avro
+    /// single-object encoding).
+    pub schema_ids: Option<avro::SchemaIds>,
 }
 
 /// One record, ready for a topic or a sink.
@@ -171,7 +174,8 @@ pub struct Emitter {
 
 impl Emitter {
     pub fn new(config: EmitConfig) -> Self {
-        let avro = (config.format == Format::Avro).then(avro::Schemas::load);
+        let avro = (config.format == Format::Avro)
+            .then(|| avro::Schemas::load(config.schema_ids.as_ref()));
         Self { config, avro }
     }
 

@@ -28,7 +28,7 @@ use crate::event::{Contexts, EventTime, Json, Scope};
 use crate::window::{CloseReason, Output};
 
 /// The schema each output kind is written with.
-fn record(kind: OutputKind) -> Record {
+pub fn record(kind: OutputKind) -> Record {
     match kind {
         OutputKind::Summary => Record::Summary,
         OutputKind::Feature | OutputKind::Debug => Record::Feature,
@@ -40,15 +40,46 @@ fn record(kind: OutputKind) -> Record {
     }
 }
 
-/// The parsed output schemas (parsed once per process).
+/// The Schema Registry ids of the output schemas, by kind: a kind with one is written
+/// in the Confluent wire format (`0x00`, the id as 4 big-endian bytes, the datum).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SchemaIds([Option<u32>; OutputKind::ALL.len()]);
+
+impl SchemaIds {
+    pub fn set(&mut self, kind: OutputKind, id: u32) {
+        self.0[kind as usize] = Some(id);
+    }
+
+    pub fn get(&self, kind: OutputKind) -> Option<u32> {
+        self.0[kind as usize]
+    }
+}
+
+/// How each kind's records begin: the single-object header (10 bytes) or the
+/// Confluent wire format's (5 bytes).
 #[derive(Clone, Copy, Debug)]
-pub struct Schemas;
+pub struct Schemas {
+    headers: [([u8; 10], u8); OutputKind::ALL.len()],
+}
 
 impl Schemas {
-    /// The embedded schemas. A schema that failed to parse (which a test rules out)
-    /// makes every `encode`/`decode` fail with [`EmitError::Avro`].
-    pub fn load() -> Self {
-        Self
+    /// The embedded schemas, framed as single-object encoding, or in the Confluent
+    /// wire format for the kinds `ids` names. A schema that failed to parse (which a
+    /// test rules out) makes every `encode` fail with [`EmitError::Avro`].
+    pub fn load(ids: Option<&SchemaIds>) -> Self {
+        let mut headers = [([0u8; 10], 0u8); OutputKind::ALL.len()];
+        for kind in OutputKind::ALL {
+            let slot = &mut headers[kind as usize];
+            if let Some(id) = ids.and_then(|ids| ids.get(kind)) {
+                slot.0[0] = avro::CONFLUENT_MAGIC;
+                slot.0[1..5].copy_from_slice(&id.to_be_bytes());
+                slot.1 = 5;
+            } else if let Ok(parsed) = record(kind).parsed() {
+                slot.0 = parsed.header;
+                slot.1 = 10;
+            }
+        }
+        Self { headers }
     }
 
     /// The `.avsc` text of a kind's schema, e.g. for an Avro container file's header.
@@ -74,11 +105,13 @@ impl Schemas {
         record(kind).parsed().map_err(|e| error(kind, e))
     }
 
-    /// Encodes one output as single-object encoding with its kind's schema.
+    /// Encodes one output with its kind's schema and framing.
     pub fn encode(&self, out: &Output) -> Result<Vec<u8>, EmitError> {
-        let parsed = self.get(OutputKind::of(out))?;
+        let kind = OutputKind::of(out);
+        self.get(kind)?;
+        let (header, len) = &self.headers[kind as usize];
         let mut buf = Vec::with_capacity(256);
-        buf.extend_from_slice(&parsed.header);
+        buf.extend_from_slice(&header[..usize::from(*len)]);
         write_output(out, &mut buf);
         Ok(buf)
     }

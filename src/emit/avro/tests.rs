@@ -426,7 +426,7 @@ fn cases() -> Vec<(Output, &'static str)> {
 
 #[test]
 fn every_schema_parses() {
-    let schemas = Schemas::load();
+    let schemas = Schemas::load(None);
     for kind in OutputKind::ALL {
         schemas.schema(kind).unwrap();
         assert_eq!(schemas.fingerprint(kind).unwrap().len(), 8);
@@ -448,7 +448,7 @@ fn every_schema_parses() {
 /// updated with it).
 #[test]
 fn fingerprints_are_pinned() {
-    let schemas = Schemas::load();
+    let schemas = Schemas::load(None);
     let pinned = [
         (OutputKind::Summary, "4e678b36587deffa"),
         (OutputKind::Feature, "4b89513325f890ba"),
@@ -474,7 +474,7 @@ fn fingerprints_are_pinned() {
 
 #[test]
 fn the_late_schema_embeds_the_canonical_event() {
-    let late = Schemas::load().schema(OutputKind::Late).unwrap();
+    let late = Schemas::load(None).schema(OutputKind::Late).unwrap();
     let Schema::Record(late) = late else {
         panic!("late.avsc is not a record")
     };
@@ -488,7 +488,7 @@ fn the_late_schema_embeds_the_canonical_event() {
 
 #[test]
 fn the_direct_writer_matches_apache_avro() {
-    let schemas = Schemas::load();
+    let schemas = Schemas::load(None);
     for (out, _) in cases() {
         let kind = OutputKind::of(&out);
         let oracle = schemas.get(kind).unwrap().encode(&to_record(&out)).unwrap();
@@ -498,7 +498,7 @@ fn the_direct_writer_matches_apache_avro() {
 
 #[test]
 fn every_output_kind_reads_back_as_launchdarkly_json() {
-    let schemas = Schemas::load();
+    let schemas = Schemas::load(None);
     for (out, expected) in cases() {
         let kind = OutputKind::of(&out);
         let bytes = schemas.encode(&out).unwrap();
@@ -511,7 +511,7 @@ fn every_output_kind_reads_back_as_launchdarkly_json() {
 
 #[test]
 fn a_late_record_round_trips_every_canonical_event() {
-    let schemas = Schemas::load();
+    let schemas = Schemas::load(None);
     for event in events() {
         let out = Output::Late {
             event: Box::new(event.clone()),
@@ -529,7 +529,7 @@ fn a_late_record_round_trips_every_canonical_event() {
 
 #[test]
 fn records_carry_provenance() {
-    let schemas = Schemas::load();
+    let schemas = Schemas::load(None);
     let bytes = schemas.encode(&Output::Summary(summary())).unwrap();
     let rec = schemas.decode_record(OutputKind::Summary, &bytes).unwrap();
     assert_eq!(
@@ -551,7 +551,7 @@ fn records_carry_provenance() {
 
 #[test]
 fn debug_records_use_the_feature_schema() {
-    let schemas = Schemas::load();
+    let schemas = Schemas::load(None);
     let (debug, _) = &cases()[3];
     let bytes = schemas.encode(debug).unwrap();
     assert_eq!(
@@ -562,7 +562,7 @@ fn debug_records_use_the_feature_schema() {
 
 #[test]
 fn bad_records_are_errors_never_panics() {
-    let schemas = Schemas::load();
+    let schemas = Schemas::load(None);
     let bytes = schemas.encode(&Output::Summary(summary())).unwrap();
     let err = |kind, b: &[u8]| match schemas.decode(kind, b) {
         Err(EmitError::Avro { kind, detail }) => format!("{kind}: {detail}"),
@@ -594,7 +594,7 @@ fn bad_records_are_errors_never_panics() {
 fn huge_counts_saturate() {
     let mut s = summary();
     s.counters[0].count = u64::MAX;
-    let schemas = Schemas::load();
+    let schemas = Schemas::load(None);
     let bytes = schemas.encode(&Output::Summary(s)).unwrap();
     let back = schemas.decode(OutputKind::Summary, &bytes).unwrap();
     assert_eq!(back["features"]["flag1"]["counters"][0]["count"], i64::MAX);
@@ -677,7 +677,7 @@ mod agree {
             format: Format::Avro,
             ..EmitConfig::default()
         });
-        let schemas = Schemas::load();
+        let schemas = Schemas::load(None);
         let mut kinds = std::collections::BTreeSet::new();
         for (dialect, policy) in [
             (GenDialect::Launchdarkly, LatePolicy::Correction),
@@ -695,5 +695,24 @@ mod agree {
             }
         }
         assert_eq!(kinds.len(), 8, "covered {kinds:?}");
+    }
+
+    #[test]
+    fn registry_ids_frame_records_in_the_confluent_wire_format() {
+        let mut ids = crate::emit::avro::SchemaIds::default();
+        ids.set(crate::emit::OutputKind::Summary, 0x0102_0304);
+        let framed = Schemas::load(Some(&ids));
+        let plain = Schemas::load(None);
+        for o in outputs(GenDialect::Launchdarkly, LatePolicy::Correction) {
+            let a = framed.encode(&o).unwrap();
+            let b = plain.encode(&o).unwrap();
+            if crate::emit::OutputKind::of(&o) == crate::emit::OutputKind::Summary {
+                // 0x00, the id big-endian, then the same datum.
+                assert_eq!(a[..5], [0x00, 1, 2, 3, 4]);
+                assert_eq!(a[5..], b[10..]);
+            } else {
+                assert_eq!(a, b, "kinds without an id keep single-object encoding");
+            }
+        }
     }
 }

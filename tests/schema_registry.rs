@@ -1,0 +1,222 @@
+//! The Schema Registry (Apicurio Registry's Confluent-compatible API, started by
+//! `scripts/infra.sh registry`): Avro outputs in the Confluent wire format, read back
+//! by confluent-kafka's `AvroDeserializer`; `native-avro` input written by
+//! confluent-kafka's `AvroSerializer` with two writer schemas, resolved by id; an
+//! unknown id and a registry that does not answer, each dead-lettered with its reason;
+//! and every schema in `schemas/` checked for BACKWARD compatibility with its released
+//! version (`schemas/released/`), so a breaking change fails here.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use common::*;
+use flagtally::registry::{Client, RegistryConfig};
+
+/// The test registry: `FLAGTALLY_TEST_REGISTRY`, else one started for this run.
+fn registry() -> &'static str {
+    static URL: OnceLock<String> = OnceLock::new();
+    URL.get_or_init(|| {
+        if let Ok(url) = std::env::var("FLAGTALLY_TEST_REGISTRY") {
+            return url;
+        }
+        let out = std::process::Command::new("bash")
+            .arg(repo().join("scripts/infra.sh"))
+            .args(["registry", "test"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let text = String::from_utf8(out.stdout).unwrap();
+        text.trim()
+            .strip_prefix("export FLAGTALLY_TEST_REGISTRY=")
+            .expect("infra.sh registry prints the URL")
+            .to_owned()
+    })
+}
+
+fn client(url: &str) -> Client {
+    let config: RegistryConfig = toml::from_str(&format!("url = \"{url}\"")).unwrap();
+    Client::new(&config).unwrap()
+}
+
+fn python_step(args: &[&str]) -> String {
+    let out = std::process::Command::new(python())
+        .arg(repo().join("tests/python/registry_avro.py"))
+        .args(args)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "registry_avro.py {}: {text}\n{}",
+        args[0],
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+/// One worker over `t`, Avro outputs framed for the registry at `url`, `dialect` input.
+fn config(t: &Topics, url: &str, dialect: &str) -> String {
+    t.config_with_threads(broker(), "size = \"1h\"\nidle_timeout = \"1s\"", 1)
+        .replace("[output]\n", "[output]\nformat = \"avro\"\n")
+        + &format!(
+            "\n[input]\ndialect = \"{dialect}\"\n\n[output.schema_registry]\nurl = \"{url}\"\n"
+        )
+}
+
+/// confluent-kafka's serializer writes the input with two writer schemas (event.avsc
+/// itself, and another team's); flagtally resolves both by id, counts every
+/// evaluation once, dead-letters an id the registry does not know, and writes Avro
+/// outputs that confluent-kafka's deserializer reads back with the same counts.
+#[test]
+fn registry_framed_avro_in_and_out_with_independent_clients() {
+    let url = registry();
+    let broker = broker();
+    let t = Topics::create(broker, 2);
+    let produced = python_step(&[
+        "produce",
+        broker,
+        url,
+        &t.input,
+        "300",
+        "5",
+        repo().join("schemas/event.avsc").to_str().unwrap(),
+    ]);
+    let produced: serde_json::Value = serde_json::from_str(produced.trim()).unwrap();
+    let per_flag: BTreeMap<String, u64> =
+        serde_json::from_value(produced["per_flag"].clone()).unwrap();
+    let tracked = produced["tracked"].as_u64().unwrap();
+    let evaluations: u64 = per_flag.values().sum();
+    assert_eq!(evaluations, 600);
+    // An id no registry holds.
+    let mut unknown = vec![0x00, 0x7f, 0xff, 0xff, 0x01];
+    unknown.extend_from_slice(&[2, 0]);
+    produce(broker, &t.input, 2, &[unknown]);
+
+    let mut ft = Flagtally::start(&config(&t, url, "native-avro"), &unique("registry-io"));
+    let read = python_step(&[
+        "read",
+        broker,
+        url,
+        &t.summary,
+        &t.feature,
+        &evaluations.to_string(),
+        &tracked.to_string(),
+    ]);
+    assert!(read.starts_with("ok"), "{read}");
+    let read_per_flag: BTreeMap<String, u64> =
+        serde_json::from_str(read.lines().nth(1).unwrap()).unwrap();
+    assert_eq!(read_per_flag, per_flag);
+
+    let letters = read_until(broker, &t.dead_letter, Duration::from_secs(60), |_| true);
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(
+        letters[0].header("flagtally-error-reason"),
+        Some("unknown_schema")
+    );
+    let detail = letters[0].header("flagtally-error").unwrap_or_default();
+    assert!(detail.contains("schema id 2147483393"), "{detail}");
+
+    // The ids the outputs carry are the registry's, under the topic-name subjects.
+    let summary_id = client(url)
+        .latest(&format!("{}-value", t.summary))
+        .unwrap()
+        .0;
+    let first = read_until(broker, &t.summary, Duration::from_secs(30), |_| true);
+    assert_eq!(first[0].value[0], 0x00);
+    assert_eq!(first[0].value[1..5], summary_id.to_be_bytes());
+    assert!(ft.wait(Duration::ZERO).is_none(), "{}", ft.log_text());
+    assert!(ft.stop(Duration::from_secs(30)).success());
+}
+
+/// A registry that does not answer: Confluent-framed input is dead-lettered as
+/// `registry_unavailable` (never a silent stall), and Avro outputs wait at start with
+/// `/readyz` naming the registry.
+#[test]
+fn an_unreachable_registry_is_named_never_a_silent_stall() {
+    let broker = broker();
+    let t = Topics::create(broker, 1);
+    let closed = format!("http://127.0.0.1:{}/apis/ccompat/v7", free_port());
+    let mut framed = vec![0x00, 0, 0, 0, 7];
+    framed.extend_from_slice(&[2, 0]);
+    produce(broker, &t.input, 1, &[framed.clone(), framed]);
+    let json_out = config(&t, &closed, "native-avro").replace("format = \"avro\"\n", "");
+    let ft = Flagtally::start(&json_out, &unique("registry-down-in"));
+    let letters = read_until(broker, &t.dead_letter, Duration::from_secs(60), {
+        let mut n = 0;
+        move |_| {
+            n += 1;
+            n == 2
+        }
+    });
+    assert_eq!(letters.len(), 2, "{}", ft.log_text());
+    for l in &letters {
+        assert_eq!(
+            l.header("flagtally-error-reason"),
+            Some("registry_unavailable")
+        );
+    }
+    assert!(ft.stop(Duration::from_secs(30)).success());
+
+    let port = free_port();
+    let admin = format!("127.0.0.1:{port}");
+    let ft = Flagtally::start_with_env(
+        &config(&t, &closed, "native-avro"),
+        &unique("registry-down-out"),
+        &[("FLAGTALLY__ADMIN__LISTEN", admin.as_str())],
+    );
+    let mut last = String::new();
+    let named = eventually(Duration::from_secs(30), || {
+        last = http_get(&admin, "/readyz")
+            .map(|(_, b)| b)
+            .unwrap_or_default();
+        last.contains("schema registry") && last.contains("127.0.0.1")
+    });
+    assert!(named, "/readyz: {last}\n{}", ft.log_text());
+    let status = ft.stop(Duration::from_secs(30));
+    assert!(
+        !status.success(),
+        "stopped before it could start: not a clean exit"
+    );
+}
+
+/// Each schema in `schemas/` may follow its released version under BACKWARD
+/// compatibility (readers of the new schema read what the released one wrote); and
+/// the check bites: a field added without a default is refused.
+#[test]
+fn every_schema_is_backward_compatible_with_its_release() {
+    let client = client(registry());
+    let released = repo().join("schemas/released");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&released).unwrap() {
+        let old = entry.unwrap().path();
+        let name = old.file_name().unwrap().to_str().unwrap().to_owned();
+        let current = std::fs::read_to_string(repo().join("schemas").join(&name))
+            .unwrap_or_else(|e| panic!("schemas/{name} was released and is gone: {e}"));
+        let subject = unique(&format!("compat-{}", name.trim_end_matches(".avsc")));
+        client.set_compatibility(&subject, "BACKWARD").unwrap();
+        client
+            .register(&subject, &std::fs::read_to_string(&old).unwrap())
+            .unwrap();
+        assert!(
+            client.compatible(&subject, &current).unwrap(),
+            "schemas/{name} is not BACKWARD compatible with its released version \
+             (schemas/released/{name}): readers of it cannot read what the release wrote"
+        );
+        // The same check refuses a breaking change.
+        let mut broken: serde_json::Value = serde_json::from_str(&current).unwrap();
+        broken["fields"]
+            .as_array_mut()
+            .unwrap()
+            .push(serde_json::json!({"name": "addedWithoutDefault", "type": "string"}));
+        assert!(
+            !client.compatible(&subject, &broken.to_string()).unwrap(),
+            "the registry accepted a field added without a default to {name}"
+        );
+        checked += 1;
+    }
+    assert!(checked >= 8, "only {checked} released schemas");
+}
