@@ -220,3 +220,57 @@ fn every_schema_is_backward_compatible_with_its_release() {
     }
     assert!(checked >= 8, "only {checked} released schemas");
 }
+
+/// Basic authentication and a bearer token reach the registry in the `Authorization`
+/// header, and a refusal's error names the request without the credentials.
+#[test]
+fn credentials_go_in_the_authorization_header_only() {
+    for (keys, expected) in [
+        (
+            "username = \"team\"\npassword = \"pw-sekrit\"",
+            "Basic dGVhbTpwdy1zZWtyaXQ=",
+        ),
+        ("bearer_token = \"tok-sekrit\"", "Bearer tok-sekrit"),
+    ] {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            for answer in [
+                "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: 9\r\n\r\n{\"id\":42}",
+                "HTTP/1.1 401 Unauthorized\r\nConnection: close\r\nContent-Length: 40\r\n\r\n{\"error_code\":401,\"message\":\"who are u\"}",
+            ] {
+                let (mut stream, _) = listener.accept().unwrap();
+                seen.push(read_http_request(&stream).unwrap());
+                std::io::Write::write_all(&mut stream, answer.as_bytes()).unwrap();
+                // Drained before closing (an unread request body would reset it).
+                stream.shutdown(std::net::Shutdown::Write).unwrap();
+                stream
+                    .set_read_timeout(Some(Duration::from_secs(2)))
+                    .unwrap();
+                let _ = std::io::Read::read_to_end(&mut stream, &mut Vec::new());
+            }
+            seen
+        });
+        let config: RegistryConfig =
+            toml::from_str(&format!("url = \"http://{addr}/ccompat\"\n{keys}")).unwrap();
+        let client = Client::new(&config).unwrap();
+        assert_eq!(client.register("sums-value", "\"string\"").unwrap(), 42);
+        let refused = client
+            .register("sums-value", "\"string\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            refused.contains("HTTP 401") && refused.contains("who are u"),
+            "{refused}"
+        );
+        assert!(!refused.contains("sekrit"), "{refused}");
+        let seen = server.join().unwrap();
+        assert!(
+            seen[0]
+                .line
+                .starts_with("POST /ccompat/subjects/sums-value/versions")
+        );
+        assert_eq!(seen[0].headers["authorization"], expected);
+    }
+}
