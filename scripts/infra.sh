@@ -7,11 +7,14 @@
 #                                        the cache (once; about 10 s and 80 MiB)
 #   bash scripts/infra.sh start [NAME]   start a single-node KRaft broker (combined
 #                                        broker + controller) with PLAINTEXT, SASL_SSL
-#                                        (SCRAM-SHA-512 user flagtally) and mutual-TLS
+#                                        (SCRAM-SHA-512 users flagtally, a super user, and
+#                                        flagtally-acl, with only the ACLs tests grant;
+#                                        StandardAuthorizer) and mutual-TLS
 #                                        listeners; prints `export FLAGTALLY_TEST_BROKER=…`
 #                                        and the TLS listeners, certificates and user
 #                                        (FLAGTALLY_TEST_BROKER_SASL_SSL, _MTLS, _TLS,
-#                                        _SASL_USER, _SASL_PASSWORD). A stopped broker
+#                                        _SASL_USER, _SASL_PASSWORD, _ACL_USER,
+#                                        _ACL_PASSWORD). A stopped broker
 #                                        restarts on the same log directory and ports.
 #   bash scripts/infra.sh stop [NAME]    stop it cleanly (SIGTERM, waits)
 #   bash scripts/infra.sh kill [NAME]    kill -9 it (the broker-restart test)
@@ -235,6 +238,9 @@ running() {
 # The SCRAM user of the SASL_SSL listener (created when the log directory is formatted).
 SASL_USER=flagtally
 SASL_PASSWORD=flagtally-test-secret
+# A second SCRAM user that is no super user: it may do only what the ACL test grants it.
+ACL_USER=flagtally-acl
+ACL_PASSWORD=flagtally-acl-secret
 
 # Certificates for the TLS listeners, made with openssl once per run directory: a CA;
 # the broker's certificate (127.0.0.1 and localhost) as Kafka's PEM keystore (key, then
@@ -294,6 +300,11 @@ sasl.enabled.mechanisms=SCRAM-SHA-512
 listener.name.sasl_ssl.sasl.enabled.mechanisms=SCRAM-SHA-512
 listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
 controller.quorum.bootstrap.servers=127.0.0.1:$controller
+# ACLs (KRaft's StandardAuthorizer): the plaintext and controller listeners
+# (User:ANONYMOUS), the SCRAM user $SASL_USER and the mutual-TLS client (User:CN=flagtally)
+# may do anything; $ACL_USER only what ACLs grant it (tests/kafka_security.rs).
+authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
+super.users=User:ANONYMOUS;User:$SASL_USER;User:CN=flagtally
 log.dirs=$run/data
 # One node: internal topics with one replica, few partitions (they are created on first use).
 offsets.topic.replication.factor=1
@@ -360,7 +371,7 @@ start() {
     # A log directory formatted before the SCRAM user existed is made again.
     port=""
     if [ -f "$run/port" ] && [ -f "$run/controller-port" ] && [ -f "$run/tls-ports" ] \
-        && [ -f "$run/data/.scram" ] \
+        && [ -f "$run/data/.scram-acl" ] \
         && port_free "$(cat "$run/port")" && port_free "$(cat "$run/controller-port")"; then
       port=$(cat "$run/port")
       controller=$(cat "$run/controller-port")
@@ -384,9 +395,10 @@ start() {
       java_kafka kafka.tools.StorageTool format --standalone -t "$cluster" \
         -c "$run/server.properties" \
         --add-scram "SCRAM-SHA-512=[name=$SASL_USER,password=$SASL_PASSWORD]" \
+        --add-scram "SCRAM-SHA-512=[name=$ACL_USER,password=$ACL_PASSWORD]" \
         >"$run/format.log" 2>&1 \
         || { say "formatting the log directory failed:"; cat "$run/format.log" >&2; exit 1; }
-      touch "$run/data/.scram"
+      touch "$run/data/.scram-acl"
     fi
     # Started directly (no subshell around it), every stream redirected: nothing may
     # hold the caller's stdout open, or `$(infra.sh start)` would never return.
@@ -411,6 +423,7 @@ start() {
   echo "export FLAGTALLY_TEST_BROKER_MTLS=127.0.0.1:${tls_ports[1]}"
   echo "export FLAGTALLY_TEST_TLS=$run/tls"
   echo "export FLAGTALLY_TEST_SASL_USER=$SASL_USER FLAGTALLY_TEST_SASL_PASSWORD=$SASL_PASSWORD"
+  echo "export FLAGTALLY_TEST_ACL_USER=$ACL_USER FLAGTALLY_TEST_ACL_PASSWORD=$ACL_PASSWORD"
 }
 
 # Stops the broker: SIGTERM and a wait for a clean shutdown (kill -9 after 60 s), or

@@ -101,7 +101,19 @@ fn temp_dir(name: &str) -> std::path::PathBuf {
 /// Runs the daemon through `address` with `keys` until the summaries on the topic and
 /// in the sink's files count every evaluation once.
 fn runs_exactly(address: &str, keys: &str, exactly_once: bool, name: &str) {
+    runs_exactly_after(address, keys, exactly_once, name, &|_| {});
+}
+
+/// [`runs_exactly`], calling `before` with the topics before the daemon starts.
+fn runs_exactly_after(
+    address: &str,
+    keys: &str,
+    exactly_once: bool,
+    name: &str,
+    before: &dyn Fn(&Topics),
+) {
     let (t, tally) = setup(4_000);
+    before(&t);
     let dir = temp_dir(name);
     let extra = if exactly_once {
         format!(
@@ -128,6 +140,85 @@ fn runs_exactly(address: &str, keys: &str, exactly_once: bool, name: &str) {
     assert!(d.stop(Duration::from_secs(30)).success(), "{name}");
     assert_eq!(total(&window_tally(&summaries)), want, "{name}: the topic");
     assert_eq!(file_total(&dir), want, "{name}: the files");
+}
+
+/// The ACLs `config` needs over `t`, as docs/operations.md ("ACLs") lists them: one
+/// line per ACL for `tests/python/grant_acls.py`.
+fn needed_acls(t: &Topics, transactional_id: Option<&str>) -> String {
+    let checkpoints = format!("{}-checkpoints", t.group);
+    let mut acls = vec![
+        format!("TOPIC LITERAL {} READ", t.input),
+        // The group, and the checkpoint reader's and the dead-letter probe's, which
+        // are named after it.
+        format!("GROUP PREFIXED {} READ", t.group),
+        format!("TOPIC LITERAL {checkpoints} READ"),
+    ];
+    for topic in [
+        &t.summary,
+        &t.feature,
+        &t.index,
+        &t.late,
+        &t.dead_letter,
+        &checkpoints,
+    ] {
+        acls.push(format!("TOPIC LITERAL {topic} WRITE"));
+        acls.push(format!("TOPIC LITERAL {topic} DESCRIBE_CONFIGS"));
+    }
+    // The file sink reads the summaries in its own group.
+    acls.push(format!("TOPIC LITERAL {} READ", t.summary));
+    acls.push("GROUP LITERAL flagtally-sink-files READ".to_owned());
+    if let Some(id) = transactional_id {
+        acls.push(format!("TRANSACTIONAL_ID PREFIXED {id} WRITE"));
+    }
+    acls.join("\n")
+}
+
+fn grant(principal: &str, acls: &str) {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new(python())
+        .arg(repo().join("tests/python/grant_acls.py"))
+        .args([broker(), principal])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(acls.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "grant_acls.py: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A user that is no super user, granted exactly the documented ACLs (StandardAuthorizer
+/// on the test broker), runs the daemon — at-least-once and exactly-once, a file sink
+/// included — and the counts come out exact.
+#[test]
+fn the_documented_acls_are_enough() {
+    let tls = tls_broker();
+    let ca = tls.dir.join("ca.pem");
+    let keys = sasl_keys(tls, &tls.acl_password, &ca).replace(
+        &format!("sasl_username = \"{}\"", tls.user),
+        &format!("sasl_username = \"{}\"", tls.acl_user),
+    );
+    let principal = format!("User:{}", tls.acl_user);
+    for exactly_once in [false, true] {
+        runs_exactly_after(&tls.sasl_ssl, &keys, exactly_once, "acls", &|t| {
+            let tx = format!("{}-tx", t.group);
+            grant(
+                &principal,
+                &needed_acls(t, exactly_once.then_some(tx.as_str())),
+            );
+        });
+    }
 }
 
 #[test]

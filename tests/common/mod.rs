@@ -73,6 +73,9 @@ pub struct TlsBroker {
     pub dir: PathBuf,
     pub user: String,
     pub password: String,
+    /// A SCRAM user with only the ACLs a test grants it (the others are super users).
+    pub acl_user: String,
+    pub acl_password: String,
 }
 
 /// [`TlsBroker`] of the shared test broker: from the environment the test command
@@ -98,6 +101,8 @@ pub fn tls_broker() -> &'static TlsBroker {
             dir: PathBuf::from(get("FLAGTALLY_TEST_TLS")),
             user: get("FLAGTALLY_TEST_SASL_USER"),
             password: get("FLAGTALLY_TEST_SASL_PASSWORD"),
+            acl_user: get("FLAGTALLY_TEST_ACL_USER"),
+            acl_password: get("FLAGTALLY_TEST_ACL_PASSWORD"),
         }
     })
 }
