@@ -113,18 +113,58 @@ fn validate(args: &ValidateArgs) -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             let planned = crate::topics::plan(&config, &Default::default());
+            let acls = crate::topics::lacking_acls(&config);
             match crate::topics::missing(&config, &planned) {
-                Ok(missing) if missing.is_empty() => {
-                    println!("  broker {}: every topic exists", config.kafka.brokers);
-                    ExitCode::SUCCESS
-                }
                 Ok(missing) => {
-                    let _ = writeln!(
-                        std::io::stderr(),
-                        "{}",
-                        crate::topics::missing_line(&missing, &args.config)
-                    );
-                    ExitCode::FAILURE
+                    let mut ok = true;
+                    let hidden: Vec<&str> = match &acls {
+                        Ok(lines) => lines.iter().map(String::as_str).collect(),
+                        Err(_) => Vec::new(),
+                    };
+                    // A topic the principal may not describe looks missing: named
+                    // with the ACLs below, not as missing.
+                    let missing: Vec<_> = missing
+                        .into_iter()
+                        .filter(|p| {
+                            !hidden
+                                .iter()
+                                .any(|l| l.starts_with(&format!("topic {}:", p.name)))
+                        })
+                        .collect();
+                    if missing.is_empty() {
+                        println!("  broker {}: every topic exists", config.kafka.brokers);
+                    } else {
+                        ok = false;
+                        let _ = writeln!(
+                            std::io::stderr(),
+                            "{}",
+                            crate::topics::missing_line(&missing, &args.config)
+                        );
+                    }
+                    match acls {
+                        Ok(lines) if lines.is_empty() => {
+                            println!("  ACLs: every operation flagtally needs is allowed");
+                        }
+                        Ok(lines) => {
+                            ok = false;
+                            let _ = writeln!(
+                                std::io::stderr(),
+                                "missing ACLs (docs/operations.md, \"ACLs\"): {}",
+                                lines.join("; ")
+                            );
+                        }
+                        Err(e) => {
+                            let _ = writeln!(
+                                std::io::stderr(),
+                                "ACLs: the brokers did not say what this principal may do: {e}"
+                            );
+                        }
+                    }
+                    if ok {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::FAILURE
+                    }
                 }
                 Err(e) => {
                     let _ = writeln!(

@@ -4,7 +4,7 @@
 //! name the missing ones in one line. Most production clusters (and the project's own
 //! test broker) do not create topics on demand.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -14,6 +14,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
 
 use crate::config::Config;
+use crate::kafka::acl::{self, Access, Operation};
 use crate::kafka::producer::block_on;
 
 const TIMEOUT: Duration = Duration::from_secs(15);
@@ -121,6 +122,105 @@ pub fn missing(config: &Config, planned: &[Planned]) -> Result<Vec<Planned>, Kaf
         .filter(|p| !have.contains(p.name.as_str()))
         .cloned()
         .collect())
+}
+
+/// What flagtally's principal must be allowed on each topic and group
+/// (docs/operations.md, "ACLs").
+pub fn needed_acls(
+    config: &Config,
+) -> (
+    BTreeMap<String, BTreeSet<Operation>>,
+    BTreeMap<String, BTreeSet<Operation>>,
+) {
+    let mut topics: BTreeMap<String, BTreeSet<Operation>> = BTreeMap::new();
+    let mut need = |t: &str, ops: &[Operation]| {
+        topics
+            .entry(t.to_owned())
+            .or_default()
+            .extend(ops.iter().copied());
+    };
+    let write = [Operation::Write, Operation::DescribeConfigs];
+    for t in config
+        .kafka
+        .input_topics
+        .iter()
+        .filter(|t| !t.starts_with('^'))
+    {
+        need(t, &[Operation::Read]);
+    }
+    for kind in crate::emit::OutputKind::ALL {
+        if let Some(t) = config.output.topics.topic(kind) {
+            need(t, &write);
+        }
+    }
+    if let Some(t) = &config.output.dead_letter_topic {
+        need(t, &write);
+    }
+    need(&config.processing.checkpoint_topic, &[Operation::Read]);
+    need(&config.processing.checkpoint_topic, &write);
+    let mut groups: BTreeMap<String, BTreeSet<Operation>> = BTreeMap::new();
+    groups
+        .entry(config.kafka.group_id.clone())
+        .or_default()
+        .insert(Operation::Read);
+    for sink in &config.sinks {
+        let sink = &sink.delivery;
+        for t in &sink.topics {
+            need(t, &[Operation::Read]);
+        }
+        if let Some(t) = &sink.dead_letter_topic {
+            need(t, &[Operation::Write]);
+        }
+        groups
+            .entry(sink.group())
+            .or_default()
+            .insert(Operation::Read);
+    }
+    (topics, groups)
+}
+
+/// What the brokers say flagtally's principal may not do of what it needs: one line
+/// per topic or group (`topic flagtally.summaries: Write, DescribeConfigs`). Topics
+/// the brokers do not know are left to [`missing`]; one the principal may not
+/// describe is named as such (the brokers hide it: it looks missing).
+pub fn lacking_acls(config: &Config) -> Result<Vec<String>, String> {
+    let (topics, groups) = needed_acls(config);
+    let admin = admin(config).map_err(|e| e.to_string())?;
+    let names: Vec<&str> = topics.keys().map(String::as_str).collect();
+    let topic_access = acl::topics(&admin, &names, TIMEOUT)?;
+    let names: Vec<&str> = groups.keys().map(String::as_str).collect();
+    let group_access = acl::groups(&admin, &names, TIMEOUT)?;
+    let mut lines = Vec::new();
+    for (what, needed, access) in topics
+        .iter()
+        .map(|(t, ops)| (format!("topic {t}"), ops, topic_access.get(t)))
+        .chain(
+            groups
+                .iter()
+                .map(|(g, ops)| (format!("group {g}"), ops, group_access.get(g))),
+        )
+    {
+        let needed: Vec<Operation> = needed.iter().copied().collect();
+        let lacking = match access {
+            None => continue,
+            Some(Access::Refused {
+                unauthorized: false,
+                ..
+            }) => continue,
+            Some(a) => a.lacking(&needed),
+        };
+        if !lacking.is_empty() {
+            let names: Vec<&str> = lacking.iter().map(|o| o.name()).collect();
+            let hidden =
+                if what.starts_with("topic") && matches!(access, Some(Access::Refused { .. })) {
+                    " (not even Describe: the brokers hide it)"
+                } else {
+                    ""
+                };
+            lines.push(format!("{what}: {}{hidden}", names.join(", ")));
+        }
+    }
+    Ok(lines)
 }
 
 /// One line naming the missing topics and the command that creates them.

@@ -210,6 +210,50 @@ fn the_documented_acls_are_enough() {
         &format!("sasl_username = \"{}\"", tls.acl_user),
     );
     let principal = format!("User:{}", tls.acl_user);
+
+    // `validate --broker` names what the principal lacks, then that nothing is.
+    let t = Topics::create(broker(), 1);
+    let dir = temp_dir("acls-validate");
+    let path = dir.join("flagtally.toml");
+    std::fs::write(&path, config(&t, &tls.sasl_ssl, &keys, &dir, "")).unwrap();
+    let validate = || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_flagtally"))
+            .args(["validate", "--broker", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    };
+    let (ok, text) = validate();
+    assert!(!ok, "{text}");
+    assert!(text.contains("missing ACLs"), "{text}");
+    assert!(text.contains(&format!("topic {}: Read", t.input)), "{text}");
+    assert!(
+        // The file sink reads the summaries too.
+        text.contains(&format!(
+            "topic {}: Read, Write, DescribeConfigs",
+            t.summary
+        )),
+        "{text}"
+    );
+    assert!(text.contains(&format!("group {}: Read", t.group)), "{text}");
+    assert!(
+        !text.contains("missing topics"),
+        "hidden is not missing: {text}"
+    );
+    grant(&principal, &needed_acls(&t, None));
+    let (ok, text) = validate();
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("every operation flagtally needs is allowed"),
+        "{text}"
+    );
+
     for exactly_once in [false, true] {
         runs_exactly_after(&tls.sasl_ssl, &keys, exactly_once, "acls", &|t| {
             let tx = format!("{}-tx", t.group);

@@ -2,6 +2,7 @@
 //! settings ([`KafkaConfig`], `[kafka]`), the shared producer plumbing
 //! ([`producer`]), what the linked librdkafka can do ([`features`]), and topic limits.
 
+pub mod acl;
 pub mod client;
 pub mod connect;
 pub mod features;
