@@ -9,6 +9,7 @@
 //! Requests per second are capped per sink (`rate_limit`, `governor`): evenly spaced,
 //! no bursts.
 
+use crate::kafka::security::Secret;
 use std::collections::BTreeMap;
 use std::num::NonZeroU32;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -44,7 +45,7 @@ pub struct WebhookConfig {
     pub headers: BTreeMap<String, String>,
     /// The HMAC-SHA256 secret for `X-Hub-Signature-256`.
     #[serde(default)]
-    pub secret: Option<String>,
+    pub secret: Option<Secret>,
     /// The `meta` object of each request.
     #[serde(default)]
     pub meta: BTreeMap<String, String>,
@@ -74,7 +75,7 @@ pub struct SegmentConfig {
     pub headers: BTreeMap<String, String>,
     /// The source's write key.
     #[serde(default)]
-    pub write_key: Option<String>,
+    pub write_key: Option<Secret>,
     /// Events per request, at most.
     #[serde(default = "default_max_events")]
     pub max_events: usize,
@@ -155,7 +156,11 @@ impl SegmentConfig {
     }
 
     pub fn check(&self, at: &str, problems: &mut Vec<String>) {
-        if self.write_key.as_deref().is_none_or(str::is_empty) {
+        if self
+            .write_key
+            .as_ref()
+            .is_none_or(|k| k.expose().is_empty())
+        {
             problems.push(format!(
                 "{at}.write_key: a segment sink needs the source's write key"
             ));
@@ -171,11 +176,11 @@ pub struct HttpSettings {
     /// Extra request headers.
     pub headers: BTreeMap<String, String>,
     /// Webhook: the HMAC secret.
-    pub secret: Option<String>,
+    pub secret: Option<Secret>,
     /// Webhook: the `meta` object.
     pub meta: BTreeMap<String, String>,
     /// Segment: the write key.
-    pub write_key: Option<String>,
+    pub write_key: Option<Secret>,
     /// Events per request, at most.
     pub max_events: usize,
     /// Requests per second, at most (`None`: no cap).
@@ -273,11 +278,12 @@ impl Http {
             req = req.header(k, v);
         }
         if let Some(secret) = &self.settings.secret {
-            req = req.header("X-Hub-Signature-256", signature(secret, body));
+            req = req.header("X-Hub-Signature-256", signature(secret.expose(), body));
         }
         if let Some(write_key) = &self.settings.write_key {
             use base64::Engine as _;
-            let auth = base64::engine::general_purpose::STANDARD.encode(format!("{write_key}:"));
+            let auth = base64::engine::general_purpose::STANDARD
+                .encode(format!("{}:", write_key.expose()));
             req = req.header("Authorization", format!("Basic {auth}"));
         }
         let resp = req

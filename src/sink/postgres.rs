@@ -147,7 +147,7 @@ fn inserts() -> [String; 4] {
 }
 
 /// The keys of a `type = "postgres"` sink.
-#[derive(Clone, Debug, serde::Deserialize, PartialEq, Eq)]
+#[derive(Clone, serde::Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct PostgresConfig {
     /// A libpq connection string or URL.
@@ -216,7 +216,7 @@ impl PostgresConfig {
 }
 
 /// Settings of a postgres sink.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct PostgresSettings {
     /// A libpq connection string or URL.
     pub url: String,
@@ -230,6 +230,35 @@ pub struct PostgresSettings {
     /// half-open connection fails the write (retried on a new one) instead of
     /// hanging the sink, its reload and shutdown.
     pub timeout: Duration,
+}
+
+/// A connection URL as it may be shown: redacted (a password in it, or in a libpq
+/// key/value string, never appears).
+fn shown(url: &str) -> String {
+    if url.contains("://") {
+        crate::sink::destination::redact_url(url)
+    } else {
+        "(a libpq connection string)".to_owned()
+    }
+}
+
+impl std::fmt::Debug for PostgresConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresConfig")
+            .field("url", &self.url.as_deref().map(shown))
+            .field("schema", &self.schema)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for PostgresSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresSettings")
+            .field("url", &shown(&self.url))
+            .field("schema", &self.schema)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The connection settings of `url` with the sink's timeouts.

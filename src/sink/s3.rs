@@ -5,6 +5,7 @@
 //! crash writes the same keys again, replacing the first attempt's objects: each topic
 //! record lands once. Offsets are committed after every object of a batch is stored.
 
+use crate::kafka::security::Secret;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -35,7 +36,7 @@ pub struct S3Config {
     #[serde(default)]
     pub access_key_id: Option<String>,
     #[serde(default)]
-    pub secret_access_key: Option<String>,
+    pub secret_access_key: Option<Secret>,
     /// Path-style requests (self-hosted stores); false: virtual-hosted style.
     #[serde(default = "super::file::yes")]
     pub path_style: bool,
@@ -82,7 +83,7 @@ impl S3Config {
             secret_access_key: self
                 .secret_access_key
                 .clone()
-                .unwrap_or_else(|| env("AWS_SECRET_ACCESS_KEY")),
+                .unwrap_or_else(|| Secret::new(env("AWS_SECRET_ACCESS_KEY"))),
             path_style: self.path_style,
         }
     }
@@ -109,7 +110,7 @@ pub struct S3Settings {
     pub endpoint: String,
     pub region: String,
     pub access_key_id: String,
-    pub secret_access_key: String,
+    pub secret_access_key: Secret,
     /// Path-style requests (`endpoint/bucket/key`), as most self-hosted stores want.
     pub path_style: bool,
 }
@@ -137,7 +138,7 @@ impl S3 {
             .with_bucket_name(&settings.bucket)
             .with_region(&settings.region)
             .with_access_key_id(&settings.access_key_id)
-            .with_secret_access_key(&settings.secret_access_key)
+            .with_secret_access_key(settings.secret_access_key.expose())
             .with_virtual_hosted_style_request(!settings.path_style);
         if !settings.endpoint.is_empty() {
             b = b
