@@ -174,7 +174,9 @@ POM
 
 # The JVM's options: a modest heap (the machine has 2 cores shared with the tests).
 java_opts() {
+  # Kafka 4 reads OAuth URLs (the JWKS file) only from this allow-list.
   echo -Xms256m -Xmx768m -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -Djava.awt.headless=true \
+    -Dorg.apache.kafka.sasl.oauthbearer.allowed.urls="file://$run/tls/jwks.json" \
     -Dkafka.logs.dir="$run" -Dlog4j2.configurationFile="$run/log4j2.properties"
 }
 
@@ -241,6 +243,8 @@ SASL_PASSWORD=flagtally-test-secret
 # A second SCRAM user that is no super user: it may do only what the ACL test grants it.
 ACL_USER=flagtally-acl
 ACL_PASSWORD=flagtally-acl-secret
+# The subject of the OIDC test's tokens.
+OIDC_USER=flagtally-oidc
 
 # Certificates for the TLS listeners, made with openssl once per run directory: a CA;
 # the broker's certificate (127.0.0.1 and localhost) as Kafka's PEM keystore (key, then
@@ -278,6 +282,26 @@ make_certs() {
   touch "$d/done"
 }
 
+# An RSA key for the OIDC tests' token endpoint (tests/python/oidc_token.py signs its
+# JWTs with it) and the JWKS the broker checks them with, made once per run directory.
+make_oauth() {
+  local d=$1
+  [ -f "$d/oauth-done" ] && return 0
+  (
+    cd "$d"
+    openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out oauth.key 2>>"$d/openssl.log"
+    chmod 600 oauth.key
+    python3 - "$(openssl rsa -in oauth.key -noout -modulus 2>>"$d/openssl.log" | cut -d= -f2)" >jwks.json <<'PY'
+import base64, json, sys
+n = bytes.fromhex(sys.argv[1])
+b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+print(json.dumps({"keys": [{"kty": "RSA", "use": "sig", "alg": "RS256", "kid": "flagtally-test",
+                            "n": b64(n), "e": b64((65537).to_bytes(3, "big"))}]}))
+PY
+  ) || { say "making the OAuth test key failed:"; cat "$d/openssl.log" >&2; exit 1; }
+  touch "$d/oauth-done"
+}
+
 # The node's configuration: test-friendly settings on top of Kafka's defaults. Three
 # client listeners: PLAINTEXT, SASL_SSL (SCRAM-SHA-512, the CA-signed certificate) and
 # SSL with client certificates required (mutual TLS).
@@ -296,15 +320,21 @@ ssl.keystore.location=$tls/broker.pem
 ssl.truststore.type=PEM
 ssl.truststore.location=$tls/ca.pem
 listener.name.ssl.ssl.client.auth=required
-sasl.enabled.mechanisms=SCRAM-SHA-512
-listener.name.sasl_ssl.sasl.enabled.mechanisms=SCRAM-SHA-512
+sasl.enabled.mechanisms=SCRAM-SHA-512,OAUTHBEARER
+listener.name.sasl_ssl.sasl.enabled.mechanisms=SCRAM-SHA-512,OAUTHBEARER
 listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+# OAUTHBEARER on the same listener: JWTs signed with the key of \$tls/jwks.json (the
+# OIDC test's token endpoint signs with it), subject = the principal.
+listener.name.sasl_ssl.oauthbearer.sasl.jaas.config=org.apache.kafka.common.security.oauthbearer.OAuthBearerLoginModule required;
+listener.name.sasl_ssl.oauthbearer.sasl.server.callback.handler.class=org.apache.kafka.common.security.oauthbearer.OAuthBearerValidatorCallbackHandler
+sasl.oauthbearer.jwks.endpoint.url=file://$tls/jwks.json
+sasl.oauthbearer.expected.audience=flagtally-test
 controller.quorum.bootstrap.servers=127.0.0.1:$controller
 # ACLs (KRaft's StandardAuthorizer): the plaintext and controller listeners
 # (User:ANONYMOUS), the SCRAM user $SASL_USER and the mutual-TLS client (User:CN=flagtally)
 # may do anything; $ACL_USER only what ACLs grant it (tests/kafka_security.rs).
 authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
-super.users=User:ANONYMOUS;User:$SASL_USER;User:CN=flagtally
+super.users=User:ANONYMOUS;User:$SASL_USER;User:CN=flagtally;User:$OIDC_USER
 log.dirs=$run/data
 # One node: internal topics with one replica, few partitions (they are created on first use).
 offsets.topic.replication.factor=1
@@ -388,6 +418,7 @@ start() {
       done
     fi
     make_certs "$run/tls"
+    make_oauth "$run/tls"
     write_config "$port" "$controller" "$sasl" "$ssl" "$run/tls"
     if [ ! -f "$run/data/meta.properties" ]; then
       local cluster
@@ -424,6 +455,7 @@ start() {
   echo "export FLAGTALLY_TEST_TLS=$run/tls"
   echo "export FLAGTALLY_TEST_SASL_USER=$SASL_USER FLAGTALLY_TEST_SASL_PASSWORD=$SASL_PASSWORD"
   echo "export FLAGTALLY_TEST_ACL_USER=$ACL_USER FLAGTALLY_TEST_ACL_PASSWORD=$ACL_PASSWORD"
+  echo "export FLAGTALLY_TEST_OIDC_USER=$OIDC_USER"
 }
 
 # Stops the broker: SIGTERM and a wait for a clean shutdown (kill -9 after 60 s), or

@@ -265,6 +265,70 @@ fn the_documented_acls_are_enough() {
     }
 }
 
+/// An OAuth 2 token endpoint (tests/python/oidc_token.py) on a free port, stopped when
+/// dropped.
+struct TokenEndpoint {
+    child: std::process::Child,
+    url: String,
+    issued: std::path::PathBuf,
+}
+
+impl TokenEndpoint {
+    fn start(tls: &TlsBroker, secret: &str) -> Self {
+        use std::io::BufRead as _;
+        let port = free_port();
+        let mut child = std::process::Command::new(python())
+            .arg(repo().join("tests/python/oidc_token.py"))
+            .arg(port.to_string())
+            .arg(tls.dir.join("oauth.key"))
+            .args(["flagtally-client", secret, &tls.oidc_user])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "listening");
+        Self {
+            child,
+            url: format!("http://127.0.0.1:{port}/token"),
+            issued: tls.dir.join(format!("{port}-issued")),
+        }
+    }
+
+    fn issued(&self) -> u64 {
+        std::fs::read_to_string(&self.issued)
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for TokenEndpoint {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// SASL/OAUTHBEARER with OIDC: librdkafka fetches a token from the endpoint (the
+/// client-credentials grant) and the broker checks its signature against the JWKS;
+/// every client of the daemon connects so, in both modes, and counts stay exact.
+#[test]
+fn the_daemon_counts_exactly_over_oauthbearer_with_oidc_token_fetch() {
+    let tls = tls_broker();
+    let endpoint = TokenEndpoint::start(tls, "client-secret-1");
+    let keys = format!(
+        "security_protocol = \"sasl_ssl\"\nsasl_mechanism = \"OAUTHBEARER\"\ntls_ca_file = \"{ca}\"\nproperties = {{ \"sasl.oauthbearer.method\" = \"oidc\", \"sasl.oauthbearer.client.id\" = \"flagtally-client\", \"sasl.oauthbearer.client.secret\" = \"client-secret-1\", \"sasl.oauthbearer.token.endpoint.url\" = \"{url}\", \"sasl.oauthbearer.scope\" = \"kafka\" }}\n",
+        ca = tls.dir.join("ca.pem").display(),
+        url = endpoint.url
+    );
+    runs_exactly(&tls.sasl_ssl, &keys, false, "oidc");
+    runs_exactly(&tls.sasl_ssl, &keys, true, "oidc-eos");
+    assert!(endpoint.issued() >= 2, "the client fetched its tokens");
+}
+
 #[test]
 fn the_daemon_counts_exactly_over_sasl_ssl_and_mutual_tls() {
     let tls = tls_broker();

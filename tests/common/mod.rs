@@ -76,6 +76,9 @@ pub struct TlsBroker {
     /// A SCRAM user with only the ACLs a test grants it (the others are super users).
     pub acl_user: String,
     pub acl_password: String,
+    /// The subject the OIDC test's tokens name (a super user); `dir/oauth.key` signs
+    /// them, `dir/jwks.json` checks them.
+    pub oidc_user: String,
 }
 
 /// [`TlsBroker`] of the shared test broker: from the environment the test command
@@ -103,6 +106,7 @@ pub fn tls_broker() -> &'static TlsBroker {
             password: get("FLAGTALLY_TEST_SASL_PASSWORD"),
             acl_user: get("FLAGTALLY_TEST_ACL_USER"),
             acl_password: get("FLAGTALLY_TEST_ACL_PASSWORD"),
+            oidc_user: get("FLAGTALLY_TEST_OIDC_USER"),
         }
     })
 }
