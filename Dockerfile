@@ -109,7 +109,9 @@ RUN apt-get update \
  && install -d -o 10001 -g 10001 -m 0750 /var/lib/flagtally
 
 COPY --from=binary /out/flagtally /usr/local/bin/flagtally
-COPY config/flagtally.toml /etc/flagtally/flagtally.toml
+# 0640 root:flagtally: only the service's group reads the configuration (secrets and
+# all); a config mounted over it should be the same.
+COPY --chown=0:10001 --chmod=0640 config/flagtally.toml /etc/flagtally/flagtally.toml
 
 # Fail the image build, not the first container start, if a shared library the
 # binary needs is missing from this base image, or if the binary cannot run at all.

@@ -19,6 +19,8 @@
 #            Registry (from Maven Central, on a Java 21+: tests/schema_registry.rs); the
 #            broker, SeaweedFS and the registry are stopped at exit
 #   tests    unit, property, vector, end-to-end and broker tests (cargo test)
+#   image    the container image built with podman and run against a broker
+#            (scripts/image.sh); skipped without podman
 #   chaos    scripts/chaos.sh for 60 s per mode: random faults, outputs checked exactly
 #   docs     cargo doc, warnings denied
 #   fuzz     type-checks every fuzz target (cargo check; the sanitizer build belongs to
@@ -63,6 +65,11 @@ step "tests"
 # failed run reports all its failures.
 RUST_TEST_THREADS=2 cargo test --all-targets --no-fail-fast --quiet 2>&1 | tee /tmp/flagtally-test.log
 cargo test --doc --quiet
+
+step "image"
+# The container image, built with podman from the binary the tests just built, and run
+# against a broker of its own (scripts/image.sh); skipped where podman is not installed.
+FLAGTALLY_BINARY=target/debug/flagtally bash scripts/image.sh
 
 step "chaos (short)"
 # The chaos run's short version: 60 s of random faults per mode (scripts/chaos.sh; the
