@@ -57,6 +57,7 @@ fn init_logging(level: Option<&str>, format: LogFormat) -> SetLogLevel {
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run(args) => run_daemon(&args).map(|()| ExitCode::SUCCESS),
+        Command::Collect(args) => collect(&args).map(|()| ExitCode::SUCCESS),
         Command::Validate(args) => Ok(validate(&args)),
         command => {
             if matches!(command, Command::Quickstart(_)) && std::env::var_os("RUST_LOG").is_none() {
@@ -87,7 +88,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Command::Quickstart(args) => quickstart(&args),
                 Command::Gen(args) => generate(&args).map(|()| ExitCode::SUCCESS),
                 Command::Topics(command) => topics(&command),
-                Command::Run(_) | Command::Validate(_) => unreachable!("handled above"),
+                Command::Run(_) | Command::Collect(_) | Command::Validate(_) => {
+                    unreachable!("handled above")
+                }
             }
         }
     }
@@ -279,6 +282,44 @@ fn output_schema_ids(
     }
 }
 
+/// `flagtally collect`: the collector and the admin server, until SIGTERM/SIGINT.
+fn collect(args: &RunArgs) -> anyhow::Result<()> {
+    let (config, _) = Config::load_with_env(&args.config, std::env::vars())?;
+    let _set_log_level = init_logging(config.log.level.as_deref(), config.log.format);
+    for w in &config.warnings {
+        tracing::warn!("{w}");
+    }
+    if config.collector.listen.is_none() {
+        anyhow::bail!("collector.listen: set where the collector listens (it is off)");
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register_conditional_shutdown(sig, EXIT_HARD_STOP, Arc::clone(&stop))?;
+        signal_hook::flag::register(sig, Arc::clone(&stop))?;
+    }
+    let admin = Arc::new(Admin::default());
+    if let Some(addr) = config.admin.listen {
+        let bound = admin::serve(addr, Arc::clone(&admin))
+            .with_context(|| format!("admin.listen: cannot serve on {addr}"))?;
+        tracing::info!("admin: http://{bound}/metrics, /healthz, /readyz");
+    }
+    admin.health.set_workers(0);
+    let collector = crate::collector::Collector::start(
+        &config.collector,
+        &config.kafka,
+        &config.kafka.input_topics,
+        Arc::clone(&admin),
+    )?;
+    notify::ready("collecting");
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    notify::stopping();
+    collector.stop();
+    tracing::info!("collector stopped");
+    Ok(())
+}
+
 fn run_daemon(args: &RunArgs) -> anyhow::Result<()> {
     let (config, tree) = Config::load_with_env(&args.config, std::env::vars())?;
     let set_log_level = init_logging(config.log.level.as_deref(), config.log.format);
@@ -353,6 +394,15 @@ fn run_daemon(args: &RunArgs) -> anyhow::Result<()> {
     for w in &mut workers {
         w.emit.schema_ids = schema_ids;
     }
+    let collector = match config.collector.listen {
+        Some(_) => Some(crate::collector::Collector::start(
+            &config.collector,
+            &config.kafka,
+            &config.kafka.input_topics,
+            Arc::clone(&admin),
+        )?),
+        None => None,
+    };
     let pool = Pool::start(workers, &hard_stop, &admin)?;
     // What runs: the file as loaded, with the live keys of later reloads.
     let mut running = config.clone();
@@ -420,6 +470,9 @@ fn run_daemon(args: &RunArgs) -> anyhow::Result<()> {
         }
     })?;
     tracing::info!(?stats, "stopped");
+    if let Some(c) = collector {
+        c.stop();
+    }
     sinks.stop();
     Ok(())
 }

@@ -45,6 +45,11 @@ pub enum Command {
     /// with code 2; a drain longer than `processing.shutdown_deadline` exits 3. SIGHUP
     /// re-reads the file. Speaks systemd's notify protocol under `Type=notify`.
     Run(RunArgs),
+    /// Run only the collector (`[collector]`): the HTTP intake that writes the SDKs'
+    /// event posts to the input topic, with the admin server. `run` also starts it
+    /// when `collector.listen` is set. SIGTERM/SIGINT answer the requests in flight,
+    /// flush and exit 0.
+    Collect(RunArgs),
     /// Check a configuration file (and FLAGTALLY__ environment overrides) without
     /// running: exit 0 when it is valid, else 1 with every problem listed.
     Validate(ValidateArgs),

@@ -35,6 +35,7 @@ pub mod admin;
 pub mod app;
 pub mod avro;
 pub mod cli;
+pub mod collector;
 pub mod config;
 pub mod deadletter;
 pub mod decode;

@@ -74,6 +74,17 @@ struct ByResult {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ByEndpoint {
+    endpoint: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ByEndpointStatus {
+    endpoint: &'static str,
+    status: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ByStage {
     stage: &'static str,
 }
@@ -169,6 +180,15 @@ pub struct Metrics {
     sink_panics: Family<BySink, Counter>,
     /// SIGHUP reloads, per result (`applied`, `restart-needed`, `rejected`, `unchanged`).
     reloads: Family<ByResult, Counter>,
+    /// Collector requests, per endpoint and answered status.
+    collector_requests: Family<ByEndpointStatus, Counter>,
+    /// Events in accepted collector payloads, per endpoint.
+    collector_events: Family<ByEndpoint, Counter>,
+    /// Request body bytes (as sent, before inflation), per endpoint.
+    collector_bytes: Family<ByEndpoint, Counter>,
+    collector_produce_seconds: Histogram,
+    collector_duplicates: Counter,
+    collector_diagnostics_dropped: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -228,6 +248,12 @@ impl Metrics {
             sink_rejected: Family::default(),
             sink_panics: Family::default(),
             reloads: Family::default(),
+            collector_requests: Family::default(),
+            collector_events: Family::default(),
+            collector_bytes: Family::default(),
+            collector_produce_seconds: Histogram::new(seconds_buckets()),
+            collector_duplicates: Counter::default(),
+            collector_diagnostics_dropped: Counter::default(),
         };
         let r = &mut metrics.registry;
         r.register(
@@ -385,6 +411,36 @@ impl Metrics {
             "Configuration reloads, per result",
             metrics.reloads.clone(),
         );
+        r.register(
+            "collector_requests",
+            "Collector requests, per endpoint and answered HTTP status",
+            metrics.collector_requests.clone(),
+        );
+        r.register(
+            "collector_events",
+            "Events in the payloads the collector wrote, per endpoint",
+            metrics.collector_events.clone(),
+        );
+        r.register(
+            "collector_bytes",
+            "Collector request body bytes as sent (before gzip inflation), per endpoint",
+            metrics.collector_bytes.clone(),
+        );
+        r.register(
+            "collector_produce_seconds",
+            "From a collector payload's send to Kafka's acknowledgement",
+            metrics.collector_produce_seconds.clone(),
+        );
+        r.register(
+            "collector_duplicate_payloads",
+            "LaunchDarkly payloads retried with a payload id already written (acknowledged, not written again)",
+            metrics.collector_duplicates.clone(),
+        );
+        r.register(
+            "collector_diagnostics_dropped",
+            "Diagnostic payloads dropped (no collector.diagnostic_topic)",
+            metrics.collector_diagnostics_dropped.clone(),
+        );
         // Known label sets start at zero, so dashboards and alerts see them at once.
         for policy in ["correction", "dead-letter", "drop"] {
             let _ = metrics.late_events.get_or_create(&ByPolicy { policy });
@@ -420,6 +476,43 @@ impl Metrics {
             let _ = writeln!(text, "# encoding failed");
         }
         text
+    }
+
+    /// One collector request: its answer, and for an accepted payload its events.
+    pub fn collector_request(&self, endpoint: &'static str, status: u16, events: u64, bytes: u64) {
+        let status = match status {
+            202 => "202",
+            400 => "400",
+            401 => "401",
+            413 => "413",
+            415 => "415",
+            429 => "429",
+            503 => "503",
+            _ => "other",
+        };
+        self.collector_requests
+            .get_or_create(&ByEndpointStatus { endpoint, status })
+            .inc();
+        self.collector_bytes
+            .get_or_create(&ByEndpoint { endpoint })
+            .inc_by(bytes);
+        if events > 0 {
+            self.collector_events
+                .get_or_create(&ByEndpoint { endpoint })
+                .inc_by(events);
+        }
+    }
+
+    pub fn collector_produce_seconds(&self, seconds: f64) {
+        self.collector_produce_seconds.observe(seconds);
+    }
+
+    pub fn collector_duplicate(&self) {
+        self.collector_duplicates.inc();
+    }
+
+    pub fn collector_diagnostic_dropped(&self) {
+        self.collector_diagnostics_dropped.inc();
     }
 
     /// Input records read from `topic`.

@@ -42,12 +42,24 @@ fn client(url: &str) -> Client {
     Client::new(&config).unwrap()
 }
 
+/// Runs `tests/python/registry_avro.py` with `args`, killed after 3 minutes at most.
 fn python_step(args: &[&str]) -> String {
-    let out = std::process::Command::new(python())
+    let mut child = std::process::Command::new(python())
         .arg(repo().join("tests/python/registry_avro.py"))
         .args(args)
-        .output()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(180);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = child.wait_with_output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),

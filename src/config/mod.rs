@@ -61,6 +61,9 @@ pub struct Config {
     pub log: LogSection,
     #[serde(default)]
     pub admin: AdminSection,
+    /// The HTTP intake for the SDKs' event posts (off unless `listen` is set).
+    #[serde(default)]
+    pub collector: crate::collector::CollectorConfig,
     /// Warehouse sinks, each its own consumer group over output topics (read apart
     /// from the rest, by `read::sinks`).
     #[serde(default, skip_deserializing)]
@@ -515,6 +518,9 @@ impl Config {
             if let Some(registry) = &mut config.output.schema_registry {
                 registry.read_secret_files(&mut problems, &mut warnings);
             }
+            config
+                .collector
+                .read_secret_files(&mut problems, &mut warnings);
             Config {
                 sinks,
                 warnings,
@@ -581,6 +587,8 @@ impl Config {
         if let Some(registry) = &self.output.schema_registry {
             registry.check(&mut problems);
         }
+        self.collector
+            .check(&self.kafka.input_topics, &mut problems);
         let typed: BTreeMap<String, String> = self
             .kafka
             .security_properties()

@@ -499,6 +499,20 @@ impl State {
         self.decoded.clear();
         self.decoder
             .decode(m.payload().unwrap_or_default(), &mut self.decoded);
+        // The collector's environment (the key the SDK posted with), for the events
+        // that name none.
+        if let Some(env) = m
+            .header(crate::emit::header::ENV)
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .filter(|v| !v.is_empty() && v.len() <= 256)
+        {
+            for e in &mut self.decoded.events {
+                let scope = e.scope_mut();
+                if scope.env.is_none() {
+                    scope.env = Some(env.into());
+                }
+            }
+        }
         self.bound_event_times(m.timestamp().to_millis(), replaying);
         self.apply_counting_rule(topic, replaying);
         if !replaying {

@@ -41,8 +41,24 @@ TEAM_SCHEMA = {
 }
 
 
+def registry_client(url):
+    # Bounded requests, retried: Apicurio 3.3.3 was seen leaving one request unanswered
+    # on a kept-alive connection (the client then waited for good).
+    return SchemaRegistryClient({"url": url, "timeout": 10, "max.retries": 3})
+
+
+def retried(call, *args):
+    for attempt in range(4):
+        try:
+            return call(*args)
+        except Exception:  # a timeout, a dropped connection
+            if attempt == 3:
+                raise
+            time.sleep(0.5)
+
+
 def produce(broker, registry, topic, n, flags, event_avsc):
-    client = SchemaRegistryClient({"url": registry})
+    client = registry_client(registry)
     producer = Producer({"bootstrap.servers": broker, "enable.idempotence": True})
     now = int(time.time() * 1000)
     per_flag, tracked = {}, 0
@@ -63,7 +79,7 @@ def produce(broker, registry, topic, n, flags, event_avsc):
                               "excludeFromSummaries": False, "debug": False,
                               "trackEvents": flag == "flag-0"})
                 tracked += flag == "flag-0"
-            value = serializer(event, SerializationContext(topic, MessageField.VALUE))
+            value = retried(serializer, event, SerializationContext(topic, MessageField.VALUE))
             producer.produce(topic, key=flag.encode(), value=value)
             per_flag[flag] = per_flag.get(flag, 0) + 1
         producer.poll(0)
@@ -72,7 +88,7 @@ def produce(broker, registry, topic, n, flags, event_avsc):
 
 
 def read(broker, registry, summary_topic, feature_topic, evaluations, tracked):
-    deserialize = AvroDeserializer(SchemaRegistryClient({"url": registry}))
+    deserialize = AvroDeserializer(registry_client(registry))
 
     def records(topic, done):
         c = Consumer({"bootstrap.servers": broker, "group.id": f"python-registry-{uuid.uuid4()}",
@@ -85,8 +101,8 @@ def read(broker, registry, summary_topic, feature_topic, evaluations, tracked):
                 continue
             headers = {k: v.decode() for k, v in (m.headers() or [])}
             assert m.value()[0] == 0, "Confluent wire format: magic byte 0"
-            by_id[headers["flagtally-id"]] = deserialize(
-                m.value(), SerializationContext(topic, MessageField.VALUE))
+            by_id[headers["flagtally-id"]] = retried(
+                deserialize, m.value(), SerializationContext(topic, MessageField.VALUE))
         c.close()
         return by_id
 

@@ -7,6 +7,10 @@
 // /bulk bodies to flagtally and check it counts every evaluation exactly once.
 //
 // usage: node ld_node_events.mjs --out FILE [--evaluations N] [--seed S] [--flush-every K]
+//                                [--forward URL]
+// With --forward, the server passes every POST on to URL (flagtally's collector: same
+// path, headers and body) and answers the SDK with the collector's status; it keeps a
+// body only once the collector accepted it (202), so FILE holds what reached Kafka.
 // The SDK is loaded from $FLAGTALLY_TEST_LD_NODE_MODULES (the node_modules directory that
 // `bash scripts/infra.sh sdks` prints), else through NODE_PATH. Writes one line per /bulk
 // POST body (verbatim) to FILE, diagnostic bodies to FILE.diagnostic, and prints one JSON
@@ -31,12 +35,12 @@ function fail(msg) {
 setTimeout(() => fail(`not done within ${TIMEOUT_MS / 1000} s`), TIMEOUT_MS).unref();
 
 function parseArgs(argv) {
-  const args = { out: null, evaluations: 5000, seed: 1, flushEvery: 1000 };
-  const names = { '--out': 'out', '--evaluations': 'evaluations', '--seed': 'seed', '--flush-every': 'flushEvery' };
+  const args = { out: null, evaluations: 5000, seed: 1, flushEvery: 1000, forward: null };
+  const names = { '--out': 'out', '--evaluations': 'evaluations', '--seed': 'seed', '--flush-every': 'flushEvery', '--forward': 'forward' };
   for (let i = 0; i < argv.length; i += 2) {
     const name = names[argv[i]];
     if (!name || argv[i + 1] === undefined) fail(`usage: ld_node_events.mjs --out FILE [--evaluations N] [--seed S] [--flush-every K] (bad argument ${argv[i]})`);
-    args[name] = name === 'out' ? argv[i + 1] : Number.parseInt(argv[i + 1], 10);
+    args[name] = name === 'out' || name === 'forward' ? argv[i + 1] : Number.parseInt(argv[i + 1], 10);
   }
   if (!args.out) fail('--out FILE is required');
   return args;
@@ -145,20 +149,45 @@ function xorshift32(seed) {
 const posts = []; // { path, headers (lower-case names), body: Buffer }
 const unexpected = [];
 
-function startServer() {
+const forwarded = { statuses: {} };
+
+// Passes one POST on to the collector; resolves with its status (0: no answer).
+function forward(base, req, raw) {
+  return new Promise((resolve) => {
+    const url = new URL(req.url, base);
+    const headers = { ...req.headers, host: url.host, 'content-length': raw.length };
+    const out = http.request(url, { method: 'POST', headers, timeout: 30_000 }, (res) => {
+      res.resume();
+      res.on('end', () => resolve(res.statusCode));
+    });
+    out.on('error', () => resolve(0));
+    out.on('timeout', () => out.destroy());
+    out.end(raw);
+  });
+}
+
+function startServer(forwardTo) {
   const server = http.createServer((req, res) => {
     const chunks = [];
     req.on('data', (c) => chunks.push(c));
-    req.on('end', () => {
+    req.on('end', async () => {
       if (req.method !== 'POST') {
         unexpected.push(`${req.method} ${req.url}`);
         res.writeHead(404).end();
         return;
       }
-      let body = Buffer.concat(chunks);
-      if ((req.headers['content-encoding'] || '').toLowerCase() === 'gzip') body = gunzipSync(body);
-      posts.push({ path: req.url, headers: req.headers, body });
-      res.writeHead(202).end();
+      const raw = Buffer.concat(chunks);
+      let status = 202;
+      if (forwardTo) {
+        status = await forward(forwardTo, req, raw);
+        forwarded.statuses[status] = (forwarded.statuses[status] || 0) + 1;
+      }
+      if (status === 202) {
+        let body = raw;
+        if ((req.headers['content-encoding'] || '').toLowerCase() === 'gzip') body = gunzipSync(body);
+        posts.push({ path: req.url, headers: req.headers, body });
+      }
+      res.writeHead(status || 503).end();
     });
   });
   return new Promise((resolve) => server.listen(0, '127.0.0.1', () => resolve(server)));
@@ -175,7 +204,7 @@ async function waitFor(what, cond, ms) {
 async function main() {
   const args = parseArgs(process.argv.slice(2));
   const { ld, version } = loadSdk();
-  const server = await startServer();
+  const server = await startServer(args.forward);
   const base = `http://127.0.0.1:${server.address().port}`;
 
   const tmp = mkdtempSync(join(tmpdir(), 'ld-node-flags-'));
@@ -249,6 +278,7 @@ async function main() {
     tracked_evaluations: tracked,
     sdk: `node-server-sdk ${version}`,
   });
+  if (args.forward) stats.forwarded = forwarded.statuses;
   check(stats, countsByFlag, expectedCounts, tracked, identifies, customs);
   process.stdout.write(`${JSON.stringify(stats)}\n`);
   process.exit(0);

@@ -1,0 +1,336 @@
+//! The collector (`[collector]`): the SDKs' event posts, taken unchanged, written to the
+//! input topic and acknowledged only then.
+//!
+//! - LaunchDarkly's real Node server SDK posts through it (its test script's capture
+//!   server passes each request on and keeps what the collector accepted): `flagtally
+//!   run` counts every evaluation once, equal to the SDK's own summaries, with its
+//!   feature events one to one and the key's environment on every output.
+//! - A payload retried with the same `X-LaunchDarkly-Payload-ID` is written once; gzip
+//!   bodies are inflated; an unknown key is 401, a body over the limit (inflated too)
+//!   413, another encoding 415, a body that is not the endpoint's JSON 400, a key over
+//!   its rate 429.
+//! - `flagtally collect` alone, with no broker to write to: 503 with `Retry-After`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::Write as _;
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use flagtally::generate::Tally;
+use serde_json::Value;
+
+const WINDOW: &str = "size = \"10s\"\nlateness = \"2s\"\nidle_timeout = \"2s\"";
+const SDK_KEY: &str = "sdk-flagtally-test";
+
+fn collector_section(port: u16, extra: &str) -> String {
+    format!(
+        "\n[collector]\nlisten = \"127.0.0.1:{port}\"\n{extra}\n[[collector.keys]]\nkey = \"{SDK_KEY}\"\nenvironment = \"production\"\n\n[[collector.keys]]\nkey = \"fb-secret\"\nenvironment = \"featbit-env\"\n"
+    )
+}
+
+fn wait_listening(port: u16, f: &Flagtally) {
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        }),
+        "the collector never listened:\n{}",
+        f.log_text()
+    );
+}
+
+/// POSTs `body` to the collector; returns the status and the `Retry-After` header.
+fn post(port: u16, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, Option<String>) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .into();
+    let mut req = agent.post(&format!("http://127.0.0.1:{port}{path}"));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = req.send(body).unwrap();
+    let retry = resp
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_owned());
+    (resp.status().as_u16(), retry)
+}
+
+fn gzip(body: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(body).unwrap();
+    e.finish().unwrap()
+}
+
+#[test]
+fn the_node_sdk_posts_through_the_collector_and_every_evaluation_counts_once() {
+    let broker = broker();
+    let t = Topics::create(broker, 2);
+    let port = free_port();
+    let config = t.config_with_threads(broker, WINDOW, 1) + &collector_section(port, "");
+    let f = Flagtally::start(&config, &t.group);
+    wait_listening(port, &f);
+
+    let out = std::env::temp_dir().join(format!("flagtally-collector-node-{}.ndjson", t.group));
+    let run = Command::new("node")
+        .arg(repo().join("tests/sdk/ld_node_events.mjs"))
+        .arg("--out")
+        .arg(&out)
+        .args(["--evaluations", "3000", "--flush-every", "500"])
+        .args(["--forward", &format!("http://127.0.0.1:{port}")])
+        .env("FLAGTALLY_TEST_LD_NODE_MODULES", ld_node_modules())
+        .output()
+        .unwrap();
+    let stats = String::from_utf8_lossy(&run.stdout).into_owned();
+    assert!(
+        run.status.success(),
+        "the Node SDK run failed:\n{stats}\n{}\n{}",
+        String::from_utf8_lossy(&run.stderr),
+        f.log_text()
+    );
+    let stats: Value = serde_json::from_str(stats.trim()).unwrap();
+    assert_eq!(
+        stats["forwarded"]
+            .as_object()
+            .map(|m| m.keys().cloned().collect::<Vec<_>>()),
+        Some(vec!["202".to_owned()]),
+        "every post accepted: {stats}"
+    );
+
+    // The oracle: the SDK's own summaries in what it posted.
+    let mut expected = Tally::default();
+    let mut features = 0;
+    for line in std::fs::read_to_string(&out).unwrap().lines() {
+        for e in serde_json::from_str::<Value>(line)
+            .unwrap()
+            .as_array()
+            .unwrap()
+        {
+            expected.add_summary_json(&e.to_string()).unwrap();
+            features += u64::from(e["kind"] == "feature");
+        }
+    }
+    let total = expected.evaluations();
+    assert!(
+        total >= 3000 && features > 0,
+        "{total} evaluations, {features} feature events"
+    );
+    let mut recs = read_until(
+        broker,
+        &t.summary,
+        Duration::from_secs(120),
+        summed_counters(total),
+    );
+    recs.extend(read_until(
+        broker,
+        &t.summary,
+        Duration::from_secs(6),
+        |_| false,
+    ));
+    let got = per_key(window_tally(dedupe(&recs).values()));
+    assert_eq!(
+        got, expected.counters,
+        "counters on Kafka equal the SDK's own"
+    );
+    let feature_recs = read_until(
+        broker,
+        &t.feature,
+        Duration::from_secs(60),
+        distinct_ids(features),
+    );
+    assert_eq!(dedupe(&feature_recs).len() as u64, features);
+    for r in recs.iter().chain(&feature_recs) {
+        assert_eq!(
+            r.header("flagtally-env"),
+            Some("production"),
+            "the key's environment"
+        );
+    }
+    // The raw payloads on the input topic carry the collector's headers.
+    let input = read_until(broker, &t.input, Duration::from_secs(10), |_| false);
+    assert!(!input.is_empty());
+    for r in &input {
+        assert_eq!(r.header("flagtally-env"), Some("production"));
+        assert!(
+            r.header("flagtally-endpoint")
+                .is_some_and(|e| e.starts_with("ld-"))
+        );
+        assert!(
+            r.header("flagtally-sdk")
+                .is_some_and(|s| s.contains("Node")),
+            "{:?}",
+            r.header("flagtally-sdk")
+        );
+    }
+    assert!(f.stop(Duration::from_secs(25)).success());
+    let _ = std::fs::remove_file(&out);
+}
+
+/// The LaunchDarkly Node SDK test clients' node_modules (`scripts/infra.sh sdks`).
+fn ld_node_modules() -> String {
+    if let Ok(m) = std::env::var("FLAGTALLY_TEST_LD_NODE_MODULES") {
+        return m;
+    }
+    let out = Command::new("bash")
+        .arg(repo().join("scripts/infra.sh"))
+        .arg("sdks")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("export FLAGTALLY_TEST_LD_NODE_MODULES="))
+        .unwrap()
+        .to_owned()
+}
+
+#[test]
+fn retries_limits_and_refusals_answer_as_an_sdk_expects() {
+    let broker = broker();
+    let t = Topics::create(broker, 1);
+    let port = free_port();
+    let config = t.config_with_threads(broker, WINDOW, 1)
+        + &collector_section(port, "max_body_bytes = \"4KiB\"\nrate_limit = 50\n");
+    let f = Flagtally::start(&config, &t.group);
+    wait_listening(port, &f);
+    let auth = ("Authorization", SDK_KEY);
+    let payload =
+        br#"[{"kind":"index","creationDate":1767225600000,"context":{"kind":"user","key":"u-1"}}]"#;
+
+    // The same payload id twice (an SDK's retry): one record.
+    let retry = [
+        auth,
+        (
+            "X-LaunchDarkly-Payload-ID",
+            "8c8f6b5e-0000-4000-8000-000000000001",
+        ),
+        ("X-LaunchDarkly-Event-Schema", "4"),
+    ];
+    assert_eq!(post(port, "/bulk", &retry, payload).0, 202);
+    assert_eq!(post(port, "/bulk", &retry, payload).0, 202);
+    // gzip, inflated before it is written.
+    let zipped = gzip(payload);
+    assert_eq!(
+        post(
+            port,
+            "/bulk",
+            &[auth, ("Content-Encoding", "gzip")],
+            &zipped
+        )
+        .0,
+        202
+    );
+    // FeatBit's insight endpoint, with its environment secret.
+    let featbit = br#"[{"user":{"keyId":"fb-user","name":"F"},"variations":[]}]"#;
+    assert_eq!(
+        post(
+            port,
+            "/api/public/insight/track",
+            &[("Authorization", "fb-secret")],
+            featbit
+        )
+        .0,
+        202
+    );
+
+    // Refusals.
+    assert_eq!(post(port, "/bulk", &[], payload).0, 401, "no key");
+    assert_eq!(
+        post(port, "/bulk", &[("Authorization", "sdk-unknown")], payload).0,
+        401
+    );
+    let big = format!("[{}]", vec![r#"{"kind":"index"}"#; 400].join(","));
+    assert_eq!(
+        post(port, "/bulk", &[auth], big.as_bytes()).0,
+        413,
+        "over max_body_bytes"
+    );
+    let bomb = gzip(&vec![b' '; 1 << 20]);
+    assert_eq!(
+        post(port, "/bulk", &[auth, ("Content-Encoding", "gzip")], &bomb).0,
+        413,
+        "over the limit once inflated"
+    );
+    assert_eq!(
+        post(port, "/bulk", &[auth, ("Content-Encoding", "br")], payload).0,
+        415
+    );
+    assert_eq!(
+        post(port, "/bulk", &[auth], b"{\"not\":\"an array\"}").0,
+        400
+    );
+    let mut limited = 0;
+    for _ in 0..200 {
+        let (status, retry_after) =
+            post(port, "/diagnostic", &[auth], b"{\"kind\":\"diagnostic\"}");
+        if status == 429 {
+            limited += 1;
+            assert_eq!(retry_after.as_deref(), Some("1"));
+        }
+    }
+    assert!(limited > 0, "200 requests at once pass a rate of 50/s");
+
+    // On the input topic: the retried payload once, the gzip one inflated, FeatBit's.
+    let input = read_until(broker, &t.input, Duration::from_secs(15), |_| false);
+    let values: Vec<&[u8]> = input.iter().map(|r| r.value.as_slice()).collect();
+    assert_eq!(
+        values,
+        vec![&payload[..], &payload[..], &featbit[..]],
+        "{input:?}"
+    );
+    assert_eq!(
+        input[0].header("flagtally-payload-id"),
+        Some("8c8f6b5e-0000-4000-8000-000000000001")
+    );
+    assert_eq!(input[0].header("flagtally-ld-event-schema"), Some("4"));
+    assert_eq!(
+        input[0].key.as_deref(),
+        Some(&b"u-1"[..]),
+        "keyed by context key"
+    );
+    assert_eq!(input[2].header("flagtally-env"), Some("featbit-env"));
+    assert_eq!(input[2].key.as_deref(), Some(&b"fb-user"[..]));
+    assert!(f.stop(Duration::from_secs(25)).success());
+}
+
+/// `flagtally collect` alone, its broker unreachable: the SDK hears 503 with
+/// `Retry-After` within `produce_timeout`, and SIGTERM ends it with exit 0.
+#[test]
+fn collect_alone_answers_503_when_kafka_does_not_acknowledge() {
+    let port = free_port();
+    let dir = std::env::temp_dir().join("flagtally-tests");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!("{}.toml", unique("collect")));
+    std::fs::write(
+        &path,
+        format!(
+            "[kafka]\nbrokers = \"127.0.0.1:{}\"\ninput_topics = [\"in\"]\n[output]\ndead_letter_topic = \"d\"\n[output.topics]\nsummary = \"s\"\n[admin]\nlisten = \"off\"\n{}",
+            free_port(),
+            collector_section(port, "produce_timeout = \"2s\"\n")
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_flagtally"))
+        .args(["collect", "--config"])
+        .arg(&path)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(eventually(Duration::from_secs(30), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    }));
+    let (status, retry_after) = post(port, "/bulk", &[("Authorization", SDK_KEY)], b"[]");
+    assert_eq!(status, 503);
+    assert!(retry_after.is_some());
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let code = child.wait().unwrap();
+    assert!(code.success(), "{code:?}");
+}
