@@ -1,7 +1,7 @@
 //! The collector (`[collector]`): the SDKs' event posts, taken unchanged, written to the
 //! input topic and acknowledged only then.
 //!
-//! - LaunchDarkly's real Node server SDK posts through it (its test script's capture
+//! - LaunchDarkly's real Node and Python server SDKs post through it (its test script's capture
 //!   server passes each request on and keeps what the collector accepted): `flagtally
 //!   run` counts every evaluation once, equal to the SDK's own summaries, with its
 //!   feature events one to one and the key's environment on every output.
@@ -68,6 +68,45 @@ fn gzip(body: &[u8]) -> Vec<u8> {
 
 #[test]
 fn the_node_sdk_posts_through_the_collector_and_every_evaluation_counts_once() {
+    through_the_collector(Sdk::Node);
+}
+
+#[test]
+fn the_python_sdk_posts_through_the_collector_and_every_evaluation_counts_once() {
+    through_the_collector(Sdk::Python);
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Sdk {
+    Node,
+    Python,
+}
+
+/// The SDK's test script (`tests/sdk/`), posting through the collector at `port`,
+/// its accepted bodies kept in `out`.
+fn sdk_command(sdk: Sdk, port: u16, out: &std::path::Path) -> Command {
+    let (python, node_modules) = ld_sdks();
+    let mut cmd = match sdk {
+        Sdk::Node => {
+            let mut c = Command::new("node");
+            c.arg(repo().join("tests/sdk/ld_node_events.mjs"))
+                .env("FLAGTALLY_TEST_LD_NODE_MODULES", node_modules);
+            c
+        }
+        Sdk::Python => {
+            let mut c = Command::new(python);
+            c.arg(repo().join("tests/sdk/ld_python_events.py"));
+            c
+        }
+    };
+    cmd.arg("--out")
+        .arg(out)
+        .args(["--evaluations", "3000", "--flush-every", "500"])
+        .args(["--forward", &format!("http://127.0.0.1:{port}")]);
+    cmd
+}
+
+fn through_the_collector(sdk: Sdk) {
     let broker = broker();
     let t = Topics::create(broker, 2);
     let port = free_port();
@@ -75,20 +114,12 @@ fn the_node_sdk_posts_through_the_collector_and_every_evaluation_counts_once() {
     let f = Flagtally::start(&config, &t.group);
     wait_listening(port, &f);
 
-    let out = std::env::temp_dir().join(format!("flagtally-collector-node-{}.ndjson", t.group));
-    let run = Command::new("node")
-        .arg(repo().join("tests/sdk/ld_node_events.mjs"))
-        .arg("--out")
-        .arg(&out)
-        .args(["--evaluations", "3000", "--flush-every", "500"])
-        .args(["--forward", &format!("http://127.0.0.1:{port}")])
-        .env("FLAGTALLY_TEST_LD_NODE_MODULES", ld_node_modules())
-        .output()
-        .unwrap();
+    let out = std::env::temp_dir().join(format!("flagtally-collector-{sdk:?}-{}.ndjson", t.group));
+    let run = sdk_command(sdk, port, &out).output().unwrap();
     let stats = String::from_utf8_lossy(&run.stdout).into_owned();
     assert!(
         run.status.success(),
-        "the Node SDK run failed:\n{stats}\n{}\n{}",
+        "the {sdk:?} SDK run failed:\n{stats}\n{}\n{}",
         String::from_utf8_lossy(&run.stderr),
         f.log_text()
     );
@@ -159,21 +190,24 @@ fn the_node_sdk_posts_through_the_collector_and_every_evaluation_counts_once() {
             r.header("flagtally-endpoint")
                 .is_some_and(|e| e.starts_with("ld-"))
         );
-        assert!(
-            r.header("flagtally-sdk")
-                .is_some_and(|s| s.contains("Node")),
-            "{:?}",
-            r.header("flagtally-sdk")
-        );
+        let agent = r.header("flagtally-sdk").unwrap_or_default();
+        let name = match sdk {
+            Sdk::Node => "Node",
+            Sdk::Python => "Python",
+        };
+        assert!(agent.contains(name), "{agent}");
     }
     assert!(f.stop(Duration::from_secs(25)).success());
     let _ = std::fs::remove_file(&out);
 }
 
-/// The LaunchDarkly Node SDK test clients' node_modules (`scripts/infra.sh sdks`).
-fn ld_node_modules() -> String {
-    if let Ok(m) = std::env::var("FLAGTALLY_TEST_LD_NODE_MODULES") {
-        return m;
+/// LaunchDarkly's SDK test clients: `(venv python, node_modules)` (`scripts/infra.sh sdks`).
+fn ld_sdks() -> (String, String) {
+    if let (Ok(py), Ok(node)) = (
+        std::env::var("FLAGTALLY_TEST_LD_PYTHON"),
+        std::env::var("FLAGTALLY_TEST_LD_NODE_MODULES"),
+    ) {
+        return (py, node);
     }
     let out = Command::new("bash")
         .arg(repo().join("scripts/infra.sh"))
@@ -181,12 +215,17 @@ fn ld_node_modules() -> String {
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("export FLAGTALLY_TEST_LD_NODE_MODULES="))
-        .unwrap()
-        .to_owned()
+    let text = String::from_utf8(out.stdout).unwrap();
+    let var = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("export {name}=")))
+            .unwrap()
+            .to_owned()
+    };
+    (
+        var("FLAGTALLY_TEST_LD_PYTHON"),
+        var("FLAGTALLY_TEST_LD_NODE_MODULES"),
+    )
 }
 
 #[test]

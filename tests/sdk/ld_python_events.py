@@ -11,7 +11,11 @@ not also the feature events). tests/sdk/ld_node_events.mjs does the same with th
 SDK, on the same flags and the same sequence.
 
 usage: ld_python_events.py --out FILE [--evaluations N] [--seed S] [--flush-every K]
+                          [--forward URL]
   (run with the venv python that `bash scripts/infra.sh sdks` prints)
+With --forward, the server passes every POST on to URL (flagtally's collector: same path,
+headers and body) and answers the SDK with the collector's status; it keeps a body only
+once the collector accepted it (202), so FILE holds what reached Kafka.
 Writes one line per /bulk POST body (verbatim) to FILE, diagnostic bodies to
 FILE.diagnostic, and prints one JSON object of counts; it checks the summary counters
 and the feature, identify and custom events against what the sequence implies and exits
@@ -25,6 +29,8 @@ import shutil
 import sys
 import tempfile
 import threading
+import urllib.error
+import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from ldclient import Context, LDClient
@@ -141,6 +147,8 @@ class Capture:
         self.posts = []  # (path, headers with lower-case names, body bytes)
         self.bulk = 0
         self.unexpected = []
+        self.forward = None  # the collector's base URL, with --forward
+        self.forwarded = {}  # its answers, by status
 
     def wait_bulk(self, n):
         with self.lock:
@@ -175,16 +183,37 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", "0")
         self.end_headers()
 
+    def _forward(self, raw):
+        """Passes the POST on to the collector; its status (0: no answer)."""
+        skip = {"host", "content-length", "transfer-encoding", "connection"}
+        req = urllib.request.Request(
+            CAPTURE.forward + self.path, data=raw, method="POST",
+            headers={k: v for k, v in self.headers.items() if k.lower() not in skip})
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                return resp.status
+        except urllib.error.HTTPError as e:
+            return e.code
+        except OSError:
+            return 0
+
     def do_POST(self):
-        body = self._read_body()
+        raw = self._read_body()
+        status = 202
+        if CAPTURE.forward:
+            status = self._forward(raw)
+            with CAPTURE.lock:
+                CAPTURE.forwarded[str(status)] = CAPTURE.forwarded.get(str(status), 0) + 1
+        body = raw
         if self.headers.get("Content-Encoding", "").lower() == "gzip":
             body = gzip.decompress(body)
         headers = {k.lower(): v for k, v in self.headers.items()}
         with CAPTURE.lock:
-            CAPTURE.posts.append((self.path, headers, body))
+            if status == 202:
+                CAPTURE.posts.append((self.path, headers, body))
             CAPTURE.bulk += self.path == "/bulk"
             CAPTURE.lock.notify_all()
-        self._answer(202)
+        self._answer(status or 503)
 
     def do_GET(self):
         with CAPTURE.lock:
@@ -198,7 +227,9 @@ def main():
     ap.add_argument("--evaluations", type=int, default=5000)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--flush-every", type=int, default=1000)
+    ap.add_argument("--forward")
     args = ap.parse_args()
+    CAPTURE.forward = args.forward
 
     # Bounded: whatever hangs, the script stops.
     watchdog = threading.Timer(TIMEOUT_S, fail, [f"not done within {TIMEOUT_S} s"])
@@ -273,6 +304,8 @@ def main():
                  tracked_evaluations=tracked, sdk=f"python-server-sdk {VERSION}")
     check(stats, expected_counts, tracked, identifies, customs)
     stats.pop("_counts_by_flag")
+    if args.forward:
+        stats["forwarded"] = CAPTURE.forwarded
     print(json.dumps(stats))
 
 
