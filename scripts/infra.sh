@@ -37,6 +37,9 @@
 #                                        prints `export FLAGTALLY_TEST_REGISTRY=…`, its
 #                                        Confluent-compatible API (/apis/ccompat/v7)
 #   bash scripts/infra.sh registry-stop [NAME]
+#   bash scripts/infra.sh goff           go-feature-flag itself as a test client (tests/sdk/goff,
+#                                        the Go module from the Go module proxy), built once
+#                                        into the cache; prints `export FLAGTALLY_TEST_GOFF_CLIENT=…`
 #   bash scripts/infra.sh sdks           LaunchDarkly's server SDKs (Python from PyPI into the
 #                                        venv, Node from npm), pinned, for tests/sdk/; prints
 #                                        `export FLAGTALLY_TEST_LD_PYTHON=…` and
@@ -103,6 +106,25 @@ sdks() {
   fi
   echo "export FLAGTALLY_TEST_LD_PYTHON=$py"
   echo "export FLAGTALLY_TEST_LD_NODE_MODULES=$NODE_SDKS/node_modules"
+}
+
+# go-feature-flag's own client program (tests/sdk/goff), rebuilt when its sources change.
+goff() {
+  local src stamp bin="$INFRA/goff-client"
+  src="$(cd "$(dirname "$0")/.." && pwd)/tests/sdk/goff"
+  stamp=$(cat "$src/go.mod" "$src/go.sum" "$src/main.go" | sha256sum | cut -c1-16)
+  if [ ! -x "$bin" ] || [ "$(cat "$bin.stamp" 2>/dev/null)" != "$stamp" ]; then
+    command -v go >/dev/null || { say "go not found: the go-feature-flag client is built with Go"; exit 1; }
+    say "building the go-feature-flag test client (once; about a minute)"
+    mkdir -p "$INFRA"
+    if ! (cd "$src" && go build -o "$bin" .) >"$INFRA/goff-build.log" 2>&1; then
+      say "building tests/sdk/goff failed; its output:"
+      tail -30 "$INFRA/goff-build.log" >&2
+      exit 1
+    fi
+    echo "$stamp" >"$bin.stamp"
+  fi
+  echo "export FLAGTALLY_TEST_GOFF_CLIENT=$bin"
 }
 
 smoke() {
@@ -713,6 +735,7 @@ case "$cmd" in
   reset) stop TERM; rm -rf "$run" ;;
   python) python_env ;;
   sdks) sdks ;;
+  goff) goff ;;
   smoke) smoke ;;
   status)
     if running; then

@@ -481,6 +481,7 @@ impl Metrics {
     /// One collector request: its answer, and for an accepted payload its events.
     pub fn collector_request(&self, endpoint: &'static str, status: u16, events: u64, bytes: u64) {
         let status = match status {
+            200 => "200",
             202 => "202",
             400 => "400",
             401 => "401",

@@ -14,6 +14,7 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::process::Command;
 use std::time::Duration;
@@ -274,7 +275,8 @@ fn retries_limits_and_refusals_answer_as_an_sdk_expects() {
             featbit
         )
         .0,
-        202
+        200,
+        "FeatBit's SDKs hear 200, as from FeatBit"
     );
 
     // Refusals.
@@ -372,4 +374,113 @@ fn collect_alone_answers_503_when_kafka_does_not_acknowledge() {
         .unwrap();
     let code = child.wait().unwrap();
     assert!(code.success(), "{code:?}");
+}
+
+/// go-feature-flag's own client program (`scripts/infra.sh goff`).
+fn goff_client() -> String {
+    if let Ok(c) = std::env::var("FLAGTALLY_TEST_GOFF_CLIENT") {
+        return c;
+    }
+    let out = Command::new("bash")
+        .arg(repo().join("scripts/infra.sh"))
+        .arg("goff")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .trim()
+        .strip_prefix("export FLAGTALLY_TEST_GOFF_CLIENT=")
+        .unwrap()
+        .to_owned()
+}
+
+/// Runs go-feature-flag's client with `args`; its own count of events per flag.
+fn run_goff(args: &[&str]) -> BTreeMap<String, u64> {
+    let out = Command::new(goff_client())
+        .args(["--evaluations", "3000", "--seed", "7"])
+        .args(args)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "goff-client: {text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_str(text.trim()).unwrap();
+    serde_json::from_value(v["per_flag"].clone()).unwrap()
+}
+
+/// The evaluations flagtally's summaries count per flag, once `total` are in.
+fn summaries_per_flag(t: &Topics, total: u64) -> BTreeMap<String, u64> {
+    let broker = broker();
+    let mut recs = read_until(
+        broker,
+        &t.summary,
+        Duration::from_secs(120),
+        summed_counters(total),
+    );
+    recs.extend(read_until(
+        broker,
+        &t.summary,
+        Duration::from_secs(6),
+        |_| false,
+    ));
+    let mut per_flag = BTreeMap::new();
+    for ((flag, _, _), n) in per_key(window_tally(dedupe(&recs).values())) {
+        *per_flag.entry(flag).or_insert(0) += n;
+    }
+    per_flag
+}
+
+/// go-feature-flag itself, its webhook exporter posting to the collector (signed, with
+/// a key): every event it exported counted once, per flag.
+#[test]
+fn go_feature_flags_webhook_exporter_through_the_collector() {
+    let broker = broker();
+    let t = Topics::create(broker, 2);
+    let port = free_port();
+    let config = t.config_with_threads(broker, WINDOW, 1)
+        + &collector_section(port, "webhook_secret = \"hook-secret\"\n")
+        + "\n[[collector.keys]]\nkey = \"goff-key\"\nenvironment = \"goff-env\"\n";
+    let f = Flagtally::start(&config, &t.group);
+    wait_listening(port, &f);
+    let expected = run_goff(&[
+        "--webhook",
+        &format!("http://127.0.0.1:{port}/goff/webhook"),
+        "--secret",
+        "hook-secret",
+        "--auth",
+        "goff-key",
+    ]);
+    let total: u64 = expected.values().sum();
+    assert!(total > 0);
+    assert_eq!(summaries_per_flag(&t, total), expected, "{}", f.log_text());
+    // A body signed with another secret is refused.
+    let (status, _) = post(
+        port,
+        "/goff/webhook",
+        &[
+            ("Authorization", "Bearer goff-key"),
+            ("X-Hub-Signature-256", "sha256=00"),
+        ],
+        br#"{"meta":{},"events":[]}"#,
+    );
+    assert_eq!(status, 401);
+    assert!(f.stop(Duration::from_secs(25)).success());
+}
+
+/// go-feature-flag's Kafka exporter writing straight to the input topic (one event per
+/// record, `creationDate` in seconds): every event counted once, per flag.
+#[test]
+fn go_feature_flags_kafka_exporter_straight_to_the_input_topic() {
+    let broker = broker();
+    let t = Topics::create(broker, 2);
+    let f = Flagtally::start(&t.config_with_threads(broker, WINDOW, 1), &t.group);
+    let expected = run_goff(&["--kafka-brokers", broker, "--kafka-topic", &t.input]);
+    let total: u64 = expected.values().sum();
+    assert!(total > 0);
+    assert_eq!(summaries_per_flag(&t, total), expected, "{}", f.log_text());
+    assert!(f.stop(Duration::from_secs(25)).success());
 }

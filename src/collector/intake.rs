@@ -81,6 +81,16 @@ impl Endpoint {
         }
     }
 
+    /// What an accepted payload is answered: 202, as LaunchDarkly's Relay Proxy does;
+    /// 200 on FeatBit's route, as FeatBit's server does (its Python SDK re-posts a batch
+    /// answered anything but 200, which would count it twice).
+    fn accepted(self) -> StatusCode {
+        match self {
+            Self::FeatbitTrack => StatusCode::OK,
+            _ => StatusCode::ACCEPTED,
+        }
+    }
+
     fn diagnostic(self) -> bool {
         matches!(
             self,
@@ -177,7 +187,7 @@ impl Intake {
         let bytes = body.len();
         let (status, events, retry_after, message) =
             match self.take(endpoint, path_key, headers, body).await {
-                Ok(events) => (StatusCode::ACCEPTED, events, None, String::new()),
+                Ok(events) => (endpoint.accepted(), events, None, String::new()),
                 Err(r) => (r.status, 0, r.retry_after, r.message),
             };
         self.admin.metrics.collector_request(
@@ -279,7 +289,11 @@ impl Intake {
                 key: headers::ENDPOINT,
                 value: Some(endpoint.name().as_bytes()),
             });
-        if let Some(agent) = headers.get(header::USER_AGENT) {
+        // FeatBit's Node SDK names itself in X-User-Agent only.
+        if let Some(agent) = headers
+            .get(header::USER_AGENT)
+            .or_else(|| headers.get("x-user-agent"))
+        {
             let agent = agent.as_bytes();
             record_headers = record_headers.insert(Header {
                 key: headers::SDK,

@@ -17,7 +17,7 @@
 //! `X-LaunchDarkly-Payload-ID` is acknowledged without being written twice (the ids of
 //! the last [`dedupe::CAPACITY`] payloads are kept, in memory).
 //!
-//! Answers: 202 once written; 400 for a body that is not the endpoint's JSON; 401 for
+//! Answers: 202 once written (200 on FeatBit's route, as FeatBit answers); 400 for a body that is not the endpoint's JSON; 401 for
 //! a missing or unknown key (or a bad signature); 413 over `max_body_bytes` (gzip
 //! bodies are inflated within the same limit); 415 for an encoding other than gzip;
 //! 429 over a key's `rate_limit`; 503 with `Retry-After` when the producer's queue is
