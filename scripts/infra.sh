@@ -70,6 +70,10 @@ APICURIO_HOME="$INFRA/apicurio-$APICURIO_VERSION"
 LD_PYTHON_SDK_VERSION=9.15.0
 LD_NODE_SDK_VERSION=9.13.7
 NODE_SDKS="$INFRA/node-sdks"
+# Pinned: FeatBit's server SDKs, the collector tests' FeatBit clients.
+FEATBIT_PYTHON_SDK_VERSION=1.2.1
+FEATBIT_NODE_SDK_VERSION=1.3.0
+FEATBIT_NODE="$INFRA/featbit-node"
 
 say() { printf 'infra: %s\n' "$*" >&2; }
 
@@ -104,8 +108,21 @@ sdks() {
     npm install --prefix "$NODE_SDKS" --no-audit --no-fund --silent --save-exact \
       "@launchdarkly/node-server-sdk@$LD_NODE_SDK_VERSION" >&2
   fi
+  if ! "$py" -c "import importlib.metadata as m; assert m.version('fb-python-sdk') == '$FEATBIT_PYTHON_SDK_VERSION'" 2>/dev/null; then
+    say "installing fb-python-sdk $FEATBIT_PYTHON_SDK_VERSION from PyPI into the venv (once)"
+    "$VENV/bin/pip" install --quiet "fb-python-sdk==$FEATBIT_PYTHON_SDK_VERSION" >&2
+  fi
+  pkg="$FEATBIT_NODE/node_modules/@featbit/node-server-sdk/package.json"
+  have=$(node -p 'require(process.argv[1]).version' "$pkg" 2>/dev/null || true)
+  if [ "$have" != "$FEATBIT_NODE_SDK_VERSION" ]; then
+    say "installing @featbit/node-server-sdk $FEATBIT_NODE_SDK_VERSION from npm (once)"
+    mkdir -p "$FEATBIT_NODE"
+    npm install --prefix "$FEATBIT_NODE" --no-audit --no-fund --silent --save-exact \
+      "@featbit/node-server-sdk@$FEATBIT_NODE_SDK_VERSION" >&2
+  fi
   echo "export FLAGTALLY_TEST_LD_PYTHON=$py"
   echo "export FLAGTALLY_TEST_LD_NODE_MODULES=$NODE_SDKS/node_modules"
+  echo "export FLAGTALLY_TEST_FEATBIT_NODE_MODULES=$FEATBIT_NODE/node_modules"
 }
 
 # go-feature-flag's own client program (tests/sdk/goff), rebuilt when its sources change.

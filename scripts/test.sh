@@ -56,7 +56,7 @@ eval "$(bash scripts/infra.sh registry ci)"
 eval "$(bash scripts/infra.sh goff)"
 export FLAGTALLY_TEST_BROKER FLAGTALLY_TEST_POSTGRES FLAGTALLY_TEST_S3
 export FLAGTALLY_TEST_LD_PYTHON FLAGTALLY_TEST_LD_NODE_MODULES FLAGTALLY_TEST_REGISTRY
-export FLAGTALLY_TEST_GOFF_CLIENT
+export FLAGTALLY_TEST_GOFF_CLIENT FLAGTALLY_TEST_FEATBIT_NODE_MODULES
 trap 'rc=$?; [ "$rc" = 0 ] || bash scripts/infra.sh s3-errors ci
       bash scripts/infra.sh stop ci; bash scripts/infra.sh s3-stop ci
       bash scripts/infra.sh registry-stop ci' EXIT

@@ -484,3 +484,82 @@ fn go_feature_flags_kafka_exporter_straight_to_the_input_topic() {
     assert_eq!(summaries_per_flag(&t, total), expected, "{}", f.log_text());
     assert!(f.stop(Duration::from_secs(25)).success());
 }
+
+/// FeatBit's Node and Python server SDKs (`scripts/infra.sh sdks`), posting their insight
+/// events through the collector: every evaluation they report counted once, per flag.
+#[test]
+fn featbits_sdks_post_through_the_collector_and_every_evaluation_counts_once() {
+    let (python, _) = ld_sdks();
+    let node_modules = std::env::var("FLAGTALLY_TEST_FEATBIT_NODE_MODULES").unwrap_or_else(|_| {
+        let out = Command::new("bash")
+            .arg(repo().join("scripts/infra.sh"))
+            .arg("sdks")
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("export FLAGTALLY_TEST_FEATBIT_NODE_MODULES="))
+            .unwrap()
+            .to_owned()
+    });
+    for sdk in ["node", "python"] {
+        let broker = broker();
+        let t = Topics::create(broker, 2);
+        let port = free_port();
+        let config = t.config_with_threads(broker, WINDOW, 1) + &collector_section(port, "");
+        let f = Flagtally::start(&config, &t.group);
+        wait_listening(port, &f);
+        let out = std::env::temp_dir().join(format!("flagtally-featbit-{sdk}-{}.ndjson", t.group));
+        let mut cmd = if sdk == "node" {
+            let mut c = Command::new("node");
+            c.arg(repo().join("tests/sdk/featbit_node_events.mjs"))
+                .env("FLAGTALLY_TEST_FEATBIT_NODE_MODULES", &node_modules);
+            c
+        } else {
+            let mut c = Command::new(&python);
+            c.arg(repo().join("tests/sdk/featbit_python_events.py"));
+            c
+        };
+        let run = cmd
+            .arg("--out")
+            .arg(&out)
+            .args([
+                "--sdk-key",
+                "fb-secret",
+                "--evaluations",
+                "2000",
+                "--status",
+                "200",
+            ])
+            .args(["--forward", &format!("http://127.0.0.1:{port}")])
+            .output()
+            .unwrap();
+        let stats = String::from_utf8_lossy(&run.stdout).into_owned();
+        assert!(
+            run.status.success(),
+            "FeatBit {sdk} SDK run failed:\n{stats}\n{}\n{}",
+            String::from_utf8_lossy(&run.stderr),
+            f.log_text()
+        );
+        let stats: Value = serde_json::from_str(stats.trim()).unwrap();
+        let expected: BTreeMap<String, u64> =
+            serde_json::from_value(stats["per_flag"].clone()).unwrap();
+        let total: u64 = expected.values().sum();
+        assert_eq!(total, 2000, "{stats}");
+        assert_eq!(
+            summaries_per_flag(&t, total),
+            expected,
+            "FeatBit {sdk}: {}",
+            f.log_text()
+        );
+        let input = read_until(broker, &t.input, Duration::from_secs(5), |_| false);
+        assert!(
+            input
+                .iter()
+                .all(|r| r.header("flagtally-env") == Some("featbit-env"))
+        );
+        assert!(f.stop(Duration::from_secs(25)).success());
+        let _ = std::fs::remove_file(&out);
+    }
+}
