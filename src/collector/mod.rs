@@ -15,7 +15,7 @@
 //! record in the `flagtally-env` header and becomes the events' environment when
 //! they name none. A LaunchDarkly payload retried with the same
 //! `X-LaunchDarkly-Payload-ID` is acknowledged without being written twice (the ids of
-//! the last [`dedupe::CAPACITY`] payloads are kept, in memory).
+//! the last 100 000 payloads are kept, in memory).
 //!
 //! Answers: 202 once written (200 on FeatBit's route, as FeatBit answers); 400 for a body that is not the endpoint's JSON; 401 for
 //! a missing or unknown key (or a bad signature); 413 over `max_body_bytes` (gzip
