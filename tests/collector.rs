@@ -563,3 +563,67 @@ fn featbits_sdks_post_through_the_collector_and_every_evaluation_counts_once() {
         let _ = std::fs::remove_file(&out);
     }
 }
+
+/// TLS on the listener (the test broker's certificate for 127.0.0.1, made by
+/// infra.sh): a client trusting its CA is served; plain HTTP and a client that does not
+/// trust it are not.
+#[test]
+fn the_listener_speaks_tls_with_the_given_certificate() {
+    let tls = tls_broker();
+    let broker = broker();
+    let t = Topics::create(broker, 1);
+    let port = free_port();
+    let keys = format!(
+        "tls_cert_file = \"{}\"\ntls_key_file = \"{}\"\n",
+        tls.dir.join("broker.crt").display(),
+        tls.dir.join("broker.key").display()
+    );
+    let config = t.config_with_threads(broker, WINDOW, 1) + &collector_section(port, &keys);
+    let f = Flagtally::start(&config, &t.group);
+    wait_listening(port, &f);
+    let agent = |ca: &str| -> ureq::Agent {
+        let pem = std::fs::read(tls.dir.join(ca)).unwrap();
+        let certs: Vec<_> = ureq::tls::parse_pem(&pem)
+            .filter_map(|i| match i {
+                Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
+                _ => None,
+            })
+            .collect();
+        ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(20)))
+            .tls_config(
+                ureq::tls::TlsConfig::builder()
+                    .root_certs(ureq::tls::RootCerts::new_with_certs(&certs))
+                    .build(),
+            )
+            .build()
+            .into()
+    };
+    let payload = br#"[{"kind":"index","creationDate":1767225600000,"context":{"kind":"user","key":"u-tls"}}]"#;
+    let url = format!("https://127.0.0.1:{port}/bulk");
+    let resp = agent("ca.pem")
+        .post(&url)
+        .header("Authorization", SDK_KEY)
+        .send(&payload[..])
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 202);
+    let untrusted = agent("other-ca.pem")
+        .post(&url)
+        .header("Authorization", SDK_KEY)
+        .send(&payload[..]);
+    assert!(
+        untrusted.is_err(),
+        "a client that does not trust the CA is refused"
+    );
+    let plain =
+        std::panic::catch_unwind(|| post(port, "/bulk", &[("Authorization", SDK_KEY)], payload));
+    assert!(
+        plain.is_err() || plain.is_ok_and(|(s, _)| s != 202),
+        "plain HTTP is not served"
+    );
+    let input = read_until(broker, &t.input, Duration::from_secs(10), |_| false);
+    assert_eq!(input.len(), 1, "{input:?}");
+    let log = f.log_text();
+    assert!(f.stop(Duration::from_secs(25)).success(), "{log}");
+}

@@ -25,6 +25,7 @@
 
 mod dedupe;
 mod intake;
+mod tls;
 
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
@@ -60,6 +61,10 @@ pub struct CollectorConfig {
     /// Longest wait for Kafka's acknowledgement before answering 503.
     #[serde(deserialize_with = "positive_duration")]
     pub produce_timeout: Duration,
+    /// TLS on the listener: the certificate chain (PEM) and its private key (PEM);
+    /// both or neither.
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
     /// go-feature-flag's webhook exporter secret: `X-Hub-Signature-256` must match.
     pub webhook_secret: Option<Secret>,
     pub webhook_secret_file: Option<PathBuf>,
@@ -77,6 +82,8 @@ impl Default for CollectorConfig {
             max_body_bytes: 5 * 1024 * 1024,
             rate_limit: None,
             produce_timeout: Duration::from_secs(10),
+            tls_cert_file: None,
+            tls_key_file: None,
             webhook_secret: None,
             webhook_secret_file: None,
             keys: Vec::new(),
@@ -152,6 +159,17 @@ impl CollectorConfig {
                 problems.push(format!("collector.keys[{i}].environment: 1 to 256 bytes"));
             }
         }
+        match (&self.tls_cert_file, &self.tls_key_file) {
+            (None, None) => {}
+            (Some(_), Some(_)) => {
+                if let Err(e) = tls::server_config(self) {
+                    problems.push(e);
+                }
+            }
+            _ => problems.push(
+                "collector.tls_cert_file, collector.tls_key_file: give both or neither".to_owned(),
+            ),
+        }
         if self.max_body_bytes < 1024 {
             problems.push("collector.max_body_bytes: at least 1KiB".to_owned());
         }
@@ -205,18 +223,31 @@ impl Collector {
             .build()?;
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let router = intake::router(Arc::clone(&intake), config.max_body_bytes);
+        let acceptor = match (&config.tls_cert_file, &config.tls_key_file) {
+            (Some(_), Some(_)) => Some(tokio_rustls::TlsAcceptor::from(Arc::new(
+                tls::server_config(config).map_err(anyhow::Error::msg)?,
+            ))),
+            _ => None,
+        };
+        let scheme = if acceptor.is_some() { "https" } else { "http" };
         let thread = std::thread::Builder::new()
             .name("collector".to_owned())
             .spawn(move || {
                 runtime.block_on(async move {
                     let result = match tokio::net::TcpListener::from_std(listener) {
-                        Ok(listener) => {
-                            axum::serve(listener, router)
-                                .with_graceful_shutdown(async move {
-                                    let _ = rx.await;
-                                })
-                                .await
-                        }
+                        Ok(listener) => match acceptor {
+                            None => {
+                                axum::serve(listener, router)
+                                    .with_graceful_shutdown(async move {
+                                        let _ = rx.await;
+                                    })
+                                    .await
+                            }
+                            Some(acceptor) => {
+                                tls::serve(listener, acceptor, router, rx).await;
+                                Ok(())
+                            }
+                        },
                         Err(e) => Err(e),
                     };
                     if let Err(e) = result {
@@ -226,7 +257,7 @@ impl Collector {
                 intake.flush(Duration::from_secs(10));
             })?;
         tracing::info!(
-            "collector: http://{bound}/ (input topic {})",
+            "collector: {scheme}://{bound}/ (input topic {})",
             config.topic(input_topics).unwrap_or("-")
         );
         Ok(Self {
