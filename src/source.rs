@@ -251,6 +251,15 @@ impl Drop for Source {
 }
 
 impl Source {
+    /// The group generation this member is in (under the `consumer` group protocol,
+    /// its member epoch), as its offset commits carry it. A partition changes owner
+    /// only in a newer generation, so it orders checkpoints written by two owners: one
+    /// that lost the partition without noticing can have a checkpoint delivered late,
+    /// after its successor's (see `pipeline::checkpoint`).
+    pub fn generation(&self) -> i32 {
+        records::group_generation(self.consumer.client().native_ptr())
+    }
+
     /// An empty batch, to fill with [`Source::read`].
     pub fn batch(&self) -> Batch<'_> {
         Batch::new()

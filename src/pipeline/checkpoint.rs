@@ -18,6 +18,19 @@
 //! `read_committed` reader sees nothing past the first open one (the last stable
 //! offset). The lookup waits until every transaction open at its start has ended.
 //!
+//! "Latest" is by writer first, then position. Each record carries the group
+//! generation its writer was in (header [`GENERATION`]). A member that lost its
+//! partitions without noticing (a broker outage) may still have a checkpoint in its
+//! producer's queue, delivered after the broker is back — after the partitions' new
+//! owner has restored from an older one, decided idle closes and written its own. By
+//! position alone that stale checkpoint would win the next lookup, and a restore from
+//! it would close windows elsewhere than the new owner did (the chaos run found this:
+//! one summary id, two contents). A partition changes owner only in a newer
+//! generation, so a lookup takes the checkpoint of the highest generation, the latest
+//! among equals. A generation above the reader's own can only predate the group being
+//! deleted and made again (its generations restart): such records, and records
+//! without the header, rank below every other.
+//!
 //! `ft1;n=1200;t=1700000059000;w=1700000049000;i=0;a=1700000040000/o/0/1150.0,…;p=…`
 //! - `n` the checkpoint's next offset (everything before it was processed and its
 //!   outputs acknowledged); re-reading starts at the lowest `a` offset, or `n`;
@@ -83,6 +96,26 @@ const STABLE_WAIT: Duration = Duration::from_secs(15);
 /// partitions, so the latest ones sit near the end.
 const FIRST_LOOKBACK: i64 = 2_000;
 
+/// The header naming the group generation a checkpoint's writer was in.
+pub const GENERATION: &str = "flagtally-generation";
+
+/// A checkpoint as found by a lookup, with the generation its writer was in.
+#[derive(Clone, Debug)]
+pub struct Found {
+    pub checkpoint: Checkpoint,
+    /// `None` when the record has no (readable) generation header.
+    pub generation: Option<i32>,
+}
+
+/// How a lookup by a member of generation `reader` ranks a checkpoint written in
+/// `written` (higher wins; equal ranks go to the later record). See the module docs.
+pub fn rank(written: Option<i32>, reader: i32) -> i64 {
+    match written {
+        Some(g) if g >= 0 && g <= reader => i64::from(g),
+        _ => -1,
+    }
+}
+
 impl Store {
     /// Connects to `topic` (`processing.checkpoint_topic`), creating it (one
     /// partition, compacted) if missing.
@@ -146,13 +179,15 @@ impl Store {
         format!("{}/{}/{}", self.group, pid.topic, pid.partition)
     }
 
-    /// The latest checkpoint of each partition that has one.
+    /// The latest checkpoint of each partition that has one, as a member of group
+    /// generation `generation` sees it (see the module docs).
     pub fn load(
         &self,
         pids: &[PartitionId],
-    ) -> Result<HashMap<PartitionId, Checkpoint>, KafkaError> {
+        generation: i32,
+    ) -> Result<HashMap<PartitionId, Found>, KafkaError> {
         let wanted: HashMap<String, &PartitionId> = pids.iter().map(|p| (self.key(p), p)).collect();
-        let mut found: HashMap<PartitionId, Checkpoint> = HashMap::new();
+        let mut found: HashMap<PartitionId, Found> = HashMap::new();
         let reader: BaseConsumer = self.reader.create()?;
         let peek: BaseConsumer = self.peek.create()?;
         let meta = reader.fetch_metadata(Some(&self.topic), TIMEOUT)?;
@@ -168,14 +203,28 @@ impl Store {
             let mut end = high;
             while end > low && wanted.len() > found.len() {
                 let start = (end - lookback).max(low);
-                let mut latest: HashMap<&PartitionId, Checkpoint> = HashMap::new();
-                self.read_range(&reader, partition, start, end, |key, value| {
+                let mut latest: HashMap<&PartitionId, Found> = HashMap::new();
+                self.read_range(&reader, partition, start, end, |key, value, written| {
                     if let Some(pid) = wanted.get(key)
                         && !found.contains_key(*pid)
                     {
                         match decode(value) {
-                            Ok(Some(cp)) => {
-                                latest.insert(pid, cp);
+                            Ok(Some(checkpoint)) => {
+                                let beaten = latest.get(pid).is_some_and(|best| {
+                                    rank(best.generation, generation)
+                                        > rank(written, generation)
+                                });
+                                if beaten {
+                                    tracing::warn!(partition = %pid, generation = ?written, "a checkpoint of an older group generation written late (by a member that had lost the partition); ignored");
+                                } else {
+                                    latest.insert(
+                                        pid,
+                                        Found {
+                                            checkpoint,
+                                            generation: written,
+                                        },
+                                    );
+                                }
                             }
                             Ok(None) => {}
                             Err(e) => tracing::error!(partition = %pid, "{e}; ignored"),
@@ -231,7 +280,7 @@ impl Store {
         partition: i32,
         start: i64,
         end: i64,
-        mut each: impl FnMut(&str, &str),
+        mut each: impl FnMut(&str, &str, Option<i32>),
     ) -> Result<(), KafkaError> {
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(&self.topic, partition, Offset::Offset(start))?;
@@ -251,7 +300,7 @@ impl Store {
                     let key = m.key().and_then(|k| std::str::from_utf8(k).ok());
                     let value = m.payload().and_then(|v| std::str::from_utf8(v).ok());
                     if let (Some(k), Some(v)) = (key, value) {
-                        each(k, v);
+                        each(k, v, generation_of(&m));
                     }
                     if m.offset() + 1 >= end {
                         break;
@@ -268,6 +317,15 @@ impl Store {
         tracing::debug!(topic = %self.topic, partition, start, end, read, "checkpoints read");
         reader.unassign()
     }
+}
+
+/// The generation header of a checkpoint record, if it has a readable one.
+fn generation_of(m: &rdkafka::message::BorrowedMessage<'_>) -> Option<i32> {
+    use rdkafka::message::Headers as _;
+    m.headers()?
+        .iter()
+        .find(|h| h.key == GENERATION)
+        .and_then(|h| std::str::from_utf8(h.value?).ok()?.parse().ok())
 }
 
 const VERSION: &str = "ft1";
@@ -474,6 +532,24 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+
+    #[test]
+    fn a_newer_generation_outranks_a_later_record_of_an_older_one() {
+        // The new owner's (generation 9) against one delivered late by the member
+        // that lost the partition in generation 7.
+        assert!(rank(Some(9), 9) > rank(Some(7), 9));
+        assert!(rank(Some(8), 12) > rank(Some(7), 12));
+        // Equal ranks: the later record wins (the caller keeps it).
+        assert_eq!(rank(Some(9), 9), rank(Some(9), 9));
+        // Above the reader's own generation: written before the group was deleted and
+        // made again, so older than anything written since.
+        assert_eq!(rank(Some(57), 3), -1);
+        assert!(rank(Some(1), 3) > rank(Some(57), 3));
+        // No header (written before it existed) or no generation (-1).
+        assert_eq!(rank(None, 3), -1);
+        assert_eq!(rank(Some(-1), 3), -1);
+        assert!(rank(Some(0), 3) > rank(None, 3));
+    }
 
     fn arb_checkpoint() -> impl Strategy<Value = Checkpoint> {
         let mark = (

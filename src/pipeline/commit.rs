@@ -22,7 +22,10 @@ use crate::window::PartitionId;
 impl State {
     pub(super) fn commit_cycle_if_due(&mut self, consumer: &Source) -> anyhow::Result<()> {
         let due = self.last_commit.elapsed() >= self.settings.commit_interval
-            || !self.engine.idle_due(self.now).is_empty();
+            || self.engine.idle_due(self.now).iter().any(|pid| {
+                self.part_index(&pid.topic, pid.partition)
+                    .is_some_and(|i| !self.parts[i].idle_held)
+            });
         if due {
             for c in &mut self.counting {
                 let mut found = guard::Findings::default();
@@ -82,6 +85,7 @@ impl State {
             return Ok(true);
         }
         let now = now_ms();
+        // Held partitions are in `idle_due` too (nothing reached their engine since).
         let idle = if close_idle {
             self.engine.idle_due(now)
         } else {
@@ -138,15 +142,18 @@ impl State {
             return Ok(false);
         }
         // Checkpoints first, acknowledged; then the group offsets.
+        let generation = consumer.generation().to_string();
         let mut tpl = TopicPartitionList::new();
         let mut planned = Vec::new();
         for (i, part) in self.parts.iter().enumerate() {
             let Some(next) = part.next_offset else {
                 continue;
             };
-            let cp = self
-                .engine
-                .checkpoint(part.pid(), next, idle.contains(part.pid()));
+            let cp = self.engine.checkpoint(
+                part.pid(),
+                next,
+                part.idle_held || idle.contains(part.pid()),
+            );
             let text = checkpoint::encode(&cp);
             if part.committed.as_deref() == Some(text.as_str()) {
                 continue;
@@ -166,7 +173,10 @@ impl State {
                     topic: self.store.topic(),
                     key: Some(key.as_bytes()),
                     value: text.as_bytes(),
-                    headers: headers([(header::KIND, b"checkpoint".as_slice())]),
+                    headers: headers([
+                        (header::KIND, b"checkpoint".as_slice()),
+                        (checkpoint::GENERATION, generation.as_bytes()),
+                    ]),
                     timestamp_ms: None,
                     summary: false,
                 },
@@ -193,17 +203,32 @@ impl State {
             self.producer
                 .commit_transaction(&tpl, &group, KAFKA_TIMEOUT, &self.give_up())
         } else {
-            // The checkpoints are sent: wait for them whatever it takes. Going on
-            // without knowing whether an idle checkpoint landed could let a replay
-            // close windows this run did not.
-            while let Err(e) = self.producer.flush(KAFKA_TIMEOUT) {
+            // The checkpoints are sent: wait for them whatever it takes, unless the
+            // session times out meanwhile. Going on without knowing whether an idle
+            // checkpoint landed could let a replay close windows this run did not.
+            let waiting = Instant::now();
+            let mut warned = Duration::ZERO;
+            while let Err(e) = self.producer.flush(Duration::from_secs(1)) {
                 self.beat();
                 self.admin
                     .health
                     .set_outputs_connected(self.worker(), false);
-                tracing::warn!("checkpoints not yet acknowledged ({e}); waiting");
+                if waiting.elapsed() >= warned + KAFKA_TIMEOUT {
+                    warned = waiting.elapsed();
+                    tracing::warn!("checkpoints not yet acknowledged ({e}); waiting");
+                }
                 if self.hard_stop.load(Ordering::Relaxed) {
                     anyhow::bail!("stopped while checkpoints were in flight");
+                }
+                if consumer.assignment_lost() {
+                    // Another member may own the partitions by now, restored from
+                    // older checkpoints: these must not land after its own. What is
+                    // not yet sent fails here; the revocation follows.
+                    tracing::warn!(
+                        "the group assignment was lost while checkpoints waited; dropping what is not yet sent"
+                    );
+                    self.producer.purge_queued();
+                    return Ok(false);
                 }
             }
             if self.producer.deliveries().failed() > self.failures_seen {
@@ -235,10 +260,18 @@ impl State {
                 // member may own the partitions and decide their idle closes.
                 return Ok(false);
             }
-            // Still the owner: the idle checkpoints are durable, and any restore from
-            // them closes those windows, so this engine closes them too. Keeping them
-            // open would let it emit, before its next checkpoint, summaries that a
-            // restore from these would not (counted twice).
+            if !idle.is_empty() {
+                // Maybe still the owner, maybe not (librdkafka reports some refusals
+                // mid-rebalance without marking the assignment lost). The idle
+                // checkpoints are durable, and any restore from them closes those
+                // windows here; but if another member restored before they landed,
+                // it closes them later, and closing them now would give one id two
+                // contents. So: neither close nor read on — hold the partitions,
+                // paused, until a commit is accepted (then close) or they are revoked
+                // (their next owner closes them).
+                self.hold_idle(consumer, &idle)?;
+                return Ok(false);
+            }
         }
         self.stats.commits += 1;
         self.sent_since_commit = false;
@@ -246,7 +279,49 @@ impl State {
             self.parts[i].committed = Some(text);
         }
         self.go_idle(&idle, now)?;
+        self.release_held(consumer)?;
         Ok(true)
+    }
+
+    /// Holds idle partitions whose group commit failed (see [`State::commit_cycle`]).
+    fn hold_idle(&mut self, consumer: &Source, idle: &[PartitionId]) -> anyhow::Result<()> {
+        let mut tpl = TopicPartitionList::new();
+        for part in self.parts.iter_mut().filter(|p| idle.contains(p.pid())) {
+            if !part.idle_held {
+                part.idle_held = true;
+                tpl.add_partition(&part.at.partition.topic, part.at.partition.partition);
+            }
+        }
+        if tpl.count() > 0 {
+            tracing::warn!(
+                partitions = tpl.count(),
+                "idle partitions held (windows open, reading paused) until a group commit is accepted"
+            );
+            consumer.pause(&tpl).context("pausing held partitions")?;
+        }
+        Ok(())
+    }
+
+    /// Resumes held partitions (their windows were just closed) from where they were.
+    fn release_held(&mut self, consumer: &Source) -> anyhow::Result<()> {
+        for part in self.parts.iter_mut().filter(|p| p.idle_held) {
+            part.idle_held = false;
+            let pid = &part.at.partition;
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition(&pid.topic, pid.partition);
+            consumer.resume(&tpl).context("resuming a held partition")?;
+            if let Some(next) = part.next_offset {
+                consumer
+                    .seek(
+                        &pid.topic,
+                        pid.partition,
+                        Offset::Offset(next),
+                        KAFKA_TIMEOUT,
+                    )
+                    .with_context(|| format!("moving {pid} back to {next} after holding it"))?;
+            }
+        }
+        Ok(())
     }
 
     pub(super) fn go_idle(&mut self, idle: &[PartitionId], now: i64) -> anyhow::Result<()> {
@@ -261,7 +336,14 @@ impl State {
         self.stats.rewinds += 1;
         self.admin.metrics.rewinds.inc();
         self.sent_since_commit = false;
-        let pids: Vec<PartitionId> = self.parts.iter().map(|p| p.pid().clone()).collect();
+        // Held partitions sent nothing since their idle checkpoint (outputs before it
+        // were acknowledged): they stay as they are.
+        let pids: Vec<PartitionId> = self
+            .parts
+            .iter()
+            .filter(|p| !p.idle_held)
+            .map(|p| p.pid().clone())
+            .collect();
         self.restore(consumer, &pids, true)
     }
 

@@ -11,8 +11,10 @@
 //! 3. write each changed partition's checkpoint to the checkpoint topic
 //!    ([`checkpoint`]) and wait for it, then commit the group offset
 //!    [`crate::window::Checkpoint::replay_from`] — in exactly-once mode all of it in the transaction;
-//! 4. only then close the partitions found idle in step 3's checkpoints: the decision
-//!    is durable before its outputs exist, so a replay makes the same one.
+//! 4. only then, and only if the group commit was accepted, close the partitions found
+//!    idle in step 3's checkpoints: the decision is durable before its outputs exist,
+//!    so a replay makes the same one, and the accepted commit shows no other member
+//!    had taken the partitions before it landed (else they are held, paused).
 //!
 //! A revocation in at-least-once mode waits for one more cycle (without idle closes)
 //! before the partitions leave ([`crate::source::Assignment::Revoking`]), so their next
@@ -159,6 +161,11 @@ struct Part {
     read_to: Option<i64>,
     /// The checkpoint last written, to skip identical ones.
     committed: Option<String>,
+    /// Found idle, its idle checkpoint written, but no group commit accepted since:
+    /// nothing proves this member still owned the partition when the checkpoint
+    /// landed, so its windows stay open, and the partition paused, until one is (see
+    /// the commit cycle).
+    idle_held: bool,
 }
 
 impl Part {
@@ -472,6 +479,10 @@ impl State {
         };
         let offset = m.offset();
         let part = &self.parts[i];
+        if part.idle_held {
+            // Fetched before the pause: read again from `next_offset` on resuming.
+            return Ok(());
+        }
         if offset < part.replay_from {
             // Before the checkpoint's replay start: nothing of it is needed (the
             // consumer began at an older group offset, e.g. after a failed commit).

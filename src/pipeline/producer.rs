@@ -460,6 +460,15 @@ impl Producer {
         flush_threaded(&self.inner, timeout)
     }
 
+    /// Fails every record still waiting in the client's queues (not yet sent): each is
+    /// reported as a failed delivery. For a member that learned it lost its
+    /// partitions while checkpoints waited for an outage to end: delivered later, they
+    /// would land after their new owner's.
+    pub fn purge_queued(&self) {
+        self.inner
+            .purge(rdkafka::producer::PurgeConfig::default().queue());
+    }
+
     /// Exactly-once: commits the open transaction with the consumer's offsets, then
     /// opens the next one.
     ///

@@ -103,10 +103,11 @@ impl State {
         // in the later read. The other order can pair an offset another member
         // committed meanwhile with no checkpoint, and restore that partition as fresh
         // from the offset (state lost, counts emitted twice).
+        let generation = consumer.generation();
         let (mut checkpoints, committed) = loop {
             let loaded = consumer
                 .committed_offsets(tpl.clone(), KAFKA_TIMEOUT)
-                .and_then(|committed| Ok((self.store.load(pids)?, committed)));
+                .and_then(|committed| Ok((self.store.load(pids, generation)?, committed)));
             match loaded {
                 Ok(v) => break v,
                 Err(e) if !self.hard_stop.load(Ordering::Relaxed) => {
@@ -125,9 +126,14 @@ impl State {
                 _ => None,
             };
             let (cp, known, stored) = match (checkpoints.remove(&pid), group_offset) {
-                (Some(cp), _) => {
-                    let text = checkpoint::encode(&cp);
-                    (cp, true, Some(text))
+                // Written again in this generation at the next cycle (the text is not
+                // taken as written) unless it is of this generation already: a
+                // checkpoint a member that lost the partition still delivers later
+                // must not outrank the one this restore starts from.
+                (Some(found), _) => {
+                    let text = (found.generation == Some(generation))
+                        .then(|| checkpoint::encode(&found.checkpoint));
+                    (found.checkpoint, true, text)
                 }
                 (None, Some(o)) => (Checkpoint::fresh(o), true, None),
                 (None, None) => (Checkpoint::fresh(-1), false, None),
@@ -162,6 +168,7 @@ impl State {
                 replay_until,
                 read_to: None,
                 committed: stored,
+                idle_held: false,
             };
             match self.part_index(&part.pid().topic, part.pid().partition) {
                 Some(i) => self.parts[i] = part,

@@ -10,7 +10,8 @@
 //! ([`Batch`]), while rdkafka's `poll` still serves the consumer queue, which then carries
 //! only the group's events (rebalances, errors, statistics, commit results).
 //!
-//! This is the one module with `unsafe` code: the calls into librdkafka, and the
+//! This is the one module of the source with `unsafe` code: the calls into librdkafka
+//! (here too the one rdkafka lacks for the consumer's group generation), and the
 //! records' fields read as rdkafka reads them. Each `unsafe` block says why it holds.
 #![allow(unsafe_code)]
 
@@ -24,6 +25,22 @@ use rdkafka::Timestamp;
 use rdkafka::bindings as rd;
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedHeaders, BorrowedMessage};
+
+/// The group generation (or member epoch) of the consumer `rk`, as its commits carry
+/// it: rdkafka's `ConsumerGroupMetadata` does not expose it. -1 when in none.
+pub(super) fn group_generation(rk: *mut rd::rd_kafka_t) -> i32 {
+    // SAFETY: `rk` is a live consumer's handle (the caller's); the metadata returned
+    // is a copy owned here, read once and destroyed.
+    unsafe {
+        let metadata = rd::rd_kafka_consumer_group_metadata(rk);
+        if metadata.is_null() {
+            return -1;
+        }
+        let generation = rd::rd_kafka_consumer_group_metadata_generation_id(metadata);
+        rd::rd_kafka_consumer_group_metadata_destroy(metadata);
+        generation
+    }
+}
 
 /// The most records one [`Batch`] holds.
 pub const BATCH: usize = 1024;

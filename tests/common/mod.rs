@@ -420,7 +420,11 @@ impl Flagtally {
         let child = Command::new(env!("CARGO_BIN_EXE_flagtally"))
             .args(["run", "--config"])
             .arg(&path)
-            .env("RUST_LOG", "info,librdkafka=warn,rdkafka=warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("FLAGTALLY_TEST_LOG")
+                    .unwrap_or_else(|_| "info,librdkafka=warn,rdkafka=warn".into()),
+            )
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
