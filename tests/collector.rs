@@ -132,11 +132,42 @@ fn through_the_collector(sdk: Sdk) {
         Some(vec!["202".to_owned()]),
         "every post accepted: {stats}"
     );
+    let recs = counted_once(broker, &t, &out);
+    for r in &recs {
+        assert_eq!(
+            r.header("flagtally-env"),
+            Some("production"),
+            "the key's environment"
+        );
+    }
+    // The raw payloads on the input topic carry the collector's headers.
+    let input = read_until(broker, &t.input, Duration::from_secs(10), |_| false);
+    assert!(!input.is_empty());
+    for r in &input {
+        assert_eq!(r.header("flagtally-env"), Some("production"));
+        assert!(
+            r.header("flagtally-endpoint")
+                .is_some_and(|e| e.starts_with("ld-"))
+        );
+        let agent = r.header("flagtally-sdk").unwrap_or_default();
+        let name = match sdk {
+            Sdk::Node => "Node",
+            Sdk::Python => "Python",
+        };
+        assert!(agent.contains(name), "{agent}");
+    }
+    assert!(f.stop(Duration::from_secs(25)).success());
+    let _ = std::fs::remove_file(&out);
+}
 
+/// Checks flagtally's outputs against the SDK's payloads in `out` (one JSON array per
+/// line): summary counters equal the SDK's own summaries, once; feature events one to
+/// one. Returns the summary and feature records read.
+fn counted_once(broker: &str, t: &Topics, out: &std::path::Path) -> Vec<Rec> {
     // The oracle: the SDK's own summaries in what it posted.
     let mut expected = Tally::default();
     let mut features = 0;
-    for line in std::fs::read_to_string(&out).unwrap().lines() {
+    for line in std::fs::read_to_string(out).unwrap().lines() {
         for e in serde_json::from_str::<Value>(line)
             .unwrap()
             .as_array()
@@ -175,30 +206,62 @@ fn through_the_collector(sdk: Sdk) {
         distinct_ids(features),
     );
     assert_eq!(dedupe(&feature_recs).len() as u64, features);
-    for r in recs.iter().chain(&feature_recs) {
-        assert_eq!(
-            r.header("flagtally-env"),
-            Some("production"),
-            "the key's environment"
-        );
-    }
-    // The raw payloads on the input topic carry the collector's headers.
-    let input = read_until(broker, &t.input, Duration::from_secs(10), |_| false);
-    assert!(!input.is_empty());
+    recs.extend(feature_recs);
+    recs
+}
+
+/// The broker killed (-9) while LaunchDarkly's Node SDK posts, and started again a few
+/// seconds later. Posts during the outage hear 503 at `produce_timeout` (2 s, under
+/// the SDK's own 5 s request timeout); the SDK retries each once after a second, and
+/// the retry waits for the first attempt's write, which goes on in the background
+/// (Kafka may have it already). After recovery every evaluation the SDK made is
+/// counted once: no payload is written twice, none is lost.
+#[test]
+fn a_broker_killed_while_the_sdk_posts_loses_and_doubles_nothing() {
+    let name = unique("collector-outage");
+    let broker = start_broker(&name);
+    let t = Topics::create(&broker, 2);
+    let port = free_port();
+    let config = t.config_with_threads(&broker, WINDOW, 1)
+        + &collector_section(port, "produce_timeout = \"2s\"\n");
+    let f = Flagtally::start(&config, &t.group);
+    wait_listening(port, &f);
+    f.wait_log("checkpoints loaded", 1, Duration::from_secs(60));
+
+    let out = std::env::temp_dir().join(format!("flagtally-collector-outage-{}.ndjson", t.group));
+    broker_do("kill", &name);
+    let sdk = sdk_command(Sdk::Node, port, &out)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    start_broker(&name);
+    let run = sdk.wait_with_output().unwrap();
+    let stats = String::from_utf8_lossy(&run.stdout).into_owned();
+    assert!(
+        run.status.success(),
+        "the SDK run failed:\n{stats}\n{}\n{}",
+        String::from_utf8_lossy(&run.stderr),
+        f.log_text()
+    );
+    let stats: Value = serde_json::from_str(stats.trim()).unwrap();
+    let answers = stats["forwarded"].as_object().unwrap();
+    assert!(
+        answers.contains_key("503") && answers.contains_key("202"),
+        "posts refused during the outage, accepted after: {stats}"
+    );
+    counted_once(&broker, &t, &out);
+    // Each payload once on the input topic.
+    let input = read_until(&broker, &t.input, Duration::from_secs(10), |_| false);
+    let mut ids = std::collections::BTreeSet::new();
     for r in &input {
-        assert_eq!(r.header("flagtally-env"), Some("production"));
-        assert!(
-            r.header("flagtally-endpoint")
-                .is_some_and(|e| e.starts_with("ld-"))
-        );
-        let agent = r.header("flagtally-sdk").unwrap_or_default();
-        let name = match sdk {
-            Sdk::Node => "Node",
-            Sdk::Python => "Python",
-        };
-        assert!(agent.contains(name), "{agent}");
+        if let Some(id) = r.header("flagtally-payload-id") {
+            assert!(ids.insert(id.to_owned()), "payload {id} written twice");
+        }
     }
     assert!(f.stop(Duration::from_secs(25)).success());
+    broker_do("stop", &name);
     let _ = std::fs::remove_file(&out);
 }
 

@@ -122,7 +122,7 @@ pub struct Intake {
     /// key → environment.
     keys: HashMap<String, String>,
     limiter: Option<DefaultKeyedRateLimiter<String>>,
-    payloads: Payloads,
+    payloads: Arc<Payloads>,
     admin: Arc<Admin>,
 }
 
@@ -139,11 +139,11 @@ impl Intake {
             .set("acks", "all")
             .set("linger.ms", "5")
             .set("compression.type", "lz4")
-            // A broker that does not acknowledge within the timeout fails the delivery,
-            // so the SDK hears 503 and retries, rather than waiting five minutes.
+            // The SDK hears 503 at `produce_timeout`; the record is written on (Kafka
+            // may have it already) until `delivery_timeout`.
             .set(
                 "message.timeout.ms",
-                config.produce_timeout.as_millis().max(1000).to_string(),
+                config.delivery_timeout.as_millis().max(1000).to_string(),
             );
         kafka.apply(&mut cc, &kafka.producer_properties);
         let producer: FutureProducer = cc
@@ -165,7 +165,7 @@ impl Intake {
             limiter: config
                 .rate_limit
                 .map(|r| RateLimiter::keyed(Quota::per_second(r))),
-            payloads: Payloads::default(),
+            payloads: Arc::default(),
             admin,
         })
     }
@@ -253,21 +253,10 @@ impl Intake {
             .filter(|id| {
                 endpoint.launchdarkly() && !id.is_empty() && id.len() <= dedupe::MAX_ID_BYTES
             });
-        if let Some(id) = payload_id {
-            match self.payloads.claim(env, id) {
-                Seen::New => {}
-                Seen::Written => {
-                    self.admin.metrics.collector_duplicate();
-                    return Ok(0);
-                }
-                Seen::InFlight => {
-                    return Err(Refusal::new(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "this payload is being written",
-                    )
-                    .retry(1));
-                }
-            }
+        if let Some(id) = payload_id
+            && self.claim_payload(env, id).await?
+        {
+            return Ok(0);
         }
         let topic = if endpoint.diagnostic() {
             match &self.diagnostic_topic {
@@ -320,18 +309,51 @@ impl Intake {
             record = record.key(k.as_bytes());
         }
         let started = Instant::now();
-        let sent = self.producer.send(record, self.produce_timeout).await;
+        let sent = match self.producer.send_result(record) {
+            Ok(mut delivery) => {
+                match tokio::time::timeout(self.produce_timeout, &mut delivery).await {
+                    Ok(Ok(result)) => result.map(|_| ()).map_err(|(e, _)| e),
+                    Ok(Err(_)) => Err(KafkaError::Canceled),
+                    Err(_) => {
+                        // Not acknowledged in time: the SDK hears 503 and may retry.
+                        // Kafka may have the record already, so it is written on (up to
+                        // `delivery_timeout`), and a retry of its payload id waits for
+                        // it instead of writing it again.
+                        if let Some(id) = payload_id {
+                            let payloads = Arc::clone(&self.payloads);
+                            let (env, id) = (env.to_owned(), id.to_owned());
+                            tokio::spawn(async move {
+                                match delivery.await {
+                                    Ok(Ok(_)) => payloads.written(&env, &id),
+                                    _ => payloads.failed(&env, &id),
+                                }
+                            });
+                        }
+                        tracing::warn!(
+                            "collector: {topic} did not acknowledge within {:?}; answering 503, still writing",
+                            self.produce_timeout
+                        );
+                        return Err(Refusal::new(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "Kafka did not acknowledge the payload in time",
+                        )
+                        .retry(5));
+                    }
+                }
+            }
+            Err((e, _)) => Err(e),
+        };
         self.admin
             .metrics
             .collector_produce_seconds(started.elapsed().as_secs_f64());
         match sent {
-            Ok(_) => {
+            Ok(()) => {
                 if let Some(id) = payload_id {
                     self.payloads.written(env, id);
                 }
                 Ok(events)
             }
-            Err((e, _)) => {
+            Err(e) => {
                 if let Some(id) = payload_id {
                     self.payloads.failed(env, id);
                 }
@@ -349,6 +371,33 @@ impl Intake {
                     )
                     .retry(5),
                 })
+            }
+        }
+    }
+
+    /// Claims a LaunchDarkly payload id; true when it is written already (acknowledged
+    /// again, no second record). A retry of one still being written waits for that
+    /// write, up to `produce_timeout`: written, it is acknowledged; failed, this
+    /// attempt writes it; still going, 503.
+    async fn claim_payload(&self, env: &str, id: &str) -> Result<bool, Refusal> {
+        let deadline = Instant::now() + self.produce_timeout;
+        loop {
+            match self.payloads.claim(env, id) {
+                Seen::New => return Ok(false),
+                Seen::Written => {
+                    self.admin.metrics.collector_duplicate();
+                    return Ok(true);
+                }
+                Seen::InFlight if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Seen::InFlight => {
+                    return Err(Refusal::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "this payload is still being written",
+                    )
+                    .retry(5));
+                }
             }
         }
     }

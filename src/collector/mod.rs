@@ -58,9 +58,16 @@ pub struct CollectorConfig {
     pub max_body_bytes: usize,
     /// Requests per second per key, at most (unset: no limit).
     pub rate_limit: Option<NonZeroU32>,
-    /// Longest wait for Kafka's acknowledgement before answering 503.
+    /// Longest wait for Kafka's acknowledgement before answering 503: under the SDKs'
+    /// own request timeouts (LaunchDarkly's Node SDK: 5 s), so that they hear it.
     #[serde(deserialize_with = "positive_duration")]
     pub produce_timeout: Duration,
+    /// How long a payload answered 503 at `produce_timeout` is still being written
+    /// (librdkafka's `message.timeout.ms`): Kafka may have it already, so it is not
+    /// abandoned, and a LaunchDarkly retry of it (same payload id) waits for it
+    /// rather than writing it twice.
+    #[serde(deserialize_with = "positive_duration")]
+    pub delivery_timeout: Duration,
     /// TLS on the listener: the certificate chain (PEM) and its private key (PEM);
     /// both or neither.
     pub tls_cert_file: Option<PathBuf>,
@@ -81,7 +88,8 @@ impl Default for CollectorConfig {
             diagnostic_topic: None,
             max_body_bytes: 5 * 1024 * 1024,
             rate_limit: None,
-            produce_timeout: Duration::from_secs(10),
+            produce_timeout: Duration::from_secs(4),
+            delivery_timeout: Duration::from_secs(300),
             tls_cert_file: None,
             tls_key_file: None,
             webhook_secret: None,
@@ -169,6 +177,10 @@ impl CollectorConfig {
             _ => problems.push(
                 "collector.tls_cert_file, collector.tls_key_file: give both or neither".to_owned(),
             ),
+        }
+        if self.delivery_timeout < self.produce_timeout {
+            problems
+                .push("collector.delivery_timeout: at least collector.produce_timeout".to_owned());
         }
         if self.max_body_bytes < 1024 {
             problems.push("collector.max_body_bytes: at least 1KiB".to_owned());

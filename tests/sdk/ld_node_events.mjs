@@ -9,8 +9,10 @@
 // usage: node ld_node_events.mjs --out FILE [--evaluations N] [--seed S] [--flush-every K]
 //                                [--forward URL]
 // With --forward, the server passes every POST on to URL (flagtally's collector: same
-// path, headers and body) and answers the SDK with the collector's status; it keeps a
-// body only once the collector accepted it (202), so FILE holds what reached Kafka.
+// path, headers and body) and answers the SDK with the collector's status; it keeps
+// every payload the SDK posted, once (a retry repeats its payload id), whatever the
+// collector answered: with every answer 202, FILE holds what reached Kafka; after 503s
+// (a broker outage), what flagtally must still count once.
 // The SDK is loaded from $FLAGTALLY_TEST_LD_NODE_MODULES (the node_modules directory that
 // `bash scripts/infra.sh sdks` prints), else through NODE_PATH. Writes one line per /bulk
 // POST body (verbatim) to FILE, diagnostic bodies to FILE.diagnostic, and prints one JSON
@@ -150,6 +152,7 @@ const posts = []; // { path, headers (lower-case names), body: Buffer }
 const unexpected = [];
 
 const forwarded = { statuses: {} };
+const keptIds = new Set();
 
 // Passes one POST on to the collector; resolves with its status (0: no answer).
 function forward(base, req, raw) {
@@ -182,7 +185,11 @@ function startServer(forwardTo) {
         status = await forward(forwardTo, req, raw);
         forwarded.statuses[status] = (forwarded.statuses[status] || 0) + 1;
       }
-      if (status === 202) {
+      // Each payload once (a retry repeats its payload id); forwarding, whatever the
+      // collector answered: the SDK sent it, and flagtally must count it once.
+      const id = req.headers['x-launchdarkly-payload-id'];
+      if ((status === 202 || forwardTo) && !(id && keptIds.has(id))) {
+        if (id) keptIds.add(id);
         let body = raw;
         if ((req.headers['content-encoding'] || '').toLowerCase() === 'gzip') body = gunzipSync(body);
         posts.push({ path: req.url, headers: req.headers, body });
