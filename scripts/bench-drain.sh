@@ -4,19 +4,31 @@
 # run let a no-op librdkafka consumer drain the same topic. Prints wall-clock events/s
 # and events per CPU-second of each process, and the ratio (target: flagtally ≥ 0.5 ×
 # the no-op consumer, summary-only; ≥ 0.35 × with feature and index output: FULL=1 DIALECT=auto).
+# With FULL=1 a no-op pipe (benches/noop_pipe.rs: consume, produce each record once
+# with flagtally's producer settings) drains the same topic too: librdkafka's own price
+# per produced record, the floor of flagtally's CPU per output record.
 #
 #   bash scripts/bench-drain.sh [N]      (default 1000000; DIALECT=auto to detect per record;
-#                                        THREADS=n pipeline workers, default 0: one per core)
+#                                        THREADS=n pipeline workers, default 0: one per core;
+#                                        TRACKED_ONE_IN=k: 1 in k evaluations tracked,
+#                                        default 10; CONTEXTS=c distinct contexts, default
+#                                        1000: TRACKED_ONE_IN=1 CONTEXTS=N makes every
+#                                        evaluation a feature event and nearly every
+#                                        context new, an index event)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N="${1:-1000000}"
 PARTS="${PARTS:-4}"
 source scripts/bench-lib.sh
-bench_start bench --bench noop_consumer
+TRACKED_ONE_IN="${TRACKED_ONE_IN:-10}"
+CONTEXTS="${CONTEXTS:-1000}"
+bench_start bench --bench noop_consumer --bench noop_pipe
 NOOP=$(ls -t target/release/deps/noop_consumer-* | grep -v '\.d$' | head -1)
-bench_topics "in:$PARTS" summary:1 feature:2 dlq:1
-echo "preloading $N LaunchDarkly events into $id-in ($PARTS partitions)…"
-$BIN gen --brokers "$B" --topic "$id-in" --count "$N" --dialect launchdarkly --tracked-one-in 10 >/dev/null 2>&1
+PIPE=$(ls -t target/release/deps/noop_pipe-* | grep -v '\.d$' | head -1)
+bench_topics "in:$PARTS" summary:1 feature:2 dlq:1 pipe:2
+echo "preloading $N LaunchDarkly events into $id-in ($PARTS partitions; 1 in $TRACKED_ONE_IN tracked, $CONTEXTS contexts)…"
+$BIN gen --brokers "$B" --topic "$id-in" --count "$N" --dialect launchdarkly \
+  --tracked-one-in "$TRACKED_ONE_IN" --contexts "$CONTEXTS" >/dev/null 2>&1
 feature_line=""
 # FULL=1: full-fidelity feature events and index events too, into one topic (as
 # LaunchDarkly's event stream carries them).
@@ -115,8 +127,31 @@ steady_wall=$(echo "$end - $first" | bc -l)
 # The no-op consumer's CPU varies by ±20 % from run to run on a shared machine: three
 # runs, and the median one (by CPU) is the reference.
 read -r noop_wall noop_cpu noop_rss < <(for _ in 1 2 3; do noop_run; done | sort -k2 -n | sed -n 2p)
+# flagtally's output records (summary, feature and index): the topics' ends.
+outputs=$("$PY" - "$B" "$id" <<'PY'
+import sys
+from confluent_kafka import Consumer, TopicPartition
+b, id = sys.argv[1], sys.argv[2]
+c = Consumer({"bootstrap.servers": b, "group.id": f"{id}-count"})
+n = 0
+for t in (f"{id}-summary", f"{id}-feature"):
+    for p in c.list_topics(t, timeout=10).topics[t].partitions:
+        n += c.get_watermark_offsets(TopicPartition(t, p), timeout=10)[1]
+print(n)
+PY
+)
+pipe_wall=0 pipe_cpu=0
+if [ "${FULL:-0}" = 1 ]; then
+  pipe_run() { # "seconds from its first record to the last acknowledged" "CPU seconds"
+    local out
+    out=$(/usr/bin/time -f 'cpu %U %S' "$PIPE" "$B" "$id-in" "$id-pipe" "$N" 2>&1)
+    echo "$(echo "$out" | awk '/^pipe:/ {print $(NF-3)}') $(echo "$out" | awk '/^cpu / {print $2 + $3}')"
+  }
+  read -r pipe_wall pipe_cpu < <(for _ in 1 2 3; do pipe_run; done | sort -k2 -n | sed -n 2p)
+fi
 
-PARTS="$PARTS" python3 - "$N" "$ft_wall" "$ft_cpu" "$noop_wall" "$noop_cpu" "${FULL:-0}" "$commit_wall" "$steady_wall" "$broker_cpu" "$steady_cores" "$broker_cores" "$ft_cpu_first" "$threads" "$ft_rss" "$noop_rss" <<'PY'
+PARTS="$PARTS" TRACKED_ONE_IN="$TRACKED_ONE_IN" CONTEXTS="$CONTEXTS" OUTPUTS="$outputs" PIPE_WALL="$pipe_wall" PIPE_CPU="$pipe_cpu" \
+python3 - "$N" "$ft_wall" "$ft_cpu" "$noop_wall" "$noop_cpu" "${FULL:-0}" "$commit_wall" "$steady_wall" "$broker_cpu" "$steady_cores" "$broker_cores" "$ft_cpu_first" "$threads" "$ft_rss" "$noop_rss" <<'PY'
 import os, sys
 n, fw, fc, nw, nc, full = int(sys.argv[1]), *map(float, sys.argv[2:6]), sys.argv[6] == "1"
 cw, sw, bc, fcores, bcores, fc_first = map(float, sys.argv[7:13])
@@ -129,7 +164,8 @@ scrapes = float(dict(t.rsplit(" ", 1) for t in threads.split(", ") if t).get("ad
 fc -= scrapes
 f_rate, n_rate = n / fc, n / nc
 target = 0.35 if full else 0.5
-print(f"events: {n} ({'summary + feature + index' if full else 'summary-only'} output), {os.environ.get('PARTS', '4')} partitions, threads = {os.environ.get('THREADS', '0')}")
+outputs = int(os.environ["OUTPUTS"])
+print(f"events: {n} ({'summary + feature + index' if full else 'summary-only'} output), {os.environ.get('PARTS', '4')} partitions, threads = {os.environ.get('THREADS', '0')}, 1 in {os.environ['TRACKED_ONE_IN']} tracked, {os.environ['CONTEXTS']} contexts; {outputs:,} output records")
 print(f"flagtally: {n/fw:,.0f} events/s wall (all read in {fw:.1f} s from process start; all committed at {cw:.1f} s, after the idle close), {fc:.2f} CPU-s (not counting {scrapes:.2f} answering this script's scrapes), {f_rate:,.0f} events/CPU-s")
 print(f"flagtally steady state: {n/sw:,.0f} events/s wall (from the first record read to the last, {sw:.2f} s; cores busy meanwhile: flagtally {fcores:.2f}, broker {bcores:.2f})")
 print(f"flagtally CPU-s before its first record (start, group join): {fc_first:.2f}; by thread over the run: {threads}")
@@ -137,5 +173,12 @@ print(f"peak RSS: flagtally {ft_rss:.0f} MiB (by the last record read), no-op co
 print(f"broker meanwhile: {bc:.2f} CPU-s ({bc/fw:.0%} of a core over flagtally's {fw:.1f} s; flagtally {fc/fw:.0%})")
 print(f"no-op consumer (median of 3 runs): {n/nw:,.0f} records/s wall (from its first record), {nc:.2f} CPU-s, {n_rate:,.0f} records/CPU-s")
 print(f"ratio (events per CPU-s): {f_rate/n_rate:.2f} (target ≥ {target})")
+if full:
+    pw, pc = float(os.environ["PIPE_WALL"]), float(os.environ["PIPE_CPU"])
+    per_pipe = (pc - nc) / n * 1e6  # µs per produced record beyond consuming it
+    per_ft = (fc - nc) / outputs * 1e6 if outputs else float("nan")
+    floor = nc + outputs * (pc - nc) / n  # consuming, plus producing each output at the pipe's price
+    print(f"no-op pipe (median of 3 runs): {n/pw:,.0f} records/s wall, {pc:.2f} CPU-s; {per_pipe:.2f} µs per produced record beyond consuming it")
+    print(f"flagtally beyond consuming: {per_ft:.2f} µs per output record ({per_ft/per_pipe:.2f} × the pipe's); this workload's floor ≈ {floor:.2f} CPU-s ({n/floor/n_rate:.2f} × the no-op consumer), flagtally {fc/floor:.2f} × it")
 PY
 bash scripts/infra.sh reset "${BENCH_BROKER:-bench}"

@@ -220,6 +220,7 @@ fn counted_once(broker: &str, t: &Topics, out: &std::path::Path) -> Vec<Rec> {
 fn a_broker_killed_while_the_sdk_posts_loses_and_doubles_nothing() {
     let name = unique("collector-outage");
     let broker = start_broker(&name);
+    let _reset = ResetOnDrop(name.clone());
     let t = Topics::create(&broker, 2);
     let port = free_port();
     let config = t.config_with_threads(&broker, WINDOW, 1)
@@ -261,7 +262,6 @@ fn a_broker_killed_while_the_sdk_posts_loses_and_doubles_nothing() {
         }
     }
     assert!(f.stop(Duration::from_secs(25)).success());
-    broker_do("stop", &name);
     let _ = std::fs::remove_file(&out);
 }
 

@@ -410,15 +410,6 @@ fn broker_of_its_own(name: &str) -> (String, Topics, ResetOnDrop) {
     (broker, t, reset)
 }
 
-/// `infra.sh reset NAME` when dropped: a failed test's broker does not outlive it.
-struct ResetOnDrop(String);
-
-impl Drop for ResetOnDrop {
-    fn drop(&mut self) {
-        let _ = infra_do("reset", &self.0);
-    }
-}
-
 /// Every checkpoint written and read goes to the log, for the one printed on a failure.
 const CHECKPOINTS_LOGGED: (&str, &str) = (
     "RUST_LOG",

@@ -118,6 +118,16 @@ pub fn broker_do(action: &str, name: &str) {
     assert!(status.success(), "infra.sh {action} {name}");
 }
 
+/// `infra.sh reset NAME` when dropped: a failed test's broker of its own does not
+/// outlive it (nor keep its data).
+pub struct ResetOnDrop(pub String);
+
+impl Drop for ResetOnDrop {
+    fn drop(&mut self) {
+        let _ = infra_do("reset", &self.0);
+    }
+}
+
 /// [`broker_do`] without the check: for a guard that must not panic while unwinding.
 pub fn infra_do(action: &str, name: &str) -> std::io::Result<std::process::ExitStatus> {
     Command::new("bash")
