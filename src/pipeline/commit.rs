@@ -279,7 +279,10 @@ impl State {
             self.parts[i].committed = Some(text);
         }
         self.go_idle(&idle, now)?;
-        self.release_held(consumer)?;
+        if close_idle {
+            // Held partitions were among `idle`: closed just now.
+            self.release_held(consumer)?;
+        }
         Ok(true)
     }
 
