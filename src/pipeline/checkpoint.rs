@@ -18,18 +18,21 @@
 //! `read_committed` reader sees nothing past the first open one (the last stable
 //! offset). The lookup waits until every transaction open at its start has ended.
 //!
-//! "Latest" is by writer first, then position. Each record carries the group
-//! generation its writer was in (header [`GENERATION`]). A member that lost its
-//! partitions without noticing (a broker outage) may still have a checkpoint in its
-//! producer's queue, delivered after the broker is back — after the partitions' new
-//! owner has restored from an older one, decided idle closes and written its own. By
-//! position alone that stale checkpoint would win the next lookup, and a restore from
-//! it would close windows elsewhere than the new owner did (the chaos run found this:
-//! one summary id, two contents). A partition changes owner only in a newer
-//! generation, so a lookup takes the checkpoint of the highest generation, the latest
-//! among equals. A generation above the reader's own can only predate the group being
-//! deleted and made again (its generations restart): such records, and records
-//! without the header, rank below every other.
+//! "Latest" is by writer first, then position. Each record carries its writer's
+//! epoch (header [`GENERATION`]): the group generation it was in, or the epoch of the
+//! checkpoint it restored from if that is higher. A member that lost its partitions
+//! without noticing (a broker outage) may still have a checkpoint in its producer's
+//! queue, delivered after the partitions' new owner has restored from an older one,
+//! decided idle closes and written its own. By position alone that stale checkpoint
+//! would win the next lookup, and a restore from it would close windows elsewhere than
+//! the new owner did (the chaos run found this: one summary id, two contents). A
+//! partition changes owner only in a newer generation, so a lookup takes the
+//! checkpoint of the highest epoch, the latest among equals; records without the header
+//! rank lowest. The reader's own generation plays no part: a member restoring while its
+//! session has just expired has an old one (a CI run showed this). Carrying the restored
+//! epoch forward keeps the order when the group is deleted and made again (its
+//! generations restart): new checkpoints tie with the old ones and win by position, as
+//! before epochs existed, until the generations pass them.
 //!
 //! `ft1;n=1200;t=1700000059000;w=1700000049000;i=0;a=1700000040000/o/0/1150.0,…;p=…`
 //! - `n` the checkpoint's next offset (everything before it was processed and its
@@ -96,10 +99,11 @@ const STABLE_WAIT: Duration = Duration::from_secs(15);
 /// partitions, so the latest ones sit near the end.
 const FIRST_LOOKBACK: i64 = 2_000;
 
-/// The header naming the group generation a checkpoint's writer was in.
+/// The header naming a checkpoint's epoch: its writer's group generation, or more
+/// (see the module docs).
 pub const GENERATION: &str = "flagtally-generation";
 
-/// A checkpoint as found by a lookup, with the generation its writer was in.
+/// A checkpoint as found by a lookup, with its writer's epoch.
 #[derive(Clone, Debug)]
 pub struct Found {
     pub checkpoint: Checkpoint,
@@ -107,13 +111,10 @@ pub struct Found {
     pub generation: Option<i32>,
 }
 
-/// How a lookup by a member of generation `reader` ranks a checkpoint written in
-/// `written` (higher wins; equal ranks go to the later record). See the module docs.
-pub fn rank(written: Option<i32>, reader: i32) -> i64 {
-    match written {
-        Some(g) if g >= 0 && g <= reader => i64::from(g),
-        _ => -1,
-    }
+/// How a lookup ranks a checkpoint written in epoch `written` (higher wins; equal
+/// ranks go to the later record). See the module docs.
+pub fn rank(written: Option<i32>) -> i64 {
+    written.map_or(-1, |g| i64::from(g.max(-1)))
 }
 
 impl Store {
@@ -179,13 +180,8 @@ impl Store {
         format!("{}/{}/{}", self.group, pid.topic, pid.partition)
     }
 
-    /// The latest checkpoint of each partition that has one, as a member of group
-    /// generation `generation` sees it (see the module docs).
-    pub fn load(
-        &self,
-        pids: &[PartitionId],
-        generation: i32,
-    ) -> Result<HashMap<PartitionId, Found>, KafkaError> {
+    /// The latest checkpoint of each partition that has one (see the module docs).
+    pub fn load(&self, pids: &[PartitionId]) -> Result<HashMap<PartitionId, Found>, KafkaError> {
         let wanted: HashMap<String, &PartitionId> = pids.iter().map(|p| (self.key(p), p)).collect();
         let mut found: HashMap<PartitionId, Found> = HashMap::new();
         let reader: BaseConsumer = self.reader.create()?;
@@ -210,12 +206,11 @@ impl Store {
                     {
                         match decode(value) {
                             Ok(Some(checkpoint)) => {
-                                let beaten = latest.get(pid).is_some_and(|best| {
-                                    rank(best.generation, generation)
-                                        > rank(written, generation)
-                                });
+                                let beaten = latest
+                                    .get(pid)
+                                    .is_some_and(|best| rank(best.generation) > rank(written));
                                 if beaten {
-                                    tracing::warn!(partition = %pid, generation = ?written, "a checkpoint of an older group generation written late (by a member that had lost the partition); ignored");
+                                    tracing::warn!(partition = %pid, epoch = ?written, "a checkpoint of an older epoch written late (by a member that had lost the partition); ignored");
                                 } else {
                                     latest.insert(
                                         pid,
@@ -534,21 +529,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_newer_generation_outranks_a_later_record_of_an_older_one() {
-        // The new owner's (generation 9) against one delivered late by the member
-        // that lost the partition in generation 7.
-        assert!(rank(Some(9), 9) > rank(Some(7), 9));
-        assert!(rank(Some(8), 12) > rank(Some(7), 12));
+    fn a_newer_epoch_outranks_a_later_record_of_an_older_one() {
+        // The new owner's (epoch 9) against one delivered late by the member that lost
+        // the partition in generation 7.
+        assert!(rank(Some(9)) > rank(Some(7)));
         // Equal ranks: the later record wins (the caller keeps it).
-        assert_eq!(rank(Some(9), 9), rank(Some(9), 9));
-        // Above the reader's own generation: written before the group was deleted and
-        // made again, so older than anything written since.
-        assert_eq!(rank(Some(57), 3), -1);
-        assert!(rank(Some(1), 3) > rank(Some(57), 3));
-        // No header (written before it existed) or no generation (-1).
-        assert_eq!(rank(None, 3), -1);
-        assert_eq!(rank(Some(-1), 3), -1);
-        assert!(rank(Some(0), 3) > rank(None, 3));
+        assert_eq!(rank(Some(9)), rank(Some(9)));
+        // No header (written before it existed) or no generation (-1): lowest.
+        assert_eq!(rank(None), -1);
+        assert_eq!(rank(Some(-1)), -1);
+        assert_eq!(rank(Some(-5)), -1);
+        assert!(rank(Some(0)) > rank(None));
     }
 
     fn arb_checkpoint() -> impl Strategy<Value = Checkpoint> {

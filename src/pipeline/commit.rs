@@ -142,7 +142,7 @@ impl State {
             return Ok(false);
         }
         // Checkpoints first, acknowledged; then the group offsets.
-        let generation = consumer.generation().to_string();
+        let generation = consumer.generation();
         let mut tpl = TopicPartitionList::new();
         let mut planned = Vec::new();
         for (i, part) in self.parts.iter().enumerate() {
@@ -168,6 +168,7 @@ impl State {
             }
             tracing::debug!(partition = %part.pid(), offset, checkpoint = %text, "checkpoint");
             let key = self.store.key(part.pid());
+            let epoch = generation.max(part.epoch).to_string();
             let sent = self.producer.send(
                 Outgoing {
                     topic: self.store.topic(),
@@ -175,7 +176,7 @@ impl State {
                     value: text.as_bytes(),
                     headers: headers([
                         (header::KIND, b"checkpoint".as_slice()),
-                        (checkpoint::GENERATION, generation.as_bytes()),
+                        (checkpoint::GENERATION, epoch.as_bytes()),
                     ]),
                     timestamp_ms: None,
                     summary: false,

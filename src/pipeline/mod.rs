@@ -161,6 +161,9 @@ struct Part {
     read_to: Option<i64>,
     /// The checkpoint last written, to skip identical ones.
     committed: Option<String>,
+    /// The epoch of the checkpoint restored from: this worker's checkpoints carry it,
+    /// or the group generation if higher (see `checkpoint`).
+    epoch: i32,
     /// Found idle, its idle checkpoint written, but no group commit accepted since:
     /// nothing proves this member still owned the partition when the checkpoint
     /// landed, so its windows stay open, and the partition paused, until one is (see

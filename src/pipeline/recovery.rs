@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use rdkafka::consumer::Consumer as _;
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::{KAFKA_TIMEOUT, Part, State, checkpoint, now_ms};
+use super::{KAFKA_TIMEOUT, Part, State, now_ms};
 use crate::source::{Assignment, Source};
 use crate::window::{Checkpoint, PartitionId, SourcePos};
 
@@ -103,11 +103,10 @@ impl State {
         // in the later read. The other order can pair an offset another member
         // committed meanwhile with no checkpoint, and restore that partition as fresh
         // from the offset (state lost, counts emitted twice).
-        let generation = consumer.generation();
         let (mut checkpoints, committed) = loop {
             let loaded = consumer
                 .committed_offsets(tpl.clone(), KAFKA_TIMEOUT)
-                .and_then(|committed| Ok((self.store.load(pids, generation)?, committed)));
+                .and_then(|committed| Ok((self.store.load(pids)?, committed)));
             match loaded {
                 Ok(v) => break v,
                 Err(e) if !self.hard_stop.load(Ordering::Relaxed) => {
@@ -125,18 +124,13 @@ impl State {
                 Offset::Offset(o) => Some(o),
                 _ => None,
             };
-            let (cp, known, stored) = match (checkpoints.remove(&pid), group_offset) {
-                // Written again in this generation at the next cycle (the text is not
-                // taken as written) unless it is of this generation already: a
-                // checkpoint a member that lost the partition still delivers later
-                // must not outrank the one this restore starts from.
-                (Some(found), _) => {
-                    let text = (found.generation == Some(generation))
-                        .then(|| checkpoint::encode(&found.checkpoint));
-                    (found.checkpoint, true, text)
-                }
-                (None, Some(o)) => (Checkpoint::fresh(o), true, None),
-                (None, None) => (Checkpoint::fresh(-1), false, None),
+            // A checkpoint found is written again, in this member's epoch, at the next
+            // cycle (its text is not taken as written): one that a member that lost
+            // the partition still delivers later must not outrank it.
+            let (cp, known, epoch) = match (checkpoints.remove(&pid), group_offset) {
+                (Some(found), _) => (found.checkpoint, true, found.generation.unwrap_or(-1)),
+                (None, Some(o)) => (Checkpoint::fresh(o), true, -1),
+                (None, None) => (Checkpoint::fresh(-1), false, -1),
             };
             let from = cp.replay_from();
             if let Some(o) = group_offset
@@ -167,7 +161,8 @@ impl State {
                 replay_from: from,
                 replay_until,
                 read_to: None,
-                committed: stored,
+                committed: None,
+                epoch,
                 idle_held: false,
             };
             match self.part_index(&part.pid().topic, part.pid().partition) {
