@@ -344,8 +344,7 @@ fn a_stale_checkpoint_delivered_late_by_an_older_generation_is_ignored() {
         g.log_text()
     );
     assert!(
-        g.log_text()
-            .contains("a checkpoint of an older epoch"),
+        g.log_text().contains("a checkpoint of an older epoch"),
         "{}",
         g.log_text()
     );
