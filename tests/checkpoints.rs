@@ -13,7 +13,7 @@ use flagtally::window::WindowConfig;
 use rdkafka::producer::Producer as _;
 
 /// The checkpoint records of partition 0 of `input`, in order.
-fn checkpoints(broker: &str, t: &Topics) -> Vec<String> {
+fn checkpoint_records(broker: &str, t: &Topics) -> Vec<Rec> {
     let key = format!("{}/{}/0", t.group, t.input);
     read_until(
         broker,
@@ -23,8 +23,15 @@ fn checkpoints(broker: &str, t: &Topics) -> Vec<String> {
     )
     .into_iter()
     .filter(|r| r.key.as_deref() == Some(key.as_bytes()))
-    .map(|r| String::from_utf8(r.value).unwrap())
     .collect()
+}
+
+/// Their texts.
+fn checkpoints(broker: &str, t: &Topics) -> Vec<String> {
+    checkpoint_records(broker, t)
+        .into_iter()
+        .map(|r| String::from_utf8(r.value).unwrap())
+        .collect()
 }
 
 /// The settings of the test below, with `corrections` late corrections allowed.
@@ -276,27 +283,15 @@ fn a_stale_checkpoint_delivered_late_by_an_older_generation_is_ignored() {
     burst(0, 200);
     // The window closes on idle: its summaries appear, and the last checkpoint says
     // idle with nothing open.
-    let key = format!("{}/{}/0", t.group, t.input);
-    let ours = |broker: &str| {
-        read_until(
-            broker,
-            &format!("{}-checkpoints", t.group),
-            Duration::from_secs(5),
-            |_| false,
-        )
-        .into_iter()
-        .filter(|r| r.key.as_deref() == Some(key.as_bytes()))
-        .collect::<Vec<_>>()
-    };
     assert!(
-        eventually(Duration::from_secs(60), || ours(broker).last().is_some_and(
-            |r| String::from_utf8_lossy(&r.value).contains(";i=1;a=;")
-        )),
+        eventually(Duration::from_secs(60), || checkpoints(broker, &t)
+            .last()
+            .is_some_and(|text| text.contains(";i=1;a=;"))),
         "no idle checkpoint; log:\n{}",
         f.log_text()
     );
     assert!(f.stop(Duration::from_secs(30)).success());
-    let written = ours(broker);
+    let written = checkpoint_records(broker, &t);
     let last = written.last().unwrap();
     let generation: i32 = last
         .header("flagtally-generation")
@@ -321,7 +316,7 @@ fn a_stale_checkpoint_delivered_late_by_an_older_generation_is_ignored() {
         });
     let topic = format!("{}-checkpoints", t.group);
     let rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&topic)
-        .key(key.as_bytes())
+        .key(stale.key.as_deref().unwrap())
         .payload(stale.value.as_slice())
         .headers(headers);
     flagtally::kafka::producer::send_waiting(&p, rec, &|| false).unwrap();

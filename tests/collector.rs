@@ -116,15 +116,7 @@ fn through_the_collector(sdk: Sdk) {
     wait_listening(port, &f);
 
     let out = std::env::temp_dir().join(format!("flagtally-collector-{sdk:?}-{}.ndjson", t.group));
-    let run = sdk_command(sdk, port, &out).output().unwrap();
-    let stats = String::from_utf8_lossy(&run.stdout).into_owned();
-    assert!(
-        run.status.success(),
-        "the {sdk:?} SDK run failed:\n{stats}\n{}\n{}",
-        String::from_utf8_lossy(&run.stderr),
-        f.log_text()
-    );
-    let stats: Value = serde_json::from_str(stats.trim()).unwrap();
+    let stats = sdk_stats(sdk, sdk_command(sdk, port, &out).output().unwrap(), &f);
     assert_eq!(
         stats["forwarded"]
             .as_object()
@@ -158,6 +150,19 @@ fn through_the_collector(sdk: Sdk) {
     }
     assert!(f.stop(Duration::from_secs(25)).success());
     let _ = std::fs::remove_file(&out);
+}
+
+/// The counts an SDK test script printed; panics with its output and flagtally's log
+/// when it failed.
+fn sdk_stats(sdk: Sdk, run: std::process::Output, f: &Flagtally) -> Value {
+    let stats = String::from_utf8_lossy(&run.stdout).into_owned();
+    assert!(
+        run.status.success(),
+        "the {sdk:?} SDK run failed:\n{stats}\n{}\n{}",
+        String::from_utf8_lossy(&run.stderr),
+        f.log_text()
+    );
+    serde_json::from_str(stats.trim()).unwrap()
 }
 
 /// Checks flagtally's outputs against the SDK's payloads in `out` (one JSON array per
@@ -238,15 +243,7 @@ fn a_broker_killed_while_the_sdk_posts_loses_and_doubles_nothing() {
         .unwrap();
     std::thread::sleep(Duration::from_secs(3));
     start_broker(&name);
-    let run = sdk.wait_with_output().unwrap();
-    let stats = String::from_utf8_lossy(&run.stdout).into_owned();
-    assert!(
-        run.status.success(),
-        "the SDK run failed:\n{stats}\n{}\n{}",
-        String::from_utf8_lossy(&run.stderr),
-        f.log_text()
-    );
-    let stats: Value = serde_json::from_str(stats.trim()).unwrap();
+    let stats = sdk_stats(Sdk::Node, sdk.wait_with_output().unwrap(), &f);
     let answers = stats["forwarded"].as_object().unwrap();
     assert!(
         answers.contains_key("503") && answers.contains_key("202"),

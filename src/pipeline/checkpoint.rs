@@ -19,7 +19,7 @@
 //! offset). The lookup waits until every transaction open at its start has ended.
 //!
 //! "Latest" is by writer first, then position. Each record carries its writer's
-//! epoch (header [`GENERATION`]): the group generation it was in, or the epoch of the
+//! epoch (header [`EPOCH`]): the group generation it was in, or the epoch of the
 //! checkpoint it restored from if that is higher. A member that lost its partitions
 //! without noticing (a broker outage) may still have a checkpoint in its producer's
 //! queue, delivered after the partitions' new owner has restored from an older one,
@@ -101,14 +101,14 @@ const FIRST_LOOKBACK: i64 = 2_000;
 
 /// The header naming a checkpoint's epoch: its writer's group generation, or more
 /// (see the module docs).
-pub const GENERATION: &str = "flagtally-generation";
+pub const EPOCH: &str = "flagtally-generation";
 
 /// A checkpoint as found by a lookup, with its writer's epoch.
 #[derive(Clone, Debug)]
 pub struct Found {
     pub checkpoint: Checkpoint,
-    /// `None` when the record has no (readable) generation header.
-    pub generation: Option<i32>,
+    /// `None` when the record has no (readable) epoch header.
+    pub epoch: Option<i32>,
 }
 
 /// How a lookup ranks a checkpoint written in epoch `written` (higher wins; equal
@@ -208,7 +208,7 @@ impl Store {
                             Ok(Some(checkpoint)) => {
                                 let beaten = latest
                                     .get(pid)
-                                    .is_some_and(|best| rank(best.generation) > rank(written));
+                                    .is_some_and(|best| rank(best.epoch) > rank(written));
                                 if beaten {
                                     tracing::warn!(partition = %pid, epoch = ?written, "a checkpoint of an older epoch written late (by a member that had lost the partition); ignored");
                                 } else {
@@ -216,7 +216,7 @@ impl Store {
                                         pid,
                                         Found {
                                             checkpoint,
-                                            generation: written,
+                                            epoch: written,
                                         },
                                     );
                                 }
@@ -319,7 +319,7 @@ fn generation_of(m: &rdkafka::message::BorrowedMessage<'_>) -> Option<i32> {
     use rdkafka::message::Headers as _;
     m.headers()?
         .iter()
-        .find(|h| h.key == GENERATION)
+        .find(|h| h.key == EPOCH)
         .and_then(|h| std::str::from_utf8(h.value?).ok()?.parse().ok())
 }
 

@@ -176,7 +176,7 @@ impl State {
                     value: text.as_bytes(),
                     headers: headers([
                         (header::KIND, b"checkpoint".as_slice()),
-                        (checkpoint::GENERATION, epoch.as_bytes()),
+                        (checkpoint::EPOCH, epoch.as_bytes()),
                     ]),
                     timestamp_ms: None,
                     summary: false,

@@ -128,7 +128,7 @@ impl State {
             // cycle (its text is not taken as written): one that a member that lost
             // the partition still delivers later must not outrank it.
             let (cp, known, epoch) = match (checkpoints.remove(&pid), group_offset) {
-                (Some(found), _) => (found.checkpoint, true, found.generation.unwrap_or(-1)),
+                (Some(found), _) => (found.checkpoint, true, found.epoch.unwrap_or(-1)),
                 (None, Some(o)) => (Checkpoint::fresh(o), true, -1),
                 (None, None) => (Checkpoint::fresh(-1), false, -1),
             };
