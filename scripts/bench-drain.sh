@@ -15,6 +15,10 @@
 #                                        1000: TRACKED_ONE_IN=1 CONTEXTS=N makes every
 #                                        evaluation a feature event and nearly every
 #                                        context new, an index event)
+#   To compare builds on one preload: KEEP_BROKER=1 leaves the broker and its topics
+#   (the input topic's name is printed); INPUT_TOPIC=that-name reads it instead of
+#   preloading (same N); FLOOR=0 skips the no-op consumer and pipe runs (flagtally's
+#   own figures only); FLAGTALLY_BIN=path runs another build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N="${1:-1000000}"
@@ -25,10 +29,16 @@ CONTEXTS="${CONTEXTS:-1000}"
 bench_start bench --bench noop_consumer --bench noop_pipe
 NOOP=$(ls -t target/release/deps/noop_consumer-* | grep -v '\.d$' | head -1)
 PIPE=$(ls -t target/release/deps/noop_pipe-* | grep -v '\.d$' | head -1)
-bench_topics "in:$PARTS" summary:1 feature:2 dlq:1 pipe:2
-echo "preloading $N LaunchDarkly events into $id-in ($PARTS partitions; 1 in $TRACKED_ONE_IN tracked, $CONTEXTS contexts)…"
-$BIN gen --brokers "$B" --topic "$id-in" --count "$N" --dialect launchdarkly \
-  --tracked-one-in "$TRACKED_ONE_IN" --contexts "$CONTEXTS" >/dev/null 2>&1
+IN="${INPUT_TOPIC:-$id-in}"
+if [ -n "${INPUT_TOPIC:-}" ]; then
+  bench_topics summary:1 feature:2 dlq:1 pipe:2
+  echo "reading the preloaded $IN ($N events assumed)"
+else
+  bench_topics "in:$PARTS" summary:1 feature:2 dlq:1 pipe:2
+  echo "preloading $N LaunchDarkly events into $IN ($PARTS partitions; 1 in $TRACKED_ONE_IN tracked, $CONTEXTS contexts)…"
+  $BIN gen --brokers "$B" --topic "$IN" --count "$N" --dialect launchdarkly \
+    --tracked-one-in "$TRACKED_ONE_IN" --contexts "$CONTEXTS" >/dev/null 2>&1
+fi
 feature_line=""
 # FULL=1: full-fidelity feature events and index events too, into one topic (as
 # LaunchDarkly's event stream carries them).
@@ -48,10 +58,10 @@ cpu_of() { # utime+stime of a pid, in seconds
 # creates the offsets topic and warms the broker's fetch path, no part of either's cost.
 noop_run() { # prints "seconds from its first record to its last" "CPU seconds" "peak RSS KiB"
   local out
-  out=$(/usr/bin/time -f 'cpu %U %S %M' "$NOOP" "$B" "$id-in" "$N" 2>&1)
+  out=$(/usr/bin/time -f 'cpu %U %S %M' "$NOOP" "$B" "$IN" "$N" 2>&1)
   echo "$(echo "$out" | awk '/^noop:/ {print $(NF-3)}') $(echo "$out" | awk '/^cpu / {print $2 + $3, $4}')"
 }
-noop_run >/dev/null # warm-up
+[ "${FLOOR:-1}" = 0 ] || noop_run >/dev/null # warm-up
 
 ADMIN="127.0.0.1:$(free_port)"
 broker_cpu0=$(cpu_of "$BROKER_PID")
@@ -102,13 +112,13 @@ broker_cpu=$(echo "$broker_now - $broker_cpu0" | bc -l)
 # Cores in use from the first record read to the last: flagtally's, the broker's.
 steady_cores=$(echo "($ft_cpu - $ft_cpu_first) / ($end - $first)" | bc -l)
 broker_cores=$(echo "($broker_now - $broker_cpu_first) / ($end - $first)" | bc -l)
-"$PY" - "$B" "$id" "$N" <<'PY'
+"$PY" - "$B" "$id" "$N" "$IN" <<'PY'
 import sys, time
 from confluent_kafka import Consumer, TopicPartition
-b, id, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+b, id, n, topic = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 c = Consumer({"bootstrap.servers": b, "group.id": id, "enable.auto.commit": False})
-meta = c.list_topics(f"{id}-in", timeout=10).topics[f"{id}-in"]
-tps = [TopicPartition(f"{id}-in", p) for p in meta.partitions]
+meta = c.list_topics(topic, timeout=10).topics[topic]
+tps = [TopicPartition(topic, p) for p in meta.partitions]
 while True:
     try:
         done = sum(max(tp.offset, 0) for tp in c.committed(tps, timeout=10))
@@ -126,7 +136,10 @@ commit_wall=$(echo "$committed - $start" | bc -l)
 steady_wall=$(echo "$end - $first" | bc -l)
 # The no-op consumer's CPU varies by ±20 % from run to run on a shared machine: three
 # runs, and the median one (by CPU) is the reference.
-read -r noop_wall noop_cpu noop_rss < <(for _ in 1 2 3; do noop_run; done | sort -k2 -n | sed -n 2p)
+noop_wall=nan noop_cpu=nan noop_rss=0
+if [ "${FLOOR:-1}" != 0 ]; then
+  read -r noop_wall noop_cpu noop_rss < <(for _ in 1 2 3; do noop_run; done | sort -k2 -n | sed -n 2p)
+fi
 # flagtally's output records (summary, feature and index): the topics' ends.
 outputs=$("$PY" - "$B" "$id" <<'PY'
 import sys
@@ -140,11 +153,11 @@ for t in (f"{id}-summary", f"{id}-feature"):
 print(n)
 PY
 )
-pipe_wall=0 pipe_cpu=0
-if [ "${FULL:-0}" = 1 ]; then
+pipe_wall=nan pipe_cpu=nan
+if [ "${FULL:-0}" = 1 ] && [ "${FLOOR:-1}" != 0 ]; then
   pipe_run() { # "seconds from its first record to the last acknowledged" "CPU seconds"
     local out
-    out=$(/usr/bin/time -f 'cpu %U %S' "$PIPE" "$B" "$id-in" "$id-pipe" "$N" 2>&1)
+    out=$(/usr/bin/time -f 'cpu %U %S' "$PIPE" "$B" "$IN" "$id-pipe" "$N" 2>&1)
     echo "$(echo "$out" | awk '/^pipe:/ {print $(NF-3)}') $(echo "$out" | awk '/^cpu / {print $2 + $3}')"
   }
   read -r pipe_wall pipe_cpu < <(for _ in 1 2 3; do pipe_run; done | sort -k2 -n | sed -n 2p)
@@ -181,4 +194,8 @@ if full:
     print(f"no-op pipe (median of 3 runs): {n/pw:,.0f} records/s wall, {pc:.2f} CPU-s; {per_pipe:.2f} µs per produced record beyond consuming it")
     print(f"flagtally beyond consuming: {per_ft:.2f} µs per output record ({per_ft/per_pipe:.2f} × the pipe's); this workload's floor ≈ {floor:.2f} CPU-s ({n/floor/n_rate:.2f} × the no-op consumer), flagtally {fc/floor:.2f} × it")
 PY
-bash scripts/infra.sh reset "${BENCH_BROKER:-bench}"
+if [ "${KEEP_BROKER:-0}" = 1 ]; then
+  echo "broker kept: INPUT_TOPIC=$IN BENCH_BROKER=${BENCH_BROKER:-bench} (scripts/infra.sh stop ${BENCH_BROKER:-bench} when done)"
+else
+  bash scripts/infra.sh reset "${BENCH_BROKER:-bench}"
+fi

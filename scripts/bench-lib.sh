@@ -15,7 +15,7 @@
 bench_start() {
   local prefix=$1
   shift
-  cargo build --release --quiet --bin flagtally "$@"
+  [ -n "${FLAGTALLY_BIN:-}" ] || cargo build --release --quiet --bin flagtally "$@"
   BIN=${FLAGTALLY_BIN:-target/release/flagtally}
   # Kafka's default initial rebalance delay (the test broker's is 0): the workers of one
   # process join the new group within it and start with their shares, as in production.
@@ -43,7 +43,7 @@ bench_config() {
 [kafka]
 brokers = "$B"
 group_id = "$id"
-input_topics = ["$id-in"]
+input_topics = ["${INPUT_TOPIC:-$id-in}"]
 [input]
 dialect = "$1"
 [processing]

@@ -21,8 +21,6 @@
 //! Late events (dead-letter policy) are written as flagtally's native JSON, so they can
 //! be re-read with `dialect = "native"`.
 
-use std::io::Write as _;
-
 use serde_json::{Map, Value};
 
 use crate::event::{Contexts, EventTime, FlagVersion, Json, VariationRef};
@@ -259,7 +257,7 @@ fn opt_string(buf: &mut Vec<u8>, s: Option<&str>) {
 }
 
 fn int(buf: &mut Vec<u8>, n: i64) {
-    let _ = write!(buf, "{n}");
+    buf.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
 /// A JSON number as Go writes a float64: integral values without a fraction.

@@ -185,12 +185,18 @@ impl Emitter {
 
     /// Encodes one output as a record.
     pub fn emit(&self, out: &Output) -> Result<Record, EmitError> {
+        self.emit_into(out, Vec::with_capacity(256))
+    }
+
+    /// Encodes one output as a record whose value is written into `buf` (cleared
+    /// first): a caller that takes the value back after each record allocates none.
+    pub fn emit_into(&self, out: &Output, mut buf: Vec<u8>) -> Result<Record, EmitError> {
         let kind = OutputKind::of(out);
         let id = record_id(out);
+        buf.clear();
         let value = match &self.avro {
             Some(schemas) => schemas.encode(out)?,
             None => {
-                let mut buf = Vec::with_capacity(256);
                 match &self.config.envelope {
                     Envelope::None => launchdarkly::write(out, &mut buf),
                     Envelope::DataExport {
@@ -226,14 +232,14 @@ impl Emitter {
                 if s.reason == crate::window::CloseReason::Early {
                     headers.push((header::EARLY, Bytes48::from_slice(b"true")));
                 }
-                headers.push((header::SOURCE, display(&s.partition)));
+                headers.push((header::SOURCE, partition_text(&s.partition)));
                 (
                     Some(Bytes48::from_slice(s.flag_key.as_bytes())),
                     s.window.end.as_millis() - 1,
                 )
             }
             Output::Feature { event, pos, .. } => {
-                headers.push((header::SOURCE, display(pos)));
+                headers.push((header::SOURCE, position_text(pos)));
                 let key = match self.config.feature_key {
                     FeatureKey::Context => Some(event.context.fully_qualified_key()),
                     FeatureKey::Flag => Some(event.flag_key.clone()),
@@ -250,7 +256,7 @@ impl Emitter {
                 pos,
                 ..
             } => {
-                headers.push((header::SOURCE, display(pos)));
+                headers.push((header::SOURCE, position_text(pos)));
                 (
                     Some(Bytes48::from_slice(
                         context.fully_qualified_key().as_bytes(),
@@ -259,7 +265,7 @@ impl Emitter {
                 )
             }
             Output::Identify { event, pos } => {
-                headers.push((header::SOURCE, display(pos)));
+                headers.push((header::SOURCE, position_text(pos)));
                 (
                     Some(Bytes48::from_slice(
                         event.context.fully_qualified_key().as_bytes(),
@@ -268,7 +274,7 @@ impl Emitter {
                 )
             }
             Output::Custom { event, pos } => {
-                headers.push((header::SOURCE, display(pos)));
+                headers.push((header::SOURCE, position_text(pos)));
                 (
                     Some(Bytes48::from_slice(
                         event.context.fully_qualified_key().as_bytes(),
@@ -277,13 +283,13 @@ impl Emitter {
                 )
             }
             Output::PassThrough { event, pos } => {
-                headers.push((header::SOURCE, display(pos)));
+                headers.push((header::SOURCE, position_text(pos)));
                 (None, event.creation_date.map_or(0, |t| t.as_millis()))
             }
             Output::Late { event, window, pos } => {
                 headers.push((header::WINDOW_START, ms_bytes(window.start.as_millis())));
                 headers.push((header::WINDOW_END, ms_bytes(window.end.as_millis())));
-                headers.push((header::SOURCE, display(pos)));
+                headers.push((header::SOURCE, position_text(pos)));
                 (None, event.time().map_or(0, |t| t.as_millis()))
             }
         };
@@ -302,15 +308,26 @@ impl Emitter {
 }
 
 fn ms_bytes(ms: i64) -> Bytes48 {
-    display(&ms)
+    Bytes48::from_slice(itoa::Buffer::new().format(ms).as_bytes())
 }
 
-/// `value`'s text, written without a heap allocation when it fits.
-fn display(value: &impl std::fmt::Display) -> Bytes48 {
-    use std::io::Write as _;
+/// `topic/partition`, as [`crate::window::PartitionId`] displays it, without
+/// `core::fmt` (once per output record) and without a heap allocation when it fits.
+fn partition_text(p: &crate::window::PartitionId) -> Bytes48 {
     let mut out = Bytes48::new();
-    // Writing to memory cannot fail.
-    let _ = write!(out, "{value}");
+    out.extend_from_slice(p.topic.as_bytes());
+    out.push(b'/');
+    out.extend_from_slice(itoa::Buffer::new().format(p.partition).as_bytes());
+    out
+}
+
+/// `topic/partition/offset#index`, as [`SourcePos`] displays it.
+fn position_text(pos: &SourcePos) -> Bytes48 {
+    let mut out = partition_text(&pos.partition);
+    out.push(b'/');
+    out.extend_from_slice(itoa::Buffer::new().format(pos.offset).as_bytes());
+    out.push(b'#');
+    out.extend_from_slice(itoa::Buffer::new().format(pos.index).as_bytes());
     out
 }
 
@@ -433,5 +450,39 @@ impl Topics {
             OutputKind::PassThrough => self.passthrough.as_deref(),
             OutputKind::Late => self.late.as_deref(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::window::PartitionId;
+
+    /// The source header's text is what `Display` writes, extremes included.
+    #[test]
+    fn source_texts_match_display() {
+        for (topic, partition, offset, index) in [
+            ("events", 0, 0, 0),
+            ("a.b-c_d", 7, 123_456_789, 41),
+            ("t", i32::MAX, i64::MAX, u32::MAX),
+            (
+                "a-topic-name-long-enough-to-spill-past-forty-eight-bytes",
+                -1,
+                -1,
+                3,
+            ),
+        ] {
+            let pos = SourcePos {
+                partition: PartitionId::new(topic, partition),
+                offset,
+                index,
+            };
+            assert_eq!(position_text(&pos).as_slice(), pos.to_string().as_bytes());
+            assert_eq!(
+                partition_text(&pos.partition).as_slice(),
+                pos.partition.to_string().as_bytes()
+            );
+        }
+        assert_eq!(ms_bytes(-5).as_slice(), b"-5");
     }
 }

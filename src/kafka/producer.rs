@@ -27,11 +27,34 @@ use rdkafka::producer::{
 /// microseconds: librdkafka's wait then ends past the deadline, and the loop with it.
 /// After a delivery report the remaining wait is a fraction again, so a busy producer
 /// still spins for under a millisecond per poll, as before.
+///
+/// **Served by its owner** ([`PolledProducer::serve_on_owner`]): the thread that sends
+/// serves the reports itself, between records ([`PolledProducer::serve`]), and this
+/// thread only catches what is left every [`FALLBACK`] (an owner blocked elsewhere).
+/// librdkafka allocates each record, its header list and each header on the sending
+/// thread and frees them when its report is served: on another thread, every one of
+/// those frees crosses threads, which the allocator pays for twice (the free, then the
+/// owner collecting it), and the report's memory is read on a second core. The
+/// pipeline, which sends millions of records, serves its own.
 pub struct PolledProducer<C: ProducerContext + 'static> {
     inner: Arc<BaseProducer<C>>,
     stop: Arc<AtomicBool>,
+    owner_serves: Arc<AtomicBool>,
+    /// Records sent since the owner last served reports.
+    unserved: std::sync::atomic::AtomicU32,
     thread: Option<std::thread::JoinHandle<()>>,
 }
+
+/// How often the polling thread looks for reports the owner left, when the owner
+/// serves them: a report is served at most this late (its latency metric with it).
+const FALLBACK: Duration = Duration::from_millis(10);
+
+/// Polls the owner makes, at most, each time it serves: reports come one event per
+/// produce response (a batch of records), so a few are all that can be waiting.
+const SERVE_POLLS: usize = 4;
+
+/// Records sent between two of the owner's serves.
+const SERVE_EVERY: u32 = 32;
 
 /// How long the polling thread's `poll` lasts: 100 ms, plus 20 µs for librdkafka's own
 /// 100 ms wait to end past rdkafka's deadline. It is also the most a drop waits for the
@@ -42,13 +65,25 @@ impl<C: ProducerContext + 'static> FromClientConfigAndContext<C> for PolledProdu
     fn from_config_and_context(config: &ClientConfig, context: C) -> KafkaResult<Self> {
         let inner = Arc::new(BaseProducer::from_config_and_context(config, context)?);
         let stop = Arc::new(AtomicBool::new(false));
+        let owner_serves = Arc::new(AtomicBool::new(false));
         let thread = std::thread::Builder::new()
             .name("producer-poll".to_owned())
             .spawn({
-                let (inner, stop) = (Arc::clone(&inner), Arc::clone(&stop));
+                let (inner, stop, owner_serves) = (
+                    Arc::clone(&inner),
+                    Arc::clone(&stop),
+                    Arc::clone(&owner_serves),
+                );
                 move || {
                     while !stop.load(Ordering::Relaxed) {
-                        inner.poll(POLL);
+                        if owner_serves.load(Ordering::Relaxed) {
+                            std::thread::sleep(FALLBACK);
+                            for _ in 0..SERVE_POLLS {
+                                inner.poll(Duration::ZERO);
+                            }
+                        } else {
+                            inner.poll(POLL);
+                        }
                     }
                 }
             })
@@ -58,8 +93,38 @@ impl<C: ProducerContext + 'static> FromClientConfigAndContext<C> for PolledProdu
         Ok(Self {
             inner,
             stop,
+            owner_serves,
+            unserved: std::sync::atomic::AtomicU32::new(0),
             thread: Some(thread),
         })
+    }
+}
+
+impl<C: ProducerContext + 'static> PolledProducer<C> {
+    /// From now on the sending thread serves the delivery reports ([`Self::serve`],
+    /// [`send_waiting`] and [`flush_threaded`] call it), and the polling thread only
+    /// every [`FALLBACK`].
+    pub fn serve_on_owner(&self) {
+        self.owner_serves.store(true, Ordering::Relaxed);
+    }
+
+    /// Serves the delivery reports waiting, if this producer's owner serves them
+    /// ([`Self::serve_on_owner`]) and [`SERVE_EVERY`] records went out since the last
+    /// time: a poll finds nothing most of the time, and costs a lock even then.
+    fn serve_after_send(&self) {
+        if self.owner_serves.load(Ordering::Relaxed)
+            && self.unserved.fetch_add(1, Ordering::Relaxed) + 1 >= SERVE_EVERY
+        {
+            self.serve();
+        }
+    }
+
+    /// Serves the delivery reports waiting (a few events, without waiting for more).
+    pub fn serve(&self) {
+        self.unserved.store(0, Ordering::Relaxed);
+        for _ in 0..SERVE_POLLS {
+            self.inner.poll(Duration::ZERO);
+        }
     }
 }
 
@@ -105,12 +170,20 @@ pub fn send_waiting<C: ProducerContext + 'static>(
 ) -> Result<(), KafkaError> {
     loop {
         match producer.send(record) {
-            Ok(()) => return Ok(()),
+            Ok(()) => {
+                producer.serve_after_send();
+                return Ok(());
+            }
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                 if give_up() {
                     return Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull));
                 }
                 record = back;
+                // The queue frees as reports are served: serve them here if this
+                // thread is the one that does.
+                if producer.owner_serves.load(Ordering::Relaxed) {
+                    producer.serve();
+                }
                 std::thread::sleep(Duration::from_millis(1));
             }
             Err((e, _)) => return Err(e),
@@ -119,7 +192,8 @@ pub fn send_waiting<C: ProducerContext + 'static>(
 }
 
 /// Waits until every record `producer` was given is acknowledged (or failed), up to
-/// `timeout`, while another thread polls it ([`PolledProducer`]). rdkafka's own `flush`
+/// `timeout`, while the polling thread serves the reports ([`PolledProducer`]; or this
+/// loop, when the owner serves them). rdkafka's own `flush`
 /// polls the event queue for up to 100 ms at a time, racing the polling thread for the
 /// delivery reports: each flush cost up to 100 ms beyond the broker's answer. This one
 /// asks librdkafka to send at once (a zero-timeout flush, which skips `linger.ms`) and
@@ -135,6 +209,9 @@ pub fn flush_threaded<C: ProducerContext + 'static>(
         }
         if std::time::Instant::now() >= deadline {
             return Err(KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut));
+        }
+        if producer.owner_serves.load(Ordering::Relaxed) {
+            producer.serve();
         }
         std::thread::sleep(Duration::from_micros(200));
     }

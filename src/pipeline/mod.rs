@@ -200,6 +200,8 @@ struct State {
     emitter: Emitter,
     parts: Vec<Part>,
     outputs: Vec<Output>,
+    /// The value buffer of the output being encoded, kept between records.
+    value_buf: Vec<u8>,
     decoded: Decoded,
     last_commit: Instant,
     /// Wall-clock ms, read once per batch of records.
@@ -298,6 +300,7 @@ impl Pipeline {
                 engine,
                 parts: Vec::new(),
                 outputs: Vec::new(),
+                value_buf: Vec::with_capacity(1024),
                 decoded: Decoded::default(),
                 last_commit: Instant::now(),
                 now: now_ms(),
@@ -671,7 +674,14 @@ impl State {
     /// events carry its bytes).
     fn send_outputs(&mut self, source: Option<&Record<'_>>) -> anyhow::Result<()> {
         let outputs = std::mem::take(&mut self.outputs);
-        for out in &outputs {
+        let sent = self.send_each(&outputs, source);
+        self.outputs = outputs;
+        self.outputs.clear();
+        sent
+    }
+
+    fn send_each(&mut self, outputs: &[Output], source: Option<&Record<'_>>) -> anyhow::Result<()> {
+        for out in outputs {
             let kind = OutputKind::of(out);
             if let Output::Summary(s) = out
                 && s.kinds_dropped > 0
@@ -681,93 +691,121 @@ impl State {
                     .context_kinds_dropped
                     .inc_by(u64::from(s.kinds_dropped));
             }
-            let Some(topic) = self.settings.topics.topic(kind) else {
-                continue;
-            };
-            let rec = self.emitter.emit(out)?;
-            self.stats.outputs[kind as usize] += 1;
-            self.counters.output(kind);
-            self.sent_since_commit = true;
-            if let (Output::Late { pos, window, .. }, Some(m)) = (out, source) {
-                let index = pos.index.to_string();
-                let error = format!(
-                    "late: the window [{}, {}) was already emitted",
-                    window.start.as_millis(),
-                    window.end.as_millis()
-                );
-                let mut extra: Vec<(&str, &[u8])> = rec
-                    .headers
-                    .iter()
-                    .map(|(k, v)| (*k, v.as_slice()))
-                    .collect();
-                extra.push((dead_letter_header::ERROR, error.as_bytes()));
-                extra.push((dead_letter_header::REASON, b"late"));
-                extra.push((dead_letter_header::EVENT_INDEX, index.as_bytes()));
-                self.forward(m, topic, &extra)?;
+            if self.settings.topics.topic(kind).is_none() {
                 continue;
             }
-            let hs = headers(rec.headers.iter().map(|(k, v)| (*k, v.as_slice())));
-            let summary = matches!(out, Output::Summary(s) if !s.late);
-            let outgoing = Outgoing {
-                topic,
-                key: rec.key.as_deref(),
-                value: &rec.value,
-                headers: hs,
-                timestamp_ms: Some(rec.timestamp_ms),
-                summary,
-            };
-            let size = rec.key.as_ref().map_or(0, |k| k.len())
-                + rec.value.len()
-                + rec
-                    .headers
-                    .iter()
-                    .map(|(k, v)| k.len() + v.len())
-                    .sum::<usize>();
-            let too_large = !self.producer.fits(topic, size);
-            let diverted = too_large
-                || !self.diverted.is_empty()
-                    && rec
-                        .headers
-                        .iter()
-                        .find(|(k, _)| *k == header::ID)
-                        .is_some_and(|(_, id)| {
-                            std::str::from_utf8(id).is_ok_and(|id| self.diverted.contains_key(id))
-                        });
-            if diverted {
-                let why = KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge);
-                let mut refused = Refused::of(&outgoing, &why);
-                drop(outgoing);
-                refused.error = if too_large {
-                    format!("{size} bytes, over the topic's max.message.bytes")
-                } else {
-                    "refused by the broker before (a replay)".to_owned()
-                };
-                self.set_aside(refused)?;
-                continue;
-            }
-            let sent = self.producer.send(outgoing, &self.give_up());
-            match sent {
-                Ok(()) => {}
-                Err(e) if e.rdkafka_error_code().is_some_and(fit::is_permanent) => {
-                    let hs = headers(rec.headers.iter().map(|(k, v)| (*k, v.as_slice())));
-                    let again = Outgoing {
-                        topic,
-                        key: rec.key.as_deref(),
-                        value: &rec.value,
-                        headers: hs,
-                        timestamp_ms: Some(rec.timestamp_ms),
-                        summary,
-                    };
-                    let refused = Refused::of(&again, &e);
-                    drop(again);
-                    self.set_aside(refused)?;
-                }
-                Err(e) if self.transaction_failed(&e) => break,
-                Err(e) => return Err(e).with_context(|| format!("producing to {topic}")),
+            let rec = self
+                .emitter
+                .emit_into(out, std::mem::take(&mut self.value_buf))?;
+            let flow = self.send_one(out, kind, &rec, source);
+            // The value's buffer serves the next output.
+            self.value_buf = rec.value;
+            if flow? == Flow::Stop {
+                break;
             }
         }
-        self.outputs = outputs;
-        self.outputs.clear();
         Ok(())
     }
+
+    /// Sends one encoded output (or sets it aside); `Flow::Stop` when the transaction
+    /// failed and the rest of the outputs are moot.
+    fn send_one(
+        &mut self,
+        out: &Output,
+        kind: OutputKind,
+        rec: &crate::emit::Record,
+        source: Option<&Record<'_>>,
+    ) -> anyhow::Result<Flow> {
+        self.stats.outputs[kind as usize] += 1;
+        self.counters.output(kind);
+        self.sent_since_commit = true;
+        let Some(topic) = self.settings.topics.topic(kind) else {
+            return Ok(Flow::Next);
+        };
+        if let (Output::Late { pos, window, .. }, Some(m)) = (out, source) {
+            let index = pos.index.to_string();
+            let error = format!(
+                "late: the window [{}, {}) was already emitted",
+                window.start.as_millis(),
+                window.end.as_millis()
+            );
+            let mut extra: Vec<(&str, &[u8])> = rec
+                .headers
+                .iter()
+                .map(|(k, v)| (*k, v.as_slice()))
+                .collect();
+            extra.push((dead_letter_header::ERROR, error.as_bytes()));
+            extra.push((dead_letter_header::REASON, b"late"));
+            extra.push((dead_letter_header::EVENT_INDEX, index.as_bytes()));
+            self.forward(m, topic, &extra)?;
+            return Ok(Flow::Next);
+        }
+        let hs = headers(rec.headers.iter().map(|(k, v)| (*k, v.as_slice())));
+        let summary = matches!(out, Output::Summary(s) if !s.late);
+        let outgoing = Outgoing {
+            topic,
+            key: rec.key.as_deref(),
+            value: &rec.value,
+            headers: hs,
+            timestamp_ms: Some(rec.timestamp_ms),
+            summary,
+        };
+        let size = rec.key.as_ref().map_or(0, |k| k.len())
+            + rec.value.len()
+            + rec
+                .headers
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>();
+        let too_large = !self.producer.fits(topic, size);
+        let diverted = too_large
+            || !self.diverted.is_empty()
+                && rec
+                    .headers
+                    .iter()
+                    .find(|(k, _)| *k == header::ID)
+                    .is_some_and(|(_, id)| {
+                        std::str::from_utf8(id).is_ok_and(|id| self.diverted.contains_key(id))
+                    });
+        if diverted {
+            let why = KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge);
+            let mut refused = Refused::of(&outgoing, &why);
+            drop(outgoing);
+            refused.error = if too_large {
+                format!("{size} bytes, over the topic's max.message.bytes")
+            } else {
+                "refused by the broker before (a replay)".to_owned()
+            };
+            self.set_aside(refused)?;
+            return Ok(Flow::Next);
+        }
+        let sent = self.producer.send(outgoing, &self.give_up());
+        match sent {
+            Ok(()) => {}
+            Err(e) if e.rdkafka_error_code().is_some_and(fit::is_permanent) => {
+                let hs = headers(rec.headers.iter().map(|(k, v)| (*k, v.as_slice())));
+                let again = Outgoing {
+                    topic,
+                    key: rec.key.as_deref(),
+                    value: &rec.value,
+                    headers: hs,
+                    timestamp_ms: Some(rec.timestamp_ms),
+                    summary,
+                };
+                let refused = Refused::of(&again, &e);
+                drop(again);
+                self.set_aside(refused)?;
+            }
+            Err(e) if self.transaction_failed(&e) => return Ok(Flow::Stop),
+            Err(e) => return Err(e).with_context(|| format!("producing to {topic}")),
+        }
+        Ok(Flow::Next)
+    }
+}
+
+/// Whether to go on with the next output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Flow {
+    Next,
+    Stop,
 }

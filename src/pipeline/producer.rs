@@ -389,6 +389,8 @@ impl Producer {
             retries_seen: AtomicU64::new(0),
             lateness_ms: settings.lateness_ms,
         })?;
+        // The pipeline thread frees what it allocated (see `PolledProducer`).
+        inner.serve_on_owner();
         if transactional {
             inner.init_transactions(Duration::from_secs(30))?;
             inner.begin_transaction()?;
