@@ -6,7 +6,8 @@
 # the no-op consumer, summary-only; ≥ 0.35 × with feature and index output: FULL=1 DIALECT=auto).
 # With FULL=1 a no-op pipe (benches/noop_pipe.rs: consume, produce each record once
 # with flagtally's producer settings) drains the same topic too: librdkafka's own price
-# per produced record, the floor of flagtally's CPU per output record.
+# per produced record, the floor of flagtally's CPU per output record; and again with the
+# four headers every flagtally output carries on each record ("shaped").
 #
 #   bash scripts/bench-drain.sh [N]      (default 1000000; DIALECT=auto to detect per record;
 #                                        THREADS=n pipeline workers, default 0: one per core;
@@ -153,17 +154,19 @@ for t in (f"{id}-summary", f"{id}-feature"):
 print(n)
 PY
 )
-pipe_wall=nan pipe_cpu=nan
+pipe_wall=nan pipe_cpu=nan shaped_wall=nan shaped_cpu=nan
 if [ "${FULL:-0}" = 1 ] && [ "${FLOOR:-1}" != 0 ]; then
-  pipe_run() { # "seconds from its first record to the last acknowledged" "CPU seconds"
+  pipe_run() { # [shaped] → "seconds from its first record to the last acknowledged" "CPU seconds"
     local out
-    out=$(/usr/bin/time -f 'cpu %U %S' "$PIPE" "$B" "$IN" "$id-pipe" "$N" 2>&1)
+    out=$(/usr/bin/time -f 'cpu %U %S' "$PIPE" "$B" "$IN" "$id-pipe" "$N" "$@" 2>&1)
     echo "$(echo "$out" | awk '/^pipe:/ {print $(NF-3)}') $(echo "$out" | awk '/^cpu / {print $2 + $3}')"
   }
   read -r pipe_wall pipe_cpu < <(for _ in 1 2 3; do pipe_run; done | sort -k2 -n | sed -n 2p)
+  # The same with flagtally's four output headers on each record.
+  read -r shaped_wall shaped_cpu < <(for _ in 1 2 3; do pipe_run shaped; done | sort -k2 -n | sed -n 2p)
 fi
 
-PARTS="$PARTS" TRACKED_ONE_IN="$TRACKED_ONE_IN" CONTEXTS="$CONTEXTS" OUTPUTS="$outputs" PIPE_WALL="$pipe_wall" PIPE_CPU="$pipe_cpu" \
+PARTS="$PARTS" TRACKED_ONE_IN="$TRACKED_ONE_IN" CONTEXTS="$CONTEXTS" OUTPUTS="$outputs" PIPE_WALL="$pipe_wall" PIPE_CPU="$pipe_cpu" SHAPED_CPU="$shaped_cpu" \
 python3 - "$N" "$ft_wall" "$ft_cpu" "$noop_wall" "$noop_cpu" "${FULL:-0}" "$commit_wall" "$steady_wall" "$broker_cpu" "$steady_cores" "$broker_cores" "$ft_cpu_first" "$threads" "$ft_rss" "$noop_rss" <<'PY'
 import os, sys
 n, fw, fc, nw, nc, full = int(sys.argv[1]), *map(float, sys.argv[2:6]), sys.argv[6] == "1"
@@ -193,6 +196,10 @@ if full:
     floor = nc + outputs * (pc - nc) / n  # consuming, plus producing each output at the pipe's price
     print(f"no-op pipe (median of 3 runs): {n/pw:,.0f} records/s wall, {pc:.2f} CPU-s; {per_pipe:.2f} µs per produced record beyond consuming it")
     print(f"flagtally beyond consuming: {per_ft:.2f} µs per output record ({per_ft/per_pipe:.2f} × the pipe's); this workload's floor ≈ {floor:.2f} CPU-s ({n/floor/n_rate:.2f} × the no-op consumer), flagtally {fc/floor:.2f} × it")
+    sc = float(os.environ["SHAPED_CPU"])
+    per_shaped = (sc - nc) / n * 1e6
+    shaped_floor = nc + outputs * (sc - nc) / n
+    print(f"no-op pipe with flagtally's four output headers (median of 3 runs): {sc:.2f} CPU-s; {per_shaped:.2f} µs per produced record beyond consuming it; flagtally {per_ft/per_shaped:.2f} × it per output record; floor ≈ {shaped_floor:.2f} CPU-s ({n/shaped_floor/n_rate:.2f} × the no-op consumer)")
 PY
 if [ "${KEEP_BROKER:-0}" = 1 ]; then
   echo "broker kept: INPUT_TOPIC=$IN BENCH_BROKER=${BENCH_BROKER:-bench} (scripts/infra.sh stop ${BENCH_BROKER:-bench} when done)"

@@ -154,7 +154,8 @@ pub struct Metrics {
     consumer_lag: Family<ByTopicPartition, Gauge>,
     /// One commit cycle: flush, checkpoints, offset commit.
     pub commit_seconds: Histogram,
-    /// From send to the broker's acknowledgement, per record.
+    /// From send to the broker's acknowledgement: every summary, and one other record
+    /// in 16 (the pipeline's producer; the clock reads were 2–3 % of its CPU).
     pub produce_seconds: Histogram,
     /// From a window's close deadline (its end plus the allowed lateness, in event
     /// time) to the broker's acknowledgement of its summary.
@@ -333,7 +334,7 @@ impl Metrics {
         );
         r.register(
             "produce_latency_seconds",
-            "From send to the broker's acknowledgement",
+            "From send to the broker's acknowledgement (every summary and one other output record in 16)",
             metrics.produce_seconds.clone(),
         );
         r.register(
