@@ -30,7 +30,7 @@ use rdkafka::producer::{
 ///
 /// **Served by its owner** ([`PolledProducer::serve_on_owner`]): the thread that sends
 /// serves the reports itself, between records ([`PolledProducer::serve`]), and this
-/// thread only catches what is left every [`FALLBACK`] (an owner blocked elsewhere).
+/// thread only catches what is left, every `FALLBACK` (10 ms): an owner blocked elsewhere.
 /// librdkafka allocates each record, its header list and each header on the sending
 /// thread and frees them when its report is served: on another thread, every one of
 /// those frees crosses threads, which the allocator pays for twice (the free, then the
@@ -103,7 +103,7 @@ impl<C: ProducerContext + 'static> FromClientConfigAndContext<C> for PolledProdu
 impl<C: ProducerContext + 'static> PolledProducer<C> {
     /// From now on the sending thread serves the delivery reports ([`Self::serve`],
     /// [`send_waiting`] and [`flush_threaded`] call it), and the polling thread only
-    /// every [`FALLBACK`].
+    /// every `FALLBACK` (10 ms).
     pub fn serve_on_owner(&self) {
         self.owner_serves.store(true, Ordering::Relaxed);
     }
