@@ -22,7 +22,9 @@ fn main() -> ExitCode {
 /// mimalloc: the hot path allocates small strings per event; it is measurably faster
 /// than the system allocator there. Its `override` feature (Cargo.toml) makes it the
 /// C libraries' `malloc` too: librdkafka allocates every produced record and header on
-/// the pipeline thread and frees them on the producer's polling thread, where glibc's
-/// arenas contended (23 % of the CPU of a full-output drain; docs/benchmarks.md).
+/// the sending thread and frees them where the delivery report is served (for the
+/// collector and the sinks, a polling thread), where glibc's arenas contended (23 % of
+/// the CPU of a full-output drain, before the pipeline served its own reports;
+/// docs/benchmarks.md).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
