@@ -740,16 +740,18 @@ impl State {
             self.forward(m, topic, &extra)?;
             return Ok(Flow::Next);
         }
-        let hs = headers(rec.headers.iter().map(|(k, v)| (*k, v.as_slice())));
         let summary = matches!(out, Output::Summary(s) if !s.late);
-        let outgoing = Outgoing {
+        // librdkafka takes the header list when it takes the record: a record refused
+        // at the send is built again to be set aside.
+        let outgoing_of = || Outgoing {
             topic,
             key: rec.key.as_deref(),
             value: &rec.value,
-            headers: hs,
+            headers: headers(rec.headers.iter().map(|(k, v)| (*k, v.as_slice()))),
             timestamp_ms: Some(rec.timestamp_ms),
             summary,
         };
+        let outgoing = outgoing_of();
         let size = rec.key.as_ref().map_or(0, |k| k.len())
             + rec.value.len()
             + rec
@@ -783,17 +785,7 @@ impl State {
         match sent {
             Ok(()) => {}
             Err(e) if e.rdkafka_error_code().is_some_and(fit::is_permanent) => {
-                let hs = headers(rec.headers.iter().map(|(k, v)| (*k, v.as_slice())));
-                let again = Outgoing {
-                    topic,
-                    key: rec.key.as_deref(),
-                    value: &rec.value,
-                    headers: hs,
-                    timestamp_ms: Some(rec.timestamp_ms),
-                    summary,
-                };
-                let refused = Refused::of(&again, &e);
-                drop(again);
+                let refused = Refused::of(&outgoing_of(), &e);
                 self.set_aside(refused)?;
             }
             Err(e) if self.transaction_failed(&e) => return Ok(Flow::Stop),
