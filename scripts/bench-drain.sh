@@ -16,8 +16,8 @@
 #                                        1000: TRACKED_ONE_IN=1 CONTEXTS=N makes every
 #                                        evaluation a feature event and nearly every
 #                                        context new, an index event)
-#   To compare builds on one preload: KEEP_BROKER=1 leaves the broker and its topics
-#   (the input topic's name is printed); INPUT_TOPIC=that-name reads it instead of
+#   To compare builds on one preload: KEEP_BROKER=1 leaves the broker and the input
+#   topic (its name is printed; the run's other topics are deleted); INPUT_TOPIC=that-name reads it instead of
 #   preloading (same N); FLOOR=0 skips the no-op consumer and pipe runs (flagtally's
 #   own figures only); FLAGTALLY_BIN=path runs another build.
 set -euo pipefail
@@ -202,7 +202,8 @@ if full:
     print(f"no-op pipe with flagtally's four output headers (median of 3 runs): {sc:.2f} CPU-s; {per_shaped:.2f} µs per produced record beyond consuming it; flagtally {per_ft/per_shaped:.2f} × it per output record; floor ≈ {shaped_floor:.2f} CPU-s ({n/shaped_floor/n_rate:.2f} × the no-op consumer)")
 PY
 if [ "${KEEP_BROKER:-0}" = 1 ]; then
-  echo "broker kept: INPUT_TOPIC=$IN BENCH_BROKER=${BENCH_BROKER:-bench} (scripts/infra.sh stop ${BENCH_BROKER:-bench} when done)"
+  bench_drop_topics "$IN" # this run's outputs; the input stays for the next run
+  echo "broker kept: INPUT_TOPIC=$IN BENCH_BROKER=${BENCH_BROKER:-bench} (scripts/infra.sh reset ${BENCH_BROKER:-bench} when done: stop keeps its data)"
 else
   bash scripts/infra.sh reset "${BENCH_BROKER:-bench}"
 fi

@@ -10,6 +10,9 @@
 #                                           $id-dlq, summaries to $id-summary; SECTIONS
 #                                           (whole TOML sections) and OUTPUTS (more
 #                                           [output] lines) added
+#   bench_drop_topics [KEEP]                 deletes this run's topics ("$id-*"), KEEP
+#                                           (a topic name) excepted: a kept broker
+#                                           otherwise grows by every run's outputs
 #   free_port                                prints a free TCP port on 127.0.0.1
 
 bench_start() {
@@ -34,6 +37,18 @@ b, id, specs = sys.argv[1], sys.argv[2], sys.argv[3:]
 a = AdminClient({"bootstrap.servers": b})
 new = [NewTopic(f"{id}-{s.split(':')[0]}", int(s.split(':')[1]), 1) for s in specs]
 for t, f in a.create_topics(new).items():
+    f.result(30)
+PY
+}
+
+bench_drop_topics() {
+  "$PY" - "$B" "$id" "${1:-}" <<'PY'
+import sys
+from confluent_kafka.admin import AdminClient
+b, id, keep = sys.argv[1], sys.argv[2], sys.argv[3]
+a = AdminClient({"bootstrap.servers": b})
+mine = [t for t in a.list_topics(timeout=10).topics if t.startswith(id + "-") and t != keep]
+for t, f in (a.delete_topics(mine).items() if mine else []):
     f.result(30)
 PY
 }
