@@ -17,9 +17,9 @@
 #                                        evaluation a feature event and nearly every
 #                                        context new, an index event)
 #   To compare builds on one preload: KEEP_BROKER=1 leaves the broker and the input
-#   topic (its name is printed; the run's other topics are deleted); INPUT_TOPIC=that-name reads it instead of
-#   preloading (same N); FLOOR=0 skips the no-op consumer and pipe runs (flagtally's
-#   own figures only); FLAGTALLY_BIN=path runs another build.
+#   topic (its name is printed; the run's other topics are deleted); INPUT_TOPIC=name
+#   reads it instead of preloading (same N); FLOOR=0 skips the no-op consumer and pipe
+#   runs (flagtally's own figures only); FLAGTALLY_BIN=path runs another build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N="${1:-1000000}"

@@ -29,7 +29,7 @@ fn main() -> ExitCode {
 /// Turns transparent huge pages off for this process, unless `MIMALLOC_ALLOW_THP` says
 /// otherwise. mimalloc asks for huge pages on its arenas and returns freed memory to the
 /// system in 64 KiB pieces; with huge pages, each later fault there zeroes 2 MiB again.
-/// In a full-output drain that was a third of flagtally's system time and 7–15 % of its
+/// In a full-output drain that was half of flagtally's system time and 7–15 % of its
 /// CPU (docs/benchmarks.md), and the pipeline's hot data is far smaller than its churn.
 /// The kernel checks the flag at every fault, so memory mapped before `main` is covered
 /// too.

@@ -85,6 +85,11 @@ struct Seen {
 
 /// The processor's configuration: the defaults, over the mock broker's topics, with
 /// 10-second windows and a 2-second idle timeout so a short run shows its results.
+///
+/// One worker: the mock broker's group coordinator (librdkafka's test mock) sometimes
+/// holds one of two members joining together in its JoinGroup for 40 s or more, and
+/// that member's partitions go unread meanwhile (seen once in CI and in 1 of 12 runs
+/// with four quickstarts at once). Workers sharing a group are tested on Apache Kafka.
 fn config(brokers: &str) -> anyhow::Result<Config> {
     let text = format!(
         r#"
@@ -106,6 +111,7 @@ identify = "{}"
 custom = "{}"
 [processing]
 commit_interval = "500ms"
+threads = 1
 [admin]
 listen = "off"
 "#,
