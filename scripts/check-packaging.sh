@@ -16,7 +16,8 @@
 #                        needs (declared targets, include_str!/include_bytes!) and no
 #                        COPY source is missing or excluded by .dockerignore
 #   flagtally.service    `systemd-analyze verify` (against a copy whose ExecStart points
-#                        at a stub, since the binary is not installed here) and
+#                        at a stub, since the binary is not installed here, with the
+#                        credentials drop-in config/flagtally-credentials.conf) and
 #                        `systemd-analyze security --offline` when systemd-analyze
 #                        works; always: structural checks of the settings the daemon
 #                        relies on
@@ -81,6 +82,7 @@ COMPOSE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 UNIT = ROOT / "config" / "flagtally.service"
+DROPIN = ROOT / "config" / "flagtally-credentials.conf"
 CONFIG = ROOT / "config" / "flagtally.toml"
 CONFIG_EXAMPLE = ROOT / "config" / "flagtally.example.toml"
 # A file that the packaging references but that is still being renamed into place:
@@ -759,7 +761,9 @@ if unit_ok and sa:
             stub.write_text("#!/bin/sh\nexit 0\n")
             stub.chmod(0o755)
             copy = Path(tmp) / "flagtally.service"
-            copy.write_text(UNIT.read_text().replace("/usr/local/bin/flagtally", str(stub)))
+            # With the credentials drop-in, whose [Service] lines a drop-in adds.
+            copy.write_text(UNIT.read_text().replace("/usr/local/bin/flagtally", str(stub))
+                            + "\n" + DROPIN.read_text())
             r = run([sa, "verify", "--man=no", str(copy)])
             out = (r.stdout + r.stderr).strip()
             mine = [l for l in out.splitlines() if "flagtally" in l]
@@ -795,6 +799,14 @@ if unit_ok:
         unit = {}
     check({"Unit", "Service", "Install"} <= set(unit), "unit",
           "has [Unit], [Service] and [Install]", f"has {sorted(unit)}")
+    try:
+        creds = parse_unit(DROPIN.read_text()).get("Service", {}).get("LoadCredential", [])
+    except (OSError, ValueError) as e:
+        creds = []
+        fail("unit", f"config/flagtally-credentials.conf: {e}")
+    check(bool(creds) and all(":" in c and c.split(":", 1)[1].startswith("/") for c in creds),
+          "unit", "the credentials drop-in loads each credential by ID from an absolute path",
+          str(creds))
     svc = unit.get("Service", {})
 
     def one(key):

@@ -321,6 +321,19 @@ make_certs() {
   touch "$d/done"
 }
 
+# The client's key encrypted with a passphrase (kafka.tls_key_password): made beside
+# the others, also where they were made before it existed.
+CLIENT_KEY_PASSWORD=flagtally-key-secret
+encrypted_client_key() {
+  local d=$1
+  [ -f "$d/client-encrypted.key" ] && return 0
+  openssl pkey -in "$d/client.key" -aes256 -passout "pass:$CLIENT_KEY_PASSWORD" \
+    -out "$d/client-encrypted.key.tmp" 2>>"$d/openssl.log" \
+    || { say "encrypting the client key failed:"; cat "$d/openssl.log" >&2; exit 1; }
+  chmod 600 "$d/client-encrypted.key.tmp"
+  mv "$d/client-encrypted.key.tmp" "$d/client-encrypted.key"
+}
+
 # An RSA key for the OIDC tests' token endpoint (tests/python/oidc_token.py signs its
 # JWTs with it) and the JWKS the broker checks them with, made once per run directory.
 make_oauth() {
@@ -491,7 +504,9 @@ start() {
   read -r -a tls_ports <"$run/tls-ports"
   echo "export FLAGTALLY_TEST_BROKER_SASL_SSL=127.0.0.1:${tls_ports[0]}"
   echo "export FLAGTALLY_TEST_BROKER_MTLS=127.0.0.1:${tls_ports[1]}"
+  encrypted_client_key "$run/tls"
   echo "export FLAGTALLY_TEST_TLS=$run/tls"
+  echo "export FLAGTALLY_TEST_CLIENT_KEY_PASSWORD=$CLIENT_KEY_PASSWORD"
   echo "export FLAGTALLY_TEST_SASL_USER=$SASL_USER FLAGTALLY_TEST_SASL_PASSWORD=$SASL_PASSWORD"
   echo "export FLAGTALLY_TEST_ACL_USER=$ACL_USER FLAGTALLY_TEST_ACL_PASSWORD=$ACL_PASSWORD"
   echo "export FLAGTALLY_TEST_OIDC_USER=$OIDC_USER"
@@ -745,6 +760,7 @@ case "$cmd" in
   s3-errors) s3_errors ;;
   postgres) postgres ;;
   registry) registry ;;
+  registry-install) install_registry ;;
   registry-stop) registry_stop ;;
   start) start ;;
   stop) stop TERM ;;

@@ -16,8 +16,10 @@
 #            (S3, from PyPI), a Python venv with confluent-kafka, fastavro and pyarrow
 #            (the independent readers), and LaunchDarkly's Python and Node server SDKs
 #            (the real clients whose payloads tests/sdk_counting.rs counts), Apicurio
-#            Registry (from Maven Central, on a Java 21+: tests/schema_registry.rs); the
-#            broker, SeaweedFS and the registry are stopped at exit
+#            Registry (from Maven Central, on a Java 21+), installed here and started
+#            only by the tests that need it (tests/schema_registry.rs, named by
+#            FLAGTALLY_TEST_REGISTRY_NAME); the broker, SeaweedFS and the registry are
+#            stopped at exit
 #   tests    unit, property, vector, end-to-end and broker tests (cargo test)
 #   image    the container image built with podman and run against a broker
 #            (scripts/image.sh); skipped without podman
@@ -52,10 +54,11 @@ eval "$(bash scripts/infra.sh start ci)"
 eval "$(bash scripts/infra.sh postgres)"
 eval "$(bash scripts/infra.sh s3 ci)"
 eval "$(bash scripts/infra.sh sdks)"
-eval "$(bash scripts/infra.sh registry ci)"
+bash scripts/infra.sh registry-install
+FLAGTALLY_TEST_REGISTRY_NAME=ci
 eval "$(bash scripts/infra.sh goff)"
 export FLAGTALLY_TEST_BROKER FLAGTALLY_TEST_POSTGRES FLAGTALLY_TEST_S3
-export FLAGTALLY_TEST_LD_PYTHON FLAGTALLY_TEST_LD_NODE_MODULES FLAGTALLY_TEST_REGISTRY
+export FLAGTALLY_TEST_LD_PYTHON FLAGTALLY_TEST_LD_NODE_MODULES FLAGTALLY_TEST_REGISTRY_NAME
 export FLAGTALLY_TEST_GOFF_CLIENT FLAGTALLY_TEST_FEATBIT_NODE_MODULES
 trap 'rc=$?; [ "$rc" = 0 ] || bash scripts/infra.sh s3-errors ci
       bash scripts/infra.sh stop ci; bash scripts/infra.sh s3-stop ci

@@ -51,7 +51,13 @@ pub struct Health {
     kafka_problem: Mutex<Option<String>>,
     /// Why the Schema Registry cannot be used at start, if it cannot.
     registry_problem: Mutex<Option<String>>,
+    /// What was passed over and should be looked at, though the process is ready
+    /// (unreadable batches skipped): the latest [`MAX_NOTES`], shown by `/readyz`.
+    notes: Mutex<std::collections::VecDeque<String>>,
 }
+
+/// How many notes `/readyz` keeps (the metrics count them all).
+pub const MAX_NOTES: usize = 8;
 
 impl Default for Health {
     fn default() -> Self {
@@ -67,6 +73,7 @@ impl Default for Health {
             missing_topics: Mutex::new(None),
             kafka_problem: Mutex::new(None),
             registry_problem: Mutex::new(None),
+            notes: Mutex::new(std::collections::VecDeque::new()),
         }
     }
 }
@@ -168,6 +175,24 @@ impl Health {
 
     /// A problem reading the input (an unreadable record batch being skipped), or
     /// `None` once it is over.
+    /// Keeps `note` for `/readyz` (the oldest of more than [`MAX_NOTES`] goes).
+    pub fn add_note(&self, note: String) {
+        if let Ok(mut notes) = self.notes.lock() {
+            if notes.len() == MAX_NOTES {
+                notes.pop_front();
+            }
+            notes.push_back(note);
+        }
+    }
+
+    /// The kept notes, oldest first.
+    pub fn notes(&self) -> Vec<String> {
+        self.notes
+            .lock()
+            .map(|n| n.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
     pub fn set_input_problem(&self, problem: Option<String>) {
         if let Ok(mut p) = self.input_problem.lock() {
             *p = problem;
@@ -298,7 +323,13 @@ async fn readyz(State(admin): State<Arc<Admin>>) -> impl IntoResponse {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (status, format!("{}\n", admin.health.readiness()))
+    let mut body = format!("{}\n", admin.health.readiness());
+    for note in admin.health.notes() {
+        body.push_str("note: ");
+        body.push_str(&note);
+        body.push('\n');
+    }
+    (status, body)
 }
 
 /// Binds `addr` (an error here is a startup error) and serves the admin routes on a

@@ -99,6 +99,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 fn validate(args: &ValidateArgs) -> ExitCode {
     match Config::load(&args.config) {
         Ok(config) => {
+            for w in &config.warnings {
+                let _ = writeln!(std::io::stderr(), "warning: {w}");
+            }
             let topics: Vec<&str> = crate::emit::OutputKind::ALL
                 .iter()
                 .filter_map(|k| config.output.topics.topic(*k))
@@ -514,13 +517,14 @@ fn generate(args: &GenArgs) -> anyhow::Result<()> {
     use crate::quickstart::{Pace, counts_table};
     use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer as _};
 
-    let defaults = GenConfig::default();
     let mut g = Generator::new(GenConfig {
         dialect: args.dialect,
         flags: args.flags,
         variations: args.variations,
         contexts: args.contexts,
-        start_ms: args.start_ms.unwrap_or(defaults.start_ms),
+        start_ms: args
+            .start_ms
+            .unwrap_or_else(|| recent_start(args.count, args.step_ms)),
         step_ms: args.step_ms,
         skew_ms: args.skew_ms,
         malformed_one_in: args.malformed_one_in,
@@ -609,6 +613,21 @@ fn watch_missing_topics(config: &Config, path: &std::path::Path, admin: Arc<Admi
     if let Err(e) = spawned {
         tracing::warn!("checking topics: {e}");
     }
+}
+
+/// The event time of `gen`'s first record when none is given: `count` steps before
+/// now, so the last record is stamped about now. flagtally stamps its outputs with
+/// event time, and output topics keep records by timestamp (`topics create` gives
+/// them 7 days): events from a fixed date long past would have their outputs deleted
+/// by the broker's next retention check, minutes after they were written.
+fn recent_start(count: u64, step_ms: i64) -> i64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    let span = i64::try_from(count)
+        .unwrap_or(i64::MAX)
+        .saturating_mul(step_ms.max(0));
+    now.saturating_sub(span)
 }
 
 /// Makes sure `gen` has a topic to write to: creates it with `partitions` when asked,

@@ -187,7 +187,8 @@ pub struct GenArgs {
     /// Event-time step between records, in ms.
     #[arg(long, default_value_t = 1)]
     pub step_ms: i64,
-    /// Event time of the first record, in ms since the epoch (default: a fixed date).
+    /// Event time of the first record, in ms since the epoch (default: `count` ×
+    /// `step_ms` before now, so the last record is stamped about now).
     #[arg(long)]
     pub start_ms: Option<i64>,
     /// One record in N is malformed (0: none).

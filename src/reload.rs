@@ -5,7 +5,9 @@
 //! positions). Any other change is reported as needing a
 //! restart and not applied (the running value stays, and keeps being reported until
 //! the file matches it again or the process restarts). A file that does not load or
-//! check is rejected whole: the running configuration stays.
+//! check is rejected whole: the running configuration stays. A file a `*_file` key
+//! names is compared by content, so a secret or certificate rotated in place (the same
+//! path, new content) is a change like an edited key.
 
 use std::path::PathBuf;
 
@@ -73,7 +75,7 @@ impl Reloader {
     pub fn new(path: PathBuf, running: Value, set_log_level: SetLogLevel) -> Self {
         Self {
             path,
-            running,
+            running: with_file_digests(running),
             set_log_level,
         }
     }
@@ -89,6 +91,12 @@ impl Reloader {
             Ok(loaded) => loaded,
             Err(e) => return (Outcome::Rejected(e.to_string()), None),
         };
+        // Read again on every reload, so each warning (a world-readable secret file)
+        // stands in the log until it is dealt with.
+        for w in &config.warnings {
+            tracing::warn!("{w}");
+        }
+        let tree = with_file_digests(tree);
         let changed = changed_paths(&self.running, &tree);
         if changed.is_empty() {
             return (Outcome::Unchanged, None);
@@ -127,6 +135,40 @@ impl Reloader {
             };
         }
     }
+}
+
+/// `tree` with the value of each `*_file` key (a path) followed by a digest of the
+/// file's content, read where the configuration reads it. Only the digest enters the
+/// tree, never the content; an unreadable file digests as such (the load reports it).
+fn with_file_digests(mut tree: Value) -> Value {
+    fn walk(value: &mut Value) {
+        match value {
+            Value::Object(map) => {
+                for (key, v) in map.iter_mut() {
+                    match v {
+                        Value::String(path) if key.ends_with("_file") => {
+                            let content =
+                                std::fs::read(crate::kafka::security::secret_path(path.as_ref()));
+                            let digest = match content {
+                                Ok(bytes) => {
+                                    let mut h = std::hash::DefaultHasher::new();
+                                    std::hash::Hash::hash(&bytes, &mut h);
+                                    format!("{:016x}", std::hash::Hasher::finish(&h))
+                                }
+                                Err(_) => "unreadable".to_owned(),
+                            };
+                            *v = Value::String(format!("{path} (content {digest})"));
+                        }
+                        _ => walk(v),
+                    }
+                }
+            }
+            Value::Array(items) => items.iter_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    walk(&mut tree);
+    tree
 }
 
 #[cfg(test)]
@@ -215,5 +257,80 @@ mod tests {
         assert!(levels.lock().unwrap().is_empty());
         std::fs::write(dir.join("flagtally.toml"), BASE).unwrap();
         assert_eq!(r.reload([]).0, Outcome::Unchanged);
+    }
+    #[test]
+    fn a_secret_file_rotated_in_place_is_a_change() {
+        let dir = temp_dir("rotated");
+        let (hook, kafka) = (dir.join("hook-secret"), dir.join("kafka-password"));
+        std::fs::write(&hook, "first-hook-secret\n").unwrap();
+        std::fs::write(&kafka, "first-password\n").unwrap();
+        let text = format!(
+            r#"
+            [kafka]
+            input_topics = ["in"]
+            security_protocol = "sasl_ssl"
+            sasl_mechanism = "SCRAM-SHA-512"
+            sasl_username = "u"
+            sasl_password_file = "{}"
+            [output]
+            dead_letter_topic = "dlq"
+            topics.summary = "sums"
+            [[sinks]]
+            name = "hook"
+            type = "webhook"
+            topics = ["sums"]
+            url = "https://example.com/"
+            secret_file = "{}"
+            "#,
+            kafka.display(),
+            hook.display()
+        );
+        let (mut r, _) = setup(&dir, &text);
+        assert_eq!(r.reload([]).0, Outcome::Unchanged);
+        // Rewritten with the same content: still unchanged.
+        std::fs::write(&hook, "first-hook-secret\n").unwrap();
+        assert_eq!(r.reload([]).0, Outcome::Unchanged);
+
+        std::fs::write(&hook, "second-hook-secret\n").unwrap();
+        let (outcome, apply) = r.reload([]);
+        assert_eq!(
+            outcome,
+            Outcome::Changed {
+                live: vec!["sinks".into()],
+                restart: vec![],
+            }
+        );
+        let next = apply.unwrap();
+        let crate::sink::Kind::Webhook(w) = &next.sinks[0].kind else {
+            panic!("{:?}", next.sinks[0].kind)
+        };
+        assert_eq!(
+            w.secret
+                .as_ref()
+                .map(crate::kafka::security::Secret::expose),
+            Some("second-hook-secret")
+        );
+        assert_eq!(r.reload([]).0, Outcome::Unchanged);
+
+        // The broker's password is read by clients made at start: a restart.
+        std::fs::write(&kafka, "second-password\n").unwrap();
+        assert_eq!(
+            r.reload([]).0,
+            Outcome::Changed {
+                live: vec![],
+                restart: vec!["kafka.sasl_password_file".into()],
+            }
+        );
+        // Only digests are kept, never what the files hold.
+        let running = r.running.to_string();
+        for content in [
+            "first-hook-secret",
+            "second-hook-secret",
+            "first-password",
+            "second-password",
+        ] {
+            assert!(!running.contains(content), "{running}");
+        }
+        std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -74,6 +74,16 @@ pub fn plan(config: &Config, layout: &Layout) -> Vec<Planned> {
     if let Some(t) = &config.output.dead_letter_topic {
         roles.entry(t.clone()).or_default().push("dead-letter");
     }
+    // A sink writes what its destination refuses to its own dead-letter topic when it
+    // names one (the topics it reads are outputs, planned above).
+    for sink in &config.sinks {
+        if let Some(t) = &sink.delivery.dead_letter_topic {
+            let roles = roles.entry(t.clone()).or_default();
+            if !roles.contains(&"sink dead-letter") {
+                roles.push("sink dead-letter");
+            }
+        }
+    }
     roles
         .entry(config.processing.checkpoint_topic.clone())
         .or_default()
@@ -328,12 +338,29 @@ topics.feature = "events"
 topics.index = "events"
 [processing]
 checkpoint_topic = "cp"
+[[sinks]]
+name = "files"
+type = "file"
+topics = ["out"]
+path = "/tmp/flagtally-plan"
+dead_letter_topic = "sink-dlq"
+[[sinks]]
+name = "more-files"
+type = "file"
+topics = ["events"]
+path = "/tmp/flagtally-plan"
+dead_letter_topic = "sink-dlq"
 "#,
         )
         .unwrap();
         let plan = plan(&config, &Layout::default());
         let names: Vec<&str> = plan.iter().map(|p| p.name.as_str()).collect();
-        assert_eq!(names, ["cp", "dlq", "events", "in", "out"]);
+        assert_eq!(names, ["cp", "dlq", "events", "in", "out", "sink-dlq"]);
+        assert_eq!(plan[5].role, "sink dead-letter");
+        assert_eq!(
+            plan[5].settings,
+            [("retention.ms".into(), "604800000".into())]
+        );
         let cp = &plan[0];
         assert_eq!(cp.partitions, 1);
         assert_eq!(cp.settings, [("cleanup.policy".into(), "compact".into())]);

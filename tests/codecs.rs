@@ -78,6 +78,22 @@ fn every_codec_in_and_out() {
             distinct_ids(tally.tracked),
         );
         assert_eq!(dedupe(&features).len() as u64, tally.tracked, "{out}");
+        // The outputs are stored in that codec (librdkafka sends a batch that would
+        // not shrink uncompressed: small summary batches may be plain).
+        let want = CODECS.iter().position(|c| *c == out).unwrap() as u8;
+        for (topic, at_least_one) in [(&t.summary, false), (&t.feature, true)] {
+            let codecs: Vec<u8> = (0..2)
+                .flat_map(|p| batch_codecs(&segment(topic, p)))
+                .collect();
+            assert!(
+                codecs.iter().all(|c| *c == want || *c == 0),
+                "{topic} in {out}: batch codecs {codecs:?}"
+            );
+            assert!(
+                !at_least_one || codecs.contains(&want),
+                "{topic} in {out}: batch codecs {codecs:?}"
+            );
+        }
         let log = f.log_text();
         assert!(!log.contains("Not implemented"), "{log}");
         assert!(f.stop(Duration::from_secs(25)).success(), "{log}");

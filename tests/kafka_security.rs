@@ -325,6 +325,17 @@ fn the_daemon_counts_exactly_over_oauthbearer_with_oidc_token_fetch() {
         url = endpoint.url
     );
     runs_exactly(&tls.sasl_ssl, &keys, false, "oidc");
+    // The client secret as a secret key of [kafka], read from a file.
+    let dir = temp_dir("oidc-secret");
+    let file = dir.join("client-secret");
+    std::fs::write(&file, "client-secret-1\n").unwrap();
+    let keys = keys.replace(
+        ", \"sasl.oauthbearer.client.secret\" = \"client-secret-1\"",
+        "",
+    ) + &format!(
+        "sasl_oauthbearer_client_secret_file = \"{}\"\n",
+        file.display()
+    );
     runs_exactly(&tls.sasl_ssl, &keys, true, "oidc-eos");
     assert!(endpoint.issued() >= 2, "the client fetched its tokens");
 }
@@ -357,6 +368,19 @@ fn the_password_may_come_from_a_file() {
         &format!("sasl_password_file = \"{}\"\n", file.display()),
     );
     runs_exactly(&tls.sasl_ssl, &keys, false, "tls-file");
+
+    // Mutual TLS with an encrypted client key, its passphrase from a file.
+    let key_password = dir.join("key-password");
+    std::fs::write(&key_password, format!("{}\n", tls.client_key_password)).unwrap();
+    let keys = mtls_keys(tls, "client").replace(
+        "client.key\"\n",
+        &format!(
+            "client-encrypted.key\"\ntls_key_password_file = \"{}\"\n",
+            key_password.display()
+        ),
+    );
+    assert!(keys.contains("tls_key_password_file"), "{keys}");
+    runs_exactly(&tls.mtls, &keys, false, "tls-key-file");
 }
 
 /// Starts the daemon with `keys` against `address`: it waits, not ready, with
@@ -516,6 +540,68 @@ fn the_managed_kafka_examples_validate() {
     }
 }
 
+/// Under systemd, `LoadCredential=kafka-password:…` puts the secret in
+/// `$CREDENTIALS_DIRECTORY`, and a relative `*_file` key is read there; a secret file
+/// any user can read is warned about (by `validate`, at start and on each reload).
+#[test]
+fn a_relative_secret_file_is_read_from_systemd_credentials() {
+    let tls = tls_broker();
+    let dir = temp_dir("tls-credentials");
+    let credentials = dir.join("credentials");
+    std::fs::create_dir_all(&credentials).unwrap();
+    let secret = credentials.join("kafka-password");
+    std::fs::write(&secret, format!("{}\n", tls.password)).unwrap();
+    let keys = sasl_keys(tls, "unused", &tls.dir.join("ca.pem")).replace(
+        "sasl_password = \"unused\"\n",
+        "sasl_password_file = \"kafka-password\"\n",
+    );
+    let config = dir.join("flagtally.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[kafka]\nbrokers = \"{}\"\ninput_topics = [\"in\"]\n{keys}[output]\ndead_letter_topic = \"dlq\"\ntopics.summary = \"sums\"\n",
+            tls.sasl_ssl
+        ),
+    )
+    .unwrap();
+    let validate = |mode: u32, credentials_dir: Option<&std::path::Path>| {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(mode)).unwrap();
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_flagtally"));
+        cmd.args(["validate", "--config"])
+            .arg(&config)
+            .current_dir(&dir)
+            .env_remove("CREDENTIALS_DIRECTORY");
+        if let Some(d) = credentials_dir {
+            cmd.env("CREDENTIALS_DIRECTORY", d);
+        }
+        let out = cmd.output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(!text.contains(&tls.password), "the secret printed: {text}");
+        (out.status.success(), text)
+    };
+    let (ok, text) = validate(0o600, Some(&credentials));
+    assert!(ok, "{text}");
+    assert!(!text.contains("any user can read it"), "{text}");
+    let (ok, text) = validate(0o644, Some(&credentials));
+    assert!(ok, "{text}");
+    assert!(
+        text.contains(&format!(
+            "{} holds a secret and any user can read it (mode 644)",
+            secret.display()
+        )),
+        "{text}"
+    );
+    // Without the directory, the relative path is read where it stands: not there.
+    let (ok, text) = validate(0o600, None);
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("kafka.sasl_password_file: cannot read kafka-password"),
+        "{text}"
+    );
+}
+
 /// A receiver that answers every request with `status`, counting them.
 fn receiver(status: u16) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
     use std::io::Write as _;
@@ -542,7 +628,9 @@ fn secrets_appear_in_no_log_readiness_metric_or_dead_letter() {
     // The broker's password (SASL_SSL), a webhook's HMAC secret and a token in its
     // URL's query and path: the webhook refuses every request for good (400), so its
     // records become dead letters with the error, and a second webhook fails (503), so
-    // /readyz names its error. None of the secrets may show anywhere.
+    // /readyz names its error. Segment (its write key), S3 (its keys; the endpoint
+    // answers 403) and PostgreSQL (a password in its URL; nothing listens) fail too,
+    // each with its secrets. None of the secrets may show anywhere.
     let tls = tls_broker();
     let (t, _tally) = setup(500);
     let dir = temp_dir("tls-leaks");
@@ -559,6 +647,20 @@ fn secrets_appear_in_no_log_readiness_metric_or_dead_letter() {
             dlq = t.dead_letter,
         ));
     }
+    let (forbidding, forbidden) = receiver(403);
+    let (write_key, s3_id, s3_key, pg_password) = (
+        "seg-SECRET-write-key",
+        "AKIDSECRETKEYID",
+        "s3-SECRET-access-key",
+        "pg-SECRET-password",
+    );
+    cfg.push_str(&format!(
+        "\n[[sinks]]\nname = \"segment\"\ntype = \"segment\"\ntopics = [\"{summary}\"]\nurl = \"http://{failing}/v1/batch\"\nwrite_key = \"{write_key}\"\nbatch_timeout = \"200ms\"\nretry_initial = \"100ms\"\nretry_max = \"200ms\"\n\
+         \n[[sinks]]\nname = \"bucket\"\ntype = \"s3\"\ntopics = [\"{summary}\"]\nbucket = \"b\"\nendpoint = \"http://{forbidding}\"\npath_style = true\naccess_key_id = \"{s3_id}\"\nsecret_access_key = \"{s3_key}\"\nbatch_timeout = \"200ms\"\nretry_initial = \"100ms\"\nretry_max = \"200ms\"\n\
+         \n[[sinks]]\nname = \"warehouse\"\ntype = \"postgres\"\ntopics = [\"{summary}\"]\nurl = \"postgresql://flagtally:{pg_password}@127.0.0.1:{closed}/db?sslmode=disable\"\nbatch_timeout = \"200ms\"\nretry_initial = \"100ms\"\nretry_max = \"200ms\"\n",
+        summary = t.summary,
+        closed = free_port(),
+    ));
     let admin = format!("127.0.0.1:{}", free_port());
     let d = Flagtally::start_with_env(
         &cfg,
@@ -577,7 +679,9 @@ fn secrets_appear_in_no_log_readiness_metric_or_dead_letter() {
             readyz = http_get(&admin, "/readyz")
                 .map(|(_, b)| b)
                 .unwrap_or_default();
-            readyz.contains("failing")
+            ["failing", "segment", "bucket", "warehouse"]
+                .iter()
+                .all(|name| readyz.contains(name))
         }),
         "{readyz}\n{}",
         d.log_text()
@@ -585,6 +689,7 @@ fn secrets_appear_in_no_log_readiness_metric_or_dead_letter() {
     let metrics = http_get(&admin, "/metrics").unwrap().1;
     assert!(refused.load(std::sync::atomic::Ordering::Relaxed) > 0);
     assert!(failed.load(std::sync::atomic::Ordering::Relaxed) > 0);
+    assert!(forbidden.load(std::sync::atomic::Ordering::Relaxed) > 0);
     let log = d.log_text();
     assert!(d.stop(Duration::from_secs(30)).success());
     let letters_text: String = letters
@@ -603,7 +708,15 @@ fn secrets_appear_in_no_log_readiness_metric_or_dead_letter() {
         ("/metrics", &metrics),
         ("the dead letters", &letters_text),
     ] {
-        for secret in [tls.password.as_str(), token, hmac] {
+        for secret in [
+            tls.password.as_str(),
+            token,
+            hmac,
+            write_key,
+            s3_id,
+            s3_key,
+            pg_password,
+        ] {
             assert!(!text.contains(secret), "{place} shows {secret:?}:\n{text}");
         }
     }

@@ -435,8 +435,33 @@ fn tls_modes_encrypt_and_verify_as_libpq_does() {
         let e = connect(url.clone()).expect_err(&url);
         assert!(e.contains("sslmode=") && e.contains(why), "{url}: {e}");
     }
-    // Rows through a verify-full connection (TLS is required in that mode): exact.
+    // The server's own view: a require connection is encrypted, a disable one is not
+    // (each found by the sink's name, its application_name).
     let mut db = sql(&postgres_url());
+    for (mode, encrypted) in [("require", true), ("disable", false)] {
+        let name = unique("pgssl");
+        let mut p = Postgres::new(
+            &name,
+            PostgresSettings {
+                url: format!("postgresql://{base}?sslmode={mode}"),
+                schema: unique("ft_tls").replace('-', "_"),
+                create_tables: true,
+                featbit_env_id: None,
+                timeout: Duration::from_secs(5),
+            },
+        );
+        p.connect().unwrap();
+        let rows = db
+            .query(
+                "SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)
+                 WHERE a.application_name = $1",
+                &[&format!("flagtally sink {name}")],
+            )
+            .unwrap();
+        assert_eq!(rows.len(), 1, "{mode}: one connection named for the sink");
+        assert_eq!(rows[0].get::<_, bool>(0), encrypted, "{mode}");
+    }
+    // Rows through a verify-full connection (TLS is required in that mode): exact.
     let url = format!("postgresql://{by_name}?sslmode=verify-full&sslrootcert={ca}");
     let (broker, t, records, tally) = setup(2_000);
     produce(&broker, &t.input, 2, &records);

@@ -16,16 +16,20 @@ use std::time::Duration;
 use common::*;
 use flagtally::registry::{Client, RegistryConfig};
 
-/// The test registry: `FLAGTALLY_TEST_REGISTRY`, else one started for this run.
+/// The test registry: `FLAGTALLY_TEST_REGISTRY`, else the one `scripts/infra.sh
+/// registry` starts (or finds running) under `FLAGTALLY_TEST_REGISTRY_NAME` (default
+/// `test`): only the tests that need it start it.
 fn registry() -> &'static str {
     static URL: OnceLock<String> = OnceLock::new();
     URL.get_or_init(|| {
         if let Ok(url) = std::env::var("FLAGTALLY_TEST_REGISTRY") {
             return url;
         }
+        let name =
+            std::env::var("FLAGTALLY_TEST_REGISTRY_NAME").unwrap_or_else(|_| "test".to_owned());
         let out = std::process::Command::new("bash")
             .arg(repo().join("scripts/infra.sh"))
-            .args(["registry", "test"])
+            .args(["registry", &name])
             .output()
             .unwrap();
         assert!(out.status.success(), "{out:?}");
@@ -144,6 +148,71 @@ fn registry_framed_avro_in_and_out_with_independent_clients() {
     assert!(ft.stop(Duration::from_secs(30)).success());
 }
 
+/// The outputs' subjects follow `subject_naming`, and `auto_register = false` takes
+/// each subject's latest version: refused, naming the subject, while it has none;
+/// the registered ids once it has.
+#[test]
+fn subjects_follow_the_naming_and_latest_versions_serve_without_registering() {
+    use flagtally::emit::OutputKind::{Feature, Summary};
+    use flagtally::registry::outputs::output_ids;
+    let url = registry();
+    let stem = unique("subjects");
+    let topics: flagtally::emit::Topics = toml::from_str(&format!(
+        "summary = \"{stem}-sums\"\nfeature = \"{stem}-events\""
+    ))
+    .unwrap();
+    let settings = |naming: &str, auto: bool| -> RegistryConfig {
+        toml::from_str(&format!(
+            "url = \"{url}\"\nsubject_naming = \"{naming}\"\nauto_register = {auto}"
+        ))
+        .unwrap()
+    };
+    let ids = |naming: &str, auto: bool| {
+        let config = settings(naming, auto);
+        output_ids(&Client::new(&config).unwrap(), &config, &topics)
+    };
+    let latest = |subject: &str| client(url).latest(subject).unwrap().0;
+
+    let refused = ids("topic", false).unwrap_err().to_string();
+    assert!(
+        refused.contains(&format!(
+            "subject {stem}-sums-value (the summary output) has no version"
+        )),
+        "{refused}"
+    );
+    let registered = ids("topic", true).unwrap();
+    assert_eq!(
+        registered.get(Summary),
+        Some(latest(&format!("{stem}-sums-value")))
+    );
+    assert_eq!(
+        registered.get(Feature),
+        Some(latest(&format!("{stem}-events-value")))
+    );
+    let found = ids("topic", false).unwrap();
+    assert_eq!(
+        (found.get(Summary), found.get(Feature)),
+        (registered.get(Summary), registered.get(Feature))
+    );
+
+    let by_topic_record = ids("topic-record", true).unwrap();
+    assert_eq!(
+        by_topic_record.get(Summary),
+        Some(latest(&format!("{stem}-sums-flagtally.output.Summary")))
+    );
+    assert_eq!(
+        by_topic_record.get(Feature),
+        Some(latest(&format!("{stem}-events-flagtally.output.Feature")))
+    );
+    let by_record = ids("record", true).unwrap();
+    assert_eq!(
+        by_record.get(Summary),
+        Some(latest("flagtally.output.Summary"))
+    );
+    let found = ids("record", false).unwrap();
+    assert_eq!(found.get(Feature), Some(latest("flagtally.output.Feature")));
+}
+
 /// A registry that does not answer: Confluent-framed input is dead-lettered as
 /// `registry_unavailable` (never a silent stall), and Avro outputs wait at start with
 /// `/readyz` naming the registry.
@@ -156,7 +225,12 @@ fn an_unreachable_registry_is_named_never_a_silent_stall() {
     framed.extend_from_slice(&[2, 0]);
     produce(broker, &t.input, 1, &[framed.clone(), framed]);
     let json_out = config(&t, &closed, "native-avro").replace("format = \"avro\"\n", "");
-    let ft = Flagtally::start(&json_out, &unique("registry-down-in"));
+    let admin_in = format!("127.0.0.1:{}", free_port());
+    let ft = Flagtally::start_with_env(
+        &json_out,
+        &unique("registry-down-in"),
+        &[("FLAGTALLY__ADMIN__LISTEN", admin_in.as_str())],
+    );
     let letters = read_until(broker, &t.dead_letter, Duration::from_secs(60), {
         let mut n = 0;
         move |_| {
@@ -171,6 +245,14 @@ fn an_unreachable_registry_is_named_never_a_silent_stall() {
             Some("registry_unavailable")
         );
     }
+    // And counted, by reason.
+    let metrics = http_get(&admin_in, "/metrics").unwrap().1;
+    assert!(
+        metrics.contains(
+            "flagtally_decode_errors_total{dialect=\"native-avro\",reason=\"registry_unavailable\"} 2"
+        ),
+        "{metrics}"
+    );
     assert!(ft.stop(Duration::from_secs(30)).success());
 
     let port = free_port();

@@ -15,31 +15,6 @@ use common::*;
 use rdkafka::ClientConfig;
 use rdkafka::producer::Producer as _;
 
-/// The segment file of partition 0 of `topic`, wherever the test broker keeps it.
-fn segment(topic: &str) -> PathBuf {
-    let infra = std::env::var("FLAGTALLY_INFRA").map_or_else(
-        |_| {
-            let cache = std::env::var("XDG_CACHE_HOME").map_or_else(
-                |_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache"),
-                PathBuf::from,
-            );
-            cache.join("flagtally")
-        },
-        PathBuf::from,
-    );
-    for run in std::fs::read_dir(infra.join("run")).unwrap().flatten() {
-        let file = run
-            .path()
-            .join("data")
-            .join(format!("{topic}-0"))
-            .join("00000000000000000000.log");
-        if file.exists() {
-            return file;
-        }
-    }
-    panic!("no segment file for {topic}");
-}
-
 /// Damages the compressed records of every batch whose base offset is in `range`
 /// (their headers stay intact, so the broker still serves them); returns those base
 /// offsets.
@@ -97,7 +72,7 @@ fn an_unreadable_batch_is_skipped_with_a_dead_letter_or_stops_the_instance() {
         }
         p.flush(Duration::from_secs(30)).unwrap();
     }
-    let damaged = damage(&segment(&t.input), 50..100);
+    let damaged = damage(&segment(&t.input, 0), 50..100);
     assert!(!damaged.is_empty() && damaged[0] == 50, "{damaged:?}");
 
     // skip (the default): the 100 readable evaluations are counted, each damaged batch
@@ -156,6 +131,19 @@ fn an_unreadable_batch_is_skipped_with_a_dead_letter_or_stops_the_instance() {
         "one dead letter per damaged batch, at its base offset"
     );
     assert_eq!(ranges.last().unwrap().1, 99, "{ranges:?}");
+    // /readyz stays ready and names each skipped batch (the latest ones it keeps),
+    // partition and offsets.
+    let (status, readyz) = http_get(&admin, "/readyz").unwrap();
+    assert_eq!(status, 200, "{readyz}");
+    for (from, to) in ranges.iter().rev().take(flagtally::admin::MAX_NOTES) {
+        assert!(
+            readyz.contains(&format!(
+                "note: skipped an unreadable record batch: {}/0 offsets {from}–{to} (dead-lettered)",
+                t.input
+            )),
+            "{readyz}"
+        );
+    }
     let (_, metrics) = http_get(&admin, "/metrics").unwrap();
     assert!(
         metrics.contains(&format!(

@@ -598,9 +598,15 @@ impl Config {
         let have = crate::kafka::features::builtin();
         for (prefix, props) in [
             ("kafka", &typed),
-            ("kafka.properties", &self.kafka.properties),
-            ("kafka.consumer_properties", &self.kafka.consumer_properties),
-            ("kafka.producer_properties", &self.kafka.producer_properties),
+            ("kafka.properties", &self.kafka.properties.0),
+            (
+                "kafka.consumer_properties",
+                &self.kafka.consumer_properties.0,
+            ),
+            (
+                "kafka.producer_properties",
+                &self.kafka.producer_properties.0,
+            ),
         ] {
             problems.extend(crate::kafka::features::missing(prefix, props, have));
         }
@@ -874,6 +880,9 @@ mod tests {
         let text = format!(
             "{MINIMAL}
 [kafka.properties]
+\"sasl.oauthbearer.client.secret\" = \"oidc-SEKRIT-6\"
+\"ssl.keystore.password\" = \"ks-SEKRIT-7\"
+\"client.id\" = \"shown-as-given\"
 [output.schema_registry]
 url = \"http://r\"
 username = \"u\"
@@ -907,6 +916,45 @@ url = \"postgresql://u:pg-SEKRIT-5@127.0.0.1/db\"
         let config = Config::parse(&text).unwrap();
         let shown = format!("{config:?} {:?}", config.sink_plan());
         assert!(!shown.contains("SEKRIT"), "{shown}");
+        assert!(shown.contains("shown-as-given"), "{shown}");
+    }
+
+    #[test]
+    fn the_oidc_client_secret_is_a_secret_key() {
+        let dir = std::env::temp_dir().join(format!("flagtally-oidc-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("client-secret");
+        std::fs::write(&file, "oidc-SEKRIT\n").unwrap();
+        let text = MINIMAL.replacen(
+            "input_topics = [\"in\"]",
+            &format!(
+                "input_topics = [\"in\"]\nsecurity_protocol = \"sasl_ssl\"\nsasl_mechanism = \"OAUTHBEARER\"\nsasl_oauthbearer_client_secret_file = \"{}\"",
+                file.display()
+            ),
+            1,
+        );
+        let config = Config::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let props = config.kafka.security_properties();
+        assert!(
+            props.contains(&("sasl.oauthbearer.client.secret", "oidc-SEKRIT".to_owned())),
+            "{props:?}"
+        );
+        assert!(!format!("{config:?}").contains("SEKRIT"));
+        // Given twice, or for another mechanism: refused, naming the key.
+        let twice =
+            format!("{text}[kafka.properties]\n\"sasl.oauthbearer.client.secret\" = \"x\"\n");
+        let e = Config::parse(&twice).unwrap_err();
+        assert!(
+            e.contains("kafka.sasl_oauthbearer_client_secret: also set"),
+            "{e}"
+        );
+        let scram = text.replace("\"OAUTHBEARER\"", "\"SCRAM-SHA-512\"");
+        let e = Config::parse(&scram).unwrap_err();
+        assert!(
+            e.contains("kafka.sasl_oauthbearer_client_secret: set for sasl_mechanism = \"OAUTHBEARER\" only"),
+            "{e}"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

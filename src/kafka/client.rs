@@ -26,11 +26,11 @@ pub struct KafkaConfig {
     /// Any librdkafka property, for consumer and producer alike (security.protocol,
     /// sasl.*, ssl.*, …).
     #[serde(default)]
-    pub properties: BTreeMap<String, String>,
+    pub properties: Properties,
     #[serde(default)]
-    pub consumer_properties: BTreeMap<String, String>,
+    pub consumer_properties: Properties,
     #[serde(default)]
-    pub producer_properties: BTreeMap<String, String>,
+    pub producer_properties: Properties,
     /// `plaintext` (default) | `ssl` | `sasl_plaintext` | `sasl_ssl`.
     pub security_protocol: Option<Protocol>,
     /// `PLAIN` | `SCRAM-SHA-256` | `SCRAM-SHA-512` | `OAUTHBEARER`.
@@ -48,6 +48,56 @@ pub struct KafkaConfig {
     pub tls_key_file: Option<PathBuf>,
     pub tls_key_password: Option<Secret>,
     pub tls_key_password_file: Option<PathBuf>,
+    /// OAUTHBEARER with OIDC: the client secret sent to the token endpoint
+    /// (`sasl.oauthbearer.client.secret`; the method, client id and endpoint are
+    /// librdkafka properties).
+    pub sasl_oauthbearer_client_secret: Option<Secret>,
+    pub sasl_oauthbearer_client_secret_file: Option<PathBuf>,
+}
+
+/// librdkafka properties as given. Their debug form hides the value of each property
+/// that may hold a secret ([`may_hold_secret`]).
+#[derive(Clone, Default, Deserialize)]
+#[serde(transparent)]
+pub struct Properties(pub BTreeMap<String, String>);
+
+impl std::ops::Deref for Properties {
+    type Target = BTreeMap<String, String>;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Properties {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl std::fmt::Debug for Properties {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map()
+            .entries(self.0.iter().map(|(k, v)| {
+                let shown = if may_hold_secret(k) { "<redacted>" } else { v };
+                (k, shown)
+            }))
+            .finish()
+    }
+}
+
+/// Whether a librdkafka property's value may be a secret: passwords, client secrets,
+/// JAAS and OAUTHBEARER configurations, and keys given inline.
+pub fn may_hold_secret(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    [
+        "password",
+        "secret",
+        "jaas",
+        "sasl.oauthbearer.config",
+        "key.pem",
+    ]
+    .iter()
+    .any(|s| name.contains(s))
 }
 
 impl Default for KafkaConfig {
@@ -57,9 +107,9 @@ impl Default for KafkaConfig {
             group_id: "flagtally".to_owned(),
             instance_id: None,
             input_topics: Vec::new(),
-            properties: BTreeMap::new(),
-            consumer_properties: BTreeMap::new(),
-            producer_properties: BTreeMap::new(),
+            properties: Properties::default(),
+            consumer_properties: Properties::default(),
+            producer_properties: Properties::default(),
             security_protocol: None,
             sasl_mechanism: None,
             sasl_username: None,
@@ -70,6 +120,8 @@ impl Default for KafkaConfig {
             tls_key_file: None,
             tls_key_password: None,
             tls_key_password_file: None,
+            sasl_oauthbearer_client_secret: None,
+            sasl_oauthbearer_client_secret_file: None,
         }
     }
 }

@@ -98,6 +98,9 @@ impl KafkaConfig {
         if let Some(p) = &self.tls_key_password {
             out.push(("ssl.key.password", p.expose().to_owned()));
         }
+        if let Some(s) = &self.sasl_oauthbearer_client_secret {
+            out.push(("sasl.oauthbearer.client.secret", s.expose().to_owned()));
+        }
         out
     }
 
@@ -115,6 +118,11 @@ impl KafkaConfig {
                 "kafka.tls_key_password",
                 &self.tls_key_password_file,
                 &mut self.tls_key_password,
+            ),
+            (
+                "kafka.sasl_oauthbearer_client_secret",
+                &self.sasl_oauthbearer_client_secret_file,
+                &mut self.sasl_oauthbearer_client_secret,
             ),
         ] {
             let Some(file) = file else { continue };
@@ -166,6 +174,23 @@ impl KafkaConfig {
                 }
             }
         }
+        if self.sasl_oauthbearer_client_secret.is_some() {
+            if self.sasl_mechanism.as_deref() != Some("OAUTHBEARER") {
+                problems.push(
+                    "kafka.sasl_oauthbearer_client_secret: set for sasl_mechanism = \"OAUTHBEARER\" only"
+                        .to_owned(),
+                );
+            }
+            if self
+                .properties
+                .contains_key("sasl.oauthbearer.client.secret")
+            {
+                problems.push(
+                    "kafka.sasl_oauthbearer_client_secret: also set as kafka.properties.\"sasl.oauthbearer.client.secret\"; keep one"
+                        .to_owned(),
+                );
+            }
+        }
         let tls_keys = self.tls_ca_file.is_some()
             || self.tls_cert_file.is_some()
             || self.tls_key_file.is_some();
@@ -205,14 +230,8 @@ impl KafkaConfig {
 /// read in systemd's credentials directory (`$CREDENTIALS_DIRECTORY`, set for a unit
 /// with `LoadCredential=`) when there is one: `sasl_password_file = "kafka-password"`.
 pub fn read_secret(file: &Path, warnings: &mut Vec<String>) -> Result<Secret, String> {
-    let resolved;
-    let file = match std::env::var_os("CREDENTIALS_DIRECTORY") {
-        Some(dir) if file.is_relative() => {
-            resolved = Path::new(&dir).join(file);
-            resolved.as_path()
-        }
-        _ => file,
-    };
+    let resolved = secret_path(file);
+    let file = resolved.as_path();
     let text = std::fs::read_to_string(file)
         .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
     #[cfg(unix)]
@@ -234,6 +253,15 @@ pub fn read_secret(file: &Path, warnings: &mut Vec<String>) -> Result<Secret, St
         return Err(format!("{} is empty", file.display()));
     }
     Ok(Secret::new(text))
+}
+
+/// Where a secret file is read: a relative path in systemd's credentials directory
+/// (`$CREDENTIALS_DIRECTORY`) when there is one, any other path as it is.
+pub fn secret_path(file: &Path) -> std::path::PathBuf {
+    match std::env::var_os("CREDENTIALS_DIRECTORY") {
+        Some(dir) if file.is_relative() => Path::new(&dir).join(file),
+        _ => file.to_path_buf(),
+    }
 }
 
 fn now_secs() -> i64 {

@@ -89,6 +89,13 @@ impl State {
         if !replaying && e.offset >= part.replay_from {
             self.dead_letter_unreadable(e, end, &what)?;
         }
+        self.admin.health.add_note(format!(
+            "skipped an unreadable record batch: {}/{} offsets {}–{} (dead-lettered)",
+            e.topic,
+            e.partition,
+            e.offset,
+            end - 1
+        ));
         let now = self.now;
         let part = &mut self.parts[i];
         if replaying && end >= part.replay_until {

@@ -137,3 +137,76 @@ impl Writers {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::{BufRead as _, BufReader, Write as _};
+
+    use super::*;
+
+    /// A registry on 127.0.0.1 that knows schema id 1, answers 503 for id 3 and 404 for
+    /// any other, recording each path asked.
+    fn fake_registry() -> (String, Arc<Mutex<Vec<String>>>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let asked = Arc::new(Mutex::new(Vec::new()));
+        let seen = Arc::clone(&asked);
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let mut reader = BufReader::new(&stream);
+                let mut request = String::new();
+                if reader.read_line(&mut request).is_err() {
+                    continue;
+                }
+                let mut header = String::new();
+                while reader.read_line(&mut header).is_ok_and(|n| n > 2) {
+                    header.clear();
+                }
+                let path = request.split_whitespace().nth(1).unwrap_or("").to_owned();
+                seen.lock().unwrap().push(path.clone());
+                let (status, body) = match path.as_str() {
+                    "/schemas/ids/1" => (
+                        200,
+                        serde_json::json!({"schema": r#"{"type":"record","name":"Other","fields":[{"name":"flagKey","type":"string"}]}"#})
+                            .to_string(),
+                    ),
+                    "/schemas/ids/3" => (503, r#"{"message":"busy"}"#.to_owned()),
+                    _ => (404, r#"{"error_code":40403,"message":"Schema not found"}"#.to_owned()),
+                };
+                let _ = write!(
+                    &stream,
+                    "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        (url, asked)
+    }
+
+    #[test]
+    fn each_id_is_asked_once_and_a_failure_waits_for_its_retry() {
+        let (url, asked) = fake_registry();
+        let config: RegistryConfig = toml::from_str(&format!("url = \"{url}\"")).unwrap();
+        let writers = Writers::new(&config, b"not this schema's fingerprint").unwrap();
+        for _ in 0..3 {
+            let Lookup::Found(w) = writers.get(1) else {
+                panic!("id 1 is known")
+            };
+            assert!(matches!(*w, Writer::Other(_)));
+            assert!(matches!(writers.get(2), Lookup::Unknown(e) if e.contains("schema id 2")));
+            assert!(matches!(writers.get(3), Lookup::Unavailable(e) if e.contains("HTTP 503")));
+        }
+        // Found and unknown ids are kept; an unavailable one is asked again after
+        // RETRY_UNAVAILABLE, an unknown one only after RETRY_UNKNOWN.
+        assert_eq!(
+            *asked.lock().unwrap(),
+            ["/schemas/ids/1", "/schemas/ids/2", "/schemas/ids/3"]
+        );
+        std::thread::sleep(RETRY_UNAVAILABLE + Duration::from_millis(100));
+        assert!(matches!(writers.get(3), Lookup::Unavailable(_)));
+        assert!(matches!(writers.get(2), Lookup::Unknown(_)));
+        assert!(matches!(writers.get(1), Lookup::Found(_)));
+        assert_eq!(asked.lock().unwrap().len(), 4);
+        assert_eq!(asked.lock().unwrap()[3], "/schemas/ids/3");
+    }
+}

@@ -268,11 +268,15 @@ fn statement_timeout(timeout: Duration) -> Duration {
     (timeout * 6).max(Duration::from_secs(60))
 }
 
-/// The connection settings of `url` with the sink's timeouts, and its TLS settings
-/// (`sslmode`, `sslrootcert`: [`super::pg_tls`]).
+/// The connection settings of `url` with the sink's timeouts, its name as the
+/// `application_name` (unless the URL sets one: `pg_stat_activity` shows which sink a
+/// connection is), and its TLS settings (`sslmode`, `sslrootcert`:
+/// [`super::pg_tls`]). The URL's own `options` come after the statement timeout's,
+/// so `options=-c statement_timeout=…` in it wins.
 fn connection_config(
     url: &str,
     timeout: Duration,
+    sink: &str,
 ) -> anyhow::Result<(postgres::Config, super::pg_tls::Tls)> {
     let (rest, tls) = super::pg_tls::split(url).map_err(anyhow::Error::msg)?;
     let mut config: postgres::Config = rest
@@ -285,13 +289,16 @@ fn connection_config(
     );
     match config.get_options() {
         Some(o) => {
-            let joined = format!("{o} {options}");
+            let joined = format!("{options} {o}");
             config.options(&joined)
         }
         None => config.options(&options),
     };
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(timeout);
+    }
+    if config.get_application_name().is_none() {
+        config.application_name(&format!("flagtally sink {sink}"));
     }
     config
         .keepalives(true)
@@ -337,7 +344,8 @@ impl Postgres {
     /// The connection, opened (schema, tables, staging table) when there is none.
     fn client(&mut self) -> anyhow::Result<&mut Client> {
         if self.client.is_none() {
-            let (config, tls) = connection_config(&self.settings.url, self.settings.timeout)?;
+            let (config, tls) =
+                connection_config(&self.settings.url, self.settings.timeout, &self.sink)?;
             let connector = super::pg_tls::connector(&tls).map_err(anyhow::Error::msg)?;
             let mut client = config.connect(connector).with_context(|| {
                 format!("connecting to PostgreSQL (sslmode={})", tls.mode.name())

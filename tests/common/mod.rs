@@ -69,8 +69,10 @@ pub struct TlsBroker {
     /// SSL with client certificates required.
     pub mtls: String,
     /// `ca.pem`, `client.pem`/`client.key`, `expired.pem`/`expired.key`,
-    /// `other-ca.pem`.
+    /// `other-ca.pem`, and `client-encrypted.key` (`client.key` encrypted with
+    /// `client_key_password`).
     pub dir: PathBuf,
+    pub client_key_password: String,
     pub user: String,
     pub password: String,
     /// A SCRAM user with only the ACLs a test grants it (the others are super users).
@@ -102,6 +104,7 @@ pub fn tls_broker() -> &'static TlsBroker {
             sasl_ssl: get("FLAGTALLY_TEST_BROKER_SASL_SSL"),
             mtls: get("FLAGTALLY_TEST_BROKER_MTLS"),
             dir: PathBuf::from(get("FLAGTALLY_TEST_TLS")),
+            client_key_password: get("FLAGTALLY_TEST_CLIENT_KEY_PASSWORD"),
             user: get("FLAGTALLY_TEST_SASL_USER"),
             password: get("FLAGTALLY_TEST_SASL_PASSWORD"),
             acl_user: get("FLAGTALLY_TEST_ACL_USER"),
@@ -216,6 +219,51 @@ pub fn topic_config(broker: &str, topic: &str, name: &str) -> Option<String> {
             .unwrap();
     let resource = results.into_iter().next()?.ok()?;
     resource.get(name).and_then(|e| e.value.clone())
+}
+
+/// The first segment file of partition `partition` of `topic`, wherever the test
+/// broker (`scripts/infra.sh`) keeps it.
+pub fn segment(topic: &str, partition: i32) -> PathBuf {
+    let infra = std::env::var("FLAGTALLY_INFRA").map_or_else(
+        |_| {
+            let cache = std::env::var("XDG_CACHE_HOME").map_or_else(
+                |_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache"),
+                PathBuf::from,
+            );
+            cache.join("flagtally")
+        },
+        PathBuf::from,
+    );
+    for run in std::fs::read_dir(infra.join("run")).unwrap().flatten() {
+        let file = run
+            .path()
+            .join("data")
+            .join(format!("{topic}-{partition}"))
+            .join("00000000000000000000.log");
+        if file.exists() {
+            return file;
+        }
+    }
+    panic!("no segment file for {topic}-{partition}");
+}
+
+/// The compression codec of each record batch in a segment file, as the broker stored
+/// it (the low 3 bits of the batch's attributes: 0 none, 1 gzip, 2 snappy, 3 lz4,
+/// 4 zstd).
+pub fn batch_codecs(file: &Path) -> Vec<u8> {
+    let bytes = std::fs::read(file).unwrap();
+    let (mut at, mut codecs) = (0usize, Vec::new());
+    // baseOffset (8), batchLength (4), partitionLeaderEpoch (4), magic (1), crc (4),
+    // attributes (2).
+    while at + 23 <= bytes.len() {
+        let len = i32::from_be_bytes(bytes[at + 8..at + 12].try_into().unwrap()) as usize;
+        if len == 0 || at + 12 + len > bytes.len() {
+            break;
+        }
+        codecs.push(bytes[at + 22] & 0x07);
+        at += 12 + len;
+    }
+    codecs
 }
 
 /// The (low, high) watermarks of each partition of `topic`: a low one above 0 where
