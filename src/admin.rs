@@ -165,16 +165,16 @@ impl Health {
         }
     }
 
-    /// The first sink problem, if any.
+    /// Every failing sink's problem, by name, on one line.
     fn sink_problem(&self) -> Option<String> {
         let sinks = self.sinks.lock().ok()?;
-        sinks
+        let failing: Vec<String> = sinks
             .iter()
-            .find_map(|(name, p)| p.as_ref().map(|p| format!("sink {name}: {p}")))
+            .filter_map(|(name, p)| p.as_ref().map(|p| format!("sink {name}: {p}")))
+            .collect();
+        (!failing.is_empty()).then(|| failing.join("; "))
     }
 
-    /// A problem reading the input (an unreadable record batch being skipped), or
-    /// `None` once it is over.
     /// Keeps `note` for `/readyz` (the oldest of more than [`MAX_NOTES`] goes).
     pub fn add_note(&self, note: String) {
         if let Ok(mut notes) = self.notes.lock() {
@@ -193,6 +193,8 @@ impl Health {
             .unwrap_or_default()
     }
 
+    /// A problem reading the input (an unreadable record batch being skipped), or
+    /// `None` once it is over.
     pub fn set_input_problem(&self, problem: Option<String>) {
         if let Ok(mut p) = self.input_problem.lock() {
             *p = problem;

@@ -628,9 +628,10 @@ fn secrets_appear_in_no_log_readiness_metric_or_dead_letter() {
     // The broker's password (SASL_SSL), a webhook's HMAC secret and a token in its
     // URL's query and path: the webhook refuses every request for good (400), so its
     // records become dead letters with the error, and a second webhook fails (503), so
-    // /readyz names its error. Segment (its write key), S3 (its keys; the endpoint
-    // answers 403) and PostgreSQL (a password in its URL; nothing listens) fail too,
-    // each with its secrets. None of the secrets may show anywhere.
+    // /readyz names its error. Segment (its write key; it sends feature events, not
+    // summaries), S3 (its keys; the endpoint answers 403) and PostgreSQL (a password
+    // in its URL; nothing listens) fail too, each with its secrets. None of the
+    // secrets may show anywhere.
     let tls = tls_broker();
     let (t, _tally) = setup(500);
     let dir = temp_dir("tls-leaks");
@@ -655,10 +656,11 @@ fn secrets_appear_in_no_log_readiness_metric_or_dead_letter() {
         "pg-SECRET-password",
     );
     cfg.push_str(&format!(
-        "\n[[sinks]]\nname = \"segment\"\ntype = \"segment\"\ntopics = [\"{summary}\"]\nurl = \"http://{failing}/v1/batch\"\nwrite_key = \"{write_key}\"\nbatch_timeout = \"200ms\"\nretry_initial = \"100ms\"\nretry_max = \"200ms\"\n\
+        "\n[[sinks]]\nname = \"segment\"\ntype = \"segment\"\ntopics = [\"{feature}\"]\nurl = \"http://{failing}/v1/batch\"\nwrite_key = \"{write_key}\"\nbatch_timeout = \"200ms\"\nretry_initial = \"100ms\"\nretry_max = \"200ms\"\n\
          \n[[sinks]]\nname = \"bucket\"\ntype = \"s3\"\ntopics = [\"{summary}\"]\nbucket = \"b\"\nendpoint = \"http://{forbidding}\"\npath_style = true\naccess_key_id = \"{s3_id}\"\nsecret_access_key = \"{s3_key}\"\nbatch_timeout = \"200ms\"\nretry_initial = \"100ms\"\nretry_max = \"200ms\"\n\
          \n[[sinks]]\nname = \"warehouse\"\ntype = \"postgres\"\ntopics = [\"{summary}\"]\nurl = \"postgresql://flagtally:{pg_password}@127.0.0.1:{closed}/db?sslmode=disable\"\nbatch_timeout = \"200ms\"\nretry_initial = \"100ms\"\nretry_max = \"200ms\"\n",
         summary = t.summary,
+        feature = t.feature,
         closed = free_port(),
     ));
     let admin = format!("127.0.0.1:{}", free_port());
