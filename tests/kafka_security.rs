@@ -346,10 +346,23 @@ fn the_daemon_counts_exactly_over_sasl_ssl_and_mutual_tls() {
     let ca = tls.dir.join("ca.pem");
     let sasl = sasl_keys(tls, &tls.password, &ca);
     let mtls = mtls_keys(tls, "client");
+    // The second mutual-TLS run with the client key encrypted, its passphrase from a
+    // file (kafka.tls_key_password_file).
+    let dir = temp_dir("tls-key-password");
+    let key_password = dir.join("key-password");
+    std::fs::write(&key_password, format!("{}\n", tls.client_key_password)).unwrap();
+    let encrypted = mtls.replace(
+        "client.key\"\n",
+        &format!(
+            "client-encrypted.key\"\ntls_key_password_file = \"{}\"\n",
+            key_password.display()
+        ),
+    );
+    assert!(encrypted.contains("tls_key_password_file"), "{encrypted}");
     runs_exactly(&tls.sasl_ssl, &sasl, false, "tls-sasl");
     runs_exactly(&tls.sasl_ssl, &sasl, true, "tls-sasl-eos");
     runs_exactly(&tls.mtls, &mtls, false, "tls-mtls");
-    runs_exactly(&tls.mtls, &mtls, true, "tls-mtls-eos");
+    runs_exactly(&tls.mtls, &encrypted, true, "tls-mtls-eos");
 }
 
 #[test]
@@ -368,19 +381,6 @@ fn the_password_may_come_from_a_file() {
         &format!("sasl_password_file = \"{}\"\n", file.display()),
     );
     runs_exactly(&tls.sasl_ssl, &keys, false, "tls-file");
-
-    // Mutual TLS with an encrypted client key, its passphrase from a file.
-    let key_password = dir.join("key-password");
-    std::fs::write(&key_password, format!("{}\n", tls.client_key_password)).unwrap();
-    let keys = mtls_keys(tls, "client").replace(
-        "client.key\"\n",
-        &format!(
-            "client-encrypted.key\"\ntls_key_password_file = \"{}\"\n",
-            key_password.display()
-        ),
-    );
-    assert!(keys.contains("tls_key_password_file"), "{keys}");
-    runs_exactly(&tls.mtls, &keys, false, "tls-key-file");
 }
 
 /// Starts the daemon with `keys` against `address`: it waits, not ready, with

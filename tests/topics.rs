@@ -2,8 +2,8 @@
 //! production clusters, does not create topics on demand): `run` and `/readyz` name
 //! the missing topics, `topics check` lists them, `topics create` makes them
 //! (idempotent; `--dry-run` makes nothing), `validate --broker` reports them, and `gen`
-//! fails at once naming the option that creates its topic — then the README's daemon
-//! steps work as written.
+//! fails at once naming the option that creates its topic (or creates it when asked);
+//! and the README's daemon steps work as written.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -130,35 +130,14 @@ fn missing_topics_are_named_and_created_from_the_configuration() {
             .success()
     );
 
-    // The README's steps: `gen` into the input topic; the running daemon counts it.
-    let generated = flagtally(&[
-        "gen",
-        "--brokers",
-        broker,
-        "--topic",
-        &t.input,
-        "--count",
-        "500",
-        "--json",
-    ]);
-    assert!(generated.status.success(), "{}", text(&generated));
-    let tally: serde_json::Value = serde_json::from_slice(&generated.stdout).unwrap();
-    let evaluations = tally["evaluations"].as_u64().unwrap();
+    // Once the topics exist, the waiting daemon reads: ready (the README's steps, run
+    // as written, are the test below).
     assert!(
         eventually(Duration::from_secs(60), || http_get(&admin, "/readyz")
             .is_some_and(|(s, _)| s == 200)),
-        "{:?}",
-        http_get(&admin, "/readyz")
-    );
-    let summaries = read_until(
-        broker,
-        &t.summary,
-        Duration::from_secs(120),
-        summed_counters(evaluations),
-    );
-    assert_eq!(
-        total(&window_tally(dedupe(&summaries).values())),
-        evaluations
+        "{:?}\n{}",
+        http_get(&admin, "/readyz"),
+        f.log_text()
     );
     assert!(f.stop(Duration::from_secs(30)).success());
 }
