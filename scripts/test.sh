@@ -85,7 +85,9 @@ step "docs"
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --quiet
 
 step "fuzz targets (cargo check)"
-cargo check --quiet --manifest-path fuzz/Cargo.toml --bins
+# In the main target directory: the dependencies the lint step checked are reused
+# (on a fresh machine 61 s instead of 273 s in fuzz/target).
+CARGO_TARGET_DIR=target cargo check --quiet --manifest-path fuzz/Cargo.toml --bins
 
 passed=$(grep -Eo '[0-9]+ passed' /tmp/flagtally-test.log | awk '{s+=$1} END {print s+0}')
 failed=$(grep -Eo '[0-9]+ failed' /tmp/flagtally-test.log | awk '{s+=$1} END {print s+0}')
