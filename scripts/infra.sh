@@ -35,7 +35,9 @@
 #   bash scripts/infra.sh registry [NAME]  Apicurio Registry $APICURIO_VERSION (from Maven Central, once;
 #                                        run on Java 21+, in-memory storage) on a free port;
 #                                        prints `export FLAGTALLY_TEST_REGISTRY=…`, its
-#                                        Confluent-compatible API (/apis/ccompat/v7)
+#                                        Confluent-compatible API (/apis/ccompat/v7), and
+#                                        FLAGTALLY_TEST_REGISTRY_TLS (the same over HTTPS)
+#                                        with FLAGTALLY_TEST_REGISTRY_TLS_DIR (its ca.pem)
 #   bash scripts/infra.sh registry-stop [NAME]
 #   bash scripts/infra.sh goff           go-feature-flag itself as a test client (tests/sdk/goff,
 #                                        the Go module from the Go module proxy), built once
@@ -560,26 +562,38 @@ install_registry() {
   touch "$APICURIO_HOME/.complete"
 }
 
-# Apicurio Registry, in-memory (a restart forgets every schema), on a free HTTP port and
-# a free management port (its default 9000 is moved off), both on 127.0.0.1.
+# Apicurio Registry, in-memory (a restart forgets every schema), on a free HTTP port, a
+# free HTTPS port (a certificate for 127.0.0.1 and localhost signed by a CA of its own,
+# made with openssl as the broker's are) and a free management port (its default 9000
+# is moved off), all on 127.0.0.1.
 registry() {
-  local dir="$run-registry" java port mgmt
+  local dir="$run-registry" java port mgmt sslport
   install_registry
   mkdir -p "$dir"
-  if [ -f "$dir/pid" ] && kill -0 "$(cat "$dir/pid")" 2>/dev/null; then
+  make_certs "$dir/tls"
+  if [ -f "$dir/pid" ] && kill -0 "$(cat "$dir/pid")" 2>/dev/null && [ -f "$dir/sslport" ]; then
     port=$(cat "$dir/port")
+    sslport=$(cat "$dir/sslport")
   else
+    # One started before it served HTTPS: replaced.
+    [ -f "$dir/pid" ] && kill "$(cat "$dir/pid")" 2>/dev/null && sleep 1
     java=$(registry_java)
     port=$(free_port)
     mgmt=$(free_port)
     while [ "$mgmt" = "$port" ]; do mgmt=$(free_port); done
+    sslport=$(free_port)
+    while [ "$sslport" = "$port" ] || [ "$sslport" = "$mgmt" ]; do sslport=$(free_port); done
     nohup "$java" -Xms128m -Xmx512m -XX:+UseSerialGC \
       -Dquarkus.http.host=127.0.0.1 -Dquarkus.http.port="$port" \
+      -Dquarkus.http.ssl-port="$sslport" \
+      -Dquarkus.http.ssl.certificate.files="$dir/tls/broker.crt" \
+      -Dquarkus.http.ssl.certificate.key-files="$dir/tls/broker.key" \
       -Dquarkus.management.host=127.0.0.1 -Dquarkus.management.port="$mgmt" \
       -Dquarkus.log.level=WARN \
       -jar "$APICURIO_HOME/quarkus-run.jar" </dev/null >"$dir/registry.log" 2>&1 &
     echo $! >"$dir/pid"
     echo "$port" >"$dir/port"
+    echo "$sslport" >"$dir/sslport"
     local ok=""
     for _ in $(seq 240); do
       if curl -sf "http://127.0.0.1:$port/apis/ccompat/v7/subjects" >/dev/null 2>&1; then ok=1; break; fi
@@ -594,6 +608,8 @@ registry() {
     say "Apicurio Registry $APICURIO_VERSION '$name' ready on 127.0.0.1:$port (pid $(cat "$dir/pid"))"
   fi
   echo "export FLAGTALLY_TEST_REGISTRY=http://127.0.0.1:$port/apis/ccompat/v7"
+  echo "export FLAGTALLY_TEST_REGISTRY_TLS=https://127.0.0.1:$sslport/apis/ccompat/v7"
+  echo "export FLAGTALLY_TEST_REGISTRY_TLS_DIR=$dir/tls"
 }
 
 registry_stop() {

@@ -16,14 +16,17 @@ use std::time::Duration;
 use common::*;
 use flagtally::registry::{Client, RegistryConfig};
 
-/// The test registry: `FLAGTALLY_TEST_REGISTRY`, else the one `scripts/infra.sh
-/// registry` starts (or finds running) under `FLAGTALLY_TEST_REGISTRY_NAME` (default
-/// `test`): only the tests that need it start it.
-fn registry() -> &'static str {
-    static URL: OnceLock<String> = OnceLock::new();
-    URL.get_or_init(|| {
-        if let Ok(url) = std::env::var("FLAGTALLY_TEST_REGISTRY") {
-            return url;
+/// The test registry's `FLAGTALLY_TEST_REGISTRY*` variables: from the environment
+/// when `FLAGTALLY_TEST_REGISTRY` is set, else from the one `scripts/infra.sh registry`
+/// starts (or finds running) under `FLAGTALLY_TEST_REGISTRY_NAME` (default `test`):
+/// only the tests that need it start it.
+fn registry_vars() -> &'static BTreeMap<String, String> {
+    static VARS: OnceLock<BTreeMap<String, String>> = OnceLock::new();
+    VARS.get_or_init(|| {
+        if std::env::var("FLAGTALLY_TEST_REGISTRY").is_ok() {
+            return std::env::vars()
+                .filter(|(k, _)| k.starts_with("FLAGTALLY_TEST_REGISTRY"))
+                .collect();
         }
         let name =
             std::env::var("FLAGTALLY_TEST_REGISTRY_NAME").unwrap_or_else(|_| "test".to_owned());
@@ -33,12 +36,21 @@ fn registry() -> &'static str {
             .output()
             .unwrap();
         assert!(out.status.success(), "{out:?}");
-        let text = String::from_utf8(out.stdout).unwrap();
-        text.trim()
-            .strip_prefix("export FLAGTALLY_TEST_REGISTRY=")
-            .expect("infra.sh registry prints the URL")
-            .to_owned()
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.strip_prefix("export "))
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect()
     })
+}
+
+/// The test registry's Confluent-compatible API over HTTP.
+fn registry() -> &'static str {
+    registry_vars()
+        .get("FLAGTALLY_TEST_REGISTRY")
+        .expect("infra.sh registry prints the URL")
 }
 
 fn client(url: &str) -> Client {
@@ -211,6 +223,36 @@ fn subjects_follow_the_naming_and_latest_versions_serve_without_registering() {
     );
     let found = ids("record", false).unwrap();
     assert_eq!(found.get(Feature), Some(latest("flagtally.output.Feature")));
+}
+
+/// An https registry: verified against `tls_ca_file` (its CA, which no system store
+/// holds); another CA, or none, is refused for the certificate.
+#[test]
+fn an_https_registry_is_verified_against_its_ca() {
+    let vars = registry_vars();
+    let url = vars
+        .get("FLAGTALLY_TEST_REGISTRY_TLS")
+        .expect("infra.sh registry serves HTTPS too (FLAGTALLY_TEST_REGISTRY_TLS)");
+    let dir = std::path::Path::new(&vars["FLAGTALLY_TEST_REGISTRY_TLS_DIR"]);
+    let client = |ca: Option<&str>| {
+        let ca = ca.map_or_else(String::new, |f| {
+            format!("tls_ca_file = \"{}\"\n", dir.join(f).display())
+        });
+        let config: RegistryConfig = toml::from_str(&format!("url = \"{url}\"\n{ca}")).unwrap();
+        Client::new(&config).unwrap()
+    };
+    let subject = format!("{}-value", unique("https"));
+    let schema = std::fs::read_to_string(repo().join("schemas/summary.avsc")).unwrap();
+    let id = client(Some("ca.pem")).register(&subject, &schema).unwrap();
+    assert_eq!(client(Some("ca.pem")).latest(&subject).unwrap().0, id);
+    for ca in [Some("other-ca.pem"), None] {
+        let e = client(ca).latest(&subject).unwrap_err().to_string();
+        assert!(
+            e.to_lowercase().contains("certificate") || e.contains("UnknownIssuer"),
+            "{ca:?}: {e}"
+        );
+        assert!(e.contains("127.0.0.1"), "the error names the registry: {e}");
+    }
 }
 
 /// A registry that does not answer: Confluent-framed input is dead-lettered as
