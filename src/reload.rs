@@ -258,6 +258,7 @@ mod tests {
         std::fs::write(dir.join("flagtally.toml"), BASE).unwrap();
         assert_eq!(r.reload([]).0, Outcome::Unchanged);
     }
+
     #[test]
     fn a_secret_file_rotated_in_place_is_a_change() {
         let dir = temp_dir("rotated");

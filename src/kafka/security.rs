@@ -175,7 +175,14 @@ impl KafkaConfig {
             }
         }
         if self.sasl_oauthbearer_client_secret.is_some() {
-            if self.sasl_mechanism.as_deref() != Some("OAUTHBEARER") {
+            // The mechanism as librdkafka will see it: the key, else a pass-through
+            // property.
+            let mechanism = self.sasl_mechanism.as_deref().or_else(|| {
+                ["sasl.mechanism", "sasl.mechanisms"]
+                    .iter()
+                    .find_map(|k| self.properties.get(*k).map(String::as_str))
+            });
+            if mechanism != Some("OAUTHBEARER") {
                 problems.push(
                     "kafka.sasl_oauthbearer_client_secret: set for sasl_mechanism = \"OAUTHBEARER\" only"
                         .to_owned(),
