@@ -621,9 +621,7 @@ fn watch_missing_topics(config: &Config, path: &std::path::Path, admin: Arc<Admi
 /// them 7 days): events from a fixed date long past would have their outputs deleted
 /// by the broker's next retention check, minutes after they were written.
 fn recent_start(count: u64, step_ms: i64) -> i64 {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    let now = crate::pipeline::now_ms();
     let span = i64::try_from(count)
         .unwrap_or(i64::MAX)
         .saturating_mul(step_ms.max(0));

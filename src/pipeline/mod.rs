@@ -225,7 +225,8 @@ struct State {
     counting: Vec<TopicCounting>,
 }
 
-fn now_ms() -> i64 {
+/// The wall clock, in ms since the epoch.
+pub(crate) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
