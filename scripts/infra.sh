@@ -596,7 +596,13 @@ registry() {
     echo "$sslport" >"$dir/sslport"
     local ok=""
     for _ in $(seq 240); do
-      if curl -sf "http://127.0.0.1:$port/apis/ccompat/v7/subjects" >/dev/null 2>&1; then ok=1; break; fi
+      # Both listeners: Quarkus may answer on HTTP while its HTTPS one (a TLS context to
+      # build first) is still binding, and a test reaching it then is refused.
+      if curl -sf "http://127.0.0.1:$port/apis/ccompat/v7/subjects" >/dev/null 2>&1 \
+        && curl -sf --cacert "$dir/tls/ca.pem" "https://127.0.0.1:$sslport/apis/ccompat/v7/subjects" >/dev/null 2>&1; then
+        ok=1
+        break
+      fi
       kill -0 "$(cat "$dir/pid")" 2>/dev/null || break
       sleep 0.25
     done
