@@ -5,7 +5,8 @@
 //! deterministic where wall time on a shared VM moves by ±20 % between runs.
 //!
 //! `cargo bench --bench hot_loop -- ROUNDS` (default 50) prints the rate as well.
-//! `THREADS=n` runs n such loops at once, each on its own thread with its own copy of
+//! `DIALECT=auto` decodes them as `auto` (detecting each record) instead of as
+//! LaunchDarkly. `THREADS=n` runs n such loops at once, each on its own thread with its own copy of
 //! the records, decoder and engine, as the pipeline's workers run: with n = the cores,
 //! it shows how decode + window scales with cores when no broker shares them.
 
@@ -49,7 +50,13 @@ fn main() {
 
 /// One worker's loop: `rounds` passes over `input`, each into a fresh engine.
 fn run(worker: usize, rounds: usize, input: &[Vec<u8>]) -> usize {
-    let decoder = Decoder::new(Dialect::Launchdarkly, Limits::default());
+    // `DIALECT=auto` reads the same LaunchDarkly records as `auto` does: the cost of
+    // detecting them.
+    let dialect = match std::env::var("DIALECT").as_deref() {
+        Ok("auto") => Dialect::Auto,
+        _ => Dialect::Launchdarkly,
+    };
+    let decoder = Decoder::new(dialect, Limits::default());
     let partition = PartitionId::new("bench", i32::try_from(worker).unwrap());
     let mut events = 0;
     for _ in 0..rounds {

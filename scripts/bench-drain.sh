@@ -46,7 +46,8 @@ feature_line=""
 if [ "${FULL:-0}" = 1 ]; then feature_line="topics.feature = \"$id-feature\"
 topics.index = \"$id-feature\""; fi
 bench_config "${DIALECT:-launchdarkly}" "[window]
-idle_timeout = \"1s\"" "$feature_line"
+idle_timeout = \"1s\"
+${EXTRA_TOML:-}" "$feature_line"
 
 cpu_of() { # utime+stime of a pid, in seconds
   awk -v hz="$(getconf CLK_TCK)" '{print ($14+$15)/hz}' "/proc/$1/stat"

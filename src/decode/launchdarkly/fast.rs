@@ -27,6 +27,7 @@ use smallvec::SmallVec;
 
 use super::Raw;
 use crate::decode::Limits;
+use crate::decode::auto::Member;
 use crate::decode::util::{RawText, Str};
 
 /// The structural limits the fast path stays within (see `decode::limits`): past any
@@ -124,14 +125,29 @@ impl Parsed<'_> {
 /// byte of a value where a rule looks at it (`variation`, `version`, `kind`), a stand-in
 /// byte for a member whose presence is all that counts.
 impl crate::decode::auto::Members for Parsed<'_> {
-    fn first(&self, name: &str) -> Option<u8> {
+    fn first(&self, member: Member) -> Option<u8> {
         /// Present; the rules ask nothing of its value.
         const PRESENT: u8 = b'?';
         let raw = |v: Option<RawText<'_>>| v.map_or(b'n', |t| t.get().as_bytes()[0]);
-        let Some(f) = which(name) else {
-            return Other::of(name)
-                .filter(|o| self.has_other(*o))
-                .map(|_| PRESENT);
+        let other = |o: Other| self.has_other(o).then_some(PRESENT);
+        let f = match member {
+            Member::Kind => Field::Kind,
+            Member::Event => Field::Event,
+            Member::Variation => Field::Variation,
+            Member::Version => Field::Version,
+            Member::Context => Field::Context,
+            Member::ContextKeys => Field::ContextKeys,
+            Member::User => Field::User,
+            Member::Type => return other(Other::Type),
+            Member::Events => return other(Other::Events),
+            Member::Properties => return other(Other::Properties),
+            Member::Uuid => return other(Other::Uuid),
+            Member::DistinctId => return other(Other::DistinctId),
+            Member::EnvId => return other(Other::EnvId),
+            Member::Source => return other(Other::Source),
+            Member::Metadata => return other(Other::Metadata),
+            Member::Variations => return other(Other::Variations),
+            Member::Metrics => return other(Other::Metrics),
         };
         if !self.has(f) {
             return None;
