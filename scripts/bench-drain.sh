@@ -19,7 +19,9 @@
 #   To compare builds on one preload: KEEP_BROKER=1 leaves the broker and the input
 #   topic (its name is printed; the run's other topics are deleted); INPUT_TOPIC=name
 #   reads it instead of preloading (same N); FLOOR=0 skips the no-op consumer and pipe
-#   runs (flagtally's own figures only); FLAGTALLY_BIN=path runs another build.
+#   runs (flagtally's own figures only); FLAGTALLY_BIN=path runs another build;
+#   EXTRA_TOML='[section] …' adds whole sections to flagtally's configuration (e.g.
+#   [kafka.producer_properties] to try a producer setting).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N="${1:-1000000}"
